@@ -1,0 +1,931 @@
+//! A thin typed Azure Resource Manager client: bearer auth, bounded retries
+//! (Retry-After aware), `nextLink` paging and clear ARM error messages.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::auth::{check_secure, truncate_chars, AccessToken, AuthError, TokenCredential};
+use super::models::{self, Page};
+use super::retry;
+
+/// Public-cloud ARM endpoint and token audience.
+pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// Compute api-version used for scale sets and their VMs.
+pub const COMPUTE_API_VERSION: &str = "2024-07-01";
+/// Network api-version for normal network resources.
+pub const NETWORK_API_VERSION: &str = "2024-07-01";
+/// The only api-version the VMSS network-interface sub-resources accept.
+pub const VMSS_NETWORK_API_VERSION: &str = "2018-10-01";
+
+/// Operation names (used in stats, logs and errors).
+pub const OP_GET_SCALE_SET: &str = "VirtualMachineScaleSets_Get";
+pub const OP_LIST_SCALE_SET_NICS: &str =
+    "NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces";
+pub const OP_LIST_SCALE_SET_VMS: &str = "VirtualMachineScaleSetVMs_List";
+
+/// Safety stop for runaway paging.
+const MAX_PAGES: usize = 10_000;
+/// Longest ARM message / body snippet kept in an error.
+const MAX_MESSAGE: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct ArmOptions {
+    pub endpoint: Url,
+    /// Token audience, e.g. `https://management.azure.com`; the scope is
+    /// `audience + "/.default"`.
+    pub audience: String,
+    /// Per-request timeout (connect + response + body). Default 30 s.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt. Default 4.
+    pub max_retries: u32,
+    /// Cap on a single `Retry-After` wait. Default 60 s.
+    pub max_retry_after: Duration,
+}
+
+impl Default for ArmOptions {
+    fn default() -> Self {
+        ArmOptions {
+            #[allow(clippy::expect_used)]
+            endpoint: Url::parse(DEFAULT_ARM_ENDPOINT).expect("constant URL parses"),
+            audience: DEFAULT_ARM_ENDPOINT.to_string(),
+            request_timeout: Duration::from_secs(30),
+            max_retries: 4,
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ArmOptions {
+    /// Defaults with another endpoint (the audience stays the public-cloud one).
+    pub fn new(endpoint: Url) -> Self {
+        ArmOptions {
+            endpoint,
+            ..ArmOptions::default()
+        }
+    }
+
+    /// `audience + "/.default"`.
+    pub fn scope(&self) -> String {
+        format!("{}/.default", self.audience.trim_end_matches('/'))
+    }
+}
+
+/// Counters since the client was created. Cloned out by [`ArmClient::stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmStats {
+    /// Every HTTP request sent (first attempts, retries and pages).
+    pub requests: u64,
+    pub by_operation: BTreeMap<String, u64>,
+    /// Responses by HTTP status (transport failures are not counted here).
+    pub by_status: BTreeMap<u16, u64>,
+    /// Retries of any kind.
+    pub retries: u64,
+    /// 429/503 answers that were waited out.
+    pub throttled_waits: u64,
+    /// Time slept because of `Retry-After` headers.
+    pub retry_after_wait: Duration,
+    /// Time slept in exponential backoff (no `Retry-After`).
+    pub backoff_wait: Duration,
+    pub transport_errors: u64,
+    pub timeouts: u64,
+    /// Tokens re-fetched after a 401.
+    pub token_refreshes: u64,
+    /// Last `x-ms-ratelimit-remaining-subscription-reads` seen.
+    pub remaining_subscription_reads: Option<u64>,
+    /// Last `x-ms-ratelimit-remaining-resource` seen (raw, e.g.
+    /// `Microsoft.Compute/HighCostGet3Min;107,...`).
+    pub remaining_resource: Option<String>,
+}
+
+/// ARM call failure. `Display` names the operation, the URL path (never a
+/// token or query), the status, and ARM's error code and message.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    #[error("{operation} GET {path}: HTTP {status} {code}: {message}{}", fmt_request_id(.request_id))]
+    Api {
+        operation: &'static str,
+        path: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("{operation} GET {path}: not found (HTTP 404 {code}): {message}{}", fmt_request_id(.request_id))]
+    NotFound {
+        operation: &'static str,
+        path: String,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("{operation} GET {path}: throttled (HTTP {status} {code}) after {attempts} attempts: {message}{}", fmt_request_id(.request_id))]
+    Throttled {
+        operation: &'static str,
+        path: String,
+        status: u16,
+        code: String,
+        message: String,
+        attempts: u32,
+        request_id: Option<String>,
+    },
+    #[error("{operation} GET {path}: transport error after {attempts} attempts: {detail}")]
+    Transport {
+        operation: &'static str,
+        path: String,
+        attempts: u32,
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{operation} GET {path}: timed out after {attempts} attempts ({timeout:?} each)")]
+    Timeout {
+        operation: &'static str,
+        path: String,
+        attempts: u32,
+        timeout: Duration,
+    },
+    #[error("{operation} GET {path}: cannot decode response: {detail}")]
+    Decode {
+        operation: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("{operation} GET {path}: refusing to send credentials: {reason}")]
+    Insecure {
+        operation: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("{operation} GET {path}: paging failed: {detail}")]
+    Paging {
+        operation: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("{operation}: invalid request: {detail}")]
+    InvalidRequest {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("ARM authentication failed: {0}")]
+    Auth(#[from] AuthError),
+}
+
+fn fmt_request_id(id: &Option<String>) -> String {
+    id.as_deref()
+        .map(|r| format!(" (x-ms-request-id {r})"))
+        .unwrap_or_default()
+}
+
+impl ArmError {
+    /// The HTTP status of the final response, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ArmError::Api { status, .. } | ArmError::Throttled { status, .. } => Some(*status),
+            ArmError::NotFound { .. } => Some(404),
+            _ => None,
+        }
+    }
+
+    /// The ARM error code (`ResourceNotFound`, `AuthorizationFailed`, …).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ArmError::Api { code, .. }
+            | ArmError::NotFound { code, .. }
+            | ArmError::Throttled { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True when retrying will not help until something is changed: the
+    /// resource is missing, the request or permissions are wrong, the
+    /// credential is rejected or not configured, the endpoint is insecure.
+    /// Throttling, 5xx, timeouts, transport and decode errors are transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ArmError::NotFound { .. }
+            | ArmError::Insecure { .. }
+            | ArmError::InvalidRequest { .. } => true,
+            ArmError::Api { status, .. } => matches!(status, 400 | 401 | 403 | 405 | 410 | 414),
+            ArmError::Auth(e) => matches!(
+                e,
+                AuthError::Config { .. }
+                    | AuthError::NoCredential { .. }
+                    | AuthError::Failed {
+                        status: Some(400 | 401 | 403),
+                        ..
+                    }
+            ),
+            ArmError::Throttled { .. }
+            | ArmError::Transport { .. }
+            | ArmError::Timeout { .. }
+            | ArmError::Decode { .. }
+            | ArmError::Paging { .. } => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ArmError::NotFound { .. })
+    }
+
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, ArmError::Throttled { .. })
+    }
+
+    /// The operation name, when the error belongs to one.
+    pub fn operation(&self) -> Option<&'static str> {
+        match self {
+            ArmError::Api { operation, .. }
+            | ArmError::NotFound { operation, .. }
+            | ArmError::Throttled { operation, .. }
+            | ArmError::Transport { operation, .. }
+            | ArmError::Timeout { operation, .. }
+            | ArmError::Decode { operation, .. }
+            | ArmError::Insecure { operation, .. }
+            | ArmError::Paging { operation, .. }
+            | ArmError::InvalidRequest { operation, .. } => Some(operation),
+            ArmError::Auth(_) => None,
+        }
+    }
+}
+
+struct Inner {
+    opts: ArmOptions,
+    scope: String,
+    credential: Arc<dyn TokenCredential>,
+    http: reqwest::Client,
+    backoff_base: Duration,
+    stats: Mutex<ArmStats>,
+}
+
+/// ARM client. Cheap to clone (shares connection pool, credential and stats).
+#[derive(Clone)]
+pub struct ArmClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ArmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmClient")
+            .field("endpoint", &self.inner.opts.endpoint.as_str())
+            .field("credential", &self.inner.credential.kind())
+            .finish()
+    }
+}
+
+/// Percent-encodes one path segment (ARM names may hold `.`, `(`, `)`, spaces…).
+fn encode_segment(s: &str) -> String {
+    encode(s, b"-._~()")
+}
+
+/// Percent-encodes a query key or value (keeps `$` so `$filter` stays readable).
+fn encode_query(s: &str) -> String {
+    encode(s, b"-._~$")
+}
+
+fn encode(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Error body `{"error":{"code","message"}}` (or the fields at top level) →
+/// (code, message); fall back to the status text and a body snippet.
+fn parse_error_body(status: reqwest::StatusCode, body: &[u8]) -> (String, String) {
+    let reason = status.canonical_reason().unwrap_or("error").to_string();
+    let snippet = || {
+        let text = String::from_utf8_lossy(body);
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() {
+            reason.clone()
+        } else {
+            truncate_chars(&text, 200)
+        }
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (reason.clone(), snippet());
+    };
+    let obj = match v.get("error") {
+        Some(e @ serde_json::Value::Object(_)) => e,
+        _ => &v,
+    };
+    let get = |k: &str, capitalised: &str| {
+        obj.get(k)
+            .or_else(|| obj.get(capitalised))
+            .and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let code = get("code", "Code").unwrap_or_else(|| reason.clone());
+    let message = get("message", "Message")
+        .map(|m| truncate_chars(&m, MAX_MESSAGE))
+        .unwrap_or_else(snippet);
+    (code, message)
+}
+
+fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn is_transient(e: &reqwest::Error) -> bool {
+    e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
+}
+
+fn error_detail(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    if cause.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+impl ArmClient {
+    pub fn new(
+        opts: ArmOptions,
+        credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
+    ) -> ArmClient {
+        ArmClient {
+            inner: Arc::new(Inner {
+                scope: opts.scope(),
+                opts,
+                credential,
+                http,
+                backoff_base: retry::DEFAULT_BACKOFF_BASE,
+                stats: Mutex::new(ArmStats::default()),
+            }),
+        }
+    }
+
+    /// Changes the exponential backoff base (default 200 ms), e.g. to keep
+    /// tests fast. Returns a client that does not share stats with `self`.
+    pub fn with_backoff_base(self, base: Duration) -> ArmClient {
+        ArmClient {
+            inner: Arc::new(Inner {
+                opts: self.inner.opts.clone(),
+                scope: self.inner.scope.clone(),
+                credential: self.inner.credential.clone(),
+                http: self.inner.http.clone(),
+                backoff_base: base,
+                stats: Mutex::new(ArmStats::default()),
+            }),
+        }
+    }
+
+    pub fn options(&self) -> &ArmOptions {
+        &self.inner.opts
+    }
+
+    pub fn stats(&self) -> ArmStats {
+        self.lock_stats().clone()
+    }
+
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, ArmStats> {
+        self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // -- typed operations ---------------------------------------------------
+
+    fn scale_set_path(sub: &str, rg: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+            encode_segment(sub),
+            encode_segment(rg),
+            encode_segment(name)
+        )
+    }
+
+    fn check_names(operation: &'static str, names: &[(&str, &str)]) -> Result<(), ArmError> {
+        for (what, v) in names {
+            if v.trim().is_empty() {
+                return Err(ArmError::InvalidRequest {
+                    operation,
+                    detail: format!("{what} is empty"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `VirtualMachineScaleSets_Get` (Compute [`COMPUTE_API_VERSION`]).
+    pub async fn get_scale_set(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<models::VirtualMachineScaleSet, ArmError> {
+        Self::check_names(
+            OP_GET_SCALE_SET,
+            &[
+                ("subscription", sub),
+                ("resource group", rg),
+                ("scale set", name),
+            ],
+        )?;
+        self.get_json(
+            OP_GET_SCALE_SET,
+            &Self::scale_set_path(sub, rg, name),
+            COMPUTE_API_VERSION,
+            &[],
+        )
+        .await
+    }
+
+    /// `NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces`
+    /// (api-version [`VMSS_NETWORK_API_VERSION`]), all pages.
+    pub async fn list_scale_set_nics(
+        &self,
+        sub: &str,
+        rg: &str,
+        vmss: &str,
+    ) -> Result<Vec<models::NetworkInterface>, ArmError> {
+        Self::check_names(
+            OP_LIST_SCALE_SET_NICS,
+            &[
+                ("subscription", sub),
+                ("resource group", rg),
+                ("scale set", vmss),
+            ],
+        )?;
+        let path = format!("{}/networkInterfaces", Self::scale_set_path(sub, rg, vmss));
+        self.list_all(OP_LIST_SCALE_SET_NICS, &path, VMSS_NETWORK_API_VERSION, &[])
+            .await
+    }
+
+    /// `VirtualMachineScaleSetVMs_List` (Compute), all pages, optionally with
+    /// `$expand=instanceView`.
+    pub async fn list_scale_set_vms(
+        &self,
+        sub: &str,
+        rg: &str,
+        vmss: &str,
+        expand_instance_view: bool,
+    ) -> Result<Vec<models::VirtualMachineScaleSetVm>, ArmError> {
+        Self::check_names(
+            OP_LIST_SCALE_SET_VMS,
+            &[
+                ("subscription", sub),
+                ("resource group", rg),
+                ("scale set", vmss),
+            ],
+        )?;
+        let path = format!("{}/virtualMachines", Self::scale_set_path(sub, rg, vmss));
+        let query: &[(&str, &str)] = if expand_instance_view {
+            &[("$expand", "instanceView")]
+        } else {
+            &[]
+        };
+        self.list_all(OP_LIST_SCALE_SET_VMS, &path, COMPUTE_API_VERSION, query)
+            .await
+    }
+
+    // -- generic operations -------------------------------------------------
+
+    /// Builds `endpoint + path ? api-version=..&k=v..`. `path` is an ARM path
+    /// starting with `/` whose segments are already encoded where needed.
+    fn build_url(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Url, ArmError> {
+        if api_version.trim().is_empty() {
+            return Err(ArmError::InvalidRequest {
+                operation,
+                detail: "api-version is empty".to_string(),
+            });
+        }
+        let mut url = self.inner.opts.endpoint.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        let path = path.trim();
+        let sep = if path.starts_with('/') { "" } else { "/" };
+        url.set_path(&format!("{base}{sep}{path}"));
+        let mut q = format!("api-version={}", encode_query(api_version));
+        for (k, v) in query {
+            if k.eq_ignore_ascii_case("api-version") {
+                continue;
+            }
+            q.push('&');
+            q.push_str(&encode_query(k));
+            q.push('=');
+            q.push_str(&encode_query(v));
+        }
+        url.set_query(Some(&q));
+        url.set_fragment(None);
+        Ok(url)
+    }
+
+    /// GET one resource and decode it.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ArmError> {
+        let url = self.build_url(operation, path, api_version, query)?;
+        let body = self.send_get(operation, &url).await?;
+        serde_json::from_slice(&body).map_err(|e| ArmError::Decode {
+            operation,
+            path: url.path().to_string(),
+            detail: decode_detail(&e, &body),
+        })
+    }
+
+    /// GET a pageable list and follow `nextLink` to the end. Any failed page
+    /// fails the whole call (never a partial list).
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, ArmError> {
+        let first = self.build_url(operation, path, api_version, query)?;
+        let endpoint = &self.inner.opts.endpoint;
+        let mut url = first;
+        let mut out = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for page_no in 0.. {
+            if page_no >= MAX_PAGES {
+                return Err(ArmError::Paging {
+                    operation,
+                    path: url.path().to_string(),
+                    detail: format!("more than {MAX_PAGES} pages"),
+                });
+            }
+            let body = self.send_get(operation, &url).await?;
+            let page: Page<T> = serde_json::from_slice(&body).map_err(|e| ArmError::Decode {
+                operation,
+                path: url.path().to_string(),
+                detail: format!("page {}: {}", page_no + 1, decode_detail(&e, &body)),
+            })?;
+            out.extend(page.value);
+            let Some(link) = page.next_link.filter(|l| !l.trim().is_empty()) else {
+                break;
+            };
+            let next = match Url::parse(&link) {
+                Ok(u) => u,
+                Err(url::ParseError::RelativeUrlWithoutBase) => {
+                    endpoint.join(&link).map_err(|e| ArmError::Paging {
+                        operation,
+                        path: url.path().to_string(),
+                        detail: format!("invalid nextLink: {e}"),
+                    })?
+                }
+                Err(e) => {
+                    return Err(ArmError::Paging {
+                        operation,
+                        path: url.path().to_string(),
+                        detail: format!("invalid nextLink: {e}"),
+                    })
+                }
+            };
+            if !same_origin(&next, endpoint) {
+                return Err(ArmError::Paging {
+                    operation,
+                    path: url.path().to_string(),
+                    detail: format!(
+                        "nextLink points to {}://{} instead of the ARM endpoint {}; not following it",
+                        next.scheme(),
+                        next.host_str().unwrap_or(""),
+                        endpoint.host_str().unwrap_or("")
+                    ),
+                });
+            }
+            if !seen.insert(next.as_str().to_string()) {
+                return Err(ArmError::Paging {
+                    operation,
+                    path: url.path().to_string(),
+                    detail: "nextLink repeats an earlier page".to_string(),
+                });
+            }
+            url = next;
+        }
+        Ok(out)
+    }
+
+    // -- transport ----------------------------------------------------------
+
+    async fn token(&self) -> Result<AccessToken, ArmError> {
+        Ok(self.inner.credential.get_token(&self.inner.scope).await?)
+    }
+
+    async fn sleep_backoff(&self, wait: Duration, from_retry_after: bool) {
+        {
+            let mut s = self.lock_stats();
+            s.retries += 1;
+            if from_retry_after {
+                s.retry_after_wait += wait;
+            } else {
+                s.backoff_wait += wait;
+            }
+        }
+        tokio::time::sleep(wait).await;
+    }
+
+    /// One logical GET with retries. Returns the 2xx body.
+    async fn send_get(&self, operation: &'static str, url: &Url) -> Result<Vec<u8>, ArmError> {
+        let path = url.path().to_string();
+        check_secure(url).map_err(|reason| ArmError::Insecure {
+            operation,
+            path: path.clone(),
+            reason,
+        })?;
+        let opts = &self.inner.opts;
+        let mut retries = 0u32;
+        let mut refreshed = false;
+        let mut next_token: Option<AccessToken> = None;
+        loop {
+            let token = match next_token.take() {
+                Some(t) => t,
+                None => self.token().await?,
+            };
+            {
+                let mut s = self.lock_stats();
+                s.requests += 1;
+                *s.by_operation.entry(operation.to_string()).or_default() += 1;
+            }
+            let attempt = retries + 1;
+            tracing::debug!(operation, path = %path, attempt, "ARM GET");
+            let sent = self
+                .inner
+                .http
+                .get(url.clone())
+                .bearer_auth(&token.token)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(opts.request_timeout)
+                .send()
+                .await;
+            let result = match sent {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let request_id = header_str(&resp, "x-ms-request-id");
+                    let retry_after = header_str(&resp, "retry-after")
+                        .and_then(|v| retry::parse_retry_after(&v, SystemTime::now()));
+                    {
+                        let mut s = self.lock_stats();
+                        *s.by_status.entry(status.as_u16()).or_default() += 1;
+                        if let Some(v) =
+                            header_str(&resp, "x-ms-ratelimit-remaining-subscription-reads")
+                                .and_then(|v| v.parse().ok())
+                        {
+                            s.remaining_subscription_reads = Some(v);
+                        }
+                        if let Some(v) = header_str(&resp, "x-ms-ratelimit-remaining-resource") {
+                            s.remaining_resource = Some(v);
+                        }
+                    }
+                    resp.bytes()
+                        .await
+                        .map(|b| (status, request_id, retry_after, b.to_vec()))
+                }
+                Err(e) => Err(e),
+            };
+
+            let (status, request_id, retry_after, body) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let timeout = e.is_timeout();
+                    {
+                        let mut s = self.lock_stats();
+                        if timeout {
+                            s.timeouts += 1;
+                        } else {
+                            s.transport_errors += 1;
+                        }
+                    }
+                    if is_transient(&e) && retries < opts.max_retries {
+                        let wait = retry::backoff_delay(self.inner.backoff_base, retries);
+                        tracing::warn!(
+                            operation,
+                            path = %path,
+                            attempt,
+                            wait_ms = wait.as_millis() as u64,
+                            error = %error_detail(&e),
+                            "ARM request failed; retrying"
+                        );
+                        retries += 1;
+                        self.sleep_backoff(wait, false).await;
+                        continue;
+                    }
+                    return Err(if timeout {
+                        ArmError::Timeout {
+                            operation,
+                            path,
+                            attempts: attempt,
+                            timeout: opts.request_timeout,
+                        }
+                    } else {
+                        ArmError::Transport {
+                            operation,
+                            path,
+                            attempts: attempt,
+                            detail: error_detail(&e),
+                            source: e,
+                        }
+                    });
+                }
+            };
+
+            let code_u16 = status.as_u16();
+            if status.is_success() {
+                return Ok(body);
+            }
+
+            if code_u16 == 401 && !refreshed {
+                refreshed = true;
+                self.inner
+                    .credential
+                    .invalidate(&self.inner.scope, &token.token)
+                    .await;
+                let fresh = self.token().await?;
+                if fresh.token != token.token {
+                    self.lock_stats().token_refreshes += 1;
+                    tracing::info!(
+                        operation,
+                        path = %path,
+                        "ARM answered 401; retrying once with a refreshed token"
+                    );
+                    next_token = Some(fresh);
+                    continue;
+                }
+            }
+
+            let (code, message) = parse_error_body(status, &body);
+            let throttled = code_u16 == 429 || code_u16 == 503;
+            let retryable = throttled || code_u16 == 408 || status.is_server_error();
+            if retryable && retries < opts.max_retries {
+                let (wait, from_header) = match retry_after {
+                    Some(ra) => (ra.min(opts.max_retry_after), true),
+                    None => (
+                        retry::backoff_delay(self.inner.backoff_base, retries),
+                        false,
+                    ),
+                };
+                if throttled {
+                    self.lock_stats().throttled_waits += 1;
+                }
+                tracing::warn!(
+                    operation,
+                    path = %path,
+                    status = code_u16,
+                    code = %code,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    retry_after = from_header,
+                    "ARM request failed; retrying"
+                );
+                retries += 1;
+                self.sleep_backoff(wait, from_header).await;
+                continue;
+            }
+
+            return Err(match code_u16 {
+                404 => ArmError::NotFound {
+                    operation,
+                    path,
+                    code,
+                    message,
+                    request_id,
+                },
+                429 => ArmError::Throttled {
+                    operation,
+                    path,
+                    status: code_u16,
+                    code,
+                    message,
+                    attempts: attempt,
+                    request_id,
+                },
+                _ => ArmError::Api {
+                    operation,
+                    path,
+                    status: code_u16,
+                    code,
+                    message,
+                    request_id,
+                },
+            });
+        }
+    }
+}
+
+fn decode_detail(e: &serde_json::Error, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        format!("{e} (empty body)")
+    } else {
+        format!("{e} (body starts: {:?})", truncate_chars(&text, 120))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn error_bodies() {
+        let (c, m) = parse_error_body(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"ResourceNotFound","message":"The Resource 'x' was not found."}}"#,
+        );
+        assert_eq!(c, "ResourceNotFound");
+        assert_eq!(m, "The Resource 'x' was not found.");
+        let (c, m) = parse_error_body(StatusCode::BAD_REQUEST, br#"{"code":"X","message":"y"}"#);
+        assert_eq!((c.as_str(), m.as_str()), ("X", "y"));
+        let (c, m) = parse_error_body(StatusCode::BAD_REQUEST, br#"{"Code":"X","Message":"y"}"#);
+        assert_eq!((c.as_str(), m.as_str()), ("X", "y"));
+        let (c, m) = parse_error_body(StatusCode::BAD_GATEWAY, b"<html>\n  upstream\n</html>");
+        assert_eq!(c, "Bad Gateway");
+        assert_eq!(m, "<html> upstream </html>");
+        let (c, m) = parse_error_body(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(
+            (c.as_str(), m.as_str()),
+            ("Service Unavailable", "Service Unavailable")
+        );
+        let (c, m) = parse_error_body(StatusCode::CONFLICT, br#"{"error":{}}"#);
+        assert_eq!(c, "Conflict");
+        assert_eq!(m, r#"{"error":{}}"#);
+    }
+
+    #[test]
+    fn url_building() {
+        let client = ArmClient::new(
+            ArmOptions::new(Url::parse("http://127.0.0.1:9/prefix/").expect("url")),
+            Arc::new(super::super::auth::StaticToken("t".into())),
+            reqwest::Client::new(),
+        );
+        let url = client
+            .build_url(
+                "op",
+                &ArmClient::scale_set_path("sub", "my rg(1)", "set.a"),
+                "2024-07-01",
+                &[("$filter", "a eq 'b'"), ("api-version", "ignored")],
+            )
+            .expect("url");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/prefix/subscriptions/sub/resourceGroups/my%20rg(1)/providers/Microsoft.Compute/virtualMachineScaleSets/set.a?api-version=2024-07-01&$filter=a%20eq%20%27b%27"
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let p = |s: &str| Url::parse(s).expect("url");
+        assert!(same_origin(
+            &p("https://management.azure.com/x?y"),
+            &p("https://MANAGEMENT.azure.com:443")
+        ));
+        assert!(!same_origin(
+            &p("https://evil.example/x"),
+            &p("https://management.azure.com")
+        ));
+        assert!(!same_origin(
+            &p("http://management.azure.com/x"),
+            &p("https://management.azure.com")
+        ));
+        assert!(!same_origin(
+            &p("a://example.com/aaaa"),
+            &p("https://management.azure.com")
+        ));
+    }
+}

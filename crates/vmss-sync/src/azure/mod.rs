@@ -1,0 +1,10 @@
+//! Thin typed Azure client: credentials ([`auth`]) and the ARM client ([`arm`]).
+//! No Azure SDK crates: reqwest + serde only.
+
+pub mod arm;
+pub mod auth;
+pub mod models;
+mod retry;
+
+pub use arm::{ArmClient, ArmError, ArmOptions, ArmStats};
+pub use auth::{default_credential, AccessToken, AuthError, Env, StaticToken, TokenCredential};

@@ -1,0 +1,752 @@
+//! Serde models for the few ARM resources the agent reads.
+//!
+//! Everything is optional and tolerant: missing fields, JSON `null` and
+//! unknown fields (ARM adds fields all the time) never fail a parse. Nested
+//! objects default to empty when absent or `null`, scalars are `Option`.
+//! Values ARM spells inconsistently (provisioning states, orchestration mode)
+//! are compared case-insensitively.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `null` → `T::default()` (serde's `default` only covers *missing* fields).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A list whose elements may not all match the model: bad elements are
+/// dropped instead of failing the whole parent (`null` → empty).
+fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = Option::<Vec<serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(v.into_iter()
+        .filter_map(|x| serde_json::from_value(x).ok())
+        .collect())
+}
+
+/// Tags: string values kept, numbers/bools stringified, `null` dropped.
+fn lenient_tags<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let v = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(v.into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            serde_json::Value::Null => None,
+            other => Some((k, other.to_string())),
+        })
+        .collect())
+}
+
+/// A JSON number or numeric string; anything else → `None`.
+fn lenient_u64<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// A JSON bool or `"true"`/`"false"` string; anything else → `None`.
+fn lenient_bool<'de, D>(d: D) -> Result<Option<bool>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Bool(b)) => Some(b),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("true") => Some(true),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    })
+}
+
+/// A string, or `None` for anything else (numbers, objects, null).
+fn lenient_string<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Enums with case-insensitive parsing
+// ---------------------------------------------------------------------------
+
+/// Scale set orchestration mode. Absent/`null` means [`OrchestrationMode::Uniform`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OrchestrationMode {
+    #[default]
+    Uniform,
+    Flexible,
+    Other(String),
+}
+
+impl OrchestrationMode {
+    pub fn parse(s: &str) -> Self {
+        if s.eq_ignore_ascii_case("uniform") {
+            Self::Uniform
+        } else if s.eq_ignore_ascii_case("flexible") {
+            Self::Flexible
+        } else {
+            Self::Other(s.to_string())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Uniform => "Uniform",
+            Self::Flexible => "Flexible",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for OrchestrationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OrchestrationMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(lenient_string(d)?
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Self::parse(s.trim()))
+            .unwrap_or_default())
+    }
+}
+
+impl Serialize for OrchestrationMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// ARM provisioning state, parsed case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProvisioningState {
+    Succeeded,
+    Creating,
+    Updating,
+    Deleting,
+    Failed,
+    Canceled,
+    Migrating,
+    Other(String),
+}
+
+impl ProvisioningState {
+    pub fn parse(s: &str) -> Self {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "succeeded" => Self::Succeeded,
+            "creating" => Self::Creating,
+            "updating" => Self::Updating,
+            "deleting" => Self::Deleting,
+            "failed" => Self::Failed,
+            "canceled" | "cancelled" => Self::Canceled,
+            "migrating" => Self::Migrating,
+            _ => Self::Other(s.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Succeeded => "Succeeded",
+            Self::Creating => "Creating",
+            Self::Updating => "Updating",
+            Self::Deleting => "Deleting",
+            Self::Failed => "Failed",
+            Self::Canceled => "Canceled",
+            Self::Migrating => "Migrating",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for ProvisioningState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProvisioningState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Option<ProvisioningState> fields handle null before reaching here.
+        let s = String::deserialize(d)?;
+        Ok(Self::parse(&s))
+    }
+}
+
+impl Serialize for ProvisioningState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// `Option<ProvisioningState>` that turns non-strings into `None`.
+fn lenient_provisioning_state<'de, D>(d: D) -> Result<Option<ProvisioningState>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(lenient_string(d)?.map(|s| ProvisioningState::parse(&s)))
+}
+
+// ---------------------------------------------------------------------------
+// Shared
+// ---------------------------------------------------------------------------
+
+/// `{"id": "..."}` reference to another resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubResource {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+}
+
+/// `statuses[]` entry of an instance view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct InstanceViewStatus {
+    #[serde(deserialize_with = "lenient_string")]
+    pub code: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub level: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub display_status: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub message: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub time: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// VirtualMachineScaleSet
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VirtualMachineScaleSet {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub location: Option<String>,
+    #[serde(deserialize_with = "lenient_tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_default")]
+    pub sku: Sku,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub zones: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: VirtualMachineScaleSetProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sku {
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub tier: Option<String>,
+    #[serde(deserialize_with = "lenient_u64")]
+    pub capacity: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VirtualMachineScaleSetProperties {
+    /// Absent or `null` → `Uniform`.
+    pub orchestration_mode: OrchestrationMode,
+    #[serde(deserialize_with = "lenient_provisioning_state")]
+    pub provisioning_state: Option<ProvisioningState>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub unique_id: Option<String>,
+}
+
+impl VirtualMachineScaleSet {
+    pub fn orchestration_mode(&self) -> &OrchestrationMode {
+        &self.properties.orchestration_mode
+    }
+
+    /// `sku.capacity`, 0 when ARM did not say (see `sku.capacity` for the raw value).
+    pub fn capacity(&self) -> u64 {
+        self.sku.capacity.unwrap_or(0)
+    }
+
+    pub fn is_succeeded(&self) -> bool {
+        self.properties.provisioning_state == Some(ProvisioningState::Succeeded)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// NetworkInterface
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkInterface {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub location: Option<String>,
+    #[serde(deserialize_with = "lenient_tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: NetworkInterfaceProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NetworkInterfaceProperties {
+    #[serde(deserialize_with = "lenient_bool")]
+    pub primary: Option<bool>,
+    #[serde(deserialize_with = "lenient_provisioning_state")]
+    pub provisioning_state: Option<ProvisioningState>,
+    #[serde(deserialize_with = "null_default")]
+    pub virtual_machine: Option<SubResource>,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub ip_configurations: Vec<IpConfiguration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpConfiguration {
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: IpConfigurationProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpConfigurationProperties {
+    #[serde(rename = "privateIPAddress", deserialize_with = "lenient_string")]
+    pub private_ip_address: Option<String>,
+    #[serde(
+        rename = "privateIPAddressVersion",
+        deserialize_with = "lenient_string"
+    )]
+    pub private_ip_address_version: Option<String>,
+    #[serde(rename = "primary", deserialize_with = "lenient_bool")]
+    pub primary: Option<bool>,
+    #[serde(rename = "subnet", deserialize_with = "null_default")]
+    pub subnet: Option<SubResource>,
+    #[serde(
+        rename = "provisioningState",
+        deserialize_with = "lenient_provisioning_state"
+    )]
+    pub provisioning_state: Option<ProvisioningState>,
+}
+
+/// The primary ipConfiguration's private IPv4 address (a `/prefix` suffix is
+/// tolerated). A NIC whose only ipConfiguration is not flagged counts that
+/// one as primary. IPv6 (by version field or by address) → `None`.
+pub fn primary_ipv4(nic: &NetworkInterface) -> Option<Ipv4Addr> {
+    let configs = &nic.properties.ip_configurations;
+    let cfg = configs
+        .iter()
+        .find(|c| c.properties.primary == Some(true))
+        .or_else(|| match configs.as_slice() {
+            [only] if only.properties.primary.is_none() => Some(only),
+            _ => None,
+        })?;
+    if cfg
+        .properties
+        .private_ip_address_version
+        .as_deref()
+        .is_some_and(|v| !v.eq_ignore_ascii_case("ipv4"))
+    {
+        return None;
+    }
+    parse_ipv4_lenient(cfg.properties.private_ip_address.as_deref()?)
+}
+
+/// Alias of [`scale_set_instance_id_of_nic`]: the lower-cased VM id of a NIC.
+pub fn vm_id_of_nic(nic: &NetworkInterface) -> Option<String> {
+    scale_set_instance_id_of_nic(nic)
+}
+
+impl NetworkInterface {
+    /// NIC-level `properties.primary` (absent → false).
+    pub fn is_primary(&self) -> bool {
+        self.properties.primary == Some(true)
+    }
+}
+
+/// `"10.0.0.4"` or `"10.0.0.4/28"` → 10.0.0.4.
+pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
+    let s = s.trim();
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    addr.trim().parse().ok()
+}
+
+/// The lower-cased VM id this NIC is attached to (`properties.virtualMachine.id`).
+pub fn scale_set_instance_id_of_nic(nic: &NetworkInterface) -> Option<String> {
+    nic.properties
+        .virtual_machine
+        .as_ref()?
+        .id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+// ---------------------------------------------------------------------------
+// VirtualMachineScaleSetVm
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VirtualMachineScaleSetVm {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub instance_id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub location: Option<String>,
+    #[serde(deserialize_with = "lenient_tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub zones: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: VirtualMachineScaleSetVmProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VirtualMachineScaleSetVmProperties {
+    #[serde(deserialize_with = "lenient_provisioning_state")]
+    pub provisioning_state: Option<ProvisioningState>,
+    #[serde(deserialize_with = "lenient_bool")]
+    pub latest_model_applied: Option<bool>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub vm_id: Option<String>,
+    /// Flexible members listed through the VMSS VM list point at the real VM.
+    #[serde(deserialize_with = "lenient_string")]
+    pub virtual_machine_resource_id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub network_profile: NetworkProfile,
+    /// Present only with `$expand=instanceView`.
+    #[serde(deserialize_with = "null_default")]
+    pub instance_view: Option<VmInstanceView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NetworkProfile {
+    #[serde(deserialize_with = "lenient_vec")]
+    pub network_interfaces: Vec<NetworkInterfaceReference>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkInterfaceReference {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: NetworkInterfaceReferenceProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NetworkInterfaceReferenceProperties {
+    #[serde(deserialize_with = "lenient_bool")]
+    pub primary: Option<bool>,
+}
+
+/// Instance view of a VM (scale set VMs and, minus `vmHealth`, plain VMs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VmInstanceView {
+    #[serde(deserialize_with = "lenient_vec")]
+    pub statuses: Vec<InstanceViewStatus>,
+    #[serde(deserialize_with = "null_default")]
+    pub vm_health: Option<VmHealth>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub computer_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmHealth {
+    #[serde(deserialize_with = "null_default")]
+    pub status: Option<InstanceViewStatus>,
+}
+
+/// The lower-cased suffix of the first status code starting with `prefix`
+/// (`"PowerState/"` → `"running"`).
+fn status_suffix(statuses: &[InstanceViewStatus], prefix: &str) -> Option<String> {
+    statuses.iter().find_map(|s| {
+        let code = s.code.as_deref()?;
+        let head = code.get(..prefix.len())?;
+        if head.eq_ignore_ascii_case(prefix) {
+            Some(code[prefix.len()..].to_ascii_lowercase())
+        } else {
+            None
+        }
+    })
+}
+
+impl VmInstanceView {
+    /// `"running"`, `"stopped"`, `"deallocated"`, … (lower-cased).
+    pub fn power_state(&self) -> Option<String> {
+        status_suffix(&self.statuses, "PowerState/")
+    }
+
+    /// `"healthy"`, `"unhealthy"`, `"unknown"`, … (lower-cased), from `vmHealth`.
+    pub fn health_state(&self) -> Option<String> {
+        let code = self.vm_health.as_ref()?.status.as_ref()?.code.as_deref()?;
+        let (_, state) = code.split_once('/').unwrap_or(("", code));
+        Some(state.to_ascii_lowercase())
+    }
+}
+
+impl VirtualMachineScaleSetVm {
+    pub fn power_state(&self) -> Option<String> {
+        self.properties.instance_view.as_ref()?.power_state()
+    }
+
+    pub fn health_state(&self) -> Option<String> {
+        self.properties.instance_view.as_ref()?.health_state()
+    }
+
+    pub fn is_succeeded(&self) -> bool {
+        self.properties.provisioning_state == Some(ProvisioningState::Succeeded)
+    }
+}
+
+/// A list page: `{"value": [...], "nextLink": "..."}`. `value` is required
+/// (a body without it is not a page).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Page<T> {
+    pub value: Vec<T>,
+    #[serde(rename = "nextLink", default, deserialize_with = "lenient_string")]
+    pub next_link: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn nic(json: serde_json::Value) -> NetworkInterface {
+        serde_json::from_value(json).expect("nic parses")
+    }
+
+    #[test]
+    fn tolerant_of_nulls_and_unknown_fields() {
+        let v: VirtualMachineScaleSet = serde_json::from_value(serde_json::json!({
+            "id": null, "name": "x", "tags": null, "sku": null, "zones": null,
+            "properties": {"orchestrationMode": null, "provisioningState": "succeeded", "brandNew": {"a": 1}},
+            "extra": [1, 2, 3]
+        }))
+        .expect("parses");
+        assert_eq!(v.orchestration_mode(), &OrchestrationMode::Uniform);
+        assert!(v.is_succeeded());
+        assert_eq!(v.sku.capacity, None);
+
+        let v: VirtualMachineScaleSet = serde_json::from_value(serde_json::json!({
+            "sku": {"capacity": "3"}, "tags": {"a": "b", "n": 1, "z": null},
+            "properties": {"orchestrationMode": "flexible", "provisioningState": "Updating"}
+        }))
+        .expect("parses");
+        assert_eq!(v.orchestration_mode(), &OrchestrationMode::Flexible);
+        assert_eq!(v.capacity(), 3);
+        assert_eq!(v.tags.get("n").map(String::as_str), Some("1"));
+        assert!(!v.tags.contains_key("z"));
+        assert_eq!(
+            v.properties.provisioning_state,
+            Some(ProvisioningState::Updating)
+        );
+
+        let vm: VirtualMachineScaleSetVm = serde_json::from_value(serde_json::json!({
+            "instanceId": "3",
+            "properties": {"provisioningState": "SUCCEEDED", "networkProfile": null,
+              "instanceView": {"statuses": [{"code": "ProvisioningState/succeeded"}, {"code": "PowerState/Running"}, null],
+                               "vmHealth": {"status": {"code": "HealthState/healthy"}}}}
+        }))
+        .expect("parses");
+        assert!(vm.is_succeeded());
+        assert_eq!(vm.power_state().as_deref(), Some("running"));
+        assert_eq!(vm.health_state().as_deref(), Some("healthy"));
+    }
+
+    #[test]
+    fn primary_ipv4_rules() {
+        let n = nic(
+            serde_json::json!({"properties": {"virtualMachine": {"id": "/Subs/X/VirtualMachines/0"},
+            "ipConfigurations": [
+                {"properties": {"primary": false, "privateIPAddress": "10.0.0.9"}},
+                {"properties": {"primary": true, "privateIPAddress": "10.0.0.4/28", "privateIPAddressVersion": "IPv4"}}
+            ]}}),
+        );
+        assert_eq!(primary_ipv4(&n), Some(Ipv4Addr::new(10, 0, 0, 4)));
+        assert_eq!(
+            scale_set_instance_id_of_nic(&n).as_deref(),
+            Some("/subs/x/virtualmachines/0")
+        );
+
+        let v6 = nic(serde_json::json!({"properties": {"ipConfigurations": [
+            {"properties": {"primary": true, "privateIPAddress": "fd00::4", "privateIPAddressVersion": "IPv6"}}]}}));
+        assert_eq!(primary_ipv4(&v6), None);
+        let v6b = nic(serde_json::json!({"properties": {"ipConfigurations": [
+            {"properties": {"primary": true, "privateIPAddress": "fd00::4"}}]}}));
+        assert_eq!(primary_ipv4(&v6b), None);
+        let unflagged = nic(serde_json::json!({"properties": {"ipConfigurations": [
+            {"properties": {"privateIPAddress": "10.1.2.3"}}]}}));
+        assert_eq!(primary_ipv4(&unflagged), Some(Ipv4Addr::new(10, 1, 2, 3)));
+        let none = nic(serde_json::json!({"properties": null}));
+        assert_eq!(primary_ipv4(&none), None);
+        assert_eq!(scale_set_instance_id_of_nic(&none), None);
+        let garbage = nic(serde_json::json!({"properties": {"ipConfigurations": [
+            {"properties": {"primary": true, "privateIPAddress": "not-an-ip"}}]}}));
+        assert_eq!(primary_ipv4(&garbage), None);
+    }
+
+    fn examples_dir() -> Option<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/azure-examples");
+        dir.is_dir().then_some(dir)
+    }
+
+    fn example_body(dir: &std::path::Path, file: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.join(file)).expect("example readable");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("example is JSON");
+        v["responses"]["200"]["body"].clone()
+    }
+
+    #[test]
+    fn azure_examples_parse() {
+        let Some(dir) = examples_dir() else {
+            println!("skipped: ../shared not present");
+            return;
+        };
+
+        let vmss: VirtualMachineScaleSet =
+            serde_json::from_value(example_body(&dir, "VirtualMachineScaleSets_Get.json"))
+                .expect("VMSS get parses");
+        assert_eq!(vmss.name.as_deref(), Some("myVirtualMachineScaleSet"));
+        assert_eq!(vmss.orchestration_mode(), &OrchestrationMode::Uniform);
+        assert!(vmss.is_succeeded(), "lower-case 'succeeded' is Succeeded");
+        assert_eq!(vmss.sku.capacity, Some(4));
+        assert_eq!(vmss.sku.name.as_deref(), Some("Standard_D2s_v3"));
+        assert_eq!(
+            vmss.tags.get("myTag1").map(String::as_str),
+            Some("tagValue1")
+        );
+
+        let list: Page<VirtualMachineScaleSet> = serde_json::from_value(example_body(
+            &dir,
+            "VirtualMachineScaleSets_List_MinimumSet.json",
+        ))
+        .expect("VMSS list parses");
+        assert_eq!(list.value.len(), 2);
+        assert!(list.next_link.is_none());
+
+        let nics: Page<NetworkInterface> = serde_json::from_value(example_body(
+            &dir,
+            "NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces.json",
+        ))
+        .expect("VMSS NIC list parses");
+        assert_eq!(nics.value.len(), 2);
+        assert_eq!(
+            primary_ipv4(&nics.value[0]),
+            Some(Ipv4Addr::new(10, 0, 0, 4))
+        );
+        assert_eq!(
+            primary_ipv4(&nics.value[1]),
+            Some(Ipv4Addr::new(10, 0, 0, 5))
+        );
+        assert_eq!(
+            scale_set_instance_id_of_nic(&nics.value[1]).as_deref(),
+            Some("/subscriptions/subid/resourcegroups/rg1/providers/microsoft.compute/virtualmachinescalesets/vmss1/virtualmachines/1")
+        );
+        assert_eq!(nics.value[0].properties.primary, Some(true));
+
+        let nic: NetworkInterface =
+            serde_json::from_value(example_body(&dir, "NetworkInterfaces_Get.json"))
+                .expect("NIC get parses");
+        assert_eq!(primary_ipv4(&nic), Some(Ipv4Addr::new(172, 20, 2, 4)));
+        assert_eq!(nic.properties.ip_configurations.len(), 2);
+        assert_eq!(
+            nic.properties.ip_configurations[1]
+                .properties
+                .private_ip_address
+                .as_deref()
+                .and_then(parse_ipv4_lenient),
+            Some(Ipv4Addr::new(172, 20, 2, 16))
+        );
+
+        let flex: Page<VirtualMachineScaleSetVm> = serde_json::from_value(example_body(
+            &dir,
+            "VirtualMachineScaleSetVMs_List_Flex.json",
+        ))
+        .expect("VMSS VM list (flex) parses");
+        assert!(!flex.value.is_empty());
+        assert!(flex
+            .value
+            .iter()
+            .all(|v| v.properties.virtual_machine_resource_id.is_some()));
+
+        let iv: VmInstanceView = serde_json::from_value(example_body(
+            &dir,
+            "VirtualMachineScaleSetVMs_GetInstanceView.json",
+        ))
+        .expect("VMSS VM instance view parses");
+        assert_eq!(iv.power_state().as_deref(), Some("running"));
+
+        let iv: VmInstanceView =
+            serde_json::from_value(example_body(&dir, "VirtualMachines_InstanceView.json"))
+                .expect("VM instance view parses");
+        assert_eq!(iv.power_state().as_deref(), Some("running"));
+        assert_eq!(iv.health_state(), None);
+
+        let vms: Page<VirtualMachineScaleSetVm> = serde_json::from_value(example_body(
+            &dir,
+            "VirtualMachines_ListAll_MinimumSet.json",
+        ))
+        .expect("VM list parses");
+        assert_eq!(vms.value.len(), 2);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_json_never_panics(s in ".{0,200}") {
+            let _ = serde_json::from_str::<NetworkInterface>(&s);
+            let _ = serde_json::from_str::<VirtualMachineScaleSetVm>(&s);
+            let _ = serde_json::from_str::<VirtualMachineScaleSet>(&s);
+        }
+
+        #[test]
+        fn ipv4_with_any_prefix(a in proptest::prelude::any::<[u8; 4]>(), p in 0u8..=32) {
+            let ip = Ipv4Addr::from(a);
+            proptest::prop_assert_eq!(parse_ipv4_lenient(&format!("{ip}/{p}")), Some(ip));
+            proptest::prop_assert_eq!(parse_ipv4_lenient(&ip.to_string()), Some(ip));
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The configuration file: nginx-asg-sync's Azure YAML format, read unchanged, plus a few new
+//! optional keys.
+//!
+//! [`load`] reads a file, [`parse`] parses text. Both check the whole file and report **every**
+//! problem at once as [`ConfigErrors`]; each [`ConfigError`] names the file, line, column, key
+//! (a dotted path such as `upstreams[1].port`, list indexes counted from 0) and, where it is not
+//! secret, the offending value as written in the file.
+//!
+//! Differences from nginx-asg-sync, all deliberate:
+//! - Unknown keys are errors (with a did-you-mean), not silently ignored.
+//! - `sync_interval` defaults to 5s instead of being required (the NGINXaaS docs say so).
+//! - `max_fails` defaults to 1, as documented (nginx-asg-sync's code sends 0).
+//! - `port` must be 1..=65535; duplicate upstream names are errors.
+//! - `${VAR}` in any value is replaced from the environment (`$${` is a literal `${`).
+//! - `cloud_provider` may be left out only when `subscription_id` is set (see [`Config::cloud_provider`]).
+//! - `custom_headers` (which may carry an API key) are refused over plain http to a host that is
+//!   not a loopback address.
+
+mod env;
+mod schema;
+mod time;
+mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::time::{format_nginx_time, parse_nginx_time};
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file the configuration came from.
+    pub path: PathBuf,
+    /// Always [`CloudProvider::Azure`]. nginx-asg-sync defaults an absent `cloud_provider` to
+    /// AWS; vmss-sync treats an absent `cloud_provider` as Azure only when `subscription_id` is
+    /// set (an Azure-only key), and otherwise reports an error asking for `cloud_provider: Azure`.
+    /// `cloud_provider: AWS` is an error: vmss-sync supports Azure only.
+    pub cloud_provider: CloudProvider,
+    /// Azure subscription holding the scale sets.
+    pub subscription_id: String,
+    /// Resource group holding the scale sets (and their VMs and NICs).
+    pub resource_group_name: String,
+    /// NGINX Plus API base URL, e.g. `http://127.0.0.1:8080/api` or
+    /// `https://x.nginxaas.net/nplus`. The path is kept as given, minus trailing slashes (so
+    /// `as_str()` ends in `/` only when the path is the root). No query or fragment.
+    pub api_endpoint: url::Url,
+    /// Pause between sync passes. Go duration syntax; default 5s; always > 0.
+    pub sync_interval: Duration,
+    /// Extra headers sent with every NGINX Plus API request: (name, value), in file order.
+    /// Names are HTTP tokens, values visible ASCII plus space and tab.
+    pub custom_headers: Vec<(String, Secret)>,
+    /// Azure Resource Manager base URL; default `https://management.azure.com`. https, or plain
+    /// http to a loopback host (127.0.0.0/8, ::1, localhost). Trailing slashes of a non-root
+    /// path are removed.
+    pub resource_manager_endpoint: url::Url,
+    /// Audience (resource) for ARM access tokens. Default `https://management.azure.com`, or the
+    /// sovereign cloud's own for `management.usgovcloudapi.net` and
+    /// `management.chinacloudapi.cn`.
+    pub resource_manager_audience: String,
+    /// Log line format; default text.
+    pub log_format: LogFormat,
+    /// One of `error`, `warn`, `info`, `debug`, `trace`, when set.
+    pub log_level: Option<String>,
+    /// At least one; names are unique.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One NGINX Plus upstream fed from one scale set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub virtual_machine_scale_set: String,
+    /// 1..=65535.
+    pub port: u16,
+    pub kind: UpstreamKind,
+    /// Default 0.
+    pub max_conns: u32,
+    /// Default 1.
+    pub max_fails: u32,
+    /// Default 10s.
+    pub fail_timeout: Duration,
+    /// Default 0s.
+    pub slow_start: Duration,
+    /// Line of this upstream's entry in the file.
+    pub line: usize,
+}
+
+/// A secret string: `Debug` and `Display` print `<redacted>`; use [`Secret::expose`] to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloudProvider {
+    Azure,
+}
+
+/// `kind: http` or `kind: stream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UpstreamKind {
+    Http,
+    Stream,
+}
+
+impl UpstreamKind {
+    /// `"http"` or `"stream"`, as in the config file and the NGINX Plus API paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Http => "http",
+            UpstreamKind::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One line per error (no trailing newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// One problem, displayed as `{file}:{line}:{column}: {key}: {message}` followed by
+/// ` (value: "{value}")` when there is a value.
+///
+/// `line` and `column` are 1-based; both are 0 when the problem has no position (the file could
+/// not be read), and then the display is `{file}: {message}`. `key` is empty for problems that
+/// belong to no key (YAML syntax errors), and then `{key}: ` is left out. `value` is the value as
+/// written in the file, before `${VAR}` substitution; it is never set for secrets
+/// (`custom_headers` values) or for unknown keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub value: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key.escape_debug())?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(value) = &self.value {
+            write!(f, " (value: \"{}\")", value.escape_debug())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses the configuration file at `path`. `env` looks up environment variables for
+/// `${VAR}` substitution (pass `&|name| std::env::var(name).ok()` in production).
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path, env),
+        Err(e) => Err(ConfigErrors {
+            errors: vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                value: None,
+                message: format!("couldn't read the config file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Parses configuration `text` that came from `path` (used in messages and [`Config::path`]).
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    schema::parse(text, path, env)
+}
+
+#[cfg(test)]
+mod tests;

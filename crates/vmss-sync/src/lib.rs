@@ -1,0 +1,13 @@
+//! vmss-sync: keeps load balancers pointed at the right Azure VMs.
+//!
+//! See ARCHITECTURE.md at the repository root for the bird's-eye view and the codemap.
+
+pub mod azure;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod model;
+pub mod plan;
+pub mod reconcile;
+pub mod target;

@@ -1,0 +1,145 @@
+//! `vmss-sync`: thin main. Parses the command line, loads the configuration, sets up
+//! logging and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vmss_sync::azure::auth::Env;
+use vmss_sync::cli;
+use vmss_sync::config;
+use vmss_sync::daemon::{self, Daemon, DaemonError};
+use vmss_sync::reconcile::Mode;
+
+/// Exit code for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmss-sync",
+    version,
+    about = "Keeps NGINX Plus upstreams in sync with Azure Virtual Machine Scale Sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: reconcile every sync_interval until SIGTERM.
+    Run(Common),
+    /// One full reconcile of every upstream, then exit (0 in sync, 1 failed, 2 bad config).
+    Once(Common),
+    /// Show what a reconcile would add, remove and update; write nothing.
+    Plan(Common),
+    /// Check the configuration file without network access.
+    Validate(Common),
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Configuration file (nginx-asg-sync's format).
+    #[arg(long, short = 'c', default_value = "/etc/nginx/config.yaml")]
+    config: PathBuf,
+    /// Also append logs to this file (as nginx-asg-sync's -log_path).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = cli::translate_legacy_args(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
+    let (kind, common) = match &cli.command {
+        Command::Run(c) => ("run", c),
+        Command::Once(c) => ("once", c),
+        Command::Plan(c) => ("plan", c),
+        Command::Validate(c) => ("validate", c),
+    };
+    let env = Env::from_process();
+    let cfg = match config::load(&common.config, &|k| env.get(k).map(str::to_string)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("vmss-sync: the configuration is invalid; nothing was changed.");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if kind == "validate" {
+        println!(
+            "{}: configuration is valid ({} upstream{}).",
+            common.config.display(),
+            cfg.upstreams.len(),
+            if cfg.upstreams.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = cli::init_logging(&cfg, common.log_file.as_deref()) {
+        eprintln!("vmss-sync: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmss-sync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match kind {
+            "run" => run(common.config.clone(), env).await,
+            "once" => once(&cfg, &env, Mode::Apply).await,
+            _ => once(&cfg, &env, Mode::DryRun).await,
+        }
+    })
+}
+
+async fn once(cfg: &config::Config, env: &Env, mode: Mode) -> ExitCode {
+    let reconciler = match daemon::build(cfg, env) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmss-sync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = reconciler.startup_check().await;
+    if mode == Mode::Apply && !problems.is_empty() {
+        eprintln!("{}", daemon::format_problems(&problems));
+        return ExitCode::FAILURE;
+    }
+    let report = reconciler.reconcile(mode).await;
+    if mode == Mode::DryRun {
+        print!("{}", cli::render_plan(&report, &problems));
+    } else {
+        print!("{}", cli::render_summary(&report));
+    }
+    if report.all_in_sync() && problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(path: PathBuf, env: Env) -> ExitCode {
+    let daemon = match Daemon::start(path, env).await {
+        Ok(d) => d,
+        Err(DaemonError::Config(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            tracing::error!("Cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    if let Err(e) = cli::forward_signals(tx) {
+        tracing::error!("Cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    daemon.run(rx).await;
+    ExitCode::SUCCESS
+}
