@@ -91,6 +91,11 @@ impl Upstream {
         serde_json::to_value(self.out(s)).unwrap_or(Value::Null)
     }
 
+    /// One server as a JSON body, in NGINX's field order.
+    fn body(&self, s: &Server) -> Vec<u8> {
+        serde_json::to_vec(&self.out(s)).unwrap_or_default()
+    }
+
     fn out<'a>(&self, s: &'a Server) -> ServerOut<'a> {
         let http = self.kind == UpstreamKind::Http;
         ServerOut {
@@ -712,8 +717,7 @@ pub(crate) fn handle(
         Some(&"stream") => UpstreamKind::Stream,
         Some(_) => return path_not_found(),
     };
-    let st_guard = lock(state);
-    let mut st = st_guard;
+    let mut st = lock(state);
     match segs.get(1..).unwrap_or_default() {
         [] => {
             if method != "GET" {
@@ -784,7 +788,7 @@ pub(crate) fn handle(
                         };
                         match post_server(u, &body) {
                             Ok(id) => match u.servers.get(&id) {
-                                Some(s) => Reply::json(201, &u.render(s)),
+                                Some(s) => Reply::raw_json(201, u.body(s)),
                                 None => error_reply(500, "InternalError", "internal error"),
                             },
                             Err(e) => e.into(),
@@ -798,7 +802,7 @@ pub(crate) fn handle(
                     };
                     match method {
                         "GET" => match u.servers.get(&id) {
-                            Some(s) => Reply::json(200, &u.render(s)),
+                            Some(s) => Reply::raw_json(200, u.body(s)),
                             None => not_found_server(id).into(),
                         },
                         "PATCH" => {
@@ -811,7 +815,7 @@ pub(crate) fn handle(
                             };
                             match patch_server(u, id, &body) {
                                 Ok(()) => match u.servers.get(&id) {
-                                    Some(s) => Reply::json(200, &u.render(s)),
+                                    Some(s) => Reply::raw_json(200, u.body(s)),
                                     None => not_found_server(id).into(),
                                 },
                                 Err(e) => e.into(),

@@ -378,17 +378,8 @@ async fn retry_after_is_capped_and_throttling_forever_ends_after_bounded_retries
 async fn server_errors_are_retried_then_succeed() {
     let tb = testbed().await;
     uniform_set(&tb, "web", 3);
-    tb.faults().inject(
-        Service::Arm,
-        "networkInterfaces",
-        Fault::Status {
-            status: 500,
-            code: "InternalServerError".into(),
-            message: "boom".into(),
-            retry_after: None,
-        },
-        2,
-    );
+    let arm = client(&tb);
+
     tb.faults().inject(
         Service::Arm,
         "virtualMachineScaleSets/web",
@@ -400,23 +391,33 @@ async fn server_errors_are_retried_then_succeed() {
         },
         1,
     );
-    let arm = client(&tb);
-    assert_eq!(
-        arm.list_scale_set_nics(SUB, RG, "web")
-            .await
-            .expect("recovers")
-            .len(),
-        3
-    );
-    // 2 failures + 2 pages
-    assert_eq!(arm_requests(&tb).len(), 4);
-    // The 502 rule matched a networkInterfaces path too? No: rules are tried in order and
-    // the first one was used up; the 502 one is still pending for the GET.
     arm.get_scale_set(SUB, RG, "web").await.expect("recovers");
+    assert_eq!(arm_requests(&tb).len(), 2);
+
+    tb.clear_requests();
+    tb.faults().inject(
+        Service::Arm,
+        "networkInterfaces",
+        Fault::Status {
+            status: 500,
+            code: "InternalServerError".into(),
+            message: "boom".into(),
+            retry_after: None,
+        },
+        2,
+    );
+    let nics = arm
+        .list_scale_set_nics(SUB, RG, "web")
+        .await
+        .expect("recovers");
+    assert_eq!(nics.len(), 3);
+    assert_eq!(arm_requests(&tb).len(), 2 + 2, "2 failures + 2 pages");
+
     let stats = arm.stats();
     assert_eq!(stats.retries, 3);
     assert_eq!(stats.by_status.get(&500), Some(&2));
     assert_eq!(stats.by_status.get(&502), Some(&1));
+    assert_eq!(stats.throttled_waits, 0);
     assert!(stats.backoff_wait > Duration::ZERO);
 }
 
@@ -677,91 +678,12 @@ async fn token_is_never_sent_over_plain_http_to_a_remote_host() {
     assert_eq!(arm.stats().requests, 0);
 }
 
-/// A one-route HTTP server that answers every request with the next canned body and
-/// records request lines.
-async fn canned_server(bodies: Vec<String>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    tokio::spawn(async move {
-        let mut bodies = bodies.into_iter();
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut got = Vec::new();
-            loop {
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                if got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let text = String::from_utf8_lossy(&got).to_string();
-            let line = text.lines().next().unwrap_or_default().to_string();
-            seen2.lock().expect("lock").push(line);
-            let body = bodies.next().unwrap_or_else(|| r#"{"value":[]}"#.into());
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-    });
-    (base, seen)
-}
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn next_link_is_followed_verbatim_without_re_encoding() {
-    let listener_probe = canned_server(vec![]).await; // reserve nothing; just for the shape
-    drop(listener_probe);
-    // The nextLink must point at the same server, so build it after binding.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    let base = format!("http://{addr}");
-    let link = format!(
-        "{base}/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines?api-version=2024-07-01&$filter=%27a%27%20eq%20%27b%2Fc%27&$skiptoken=x%2By%3D%3D"
-    );
-    let (server, seen) = canned_server_at(
-        addr,
-        vec![
-            format!(r#"{{"value":[{{"name":"v_0","instanceId":"0"}}],"nextLink":"{link}"}}"#),
-            r#"{"value":[{"name":"v_1","instanceId":"1"}],"nextLink":null}"#.into(),
-        ],
-    )
-    .await;
-    assert_eq!(server, base);
-    let arm = ArmClient::new(
-        ArmOptions::new(Url::parse(&base).expect("url")),
-        Arc::new(StaticToken("t".into())),
-        reqwest::Client::new(),
-    );
-    let vms = arm
-        .list_scale_set_vms("s", "r", "v", false)
-        .await
-        .expect("list");
-    assert_eq!(vms.len(), 2);
-    let seen = seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 2);
-    let expected_target = link.trim_start_matches(&base);
-    assert_eq!(seen[1], format!("GET {expected_target} HTTP/1.1"));
-}
-
-async fn canned_server_at(
-    addr: std::net::SocketAddr,
-    bodies: Vec<String>,
-) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+/// A tiny HTTP/1.1 server on `listener` that answers each request with the next canned
+/// JSON body (then `{"value":[]}`) and records the request lines.
+fn serve_canned(listener: tokio::net::TcpListener, bodies: Vec<String>) -> Seen {
+    let seen: Seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen2 = seen.clone();
     tokio::spawn(async move {
         let mut bodies = bodies.into_iter();
@@ -792,7 +714,49 @@ async fn canned_server_at(
             let _ = sock.shutdown().await;
         }
     });
-    (base, seen)
+    seen
+}
+
+async fn bind() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    (listener, base)
+}
+
+async fn canned_server(bodies: Vec<String>) -> (String, Seen) {
+    let (listener, base) = bind().await;
+    (base, serve_canned(listener, bodies))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_link_is_followed_verbatim_without_re_encoding() {
+    let (listener, base) = bind().await;
+    let link = format!(
+        "{base}/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines?api-version=2024-07-01&$filter=%27a%27%20eq%20%27b%2Fc%27&$skiptoken=x%2By%3D%3D"
+    );
+    let seen = serve_canned(
+        listener,
+        vec![
+            format!(r#"{{"value":[{{"name":"v_0","instanceId":"0"}}],"nextLink":"{link}"}}"#),
+            r#"{"value":[{"name":"v_1","instanceId":"1"}],"nextLink":null}"#.into(),
+        ],
+    );
+    let arm = ArmClient::new(
+        ArmOptions::new(Url::parse(&base).expect("url")),
+        Arc::new(StaticToken("t".into())),
+        reqwest::Client::new(),
+    );
+    let vms = arm
+        .list_scale_set_vms("s", "r", "v", false)
+        .await
+        .expect("list");
+    assert_eq!(vms.len(), 2);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    let expected_target = link.trim_start_matches(&base);
+    assert_eq!(seen[1], format!("GET {expected_target} HTTP/1.1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

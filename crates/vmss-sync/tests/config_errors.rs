@@ -150,8 +150,8 @@ fn fail_timeout_and_slow_start_must_be_nginx_times() {
     assert_eq!(
         errors(&file("", "port: 80\n    kind: http\n    fail_timeout: 10 seconds\n    slow_start: -5s")),
         [
-            "cfg.yaml:9:19: upstreams[0].fail_timeout: the field fail_timeout has invalid value: it must be an NGINX time such as 10s, 500ms or 1m30s (units ms, s, m, h, d, w, M, y; a bare number is seconds) (value: \"10 seconds\")",
-            "cfg.yaml:10:17: upstreams[0].slow_start: the field slow_start has invalid value: it must be an NGINX time such as 10s, 500ms or 1m30s (units ms, s, m, h, d, w, M, y; a bare number is seconds) (value: \"-5s\")",
+            "cfg.yaml:9:19: upstreams[0].fail_timeout: the field fail_timeout has invalid value: it must be an NGINX time such as 10s, 90 or 1m30s (units s, m, h, d, w, M, y; a bare number is seconds) (value: \"10 seconds\")",
+            "cfg.yaml:10:17: upstreams[0].slow_start: the field slow_start has invalid value: it must be an NGINX time such as 10s, 90 or 1m30s (units s, m, h, d, w, M, y; a bare number is seconds) (value: \"-5s\")",
         ]
     );
 }
@@ -160,21 +160,26 @@ fn fail_timeout_and_slow_start_must_be_nginx_times() {
 fn nginx_times_in_the_file_are_parsed() {
     let c = valid(&file(
         "",
-        "port: 80\n    kind: http\n    fail_timeout: 1m30s\n    slow_start: 500ms",
+        "port: 80\n    kind: http\n    fail_timeout: 1m30s\n    slow_start: 2m",
     ));
     assert_eq!(c.upstreams[0].fail_timeout, Duration::from_secs(90));
-    assert_eq!(c.upstreams[0].slow_start, Duration::from_millis(500));
+    assert_eq!(c.upstreams[0].slow_start, Duration::from_secs(120));
     assert_eq!(
         config::format_nginx_time(c.upstreams[0].fail_timeout),
         "90s"
     );
-    assert_eq!(
-        config::format_nginx_time(c.upstreams[0].slow_start),
-        "500ms"
-    );
+    assert_eq!(config::format_nginx_time(c.upstreams[0].slow_start), "120s");
     assert_eq!(
         config::parse_nginx_time("1h 30m"),
         Some(Duration::from_secs(5400))
+    );
+}
+
+#[test]
+fn sub_second_server_times_are_refused_because_nginx_reads_whole_seconds() {
+    assert_eq!(
+        errors(&file("", "port: 80\n    kind: http\n    slow_start: 500ms")),
+        ["cfg.yaml:9:17: upstreams[0].slow_start: the field slow_start has invalid value: NGINX takes whole seconds here (value: \"500ms\")"]
     );
 }
 

@@ -709,12 +709,19 @@ impl Cx<'_> {
     fn nginx_time(&mut self, node: &Node, path: &str) -> Slot<Duration> {
         let field = last_segment(path).to_owned();
         self.typed(node, path, |s| {
-            parse_nginx_time(s).ok_or_else(|| {
+            let d = parse_nginx_time(s).ok_or_else(|| {
                 format!(
                     "the field {field} has invalid value: it must be an NGINX time such as 10s, \
-                     500ms or 1m30s (units ms, s, m, h, d, w, M, y; a bare number is seconds)"
+                     90 or 1m30s (units s, m, h, d, w, M, y; a bare number is seconds)"
                 )
-            })
+            })?;
+            // NGINX reads server fail_timeout and slow_start in whole seconds.
+            if d.subsec_nanos() != 0 {
+                return Err(format!(
+                    "the field {field} has invalid value: NGINX takes whole seconds here"
+                ));
+            }
+            Ok(d)
         })
     }
 
