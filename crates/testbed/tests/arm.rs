@@ -687,7 +687,8 @@ async fn vmss_list_in_group_and_subscription_pages_through_every_set() {
             "/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachineScaleSets?api-version={COMPUTE}"
         ))
         .await;
-    let names: Vec<&str> = sets.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = sets.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    names.sort();
     assert_eq!(names, ["a", "b", "c", "d"]);
 }
 

@@ -64,8 +64,9 @@ pub struct Instance {
 pub struct ScaleSetSnapshot {
     /// Which set.
     pub key: ScaleSetKey,
-    /// `sku.capacity`: the number of instances the set itself says it wants.
-    pub capacity: u64,
+    /// `sku.capacity`: the number of instances the set itself says it wants (None when
+    /// ARM did not say).
+    pub capacity: Option<u64>,
     /// Orchestration mode.
     pub orchestration: Orchestration,
     /// Instances with an address, sorted by VM id; one entry per VM.

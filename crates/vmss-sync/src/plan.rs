@@ -91,8 +91,8 @@ pub enum Hold {
     WouldEmpty {
         /// Servers the target has now.
         observed: usize,
-        /// Sum of the scale sets' `sku.capacity`.
-        capacity: u64,
+        /// The scale set's `sku.capacity` (None: ARM did not say).
+        capacity: Option<u64>,
     },
     /// The read would remove more than half of the upstream and found fewer instances
     /// than the scale sets' capacity.
@@ -103,9 +103,20 @@ pub enum Hold {
         observed: usize,
         /// Instances found by discovery.
         found: usize,
-        /// Sum of the scale sets' `sku.capacity`.
-        capacity: u64,
+        /// The scale set's `sku.capacity` (None: ARM did not say).
+        capacity: Option<u64>,
     },
+}
+
+struct Capacity(Option<u64>);
+
+impl std::fmt::Display for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, "{c}"),
+            None => f.write_str("unknown"),
+        }
+    }
 }
 
 impl std::fmt::Display for Hold {
@@ -113,8 +124,9 @@ impl std::fmt::Display for Hold {
         match self {
             Hold::WouldEmpty { observed, capacity } => write!(
                 f,
-                "discovery found no instances but the scale set capacity is {capacity}; \
-                 keeping all {observed} servers"
+                "discovery found no instances but the scale set capacity is {}; \
+                 keeping all {observed} servers",
+                Capacity(*capacity)
             ),
             Hold::MassRemoval {
                 removing,
@@ -124,7 +136,8 @@ impl std::fmt::Display for Hold {
             } => write!(
                 f,
                 "would remove {removing} of {observed} servers, but discovery found {found} \
-                 instances against a capacity of {capacity}; keeping them until the two agree"
+                 instances against a capacity of {}; keeping them until the two agree",
+                Capacity(*capacity)
             ),
         }
     }
@@ -133,16 +146,16 @@ impl std::fmt::Display for Hold {
 /// Decides whether the plan's removals may run.
 ///
 /// A plan that empties the upstream, or removes more than half of it, runs only when
-/// the scale sets' own capacity agrees with what discovery found (`found >= capacity`;
-/// capacity 0 with nothing found means the set really is empty). Adds and updates are
-/// never held.
-pub fn guard(plan: &Plan, observed: usize, found: usize, capacity: u64) -> Option<Hold> {
+/// the scale set's own capacity agrees with what discovery found (`found >= capacity`;
+/// capacity 0 with nothing found means the set really is empty; an unknown capacity never
+/// agrees). Adds and updates are never held.
+pub fn guard(plan: &Plan, observed: usize, found: usize, capacity: Option<u64>) -> Option<Hold> {
     let removing = plan.remove.len();
     if removing == 0 {
         return None;
     }
     let remaining = observed.saturating_sub(removing) + plan.add.len();
-    let agrees = found as u64 >= capacity;
+    let agrees = capacity.is_some_and(|c| found as u64 >= c);
     if remaining == 0 && !agrees {
         return Some(Hold::WouldEmpty { observed, capacity });
     }
@@ -253,13 +266,17 @@ mod tests {
         let observed = vec![obs(0, "a:1", None), obs(1, "b:1", None)];
         let p = plan(&DesiredServers::new(), &observed);
         assert_eq!(
-            guard(&p, 2, 0, 2),
+            guard(&p, 2, 0, Some(2)),
             Some(Hold::WouldEmpty {
                 observed: 2,
-                capacity: 2
+                capacity: Some(2)
             })
         );
-        assert_eq!(guard(&p, 2, 0, 0), None, "capacity 0 means empty is real");
+        assert_eq!(
+            guard(&p, 2, 0, Some(0)),
+            None,
+            "capacity 0 means empty is real"
+        );
     }
 
     #[test]
@@ -272,15 +289,19 @@ mod tests {
             .collect();
         let p = plan(&desired, &observed);
         assert!(matches!(
-            guard(&p, 10, 3, 10),
+            guard(&p, 10, 3, Some(10)),
             Some(Hold::MassRemoval { removing: 7, .. })
         ));
-        assert_eq!(guard(&p, 10, 3, 3), None, "scale-in the set agrees with");
+        assert_eq!(
+            guard(&p, 10, 3, Some(3)),
+            None,
+            "scale-in the set agrees with"
+        );
         let small: DesiredServers = (0..6)
             .map(|i| (format!("10.0.0.{i}:80"), params(0)))
             .collect();
         assert_eq!(
-            guard(&plan(&small, &observed), 10, 6, 10),
+            guard(&plan(&small, &observed), 10, 6, Some(10)),
             None,
             "removing 4 of 10 is not held"
         );
@@ -347,7 +368,8 @@ mod tests {
         fn guard_never_allows_emptying_against_capacity(o in arb_observed(), cap in 1u64..20) {
             let p = plan(&DesiredServers::new(), &o);
             if !p.remove.is_empty() {
-                prop_assert!(guard(&p, o.len(), 0, cap).is_some());
+                prop_assert!(guard(&p, o.len(), 0, Some(cap)).is_some());
+                prop_assert!(guard(&p, o.len(), 0, None).is_some(), "unknown capacity never agrees");
             }
         }
     }

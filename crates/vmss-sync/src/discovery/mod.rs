@@ -71,7 +71,7 @@ pub async fn read_scale_set(
         .await?;
     Ok(ScaleSetSnapshot {
         key: key.clone(),
-        capacity: vmss.capacity(),
+        capacity: vmss.sku.capacity,
         orchestration: mode,
         instances: instances_from_nics(&nics),
     })
