@@ -19,7 +19,7 @@ use std::ops::Bound;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{FleetState, Instance, Orchestration, ResourceGroup, ScaleSet};
+use crate::fleet::{Instance, Orchestration, ResourceGroup, ScaleSet, Subscription};
 use crate::tokens::{self, TokenCheck};
 use crate::util::{compute_time, dotnet_time, guid, hex, lock, now_epoch, unhex, Reply, Req};
 use crate::{Service, Shared};
@@ -403,16 +403,9 @@ fn serve(sh: &Shared, req: &Req) -> Reply {
     };
     let ctx = Ctx { sh, req };
     match op {
-        Op::VmssListAll => {
-            let sets: Vec<&ScaleSet> = subscription
-                .rgs
-                .values()
-                .flat_map(|g| g.sets.values())
-                .collect();
-            ctx.list_sets(sets)
-        }
-        Op::VmListAll => ctx.list_flex_vms_all(&st, sub),
-        Op::NicListAll => ctx.list_flex_nics_all(&st, sub),
+        Op::VmssListAll => ctx.list_sets_all(subscription),
+        Op::VmListAll => ctx.list_flex_vms_all(subscription),
+        Op::NicListAll => ctx.list_flex_nics_all(subscription),
         Op::VmssList(rg)
         | Op::VmssGet(rg, _)
         | Op::VmssVmList(rg, _)
@@ -433,7 +426,7 @@ fn serve(sh: &Shared, req: &Req) -> Reply {
                     &format!("Resource group '{rg}' could not be found."),
                 );
             };
-            ctx.in_group(group, &op, rg)
+            ctx.in_group(&subscription.name, group, &op, rg)
         }
     }
 }
@@ -453,13 +446,7 @@ fn not_found(rg: &str, ty: &str, name: &str) -> Reply {
     )
 }
 
-fn parent_not_found(group: &ResourceGroup, child_type: &str, parent: &str) -> Reply {
-    let sub = group
-        .sets
-        .values()
-        .next()
-        .map(|s| s.sub.as_str())
-        .unwrap_or_default();
+fn parent_not_found(sub: &str, group: &ResourceGroup, child_type: &str, parent: &str) -> Reply {
     arm_error(
         404,
         "ParentResourceNotFound",
@@ -555,33 +542,38 @@ impl<'a> Ctx<'a> {
     }
 
     /// Generic paging over an ordered map keyed by strings.
-    fn page_of<V>(&self, map: &BTreeMap<String, V>, render: impl Fn(&V) -> Option<Value>) -> Reply {
-        let cur = match self.cursor() {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        if let Some(r) = self.page_fault(cur.page) {
-            return r;
+    /// Parses `$skiptoken` and applies a FailPage fault for the page, if one matches.
+    fn begin(&self) -> Result<Cursor, Reply> {
+        let cur = self.cursor()?;
+        match self.page_fault(cur.page) {
+            Some(r) => Err(r),
+            None => Ok(cur),
         }
+    }
+
+    /// Takes up to a page of items from `iter` (already positioned after the cursor and
+    /// filtered); the key of the last item becomes the next cursor if more items follow.
+    fn paginate<T>(
+        &self,
+        page: usize,
+        iter: impl Iterator<Item = (String, T)>,
+        render: impl Fn(T) -> Option<Value>,
+    ) -> Reply {
         let size = self.sh.opts.page_size.max(1);
-        let range = match &cur.after {
-            Some(k) => map.range::<String, _>((Bound::Excluded(k.clone()), Bound::Unbounded)),
-            None => map.range::<String, _>(..),
-        };
-        let mut items = Vec::with_capacity(size);
-        let mut last: Option<&String> = None;
+        let mut items = Vec::with_capacity(size.min(1024));
+        let mut last: Option<String> = None;
         let mut more = false;
-        for (k, v) in range {
+        for (k, t) in iter {
             if items.len() == size {
                 more = true;
                 break;
             }
-            if let Some(item) = render(v) {
-                items.push(item);
+            if let Some(v) = render(t) {
+                items.push(v);
                 last = Some(k);
             }
         }
-        self.page_reply(items, more.then(|| last.cloned()).flatten(), cur.page)
+        self.page_reply(items, last.filter(|_| more), page)
     }
 
     fn page_reply(&self, items: Vec<Value>, next_key: Option<String>, page: usize) -> Reply {
@@ -592,57 +584,56 @@ impl<'a> Ctx<'a> {
         Reply::json(200, &body)
     }
 
-    fn list_sets(&self, sets: Vec<&ScaleSet>) -> Reply {
-        let map: BTreeMap<String, &ScaleSet> = sets
-            .into_iter()
-            .map(|s| (format!("{}/{}", s.rg, s.name).to_ascii_lowercase(), s))
-            .collect();
-        self.page_of(&map, |s| Some(vmss_json(s)))
+    /// VirtualMachineScaleSets_List (one group).
+    fn list_sets(&self, group: &ResourceGroup) -> Reply {
+        let cur = match self.begin() {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let iter = range_after(&group.sets, cur.after.as_deref()).map(|(k, s)| (k.clone(), s));
+        self.paginate(cur.page, iter, |s| Some(vmss_json(s)))
     }
 
-    fn list_flex_vms_all(&self, st: &FleetState, sub: &str) -> Reply {
-        let Some(subscription) = st.subs.get(&sub.to_ascii_lowercase()) else {
-            return Reply::json(200, &json!({"value": []}));
+    /// VirtualMachineScaleSets_ListAll (every group of the subscription).
+    fn list_sets_all(&self, sub: &Subscription) -> Reply {
+        let cur = match self.begin() {
+            Ok(c) => c,
+            Err(r) => return r,
         };
+        let iter = across_groups(sub, cur.after.as_deref(), |g| &g.sets).map(|(k, _, s)| (k, s));
+        self.paginate(cur.page, iter, |s| Some(vmss_json(s)))
+    }
+
+    /// VirtualMachines_ListAll: every Flexible member of the subscription.
+    fn list_flex_vms_all(&self, sub: &Subscription) -> Reply {
         let expand = match self.vm_list_expand(true) {
             Ok(e) => e,
             Err(r) => return r,
         };
-        let mut map: BTreeMap<String, (&ScaleSet, &Instance)> = BTreeMap::new();
-        for g in subscription.rgs.values() {
-            for (vm, r) in &g.flex_vms {
-                if let Some((ss, inst)) = g
-                    .sets
-                    .get(&r.set_key)
-                    .and_then(|ss| Some((ss, ss.instances.get(&r.id)?)))
-                {
-                    map.insert(format!("{}/{vm}", g.name.to_ascii_lowercase()), (ss, inst));
-                }
-            }
-        }
-        self.page_of(&map, |(ss, inst)| Some(vm_json(ss, inst, expand)))
+        let cur = match self.begin() {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let iter =
+            across_groups(sub, cur.after.as_deref(), |g| &g.flex_vms).filter_map(|(k, g, r)| {
+                let ss = g.sets.get(&r.set_key)?;
+                Some((k, (ss, ss.instances.get(&r.id)?)))
+            });
+        self.paginate(cur.page, iter, |(ss, inst)| Some(vm_json(ss, inst, expand)))
     }
 
-    fn list_flex_nics_all(&self, st: &FleetState, sub: &str) -> Reply {
-        let Some(subscription) = st.subs.get(&sub.to_ascii_lowercase()) else {
-            return Reply::json(200, &json!({"value": []}));
+    /// NetworkInterfaces_ListAll: every NIC of a Flexible member in the subscription.
+    fn list_flex_nics_all(&self, sub: &Subscription) -> Reply {
+        let cur = match self.begin() {
+            Ok(c) => c,
+            Err(r) => return r,
         };
-        let mut map: BTreeMap<String, (&ScaleSet, &Instance, usize)> = BTreeMap::new();
-        for g in subscription.rgs.values() {
-            for (nic, r) in &g.flex_nics {
-                if let Some((ss, inst)) = g
-                    .sets
-                    .get(&r.set_key)
-                    .and_then(|ss| Some((ss, ss.instances.get(&r.id)?)))
-                {
-                    map.insert(
-                        format!("{}/{nic}", g.name.to_ascii_lowercase()),
-                        (ss, inst, r.nic),
-                    );
-                }
-            }
-        }
-        self.page_of(&map, |(ss, inst, idx)| nic_json(ss, inst, *idx))
+        let iter =
+            across_groups(sub, cur.after.as_deref(), |g| &g.flex_nics).filter_map(|(k, g, r)| {
+                let ss = g.sets.get(&r.set_key)?;
+                Some((k, (ss, ss.instances.get(&r.id)?, r.nic)))
+            });
+        self.paginate(cur.page, iter, |(ss, inst, idx)| nic_json(ss, inst, idx))
     }
 
     /// Validates `$filter`/`$expand` of VirtualMachines_List; returns whether to expand
@@ -671,23 +662,23 @@ impl<'a> Ctx<'a> {
         Ok(expand)
     }
 
-    fn in_group(&self, group: &ResourceGroup, op: &Op, rg: &str) -> Reply {
+    fn in_group(&self, sub: &str, group: &ResourceGroup, op: &Op, rg: &str) -> Reply {
         let set_of = |name: &str| group.sets.get(&name.to_ascii_lowercase());
         match *op {
-            Op::VmssList(_) => self.list_sets(group.sets.values().collect()),
+            Op::VmssList(_) => self.list_sets(group),
             Op::VmssGet(_, name) => match set_of(name) {
                 Some(ss) => Reply::json(200, &vmss_json(ss)),
                 None => not_found(rg, "Microsoft.Compute/virtualMachineScaleSets", name),
             },
             Op::VmssVmList(_, name) => {
                 let Some(ss) = set_of(name) else {
-                    return parent_not_found(group, "virtualMachines", name);
+                    return parent_not_found(sub, group, "virtualMachines", name);
                 };
                 self.vmss_vm_list(ss)
             }
             Op::VmssVmGet(_, name, iid) | Op::VmssVmInstanceView(_, name, iid) => {
                 let Some(ss) = set_of(name) else {
-                    return parent_not_found(group, "virtualMachines", name);
+                    return parent_not_found(sub, group, "virtualMachines", name);
                 };
                 let view = matches!(op, Op::VmssVmInstanceView(..));
                 if ss.mode == Orchestration::Flexible {
@@ -723,13 +714,13 @@ impl<'a> Ctx<'a> {
             }
             Op::VmssNicList(_, name) => {
                 let Some(ss) = set_of(name) else {
-                    return parent_not_found(group, "networkInterfaces", name);
+                    return parent_not_found(sub, group, "networkInterfaces", name);
                 };
                 self.vmss_nic_list(ss, None)
             }
             Op::VmssVmNicList(_, name, iid) => {
                 let Some(ss) = set_of(name) else {
-                    return parent_not_found(group, "virtualMachines/networkInterfaces", name);
+                    return parent_not_found(sub, group, "virtualMachines/networkInterfaces", name);
                 };
                 match uniform_instance(ss, iid) {
                     Some(i) => self.vmss_nic_list(ss, Some(i.id)),
@@ -742,7 +733,7 @@ impl<'a> Ctx<'a> {
             }
             Op::VmssVmNicGet(_, name, iid, nic) => {
                 let Some(ss) = set_of(name) else {
-                    return parent_not_found(group, "virtualMachines/networkInterfaces", name);
+                    return parent_not_found(sub, group, "virtualMachines/networkInterfaces", name);
                 };
                 let found = uniform_instance(ss, iid).and_then(|i| {
                     (0..=i.secondary.len())
@@ -786,15 +777,16 @@ impl<'a> Ctx<'a> {
                 Reply::json(200, &vm_json(ss, inst, expand))
             }
             Op::NicList(_) => {
-                let map: BTreeMap<String, (&ScaleSet, &Instance, usize)> = group
-                    .flex_nics
-                    .iter()
-                    .filter_map(|(k, r)| {
+                let cur = match self.begin() {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                let iter =
+                    range_after(&group.flex_nics, cur.after.as_deref()).filter_map(|(k, r)| {
                         let ss = group.sets.get(&r.set_key)?;
                         Some((k.clone(), (ss, ss.instances.get(&r.id)?, r.nic)))
-                    })
-                    .collect();
-                self.page_of(&map, |(ss, inst, idx)| nic_json(ss, inst, *idx))
+                    });
+                self.paginate(cur.page, iter, |(ss, inst, idx)| nic_json(ss, inst, idx))
             }
             Op::NicGet(_, nic) => {
                 let found = group
@@ -844,20 +836,30 @@ impl<'a> Ctx<'a> {
                 "$expand",
             );
         }
-        let map: BTreeMap<String, (&ScaleSet, &Instance)> = group
-            .flex_vms
-            .iter()
-            .filter_map(|(k, r)| {
-                let ss = group.sets.get(&r.set_key)?;
-                if let Some(f) = &filter {
-                    if ss.id().to_ascii_lowercase() != *f {
-                        return None;
-                    }
-                }
-                Some((k.clone(), (ss, ss.instances.get(&r.id)?)))
-            })
-            .collect();
-        self.page_of(&map, |(ss, inst)| Some(vm_json(ss, inst, expand)))
+        // The filter names one scale set: resolve it once, then walk the group's index.
+        let only_set: Option<Option<&String>> = filter.map(|f| {
+            group
+                .sets
+                .iter()
+                .find(|(_, ss)| ss.id().to_ascii_lowercase() == f)
+                .map(|(k, _)| k)
+        });
+        let cur = match self.begin() {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if only_set == Some(None) {
+            return self.page_reply(Vec::new(), None, cur.page);
+        }
+        let only_set = only_set.flatten();
+        let iter = range_after(&group.flex_vms, cur.after.as_deref()).filter_map(|(k, r)| {
+            if only_set.is_some_and(|s| *s != r.set_key) {
+                return None;
+            }
+            let ss = group.sets.get(&r.set_key)?;
+            Some((k.clone(), (ss, ss.instances.get(&r.id)?)))
+        });
+        self.paginate(cur.page, iter, |(ss, inst)| Some(vm_json(ss, inst, expand)))
     }
 
     /// VirtualMachineScaleSetVMs_List.
@@ -903,13 +905,10 @@ impl<'a> Ctx<'a> {
                 true
             }
         };
-        let cur = match self.cursor() {
+        let cur = match self.begin() {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if let Some(r) = self.page_fault(cur.page) {
-            return r;
-        }
         let after = match cur.after.as_deref().map(str::parse::<u64>) {
             None => None,
             Some(Ok(n)) => Some(n),
@@ -953,13 +952,10 @@ impl<'a> Ctx<'a> {
 
     /// NIC list of a Uniform set (or of one of its instances). Flexible sets have none here.
     fn vmss_nic_list(&self, ss: &ScaleSet, only: Option<u64>) -> Reply {
-        let cur = match self.cursor() {
+        let cur = match self.begin() {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if let Some(r) = self.page_fault(cur.page) {
-            return r;
-        }
         let after: Option<(u64, usize)> = match cur.after.as_deref() {
             None => None,
             Some(k) => match k
@@ -1011,6 +1007,44 @@ impl<'a> Ctx<'a> {
             cur.page,
         )
     }
+}
+
+/// Entries of `map` strictly after `after` (all entries without a cursor).
+fn range_after<'m, V>(
+    map: &'m BTreeMap<String, V>,
+    after: Option<&str>,
+) -> std::collections::btree_map::Range<'m, String, V> {
+    match after {
+        Some(k) => map.range::<str, _>((Bound::Excluded(k), Bound::Unbounded)),
+        None => map.range::<str, _>(..),
+    }
+}
+
+/// Walks one per-group index across every group of a subscription, in (group, key) order,
+/// starting after the cursor "<group>/<key>". Keys are built lazily, only for visited items.
+fn across_groups<'s, V: 's>(
+    sub: &'s Subscription,
+    after: Option<&str>,
+    index: impl Fn(&'s ResourceGroup) -> &'s BTreeMap<String, V> + 's,
+) -> impl Iterator<Item = (String, &'s ResourceGroup, &'s V)> + 's {
+    let (after_rg, after_key) = match after.and_then(|a| a.split_once('/')) {
+        Some((g, k)) => (Some(g.to_string()), Some(k.to_string())),
+        None => (None, None),
+    };
+    let groups = match &after_rg {
+        Some(g) => sub
+            .rgs
+            .range::<str, _>((Bound::Included(g.as_str()), Bound::Unbounded)),
+        None => sub.rgs.range::<str, _>(..),
+    };
+    groups.flat_map(move |(gk, g)| {
+        let inner = if after_rg.as_deref() == Some(gk.as_str()) {
+            range_after(index(g), after_key.as_deref())
+        } else {
+            range_after(index(g), None)
+        };
+        inner.map(move |(k, v)| (format!("{gk}/{k}"), g, v))
+    })
 }
 
 /// `'virtualMachineScaleSet/id' eq '<id>'` → the id. Whitespace-tolerant.
@@ -1160,7 +1194,7 @@ fn vmss_json(ss: &ScaleSet) -> Value {
         "id": ss.id(),
         "type": "Microsoft.Compute/virtualMachineScaleSets",
         "location": ss.location,
-        "tags": {},
+        "tags": ss.tags,
         "sku": {"name": SKU, "tier": "Standard", "capacity": ss.capacity},
         "properties": props,
     })
@@ -1539,6 +1573,7 @@ mod tests {
             next_id: 0,
             unique_id: String::new(),
             created: 0,
+            tags: BTreeMap::new(),
             instances: BTreeMap::new(),
         };
         assert_eq!(computer_name(&ss, 0), "webset000000");

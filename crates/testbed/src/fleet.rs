@@ -51,6 +51,7 @@ pub(crate) struct ScaleSet {
     pub next_id: u64,
     pub unique_id: String,
     pub created: u64,
+    pub tags: BTreeMap<String, String>,
     pub instances: BTreeMap<u64, Instance>,
 }
 
@@ -288,9 +289,32 @@ impl Fleet {
                 next_id: 0,
                 unique_id: guid(),
                 created: now_epoch(),
+                tags: BTreeMap::new(),
                 instances: BTreeMap::new(),
             },
         );
+    }
+
+    /// Sets (or, with `None`, removes) a tag on a scale set.
+    pub fn set_tag(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        key: &str,
+        value: Option<&str>,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(ss) = st
+            .rg_mut(subscription, resource_group)
+            .and_then(|g| g.sets.get_mut(&scale_set.to_ascii_lowercase()))
+        else {
+            panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
+        };
+        match value {
+            Some(v) => ss.tags.insert(key.to_string(), v.to_string()),
+            None => ss.tags.remove(key),
+        };
     }
 
     /// Deletes a scale set and its instances (later requests answer 404).

@@ -237,6 +237,13 @@ async fn vmss_get_reports_mode_capacity_and_capacity_can_disagree_with_instances
     assert_eq!(v["properties"]["orchestrationMode"], "Flexible");
     assert_eq!(v["sku"]["capacity"], 2);
 
+    e.tb.fleet().set_tag(SUB, RG, "uni", "pool", Some("web"));
+    let v = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("uni")))
+        .await
+        .json();
+    assert_eq!(v["tags"], serde_json::json!({"pool": "web"}));
+
     e.tb.fleet().set_capacity_only(SUB, RG, "uni", 7);
     let v = e
         .arm(&format!("{}?api-version={COMPUTE}", vmss_path("uni")))
@@ -767,4 +774,70 @@ async fn large_fleet_of_10000_instances_is_served_quickly() {
         t2.elapsed()
     );
     assert_eq!(small.tb.requests_to(Service::Arm).len(), 200);
+}
+
+#[tokio::test]
+async fn subscription_wide_lists_page_across_resource_groups() {
+    let e = env().await;
+    let f = e.tb.fleet();
+    for (rg, set, n) in [("rg-a", "x", 3), ("rg-b", "y", 0), ("rg-c", "z", 2)] {
+        f.add_scale_set(SUB, rg, set, Orchestration::Flexible, "eastus");
+        f.scale_to(SUB, rg, set, n);
+    }
+    f.add_secondary_nic(SUB, "rg-c", "z", "z_1", Ipv4Addr::new(172, 16, 0, 9));
+    let (vms, pages) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines?api-version={COMPUTE}"
+        ))
+        .await;
+    let names: Vec<&str> = vms.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["x_0", "x_1", "x_2", "z_0", "z_1"]);
+    assert_eq!(pages, 3);
+    let (nics, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK}"
+        ))
+        .await;
+    assert_eq!(nics.len(), 6);
+    let (sets, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachineScaleSets?api-version={COMPUTE}"
+        ))
+        .await;
+    assert_eq!(sets.len(), 3);
+}
+
+#[tokio::test]
+async fn large_flexible_fleet_pages_in_constant_time_per_page() {
+    let e = env().await;
+    e.set("flex", Orchestration::Flexible, 10_000);
+    e.set("other", Orchestration::Flexible, 3);
+    let filter = format!("'virtualMachineScaleSet/id' eq '{}'", vmss_path("other"));
+    let q: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("api-version", COMPUTE)
+        .append_pair("$filter", &filter)
+        .append_pair("$expand", "instanceView")
+        .finish();
+    let (vms, pages) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines?{q}"
+        ))
+        .await;
+    assert_eq!((vms.len(), pages), (3, 2));
+
+    let t = Instant::now();
+    let mut url = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK}",
+        e.tb.arm_url()
+    );
+    for _ in 0..200 {
+        let v = e.arm_url(&url).await.json();
+        assert_eq!(v["value"].as_array().unwrap().len(), 2);
+        url = v["nextLink"].as_str().unwrap().to_string();
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "200 pages took {:?}",
+        t.elapsed()
+    );
 }

@@ -119,7 +119,8 @@ async fn a_failed_page_removes_no_server() {
     let args = ["once", "--config", cfg.to_str().unwrap()];
     assert_eq!(run(&args, &env.sp_env()).await.code, 0);
     let before = env.servers(UpstreamKind::Http, "web");
-    env.tb.fleet().scale_to(SUB, RG, "web", 2);
+    // 4 NICs in pages of 2: page 1 fails after page 0 succeeded.
+    env.tb.fleet().scale_to(SUB, RG, "web", 4);
     env.tb.faults().inject(
         Service::Arm,
         "/networkInterfaces",
