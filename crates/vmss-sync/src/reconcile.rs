@@ -277,7 +277,7 @@ async fn sync_upstream(
                 "Couldn't get the IP addresses for {}: {e}",
                 up.scale_set.name
             );
-            tracing::warn!(upstream = %up.target.name, group = %up.scale_set.name, error = %e, "{msg}");
+            tracing::warn!(upstream = %up.target.name, group = %up.scale_set.name, "{msg}");
             out.error = Some(msg);
             return out;
         }
@@ -294,7 +294,7 @@ async fn sync_upstream(
                 kind_word(up.target.kind),
                 e.message
             );
-            tracing::warn!(upstream = %up.target.name, target = target.kind(), error = %e.message, "{msg}");
+            tracing::warn!(upstream = %up.target.name, target = target.kind(), "{msg}");
             out.error = Some(msg);
             return out;
         }
@@ -344,7 +344,6 @@ async fn sync_upstream(
         tracing::warn!(
             upstream = %up.target.name,
             target = target.kind(),
-            error = %e.message,
             "Couldn't update {} servers in NGINX: {}",
             kind_word(up.target.kind),
             e.message

@@ -523,3 +523,46 @@ async fn version_flag_prints_the_version() {
     assert_eq!(out.code, 0);
     assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_version_is_negotiated_to_the_highest_one_both_sides_know() {
+    let env = testbed(TestbedOptions {
+        nginx_versions: vec![4, 5, 6, 7, 8],
+        ..TestbedOptions::default()
+    })
+    .await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = env.config("", &http_upstream("web"));
+    let out = run(&["once", "--config", cfg.to_str().unwrap()], &env.sp_env()).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let paths: Vec<String> = env
+        .tb
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == Service::Nginx && r.path.contains("/upstreams/"))
+        .map(|r| r.path)
+        .collect();
+    assert!(!paths.is_empty());
+    assert!(paths.iter().all(|p| p.starts_with("/api/8/")), "{paths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_offering_only_unknown_versions_is_refused_with_the_list() {
+    let env = testbed(TestbedOptions {
+        nginx_versions: vec![10, 11],
+        ..TestbedOptions::default()
+    })
+    .await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = env.config("", &http_upstream("web"));
+    let out = run(&["once", "--config", cfg.to_str().unwrap()], &env.sp_env()).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("offers versions [10, 11]"),
+        "{}",
+        out.stderr
+    );
+    assert!(env.nginx_writes().is_empty());
+}

@@ -317,6 +317,9 @@ fn json_str<'a>(v: &'a serde_json::Value, keys: &[&str]) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// Lifetime assumed for a token whose expiry cannot be read.
+const UNKNOWN_EXPIRY_LIFETIME: Duration = Duration::from_secs(600);
+
 /// Parses an OAuth2-style token response (AAD, IMDS, App Service).
 /// `expires_in` (relative; robust to clock skew) wins over `expires_on`.
 fn parse_token_body(
@@ -340,7 +343,13 @@ fn parse_token_body(
     } else if let Some(epoch) = json_u64(v.get("expires_on")) {
         UNIX_EPOCH.checked_add(Duration::from_secs(epoch))
     } else {
-        None
+        // An expiry in a form we do not read (older App Service answers give a date
+        // string): use the token, and fetch a new one soon rather than fail.
+        tracing::debug!(
+            credential,
+            "Token response has no numeric expiry; treating the token as valid for 10 minutes."
+        );
+        requested_at.checked_add(UNKNOWN_EXPIRY_LIFETIME)
     }
     .ok_or_else(|| AuthError::InvalidResponse {
         credential,
