@@ -1475,7 +1475,14 @@ mod tests {
             t.expires_at,
             UNIX_EPOCH + Duration::from_secs(1_506_484_173)
         );
-        assert!(parse_token_body("x", br#"{"access_token":"a"}"#, now).is_err());
+        // An expiry we cannot read (a date string) means "refresh soon", not an error.
+        let t = parse_token_body(
+            "x",
+            br#"{"access_token":"a","expires_on":"11/23/2026 14:00:00 +00:00"}"#,
+            now,
+        )
+        .expect("parses");
+        assert_eq!(t.expires_at, now + UNKNOWN_EXPIRY_LIFETIME);
         assert!(parse_token_body("x", br#"{"expires_in":1}"#, now).is_err());
         assert!(parse_token_body("x", b"<html>", now).is_err());
     }
