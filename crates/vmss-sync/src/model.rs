@@ -92,6 +92,16 @@ pub struct ServerParams {
 /// What an upstream should contain: server address (`ip:port`) to parameters.
 pub type DesiredServers = BTreeMap<String, ServerParams>;
 
+/// Whether a server takes new traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServerState {
+    /// Takes new traffic.
+    Active,
+    /// Takes no new traffic while existing connections finish (NGINX Plus http:
+    /// `drain`; stream upstreams and targets without drain: `down`).
+    Draining,
+}
+
 /// A server as a target reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedServer {
@@ -102,6 +112,9 @@ pub struct ObservedServer {
     /// Managed parameters, or `None` when the target reports values vmss-sync cannot read
     /// (they are then rewritten).
     pub params: Option<ServerParams>,
+    /// Whether it is draining. Read back from the target every cycle, so a restart of
+    /// vmss-sync in the middle of a drain knows about it.
+    pub state: ServerState,
 }
 
 /// Builds the desired servers of one upstream from the snapshots of its scale sets.

@@ -5,8 +5,9 @@
 //! empty plan. `guard` decides whether a plan's removals may run given what the scale
 //! sets themselves say about their size.
 
-use crate::model::{DesiredServers, ObservedServer, ServerParams};
+use crate::model::{DesiredServers, ObservedServer, ServerParams, ServerState};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A server to change in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,8 +16,12 @@ pub struct Update {
     pub id: u64,
     /// Its address.
     pub server: String,
-    /// The parameters it must get.
-    pub params: ServerParams,
+    /// The parameters it must get, or `None` to leave them as they are.
+    pub params: Option<ServerParams>,
+    /// The state it must end in.
+    pub state: ServerState,
+    /// The state it was observed in.
+    pub was: ServerState,
 }
 
 /// A server to remove.
@@ -26,14 +31,18 @@ pub struct Removal {
     pub id: u64,
     /// Its address.
     pub server: String,
+    /// The state it was observed in (a draining server whose time is up, or an active one
+    /// when there is no drain).
+    pub state: ServerState,
 }
 
 /// The changes that turn an observed upstream into the desired one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Servers to create, sorted by address.
+    /// Servers to create (active), sorted by address.
     pub add: Vec<(String, ServerParams)>,
-    /// Servers whose parameters change (never delete and re-add), sorted by address.
+    /// Servers changed in place: new parameters, a drain, or a restore from draining.
+    /// Never a delete and re-add. Sorted by address.
     pub update: Vec<Update>,
     /// Servers to delete, sorted by address then id.
     pub remove: Vec<Removal>,
@@ -44,11 +53,44 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.update.is_empty() && self.remove.is_empty()
     }
+
+    /// Updates that start a drain.
+    pub fn drains(&self) -> impl Iterator<Item = &Update> {
+        self.update
+            .iter()
+            .filter(|u| u.state == ServerState::Draining)
+    }
+}
+
+/// How leaving servers are drained.
+#[derive(Clone, Copy, Debug)]
+pub struct Drain<'a> {
+    /// How long a leaving server drains before it is removed; zero removes at once.
+    pub timeout: Duration,
+    /// For servers already draining: for how long. A draining server missing here
+    /// (vmss-sync restarted during its drain) counts as just started, so it is never
+    /// removed early and its drain still ends.
+    pub elapsed: &'a BTreeMap<String, Duration>,
+}
+
+static NO_ELAPSED: BTreeMap<String, Duration> = BTreeMap::new();
+
+impl Drain<'static> {
+    /// Leaving servers are removed at once.
+    pub const NONE: Drain<'static> = Drain {
+        timeout: Duration::ZERO,
+        elapsed: &NO_ELAPSED,
+    };
 }
 
 /// Computes the plan. Servers are matched by their exact address string. When the target
 /// holds the same address twice, the lowest id is kept and the others are removed.
-pub fn plan(desired: &DesiredServers, observed: &[ObservedServer]) -> Plan {
+///
+/// - A wanted server that is missing is added; one whose parameters differ is updated;
+///   one that is draining is restored (not removed and re-added).
+/// - A server that is not wanted is first drained (when `drain.timeout` is not zero)
+///   and removed once it has drained for `drain.timeout`.
+pub fn plan(desired: &DesiredServers, observed: &[ObservedServer], drain: &Drain<'_>) -> Plan {
     let mut by_server: BTreeMap<&str, Vec<&ObservedServer>> = BTreeMap::new();
     for o in observed {
         by_server.entry(o.server.as_str()).or_default().push(o);
@@ -56,24 +98,29 @@ pub fn plan(desired: &DesiredServers, observed: &[ObservedServer]) -> Plan {
     let mut out = Plan::default();
     for (server, entries) in &mut by_server {
         entries.sort_by_key(|o| o.id);
-        let (keep, extra) = match desired.get(*server) {
-            Some(_) => (entries.first().copied(), &entries[1..]),
-            None => (None, &entries[..]),
+        let Some(params) = desired.get(*server) else {
+            for o in entries.iter() {
+                leave(o, drain, &mut out);
+            }
+            continue;
         };
+        let (kept, extra) = (entries[0], &entries[1..]);
         for o in extra {
             out.remove.push(Removal {
                 id: o.id,
                 server: o.server.clone(),
+                state: o.state,
             });
         }
-        if let (Some(kept), Some(params)) = (keep, desired.get(*server)) {
-            if kept.params.as_ref() != Some(params) {
-                out.update.push(Update {
-                    id: kept.id,
-                    server: kept.server.clone(),
-                    params: *params,
-                });
-            }
+        let params_differ = kept.params.as_ref() != Some(params);
+        if params_differ || kept.state == ServerState::Draining {
+            out.update.push(Update {
+                id: kept.id,
+                server: kept.server.clone(),
+                params: params_differ.then_some(*params),
+                state: ServerState::Active,
+                was: kept.state,
+            });
         }
     }
     for (server, params) in desired {
@@ -82,6 +129,33 @@ pub fn plan(desired: &DesiredServers, observed: &[ObservedServer]) -> Plan {
         }
     }
     out
+}
+
+fn leave(o: &ObservedServer, drain: &Drain<'_>, out: &mut Plan) {
+    let remove = Removal {
+        id: o.id,
+        server: o.server.clone(),
+        state: o.state,
+    };
+    if drain.timeout.is_zero() {
+        out.remove.push(remove);
+        return;
+    }
+    match o.state {
+        ServerState::Active => out.update.push(Update {
+            id: o.id,
+            server: o.server.clone(),
+            params: None,
+            state: ServerState::Draining,
+            was: ServerState::Active,
+        }),
+        ServerState::Draining => {
+            let elapsed = drain.elapsed.get(&o.server).copied().unwrap_or_default();
+            if elapsed >= drain.timeout {
+                out.remove.push(remove);
+            }
+        }
+    }
 }
 
 /// Why removals were held back.
@@ -143,26 +217,50 @@ impl std::fmt::Display for Hold {
     }
 }
 
-/// Decides whether the plan's removals may run.
+/// Decides whether the plan's removals and drains may run.
 ///
-/// A plan that empties the upstream, or removes more than half of it, runs only when
-/// the scale set's own capacity agrees with what discovery found (`found >= capacity`;
-/// capacity 0 with nothing found means the set really is empty; an unknown capacity never
-/// agrees). Adds and updates are never held.
-pub fn guard(plan: &Plan, observed: usize, found: usize, capacity: Option<u64>) -> Option<Hold> {
-    let removing = plan.remove.len();
-    if removing == 0 {
+/// Servers leave an upstream by a drain, or by a removal of an active server. A plan in
+/// which servers leave so that no active server would remain, or in which more than half
+/// of the active servers leave, runs only when the scale set's own capacity agrees with
+/// what discovery found (`found >= capacity`; capacity 0 with nothing found means the set
+/// really is empty; an unknown capacity never agrees). Adds, parameter updates and
+/// restores are never held.
+pub fn guard(
+    plan: &Plan,
+    observed: &[ObservedServer],
+    found: usize,
+    capacity: Option<u64>,
+) -> Option<Hold> {
+    let active = observed
+        .iter()
+        .filter(|o| o.state == ServerState::Active)
+        .count();
+    let leaving = plan.drains().count()
+        + plan
+            .remove
+            .iter()
+            .filter(|r| r.state == ServerState::Active)
+            .count();
+    if leaving == 0 {
         return None;
     }
-    let remaining = observed.saturating_sub(removing) + plan.add.len();
+    let restored = plan
+        .update
+        .iter()
+        .filter(|u| u.state == ServerState::Active && u.was == ServerState::Draining)
+        .count();
+    let remaining = active.saturating_sub(leaving) + plan.add.len() + restored;
     let agrees = capacity.is_some_and(|c| found as u64 >= c);
     if remaining == 0 && !agrees {
-        return Some(Hold::WouldEmpty { observed, capacity });
+        return Some(Hold::WouldEmpty {
+            observed: active,
+            capacity,
+        });
     }
-    if removing * 2 > observed && !agrees {
+    if leaving * 2 > active && !agrees {
         return Some(Hold::MassRemoval {
-            removing,
-            observed,
+            removing: leaving,
+            observed: active,
             found,
             capacity,
         });
@@ -170,10 +268,20 @@ pub fn guard(plan: &Plan, observed: usize, found: usize, capacity: Option<u64>) 
     None
 }
 
-/// Drops the removals from a plan, keeping adds and updates.
+/// Drops what makes servers leave (removals of active servers and drains), keeping
+/// adds, parameter updates, restores, and removals of servers whose drain is over.
 pub fn without_removals(plan: Plan) -> Plan {
     Plan {
-        remove: Vec::new(),
+        update: plan
+            .update
+            .into_iter()
+            .filter(|u| u.state == ServerState::Active)
+            .collect(),
+        remove: plan
+            .remove
+            .into_iter()
+            .filter(|r| r.state == ServerState::Draining)
+            .collect(),
         ..plan
     }
 }
@@ -189,7 +297,10 @@ pub fn simulate(observed: &[ObservedServer], plan: &Plan) -> Vec<ObservedServer>
         .map(|o| {
             let mut o = o.clone();
             if let Some(u) = plan.update.iter().find(|u| u.id == o.id) {
-                o.params = Some(u.params);
+                if let Some(p) = u.params {
+                    o.params = Some(p);
+                }
+                o.state = u.state;
             }
             o
         })
@@ -199,6 +310,7 @@ pub fn simulate(observed: &[ObservedServer], plan: &Plan) -> Vec<ObservedServer>
             id,
             server: server.clone(),
             params: Some(*params),
+            state: ServerState::Active,
         });
     }
     out
@@ -208,7 +320,6 @@ pub fn simulate(observed: &[ObservedServer], plan: &Plan) -> Vec<ObservedServer>
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     fn params(n: u32) -> ServerParams {
         ServerParams {
@@ -224,6 +335,21 @@ mod tests {
             id,
             server: server.into(),
             params: p,
+            state: ServerState::Active,
+        }
+    }
+
+    fn draining(id: u64, server: &str) -> ObservedServer {
+        ObservedServer {
+            state: ServerState::Draining,
+            ..obs(id, server, Some(params(0)))
+        }
+    }
+
+    fn drain_of(timeout: u64, elapsed: &BTreeMap<String, Duration>) -> Drain<'_> {
+        Drain {
+            timeout: Duration::from_secs(timeout),
+            elapsed,
         }
     }
 
@@ -231,17 +357,18 @@ mod tests {
     fn in_sync_upstream_gives_empty_plan() {
         let desired: DesiredServers = [("10.0.0.1:80".to_string(), params(0))].into();
         let observed = vec![obs(0, "10.0.0.1:80", Some(params(0)))];
-        assert!(plan(&desired, &observed).is_empty());
+        assert!(plan(&desired, &observed, &Drain::NONE).is_empty());
     }
 
     #[test]
     fn parameter_change_is_an_update_not_a_readd() {
         let desired: DesiredServers = [("10.0.0.1:80".to_string(), params(5))].into();
         let observed = vec![obs(7, "10.0.0.1:80", Some(params(0)))];
-        let p = plan(&desired, &observed);
+        let p = plan(&desired, &observed, &Drain::NONE);
         assert!(p.add.is_empty() && p.remove.is_empty());
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].id, 7);
+        assert_eq!(p.update[0].params, Some(params(5)));
     }
 
     #[test]
@@ -251,12 +378,54 @@ mod tests {
             obs(4, "10.0.0.1:80", Some(params(0))),
             obs(2, "10.0.0.1:80", Some(params(0))),
         ];
-        let p = plan(&desired, &observed);
+        let p = plan(&desired, &observed, &Drain::NONE);
         assert_eq!(
             p.remove,
             vec![Removal {
                 id: 4,
-                server: "10.0.0.1:80".into()
+                server: "10.0.0.1:80".into(),
+                state: ServerState::Active
+            }]
+        );
+    }
+
+    #[test]
+    fn leaving_server_is_drained_first_then_removed_after_the_timeout() {
+        let observed = vec![obs(3, "10.0.0.9:80", Some(params(0)))];
+        let none = BTreeMap::new();
+        let p = plan(&DesiredServers::new(), &observed, &drain_of(30, &none));
+        assert!(p.remove.is_empty());
+        assert_eq!(p.drains().count(), 1);
+        let now_draining = simulate(&observed, &p);
+        let early: BTreeMap<_, _> = [("10.0.0.9:80".to_string(), Duration::from_secs(29))].into();
+        assert!(plan(&DesiredServers::new(), &now_draining, &drain_of(30, &early)).is_empty());
+        let late: BTreeMap<_, _> = [("10.0.0.9:80".to_string(), Duration::from_secs(30))].into();
+        let p = plan(&DesiredServers::new(), &now_draining, &drain_of(30, &late));
+        assert_eq!(p.remove.len(), 1);
+    }
+
+    #[test]
+    fn draining_server_unknown_to_the_clock_is_not_removed_early() {
+        let observed = vec![draining(1, "10.0.0.9:80")];
+        let none = BTreeMap::new();
+        assert!(plan(&DesiredServers::new(), &observed, &drain_of(30, &none)).is_empty());
+    }
+
+    #[test]
+    fn draining_server_that_is_wanted_again_is_restored_in_place() {
+        let desired: DesiredServers = [("10.0.0.9:80".to_string(), params(0))].into();
+        let observed = vec![draining(1, "10.0.0.9:80")];
+        let none = BTreeMap::new();
+        let p = plan(&desired, &observed, &drain_of(30, &none));
+        assert!(p.add.is_empty() && p.remove.is_empty());
+        assert_eq!(
+            p.update,
+            vec![Update {
+                id: 1,
+                server: "10.0.0.9:80".into(),
+                params: None,
+                state: ServerState::Active,
+                was: ServerState::Draining
             }]
         );
     }
@@ -264,19 +433,29 @@ mod tests {
     #[test]
     fn guard_holds_emptying_when_capacity_disagrees() {
         let observed = vec![obs(0, "a:1", None), obs(1, "b:1", None)];
-        let p = plan(&DesiredServers::new(), &observed);
+        let p = plan(&DesiredServers::new(), &observed, &Drain::NONE);
         assert_eq!(
-            guard(&p, 2, 0, Some(2)),
+            guard(&p, &observed, 0, Some(2)),
             Some(Hold::WouldEmpty {
                 observed: 2,
                 capacity: Some(2)
             })
         );
         assert_eq!(
-            guard(&p, 2, 0, Some(0)),
+            guard(&p, &observed, 0, Some(0)),
             None,
             "capacity 0 means empty is real"
         );
+    }
+
+    #[test]
+    fn guard_counts_drains_as_leaving() {
+        let observed = vec![obs(0, "a:1", None), obs(1, "b:1", None)];
+        let none = BTreeMap::new();
+        let p = plan(&DesiredServers::new(), &observed, &drain_of(30, &none));
+        assert!(guard(&p, &observed, 0, Some(2)).is_some());
+        let held = without_removals(p);
+        assert!(held.is_empty(), "no drain runs while held");
     }
 
     #[test]
@@ -287,13 +466,13 @@ mod tests {
         let desired: DesiredServers = (0..3)
             .map(|i| (format!("10.0.0.{i}:80"), params(0)))
             .collect();
-        let p = plan(&desired, &observed);
+        let p = plan(&desired, &observed, &Drain::NONE);
         assert!(matches!(
-            guard(&p, 10, 3, Some(10)),
+            guard(&p, &observed, 3, Some(10)),
             Some(Hold::MassRemoval { removing: 7, .. })
         ));
         assert_eq!(
-            guard(&p, 10, 3, Some(3)),
+            guard(&p, &observed, 3, Some(3)),
             None,
             "scale-in the set agrees with"
         );
@@ -301,7 +480,12 @@ mod tests {
             .map(|i| (format!("10.0.0.{i}:80"), params(0)))
             .collect();
         assert_eq!(
-            guard(&plan(&small, &observed), 10, 6, Some(10)),
+            guard(
+                &plan(&small, &observed, &Drain::NONE),
+                &observed,
+                6,
+                Some(10)
+            ),
             None,
             "removing 4 of 10 is not held"
         );
@@ -325,51 +509,113 @@ mod tests {
     }
 
     fn arb_observed() -> impl Strategy<Value = Vec<ObservedServer>> {
-        prop::collection::vec(((0u8..12), prop::option::of(arb_params())), 0..16).prop_map(|v| {
+        prop::collection::vec(
+            ((0u8..12), prop::option::of(arb_params()), any::<bool>()),
+            0..16,
+        )
+        .prop_map(|v| {
             v.into_iter()
                 .enumerate()
-                .map(|(id, (i, p))| obs(id as u64, &format!("10.0.0.{i}:80"), p))
+                .map(|(id, (i, p, d))| ObservedServer {
+                    id: id as u64,
+                    server: format!("10.0.0.{i}:80"),
+                    params: p,
+                    state: if d {
+                        ServerState::Draining
+                    } else {
+                        ServerState::Active
+                    },
+                })
                 .collect()
         })
     }
 
-    fn as_map(v: &[ObservedServer]) -> BTreeMap<String, Option<ServerParams>> {
-        v.iter().map(|o| (o.server.clone(), o.params)).collect()
+    fn arb_elapsed() -> impl Strategy<Value = BTreeMap<String, Duration>> {
+        prop::collection::btree_map(
+            (0u8..12).prop_map(|i| format!("10.0.0.{i}:80")),
+            (0u64..60).prop_map(Duration::from_secs),
+            0..12,
+        )
+    }
+
+    fn as_map(v: &[ObservedServer]) -> BTreeMap<String, (Option<ServerParams>, ServerState)> {
+        v.iter()
+            .map(|o| (o.server.clone(), (o.params, o.state)))
+            .collect()
     }
 
     proptest! {
         #[test]
-        fn applying_the_plan_reaches_exactly_the_desired_state(d in arb_desired(), o in arb_observed()) {
-            let after = simulate(&o, &plan(&d, &o));
+        fn without_drain_applying_the_plan_reaches_exactly_the_desired_state(d in arb_desired(), o in arb_observed()) {
+            let after = simulate(&o, &plan(&d, &o, &Drain::NONE));
             prop_assert_eq!(after.len(), d.len(), "no duplicates remain");
-            let want: BTreeMap<String, Option<ServerParams>> = d.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
+            let want: BTreeMap<String, (Option<ServerParams>, ServerState)> =
+                d.iter().map(|(k, v)| (k.clone(), (Some(*v), ServerState::Active))).collect();
             prop_assert_eq!(as_map(&after), want);
         }
 
         #[test]
-        fn replanning_after_apply_is_a_noop(d in arb_desired(), o in arb_observed()) {
-            let after = simulate(&o, &plan(&d, &o));
-            prop_assert!(plan(&d, &after).is_empty());
+        fn with_drain_wanted_servers_are_active_and_unwanted_ones_never_take_traffic(
+            d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 1u64..60
+        ) {
+            let after = simulate(&o, &plan(&d, &o, &drain_of(t, &el)));
+            for (server, p) in &d {
+                let found: Vec<_> = after.iter().filter(|x| &x.server == server).collect();
+                prop_assert_eq!(found.len(), 1);
+                prop_assert_eq!(found[0].params, Some(*p));
+                prop_assert_eq!(found[0].state, ServerState::Active);
+            }
+            for x in after.iter().filter(|x| !d.contains_key(&x.server)) {
+                prop_assert_eq!(x.state, ServerState::Draining, "an unwanted server only drains");
+            }
         }
 
         #[test]
-        fn plan_never_touches_a_server_it_keeps_unchanged(d in arb_desired(), o in arb_observed()) {
-            let p = plan(&d, &o);
+        fn replanning_after_apply_is_a_noop(d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 0u64..60) {
+            let p = plan(&d, &o, &drain_of(t, &el));
+            let after = simulate(&o, &p);
+            // The clock of a drain that just started reads zero.
+            let mut el2 = el.clone();
+            for u in p.drains() {
+                el2.remove(&u.server);
+            }
+            prop_assert!(plan(&d, &after, &drain_of(t, &el2)).is_empty());
+        }
+
+        #[test]
+        fn active_servers_are_never_removed_directly_when_draining_is_on(
+            d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 1u64..60
+        ) {
+            let p = plan(&d, &o, &drain_of(t, &el));
             for r in &p.remove {
-                let dup_kept = o.iter().any(|x| x.server == r.server && x.id < r.id);
-                prop_assert!(!d.contains_key(&r.server) || dup_kept, "only unwanted servers or duplicates are removed");
-            }
-            for (s, _) in &p.add {
-                prop_assert!(!o.iter().any(|x| &x.server == s), "never re-adds an existing server");
+                let dup_kept = o.iter().any(|x| x.server == r.server && x.id < r.id) && d.contains_key(&r.server);
+                let drained_long_enough = r.state == ServerState::Draining
+                    && el.get(&r.server).is_some_and(|e| e.as_secs() >= t);
+                prop_assert!(dup_kept || drained_long_enough, "removed {:?}", r);
             }
         }
 
         #[test]
-        fn guard_never_allows_emptying_against_capacity(o in arb_observed(), cap in 1u64..20) {
-            let p = plan(&DesiredServers::new(), &o);
-            if !p.remove.is_empty() {
-                prop_assert!(guard(&p, o.len(), 0, Some(cap)).is_some());
-                prop_assert!(guard(&p, o.len(), 0, None).is_some(), "unknown capacity never agrees");
+        fn plan_never_readds_an_existing_server(d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 0u64..60) {
+            let p = plan(&d, &o, &drain_of(t, &el));
+            for (s, _) in &p.add {
+                prop_assert!(!o.iter().any(|x| &x.server == s));
+            }
+        }
+
+        #[test]
+        fn guard_never_lets_every_active_server_leave_against_capacity(
+            o in arb_observed(), cap in 1u64..20, t in 0u64..60
+        ) {
+            let none = BTreeMap::new();
+            let p = plan(&DesiredServers::new(), &o, &drain_of(t, &none));
+            let active = o.iter().filter(|x| x.state == ServerState::Active).count();
+            if active > 0 {
+                prop_assert!(guard(&p, &o, 0, Some(cap)).is_some());
+                prop_assert!(guard(&p, &o, 0, None).is_some(), "unknown capacity never agrees");
+                let held = without_removals(p);
+                prop_assert!(held.drains().next().is_none());
+                prop_assert!(held.remove.iter().all(|r| r.state == ServerState::Draining));
             }
         }
     }

@@ -8,12 +8,59 @@
 use crate::azure::arm::ArmClient;
 use crate::config::{Config, UpstreamConfig, UpstreamKind};
 use crate::discovery::{self, DiscoveryError};
-use crate::model::{desired_servers, ScaleSetKey, ScaleSetSnapshot, ServerParams};
-use crate::plan::{self, Hold, Plan};
+use crate::model::{
+    desired_servers, ObservedServer, ScaleSetKey, ScaleSetSnapshot, ServerParams, ServerState,
+};
+use crate::plan::{self, Drain, Hold, Plan};
 use crate::target::{ApplyReport, Permanence, Target, UpstreamRef};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Says whether this replica may write to targets right now (leader election). Checked
+/// before every upstream's writes; a closed gate means no write.
+pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// When each draining server started draining, per upstream. In memory only: after a
+/// restart, servers found draining start a fresh clock (never removed early, and their
+/// drain still ends).
+#[derive(Default)]
+struct DrainBook(Mutex<BTreeMap<String, BTreeMap<String, Instant>>>);
+
+impl DrainBook {
+    /// Syncs the clock of one upstream with what the target shows, and returns for how
+    /// long each draining server has drained.
+    fn elapsed(
+        &self,
+        upstream: &str,
+        observed: &[ObservedServer],
+        now: Instant,
+    ) -> BTreeMap<String, Duration> {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let clocks = book.entry(upstream.to_string()).or_default();
+        clocks.retain(|server, _| {
+            observed
+                .iter()
+                .any(|o| &o.server == server && o.state == ServerState::Draining)
+        });
+        for o in observed.iter().filter(|o| o.state == ServerState::Draining) {
+            clocks.entry(o.server.clone()).or_insert(now);
+        }
+        clocks
+            .iter()
+            .map(|(s, t)| (s.clone(), now.saturating_duration_since(*t)))
+            .collect()
+    }
+
+    /// Records drains that were just started.
+    fn started(&self, upstream: &str, servers: &[String], now: Instant) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let clocks = book.entry(upstream.to_string()).or_default();
+        for s in servers {
+            clocks.entry(s.clone()).or_insert(now);
+        }
+    }
+}
 
 /// Whether a cycle writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +82,8 @@ pub struct UpstreamSpec {
     pub port: u16,
     /// Server parameters.
     pub params: ServerParams,
+    /// How long a leaving server drains before removal (zero: removed at once).
+    pub drain_timeout: Duration,
 }
 
 impl UpstreamSpec {
@@ -57,6 +106,7 @@ impl UpstreamSpec {
                 fail_timeout: u.fail_timeout,
                 slow_start: u.slow_start,
             },
+            drain_timeout: Duration::ZERO,
         }
     }
 }
@@ -82,6 +132,10 @@ pub struct UpstreamOutcome {
     pub observed: usize,
     /// Servers wanted.
     pub desired: usize,
+    /// Active servers the upstream holds after the cycle (as planned).
+    pub active: usize,
+    /// Draining servers the upstream holds after the cycle (as planned).
+    pub draining: usize,
 }
 
 impl UpstreamOutcome {
@@ -126,6 +180,8 @@ pub struct Reconciler {
     arm: ArmClient,
     target: Arc<dyn Target>,
     concurrency: usize,
+    drains: Arc<DrainBook>,
+    gate: Option<WriteGate>,
 }
 
 impl Reconciler {
@@ -140,7 +196,19 @@ impl Reconciler {
             arm,
             target,
             concurrency: 8,
+            drains: Arc::default(),
+            gate: None,
         }
+    }
+
+    /// Makes every write wait for `gate` to be open (leader election).
+    pub fn set_write_gate(&mut self, gate: WriteGate) {
+        self.gate = Some(gate);
+    }
+
+    /// The configured upstreams.
+    pub fn upstreams(&self) -> &[UpstreamSpec] {
+        &self.upstreams
     }
 
     /// The ARM client (for its request statistics).
@@ -220,11 +288,14 @@ impl Reconciler {
             let up = up.clone();
             let target = Arc::clone(&self.target);
             let snapshots = Arc::clone(&snapshots);
+            let ctx = Ctx {
+                drains: Arc::clone(&self.drains),
+                gate: self.gate.clone(),
+                mode,
+            };
             tasks.spawn(async move {
-                (
-                    index,
-                    sync_upstream(&up, target.as_ref(), &snapshots, mode).await,
-                )
+                let outcome = sync_upstream(&up, target.as_ref(), &snapshots, &ctx).await;
+                (index, outcome)
             });
         }
         let mut outcomes: Vec<(usize, UpstreamOutcome)> = Vec::new();
@@ -253,11 +324,25 @@ fn list(v: &[String]) -> String {
     format!("[{}]", v.join(" "))
 }
 
+struct Ctx {
+    drains: Arc<DrainBook>,
+    gate: Option<WriteGate>,
+    mode: Mode,
+}
+
+fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
+    let draining = servers
+        .iter()
+        .filter(|o| o.state == ServerState::Draining)
+        .count();
+    (servers.len() - draining, draining)
+}
+
 async fn sync_upstream(
     up: &UpstreamSpec,
     target: &dyn Target,
     snapshots: &BTreeMap<ScaleSetKey, Result<ScaleSetSnapshot, DiscoveryError>>,
-    mode: Mode,
+    ctx: &Ctx,
 ) -> UpstreamOutcome {
     let mut out = UpstreamOutcome {
         upstream: up.target.name.clone(),
@@ -269,6 +354,8 @@ async fn sync_upstream(
         error: None,
         observed: 0,
         desired: 0,
+        active: 0,
+        draining: 0,
     };
     let snapshot = match snapshots.get(&up.scale_set) {
         Some(Ok(s)) => s,
@@ -302,13 +389,15 @@ async fn sync_upstream(
     let desired = desired_servers([snapshot], up.port, up.params);
     out.observed = observed.len();
     out.desired = desired.len();
-    let mut p = plan::plan(&desired, &observed);
-    if let Some(hold) = plan::guard(
-        &p,
-        observed.len(),
-        snapshot.instances.len(),
-        snapshot.capacity,
-    ) {
+    (out.active, out.draining) = count_states(&observed);
+    let now = Instant::now();
+    let elapsed = ctx.drains.elapsed(&up.target.name, &observed, now);
+    let drain = Drain {
+        timeout: up.drain_timeout,
+        elapsed: &elapsed,
+    };
+    let mut p = plan::plan(&desired, &observed, &drain);
+    if let Some(hold) = plan::guard(&p, &observed, snapshot.instances.len(), snapshot.capacity) {
         tracing::warn!(
             upstream = %up.target.name,
             group = %up.scale_set.name,
@@ -318,12 +407,35 @@ async fn sync_upstream(
         out.hold = Some(hold);
         p = plan::without_removals(p);
     }
-    if mode == Mode::DryRun || p.is_empty() {
+    if ctx.mode == Mode::DryRun || p.is_empty() {
         out.plan = Some(p);
         return out;
     }
+    if let Some(gate) = &ctx.gate {
+        if !gate() {
+            out.error = Some("not written: this replica is not the leader".to_string());
+            out.plan = Some(p);
+            return out;
+        }
+    }
     let report = target.apply(&up.target, &p).await;
-    if !(report.added.is_empty() && report.removed.is_empty() && report.updated.is_empty()) {
+    let drained: Vec<String> = p
+        .drains()
+        .filter(|u| report.drained.contains(&u.server))
+        .map(|u| u.server.clone())
+        .collect();
+    ctx.drains.started(&up.target.name, &drained, now);
+    (out.active, out.draining) = count_states(&plan::simulate(&observed, &p));
+    let changed = !(report.added.is_empty()
+        && report.removed.is_empty()
+        && report.updated.is_empty()
+        && report.drained.is_empty());
+    if changed {
+        let draining = if report.drained.is_empty() {
+            String::new()
+        } else {
+            format!(", Draining: {}", list(&report.drained))
+        };
         tracing::info!(
             upstream = %up.target.name,
             group = %up.scale_set.name,
@@ -331,7 +443,8 @@ async fn sync_upstream(
             added = ?report.added,
             removed = ?report.removed,
             updated = ?report.updated,
-            "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}",
+            drained = ?report.drained,
+            "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}{draining}",
             kind_word(up.target.kind),
             up.target.name,
             up.scale_set.name,

@@ -46,8 +46,10 @@ pub struct ApplyReport {
     pub added: Vec<String>,
     /// Addresses removed.
     pub removed: Vec<String>,
-    /// Addresses whose parameters were updated.
+    /// Addresses whose parameters were updated, or that were restored from draining.
     pub updated: Vec<String>,
+    /// Addresses that started draining.
+    pub drained: Vec<String>,
     /// Writes that failed.
     pub errors: Vec<TargetError>,
 }
@@ -61,6 +63,7 @@ pub trait Target: Send + Sync {
     async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError>;
     /// Reads the servers the upstream holds now.
     async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError>;
-    /// Applies a plan: adds first, then updates, then removals. Continues past a failed item.
+    /// Applies a plan: adds first, then updates (parameters, drains, restores), then
+    /// removals. Continues past a failed item.
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport;
 }

@@ -7,7 +7,7 @@
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use crate::config::{format_nginx_time, parse_nginx_time, Secret, UpstreamKind};
-use crate::model::{ObservedServer, ServerParams};
+use crate::model::{ObservedServer, ServerParams, ServerState};
 use crate::plan::Plan;
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -47,16 +47,28 @@ struct ApiServer {
     fail_timeout: Option<String>,
     #[serde(default)]
     slow_start: Option<String>,
+    #[serde(default)]
+    drain: Option<bool>,
+    #[serde(default)]
+    down: Option<bool>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct ServerBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     server: Option<&'a str>,
-    max_conns: u32,
-    max_fails: u32,
-    fail_timeout: String,
-    slow_start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_conns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_fails: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fail_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    down: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,10 +327,40 @@ fn params_of(s: &ApiServer) -> Option<ServerParams> {
 fn body<'a>(server: Option<&'a str>, p: &ServerParams) -> ServerBody<'a> {
     ServerBody {
         server,
-        max_conns: p.max_conns,
-        max_fails: p.max_fails,
-        fail_timeout: format_nginx_time(p.fail_timeout),
-        slow_start: format_nginx_time(p.slow_start),
+        max_conns: Some(p.max_conns),
+        max_fails: Some(p.max_fails),
+        fail_timeout: Some(format_nginx_time(p.fail_timeout)),
+        slow_start: Some(format_nginx_time(p.slow_start)),
+        ..ServerBody::default()
+    }
+}
+
+/// Body of a PATCH: new parameters when they change, and the drain flag when the state
+/// changes (http: `drain`; stream upstreams have no drain, so `down`).
+fn update_body<'a>(kind: UpstreamKind, u: &crate::plan::Update) -> ServerBody<'a> {
+    let mut b = match &u.params {
+        Some(p) => body(None, p),
+        None => ServerBody::default(),
+    };
+    if u.state != u.was {
+        let flag = Some(u.state == ServerState::Draining);
+        match kind {
+            UpstreamKind::Http => b.drain = flag,
+            UpstreamKind::Stream => b.down = flag,
+        }
+    }
+    b
+}
+
+fn state_of(kind: UpstreamKind, s: &ApiServer) -> ServerState {
+    let flag = match kind {
+        UpstreamKind::Http => s.drain,
+        UpstreamKind::Stream => s.down,
+    };
+    if flag == Some(true) {
+        ServerState::Draining
+    } else {
+        ServerState::Active
     }
 }
 
@@ -358,6 +400,7 @@ impl Target for NginxPlus {
                 id: s.id,
                 server: s.server.clone(),
                 params: params_of(s),
+                state: state_of(upstream.kind, s),
             })
             .collect())
     }
@@ -388,7 +431,7 @@ impl Target for NginxPlus {
                     self.call(
                         Method::PATCH,
                         url,
-                        Some(&body(None, &u.params)),
+                        Some(&update_body(upstream.kind, u)),
                         StatusCode::OK,
                     )
                     .await
@@ -396,6 +439,7 @@ impl Target for NginxPlus {
                 Err(e) => Err(e),
             };
             match res {
+                Ok(_) if u.state == ServerState::Draining => report.drained.push(u.server.clone()),
                 Ok(_) => report.updated.push(u.server.clone()),
                 Err(e) => report.errors.push(e),
             }
