@@ -7,9 +7,9 @@
 use crate::azure::arm::{ArmClient, ArmOptions};
 use crate::azure::auth::{default_credential, Env};
 use crate::config::{self, Config};
-use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem};
+use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec};
 use crate::target::nginx_plus::NginxPlus;
-use crate::target::TargetError;
+use crate::target::{Target, TargetError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,9 +66,16 @@ pub fn build(cfg: &Config, env: &Env) -> Result<Reconciler, DaemonError> {
         credential,
         http,
     );
-    let target = NginxPlus::new(&cfg.api_endpoint, &cfg.custom_headers, TARGET_TIMEOUT)
-        .map_err(|TargetError { message, .. }| DaemonError::Build(message))?;
-    Ok(Reconciler::new(cfg, arm, Arc::new(target)))
+    let nginx_plus: Arc<dyn Target> = Arc::new(
+        NginxPlus::new(&cfg.api_endpoint, &cfg.custom_headers, TARGET_TIMEOUT)
+            .map_err(|TargetError { message, .. }| DaemonError::Build(message))?,
+    );
+    let upstreams = cfg
+        .upstreams
+        .iter()
+        .map(|u| UpstreamSpec::from_config(cfg, u, Arc::clone(&nginx_plus)))
+        .collect();
+    Ok(Reconciler::new(upstreams, arm))
 }
 
 /// Runs the startup check and fails on permanent problems; transient ones are logged

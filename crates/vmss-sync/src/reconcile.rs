@@ -72,10 +72,12 @@ pub enum Mode {
 }
 
 /// One upstream as the reconciler sees it: where it lives and what feeds it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamSpec {
     /// Target address of the upstream.
     pub target: UpstreamRef,
+    /// The target that holds it.
+    pub sink: Arc<dyn Target>,
     /// The scale set that feeds it.
     pub scale_set: ScaleSetKey,
     /// Port the instances serve on.
@@ -86,14 +88,28 @@ pub struct UpstreamSpec {
     pub drain_timeout: Duration,
 }
 
+impl std::fmt::Debug for UpstreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSpec")
+            .field("target", &self.target)
+            .field("sink", &self.sink.kind())
+            .field("scale_set", &self.scale_set)
+            .field("port", &self.port)
+            .field("params", &self.params)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
 impl UpstreamSpec {
-    /// Builds the spec of one configured upstream.
-    pub fn from_config(cfg: &Config, u: &UpstreamConfig) -> Self {
+    /// Builds the spec of one configured upstream, held by `sink`.
+    pub fn from_config(cfg: &Config, u: &UpstreamConfig, sink: Arc<dyn Target>) -> Self {
         Self {
             target: UpstreamRef {
                 name: u.name.clone(),
                 kind: u.kind,
             },
+            sink,
             scale_set: ScaleSetKey::new(
                 &cfg.subscription_id,
                 &cfg.resource_group_name,
@@ -174,27 +190,21 @@ pub struct StartupProblem {
     pub permanent: bool,
 }
 
-/// The reconciler: discovery, planning and the target, for one configuration.
+/// The reconciler: discovery, planning and the targets, for one configuration.
 pub struct Reconciler {
     upstreams: Vec<UpstreamSpec>,
     arm: ArmClient,
-    target: Arc<dyn Target>,
     concurrency: usize,
     drains: Arc<DrainBook>,
     gate: Option<WriteGate>,
 }
 
 impl Reconciler {
-    /// Builds a reconciler from parts.
-    pub fn new(cfg: &Config, arm: ArmClient, target: Arc<dyn Target>) -> Self {
+    /// Builds a reconciler from its upstreams (each with its target) and the ARM client.
+    pub fn new(upstreams: Vec<UpstreamSpec>, arm: ArmClient) -> Self {
         Self {
-            upstreams: cfg
-                .upstreams
-                .iter()
-                .map(|u| UpstreamSpec::from_config(cfg, u))
-                .collect(),
+            upstreams,
             arm,
-            target,
             concurrency: 8,
             drains: Arc::default(),
             gate: None,
@@ -236,7 +246,7 @@ impl Reconciler {
             }
         }
         for up in &self.upstreams {
-            if let Err(e) = self.target.check(&up.target).await {
+            if let Err(e) = up.sink.check(&up.target).await {
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
                     message: format!("Problem with the NGINX configuration: {}", e.message),
@@ -286,7 +296,7 @@ impl Reconciler {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, up) in self.upstreams.iter().enumerate() {
             let up = up.clone();
-            let target = Arc::clone(&self.target);
+            let target = Arc::clone(&up.sink);
             let snapshots = Arc::clone(&snapshots);
             let ctx = Ctx {
                 drains: Arc::clone(&self.drains),
