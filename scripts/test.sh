@@ -6,14 +6,40 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 # (packages the integration tests need are added here as targets arrive)
+# Real HAProxy and nginx for the target tests (tests/targets_*.rs); Debian puts them in
+# /usr/sbin, which may not be on a non-root PATH.
+for prog in haproxy nginx; do
+  command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || need_pkgs+=("$prog")
+done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+    # RUNLEVEL=1: the packages' own services (the system nginx and haproxy) are not started.
+    apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
   else
     echo "missing Debian packages: ${need_pkgs[*]} (run as root or install them)" >&2
     exit 1
   fi
 fi
+
+# Azurite (Microsoft's Azure Storage emulator, from the npm registry) for the leader
+# election tests; installed under .tools/ and found there by the tests (or through
+# $AZURITE_BLOB).
+if [ -z "${AZURITE_BLOB:-}" ]; then
+  AZURITE_BLOB="$PWD/.tools/azurite/node_modules/.bin/azurite-blob"
+  if [ ! -x "$AZURITE_BLOB" ]; then
+    if ! command -v npm >/dev/null; then
+      if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+      else
+        echo "npm is missing (needed to install Azurite): install nodejs and npm" >&2
+        exit 1
+      fi
+    fi
+    echo "Installing Azurite into .tools/azurite ..."
+    npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+  fi
+fi
+export AZURITE_BLOB
 
 if [ -d ../shared ]; then
   echo "../shared is present: tests also check the official Azure examples and specs."

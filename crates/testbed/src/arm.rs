@@ -23,6 +23,7 @@ use crate::fleet::{Instance, Orchestration, ResourceGroup, ScaleSet, Subscriptio
 use crate::tokens::{self, TokenCheck};
 use crate::util::{compute_time, dotnet_time, guid, hex, lock, now_epoch, unhex, Reply, Req};
 use crate::{Service, Shared};
+use std::time::Instant;
 
 /// api-versions accepted by the Compute operations (newest first, as ARM lists them).
 pub const COMPUTE_API_VERSIONS: &[&str] = &[
@@ -340,12 +341,176 @@ fn handle_inner(sh: &Shared, req: &Req) -> Reply {
     if let Err(r) = authenticate(sh, req) {
         return r;
     }
-    let remaining = sh.consume_read();
-    let reply = serve(sh, req);
+    let enforce = sh.opts.enforce_limits;
+    let remaining = match sh.consume_read(enforce) {
+        Ok(r) => r,
+        Err(wait) => {
+            return arm_error(
+                429,
+                "SubscriptionRequestsThrottled",
+                "Number of 'read' requests for subscription actor exceeded. Please try again after some time.",
+            )
+            .header("retry-after", retry_secs(wait).to_string())
+            .header("x-ms-ratelimit-remaining-subscription-reads", "0");
+        }
+    };
+    let class = compute_class(req);
+    let compute =
+        class.map(|c| lock(&sh.compute).take(c, &sh.opts.compute_limits, enforce, Instant::now()));
+    let reply = match &compute {
+        Some(Err((policy, wait))) => arm_error(
+            429,
+            "OperationNotAllowed",
+            &format!(
+                "The server rejected the request because too many requests have been received for this subscription. (policy {policy})"
+            ),
+        )
+        .header("retry-after", retry_secs(*wait).to_string()),
+        _ => serve(sh, req),
+    };
+    let reply = match compute {
+        Some(Ok(h)) => reply.header("x-ms-ratelimit-remaining-resource", h),
+        Some(Err((policy, _))) => {
+            reply.header("x-ms-ratelimit-remaining-resource", format!("{policy};0"))
+        }
+        None => reply,
+    };
     reply.header(
         "x-ms-ratelimit-remaining-subscription-reads",
         remaining.to_string(),
     )
+}
+
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// Compute's read policies as the fake applies them (per subscription region; one set of
+/// buckets for the whole fake). Compute does not publish these numbers; the defaults sit
+/// near values seen in public `x-ms-ratelimit-remaining-resource` examples
+/// (`Microsoft.Compute/HighCostGet3Min;107,Microsoft.Compute/HighCostGet30Min;1115`).
+/// Each policy is a token bucket refilled evenly over its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputeLimits {
+    /// Reads of instance views (lists with `$expand=instanceView`, `statusOnly=true`,
+    /// instance view GETs) per 3 minutes.
+    pub high_cost_3min: u32,
+    /// The same per 30 minutes.
+    pub high_cost_30min: u32,
+    /// Other Compute reads per 3 minutes.
+    pub low_cost_3min: u32,
+    /// Other Compute reads per 30 minutes.
+    pub low_cost_30min: u32,
+}
+
+impl Default for ComputeLimits {
+    fn default() -> Self {
+        ComputeLimits {
+            high_cost_3min: 180,
+            high_cost_30min: 1500,
+            low_cost_3min: 2000,
+            low_cost_30min: 15000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CostClass {
+    High,
+    Low,
+}
+
+/// Which Compute policy a request counts against (None: not a Compute request).
+fn compute_class(req: &Req) -> Option<CostClass> {
+    let path = req.path.to_ascii_lowercase();
+    if !path.contains("/providers/microsoft.compute/") {
+        return None;
+    }
+    let q = |k: &str| req.query_get(k).map(|v| v.to_ascii_lowercase());
+    let high = path.ends_with("/instanceview")
+        || q("$expand").is_some_and(|v| v == "instanceview")
+        || q("$select").is_some_and(|v| v.starts_with("instanceview"))
+        || q("statusOnly").is_some_and(|v| v == "true");
+    Some(if high {
+        CostClass::High
+    } else {
+        CostClass::Low
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The fake's Compute buckets.
+#[derive(Debug, Default)]
+pub(crate) struct ComputeBuckets {
+    buckets: std::collections::HashMap<&'static str, Bucket>,
+}
+
+impl ComputeBuckets {
+    /// Takes one call from both policies of the class; the header value, or the empty
+    /// policy and how long until it has a call again.
+    pub(crate) fn take(
+        &mut self,
+        class: CostClass,
+        limits: &ComputeLimits,
+        enforce: bool,
+        now: Instant,
+    ) -> Result<String, (String, std::time::Duration)> {
+        let policies: [(&'static str, u32, f64); 2] = match class {
+            CostClass::High => [
+                (
+                    "Microsoft.Compute/HighCostGet3Min",
+                    limits.high_cost_3min,
+                    180.0,
+                ),
+                (
+                    "Microsoft.Compute/HighCostGet30Min",
+                    limits.high_cost_30min,
+                    1800.0,
+                ),
+            ],
+            CostClass::Low => [
+                (
+                    "Microsoft.Compute/LowCostGet3Min",
+                    limits.low_cost_3min,
+                    180.0,
+                ),
+                (
+                    "Microsoft.Compute/LowCostGet30Min",
+                    limits.low_cost_30min,
+                    1800.0,
+                ),
+            ],
+        };
+        let mut left = Vec::new();
+        for (name, cap, window) in policies {
+            let cap = f64::from(cap.max(1));
+            let rate = cap / window;
+            let b = self.buckets.entry(name).or_insert(Bucket {
+                tokens: cap,
+                at: now,
+            });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(cap);
+            b.at = now;
+            if enforce && b.tokens < 1.0 {
+                return Err((
+                    name.to_string(),
+                    std::time::Duration::from_secs_f64((1.0 - b.tokens) / rate),
+                ));
+            }
+        }
+        for (name, _, _) in policies {
+            if let Some(b) = self.buckets.get_mut(name) {
+                b.tokens = (b.tokens - 1.0).max(0.0);
+                left.push(format!("{name};{}", b.tokens as u64));
+            }
+        }
+        Ok(left.join(","))
+    }
 }
 
 fn serve(sh: &Shared, req: &Req) -> Reply {
@@ -393,7 +558,9 @@ fn serve(sh: &Shared, req: &Req) -> Reply {
             &json!({"message": format!("The requested resource does not support http method '{}'.", req.method)}),
         );
     }
-    let st = lock(&sh.fleet);
+    let mut guard = lock(&sh.fleet);
+    guard.advance(Instant::now());
+    let st = &*guard;
     let Some(subscription) = st.subs.get(&sub.to_ascii_lowercase()) else {
         return arm_error(
             404,
@@ -426,7 +593,7 @@ fn serve(sh: &Shared, req: &Req) -> Reply {
                     &format!("Resource group '{rg}' could not be found."),
                 );
             };
-            ctx.in_group(&subscription.name, group, &op, rg)
+            ctx.in_group(subscription, group, &op, rg)
         }
     }
 }
@@ -590,7 +757,9 @@ impl<'a> Ctx<'a> {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let iter = range_after(&group.sets, cur.after.as_deref()).map(|(k, s)| (k.clone(), s));
+        let iter = range_after(&group.sets, cur.after.as_deref())
+            .filter(|(_, s)| !s.standalone)
+            .map(|(k, s)| (k.clone(), s));
         self.paginate(cur.page, iter, |s| Some(vmss_json(s)))
     }
 
@@ -600,25 +769,30 @@ impl<'a> Ctx<'a> {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let iter = across_groups(sub, cur.after.as_deref(), |g| &g.sets).map(|(k, _, s)| (k, s));
+        let iter = across_groups(sub, cur.after.as_deref(), |g| &g.sets)
+            .filter(|(_, _, s)| !s.standalone)
+            .map(|(k, _, s)| (k, s));
         self.paginate(cur.page, iter, |s| Some(vmss_json(s)))
     }
 
-    /// VirtualMachines_ListAll: every Flexible member of the subscription.
+    /// VirtualMachines_ListAll: every ordinary VM (Flexible members and standalone VMs) of
+    /// the subscription; `statusOnly=true` adds each one's instance view.
     fn list_flex_vms_all(&self, sub: &Subscription) -> Reply {
         let expand = match self.vm_list_expand(true) {
             Ok(e) => e,
             Err(r) => return r,
         };
+        let status_only = self
+            .req
+            .query_get("statusOnly")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let expand = expand || status_only;
         let cur = match self.begin() {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let iter =
-            across_groups(sub, cur.after.as_deref(), |g| &g.flex_vms).filter_map(|(k, g, r)| {
-                let ss = g.sets.get(&r.set_key)?;
-                Some((k, (ss, ss.instances.get(&r.id)?)))
-            });
+        let iter = across_groups(sub, cur.after.as_deref(), |g| &g.flex_vms)
+            .filter_map(|(k, _, r)| Some((k, sub.resolve(r)?)));
         self.paginate(cur.page, iter, |(ss, inst)| Some(vm_json(ss, inst, expand)))
     }
 
@@ -629,9 +803,9 @@ impl<'a> Ctx<'a> {
             Err(r) => return r,
         };
         let iter =
-            across_groups(sub, cur.after.as_deref(), |g| &g.flex_nics).filter_map(|(k, g, r)| {
-                let ss = g.sets.get(&r.set_key)?;
-                Some((k, (ss, ss.instances.get(&r.id)?, r.nic)))
+            across_groups(sub, cur.after.as_deref(), |g| &g.flex_nics).filter_map(|(k, _, r)| {
+                let (ss, inst) = sub.resolve(r)?;
+                Some((k, (ss, inst, r.nic)))
             });
         self.paginate(cur.page, iter, |(ss, inst, idx)| nic_json(ss, inst, idx))
     }
@@ -662,8 +836,20 @@ impl<'a> Ctx<'a> {
         Ok(expand)
     }
 
-    fn in_group(&self, sub: &str, group: &ResourceGroup, op: &Op, rg: &str) -> Reply {
-        let set_of = |name: &str| group.sets.get(&name.to_ascii_lowercase());
+    fn in_group(
+        &self,
+        subscription: &Subscription,
+        group: &ResourceGroup,
+        op: &Op,
+        rg: &str,
+    ) -> Reply {
+        let sub = subscription.name.as_str();
+        let set_of = |name: &str| {
+            group
+                .sets
+                .get(&name.to_ascii_lowercase())
+                .filter(|s| !s.standalone)
+        };
         match *op {
             Op::VmssList(_) => self.list_sets(group),
             Op::VmssGet(_, name) => match set_of(name) {
@@ -685,7 +871,7 @@ impl<'a> Ctx<'a> {
                     let inst = ss
                         .instances
                         .values()
-                        .find(|i| ss.flex_vm_name(i.id).eq_ignore_ascii_case(iid));
+                        .find(|i| ss.vm_name(i).eq_ignore_ascii_case(iid));
                     return match inst {
                         Some(i) if view => Reply::json(200, &vm_instance_view_json(ss, i)),
                         Some(i) => Reply::json(200, &flex_vmss_vm_json(ss, i)),
@@ -749,12 +935,12 @@ impl<'a> Ctx<'a> {
                     ),
                 }
             }
-            Op::VmList(_) => self.vm_list(group),
+            Op::VmList(_) => self.vm_list(subscription, group),
             Op::VmGet(_, vm) | Op::VmInstanceView(_, vm) => {
-                let found = group.flex_vms.get(&vm.to_ascii_lowercase()).and_then(|r| {
-                    let ss = group.sets.get(&r.set_key)?;
-                    Some((ss, ss.instances.get(&r.id)?))
-                });
+                let found = group
+                    .flex_vms
+                    .get(&vm.to_ascii_lowercase())
+                    .and_then(|r| subscription.resolve(r));
                 let Some((ss, inst)) = found else {
                     return not_found(rg, "Microsoft.Compute/virtualMachines", vm);
                 };
@@ -783,8 +969,8 @@ impl<'a> Ctx<'a> {
                 };
                 let iter =
                     range_after(&group.flex_nics, cur.after.as_deref()).filter_map(|(k, r)| {
-                        let ss = group.sets.get(&r.set_key)?;
-                        Some((k.clone(), (ss, ss.instances.get(&r.id)?, r.nic)))
+                        let (ss, inst) = subscription.resolve(r)?;
+                        Some((k.clone(), (ss, inst, r.nic)))
                     });
                 self.paginate(cur.page, iter, |(ss, inst, idx)| nic_json(ss, inst, idx))
             }
@@ -793,8 +979,8 @@ impl<'a> Ctx<'a> {
                     .flex_nics
                     .get(&nic.to_ascii_lowercase())
                     .and_then(|r| {
-                        let ss = group.sets.get(&r.set_key)?;
-                        nic_json(ss, ss.instances.get(&r.id)?, r.nic)
+                        let (ss, inst) = subscription.resolve(r)?;
+                        nic_json(ss, inst, r.nic)
                     });
                 match found {
                     Some(v) => Reply::json(200, &v),
@@ -809,7 +995,7 @@ impl<'a> Ctx<'a> {
 
     /// VirtualMachines_List in a resource group, with the optional
     /// `$filter='virtualMachineScaleSet/id' eq '<id>'` and `$expand=instanceView`.
-    fn vm_list(&self, group: &ResourceGroup) -> Reply {
+    fn vm_list(&self, subscription: &Subscription, group: &ResourceGroup) -> Reply {
         let expand = match self.vm_list_expand(false) {
             Ok(e) => e,
             Err(r) => return r,
@@ -841,7 +1027,7 @@ impl<'a> Ctx<'a> {
             group
                 .sets
                 .iter()
-                .find(|(_, ss)| ss.id().to_ascii_lowercase() == f)
+                .find(|(_, ss)| !ss.standalone && ss.id().to_ascii_lowercase() == f)
                 .map(|(k, _)| k)
         });
         let cur = match self.begin() {
@@ -856,8 +1042,7 @@ impl<'a> Ctx<'a> {
             if only_set.is_some_and(|s| *s != r.set_key) {
                 return None;
             }
-            let ss = group.sets.get(&r.set_key)?;
-            Some((k.clone(), (ss, ss.instances.get(&r.id)?)))
+            Some((k.clone(), subscription.resolve(r)?))
         });
         self.paginate(cur.page, iter, |(ss, inst)| Some(vm_json(ss, inst, expand)))
     }
@@ -1189,6 +1374,21 @@ fn vmss_json(ss: &ScaleSet) -> Value {
     if ss.mode == Orchestration::Flexible {
         props["virtualMachineProfile"]["networkProfile"]["networkApiVersion"] = json!("2020-11-01");
     }
+    if ss.health_extension {
+        // The Application Health extension as `az vmss extension set` adds it.
+        props["virtualMachineProfile"]["extensionProfile"] = json!({
+            "extensions": [{
+                "name": "HealthExtension",
+                "properties": {
+                    "publisher": "Microsoft.ManagedServices",
+                    "type": "ApplicationHealthLinux",
+                    "typeHandlerVersion": "2.0",
+                    "autoUpgradeMinorVersion": true,
+                    "settings": {"protocol": "http", "port": 8080, "requestPath": "/healthz", "intervalInSeconds": 5, "numberOfProbes": 1, "gracePeriod": 600},
+                },
+            }],
+        });
+    }
     json!({
         "name": ss.name,
         "id": ss.id(),
@@ -1228,6 +1428,22 @@ fn power_status(inst: &Instance) -> Value {
     )
 }
 
+/// `vmHealth` as the Application Health extension reports it, when the instance has one.
+fn vm_health(inst: &Instance) -> Option<Value> {
+    let h = inst.health.as_deref()?;
+    let display = match h {
+        "healthy" => "The VM is healthy",
+        "unhealthy" => "The VM is unhealthy",
+        _ => "The VM health is unknown",
+    };
+    Some(json!({"status": {
+        "code": format!("HealthState/{h}"),
+        "level": "Info",
+        "displayStatus": display,
+        "time": compute_time(now_epoch()),
+    }}))
+}
+
 fn vm_agent(inst: &Instance) -> Value {
     json!({
         "vmAgentVersion": "2.12.0.2",
@@ -1258,6 +1474,14 @@ fn disks(vm_name: &str, inst: &Instance) -> Value {
 
 /// VirtualMachineScaleSetVMs_GetInstanceView shape (bare instance view of a Uniform VM).
 fn vmss_vm_instance_view_json(ss: &ScaleSet, inst: &Instance) -> Value {
+    let mut v = vmss_vm_instance_view_base(ss, inst);
+    if let Some(h) = vm_health(inst) {
+        v["vmHealth"] = h;
+    }
+    v
+}
+
+fn vmss_vm_instance_view_base(ss: &ScaleSet, inst: &Instance) -> Value {
     json!({
         "platformUpdateDomain": inst.id % 5,
         "platformFaultDomain": 0,
@@ -1323,7 +1547,7 @@ fn vmss_vm_json(ss: &ScaleSet, inst: &Instance, expand: bool) -> Value {
         "id": vm_id,
         "type": "Microsoft.Compute/virtualMachines",
         "location": ss.location,
-        "tags": {},
+        "tags": inst.tags,
         "instanceId": inst.id.to_string(),
         "etag": "\"1\"",
         "sku": {"name": SKU, "tier": "Standard"},
@@ -1334,7 +1558,7 @@ fn vmss_vm_json(ss: &ScaleSet, inst: &Instance, expand: bool) -> Value {
 /// One member of a Flexible set as VirtualMachineScaleSetVMs_List returns it (official
 /// "List Vmss VMs with VirtualMachineResourceId" example): no IPs, no power state.
 fn flex_vmss_vm_json(ss: &ScaleSet, inst: &Instance) -> Value {
-    let vm = ss.flex_vm_name(inst.id);
+    let vm = ss.vm_name(inst);
     json!({
         "name": vm,
         "id": format!("{}/virtualMachines/{vm}", ss.id()),
@@ -1351,7 +1575,7 @@ fn flex_vm_id(ss: &ScaleSet, inst: &Instance) -> String {
         "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
         ss.sub,
         ss.rg,
-        ss.flex_vm_name(inst.id)
+        ss.vm_name(inst)
     )
 }
 
@@ -1359,21 +1583,31 @@ fn flex_nic_id(ss: &ScaleSet, inst: &Instance, idx: usize) -> String {
     format!(
         "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/networkInterfaces/{}",
         ss.sub,
-        ss.rg,
-        ss.flex_nic_name(inst.id, idx)
+        ss.nic_rg(inst),
+        ss.nic_name(inst, idx)
     )
 }
 
 /// VirtualMachines_InstanceView shape.
 fn vm_instance_view_json(ss: &ScaleSet, inst: &Instance) -> Value {
+    let mut v = vm_instance_view_base(ss, inst);
+    // Newer Compute api-versions report vmHealth on plain VMs too (VirtualMachineInstanceView
+    // .vmHealth in the SDKs), filled by the Application Health extension.
+    if let Some(h) = vm_health(inst) {
+        v["vmHealth"] = h;
+    }
+    v
+}
+
+fn vm_instance_view_base(ss: &ScaleSet, inst: &Instance) -> Value {
     json!({
         "platformUpdateDomain": 0,
         "platformFaultDomain": inst.id % 3,
-        "computerName": ss.flex_vm_name(inst.id).replace('_', ""),
+        "computerName": ss.vm_name(inst).replace('_', ""),
         "osName": "ubuntu",
         "osVersion": "24.04",
         "vmAgent": vm_agent(inst),
-        "disks": disks(&ss.flex_vm_name(inst.id), inst),
+        "disks": disks(&ss.vm_name(inst), inst),
         "bootDiagnostics": null,
         "extensions": [],
         "hyperVGeneration": "V2",
@@ -1384,7 +1618,7 @@ fn vm_instance_view_json(ss: &ScaleSet, inst: &Instance) -> Value {
 
 /// A Flexible member as an ordinary VM (VirtualMachines_Get / _List item).
 fn vm_json(ss: &ScaleSet, inst: &Instance, expand: bool) -> Value {
-    let vm = ss.flex_vm_name(inst.id);
+    let vm = ss.vm_name(inst);
     let nics: Vec<Value> = (0..=inst.secondary.len())
         .map(|idx| {
             json!({
@@ -1424,12 +1658,17 @@ fn vm_json(ss: &ScaleSet, inst: &Instance, expand: bool) -> Value {
     if expand {
         props["instanceView"] = vm_instance_view_json(ss, inst);
     }
+    if ss.standalone {
+        if let Some(o) = props.as_object_mut() {
+            o.remove("virtualMachineScaleSet");
+        }
+    }
     json!({
         "name": vm,
         "id": flex_vm_id(ss, inst),
         "type": "Microsoft.Compute/virtualMachines",
         "location": ss.location,
-        "tags": {},
+        "tags": inst.tags,
         "etag": "\"1\"",
         "properties": props,
     })
@@ -1490,7 +1729,7 @@ fn nic_json(ss: &ScaleSet, inst: &Instance, idx: usize) -> Option<Value> {
     let nic_id = flex_nic_id(ss, inst, idx);
     let etag = format!("W/\"{}\"", inst.vm_id);
     Some(json!({
-        "name": ss.flex_nic_name(inst.id, idx),
+        "name": ss.nic_name(inst, idx),
         "id": nic_id,
         "etag": etag,
         "location": ss.location,
@@ -1575,6 +1814,8 @@ mod tests {
             created: 0,
             tags: BTreeMap::new(),
             instances: BTreeMap::new(),
+            health_extension: false,
+            standalone: false,
         };
         assert_eq!(computer_name(&ss, 0), "webset000000");
         assert_eq!(computer_name(&ss, 37), "webset000011");

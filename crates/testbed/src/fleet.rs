@@ -1,13 +1,31 @@
-//! The simulated Azure fleet: subscriptions, resource groups, scale sets, instances, NICs.
+//! The simulated Azure fleet: subscriptions, resource groups, scale sets, instances, NICs,
+//! standalone VMs, tags, health, and instances that change over time.
 //!
 //! Everything is indexed by lower-cased names (ARM matches paths case-insensitively) while
 //! the canonical casing given by the test is kept for the ids the fake returns.
+//!
+//! Flexible members and standalone VMs are ordinary VMs with ordinary NICs, indexed per
+//! resource group (`flex_vms`, `flex_nics`). A NIC may live in another resource group than
+//! its VM ([`Fleet::move_nics`]). Standalone VMs are kept in a hidden per-group container
+//! ([`STANDALONE_VMS`]) that is never listed as a scale set.
+//!
+//! Changes can be scheduled ([`Fleet::schedule`] and the lifecycle helpers
+//! [`Fleet::boot_instance`], [`Fleet::delete_instance`], [`Fleet::evict_instance`],
+//! [`Fleet::rolling_upgrade`]); they take effect when the fake ARM serves a request at or
+//! after their time, as on Azure where state changes on its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::util::{guid, lock, now_epoch};
+
+/// The pseudo scale set name under which standalone VMs are addressed in the instance
+/// methods (`set_power_state(sub, rg, STANDALONE_VMS, "vm-name", …)`).
+pub const STANDALONE_VMS: &str = "(standalone)";
+/// Index key of the hidden container of standalone VMs.
+const STANDALONE_KEY: &str = "\u{1}standalone";
 
 /// VM Scale Set orchestration mode (`properties.orchestrationMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,11 +50,18 @@ impl Orchestration {
 #[derive(Debug, Clone)]
 pub(crate) struct Instance {
     pub id: u64,
+    /// Own name (standalone VMs); members are named after their set.
+    pub name: Option<String>,
     pub vm_id: String,
     pub ip: Ipv4Addr,
     pub secondary: Vec<Ipv4Addr>,
     pub power_state: String,
     pub provisioning_state: String,
+    /// `vmHealth` state ("healthy", "unhealthy", "unknown"); None: no health source.
+    pub health: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// Resource group of the VM's NICs when not the VM's own (Flexible and standalone).
+    pub nic_rg: Option<String>,
     pub created: u64,
 }
 
@@ -53,6 +78,10 @@ pub(crate) struct ScaleSet {
     pub created: u64,
     pub tags: BTreeMap<String, String>,
     pub instances: BTreeMap<u64, Instance>,
+    /// The model carries the Application Health extension (instances report `vmHealth`).
+    pub health_extension: bool,
+    /// The hidden container of a group's standalone VMs (never listed as a scale set).
+    pub standalone: bool,
 }
 
 impl ScaleSet {
@@ -77,6 +106,27 @@ impl ScaleSet {
         }
     }
 
+    /// Name of an ordinary VM (Flexible member or standalone).
+    pub fn vm_name(&self, inst: &Instance) -> String {
+        inst.name
+            .clone()
+            .unwrap_or_else(|| self.flex_vm_name(inst.id))
+    }
+
+    /// Name of NIC `idx` of an ordinary VM.
+    pub fn nic_name(&self, inst: &Instance, idx: usize) -> String {
+        match &inst.name {
+            Some(n) if idx == 0 => format!("{n}-nic"),
+            Some(n) => format!("{n}-nic{}", idx + 1),
+            None => self.flex_nic_name(inst.id, idx),
+        }
+    }
+
+    /// Resource group of an ordinary VM's NICs.
+    pub fn nic_rg<'a>(&'a self, inst: &'a Instance) -> &'a str {
+        inst.nic_rg.as_deref().unwrap_or(&self.rg)
+    }
+
     /// Name of NIC configuration number `idx` (0 = primary) of a Uniform set.
     pub fn uniform_nic_name(&self, idx: usize) -> String {
         if idx == 0 {
@@ -85,11 +135,30 @@ impl ScaleSet {
             format!("{}-nic{}", self.name, idx + 1)
         }
     }
+
+    /// True for sets whose members are ordinary VMs (Flexible, and standalone VMs).
+    pub fn ordinary_vms(&self) -> bool {
+        self.standalone || self.mode == Orchestration::Flexible
+    }
+
+    fn find(&self, id: &str) -> Option<u64> {
+        if let Ok(n) = id.parse::<u64>() {
+            if self.instances.contains_key(&n) {
+                return Some(n);
+            }
+        }
+        self.instances
+            .values()
+            .find(|i| self.vm_name(i).eq_ignore_ascii_case(id))
+            .map(|i| i.id)
+    }
 }
 
-/// Where a Flexible VM or NIC lives, for the per-resource-group indexes.
+/// Where an ordinary VM or NIC lives, for the per-resource-group indexes.
 #[derive(Debug, Clone)]
 pub(crate) struct FlexRef {
+    /// Lower-cased resource group of the set holding the VM.
+    pub set_rg: String,
     pub set_key: String,
     pub id: u64,
     /// NIC index (0 = primary); unused for VMs.
@@ -100,9 +169,9 @@ pub(crate) struct FlexRef {
 pub(crate) struct ResourceGroup {
     pub name: String,
     pub sets: BTreeMap<String, ScaleSet>,
-    /// Flexible member VMs of every set in the group, by lower-cased VM name.
+    /// Ordinary VMs (Flexible members and standalone VMs) in the group, by lower-cased name.
     pub flex_vms: BTreeMap<String, FlexRef>,
-    /// NICs of Flexible member VMs, by lower-cased NIC name.
+    /// NICs of ordinary VMs in the group (whatever group their VM is in), by lower-cased name.
     pub flex_nics: BTreeMap<String, FlexRef>,
 }
 
@@ -112,10 +181,42 @@ pub(crate) struct Subscription {
     pub rgs: BTreeMap<String, ResourceGroup>,
 }
 
+impl Subscription {
+    /// The set and instance an index entry points at.
+    pub fn resolve(&self, r: &FlexRef) -> Option<(&ScaleSet, &Instance)> {
+        let ss = self.rgs.get(&r.set_rg)?.sets.get(&r.set_key)?;
+        Some((ss, ss.instances.get(&r.id)?))
+    }
+}
+
+/// A scheduled change of one instance (fields left None are kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// New power state ("running", "stopped", "deallocated", …).
+    pub power: Option<String>,
+    /// New provisioning state ("Succeeded", "Updating", "Deleting", …).
+    pub provisioning: Option<String>,
+    /// New health: `Some(Some("healthy"))`, or `Some(None)` for no health source.
+    pub health: Option<Option<String>>,
+    /// Remove the instance (it is gone).
+    pub remove: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Scheduled {
+    at: Instant,
+    sub: String,
+    rg: String,
+    set: String,
+    id: u64,
+    change: Change,
+}
+
 #[derive(Debug)]
 pub(crate) struct FleetState {
     pub subs: HashMap<String, Subscription>,
     next_ip: u32,
+    timeline: Vec<Scheduled>,
 }
 
 impl Default for FleetState {
@@ -123,8 +224,13 @@ impl Default for FleetState {
         FleetState {
             subs: HashMap::new(),
             next_ip: u32::from(Ipv4Addr::new(10, 0, 0, 4)),
+            timeline: Vec::new(),
         }
     }
+}
+
+fn state_health(ss: &ScaleSet) -> Option<String> {
+    ss.health_extension.then(|| "healthy".to_string())
 }
 
 impl FleetState {
@@ -136,7 +242,7 @@ impl FleetState {
     }
 
     pub fn set(&self, sub: &str, rg: &str, name: &str) -> Option<&ScaleSet> {
-        self.rg(sub, rg)?.sets.get(&name.to_ascii_lowercase())
+        self.rg(sub, rg)?.sets.get(&set_key(name))
     }
 
     fn rg_mut(&mut self, sub: &str, rg: &str) -> Option<&mut ResourceGroup> {
@@ -144,6 +250,27 @@ impl FleetState {
             .get_mut(&sub.to_ascii_lowercase())?
             .rgs
             .get_mut(&rg.to_ascii_lowercase())
+    }
+
+    fn set_mut(&mut self, sub: &str, rg: &str, name: &str) -> Option<&mut ScaleSet> {
+        self.rg_mut(sub, rg)?.sets.get_mut(&set_key(name))
+    }
+
+    /// The group, created (with this casing) when missing.
+    fn ensure_rg(&mut self, sub: &str, rg: &str) -> &mut ResourceGroup {
+        let s = self
+            .subs
+            .entry(sub.to_ascii_lowercase())
+            .or_insert_with(|| Subscription {
+                name: sub.to_string(),
+                rgs: BTreeMap::new(),
+            });
+        s.rgs
+            .entry(rg.to_ascii_lowercase())
+            .or_insert_with(|| ResourceGroup {
+                name: rg.to_string(),
+                ..ResourceGroup::default()
+            })
     }
 
     fn alloc_ip(&mut self) -> Ipv4Addr {
@@ -157,92 +284,184 @@ impl FleetState {
         }
     }
 
-    fn add_instance(&mut self, sub: &str, rg: &str, set: &str, ip: Ipv4Addr) -> String {
-        let Some(group) = self.rg_mut(sub, rg) else {
-            panic!("vmss-testbed: no resource group {sub}/{rg}; call add_scale_set first");
+    /// Adds the index entries of an ordinary VM and its NICs.
+    fn index(&mut self, sub: &str, rg: &str, set: &str, id: u64) {
+        let Some(ss) = self.set(sub, rg, set) else {
+            return;
         };
-        let key = set.to_ascii_lowercase();
-        let Some(ss) = group.sets.get_mut(&key) else {
+        if !ss.ordinary_vms() {
+            return;
+        }
+        let Some(inst) = ss.instances.get(&id) else {
+            return;
+        };
+        let vm = ss.vm_name(inst).to_ascii_lowercase();
+        let nic_rg = ss.nic_rg(inst).to_string();
+        let nics: Vec<(String, usize)> = (0..=inst.secondary.len())
+            .map(|i| (ss.nic_name(inst, i).to_ascii_lowercase(), i))
+            .collect();
+        let r = FlexRef {
+            set_rg: rg.to_ascii_lowercase(),
+            set_key: set_key(set),
+            id,
+            nic: 0,
+        };
+        self.ensure_rg(sub, rg).flex_vms.insert(vm, r.clone());
+        let group = self.ensure_rg(sub, &nic_rg);
+        for (name, i) in nics {
+            group.flex_nics.insert(
+                name,
+                FlexRef {
+                    nic: i,
+                    ..r.clone()
+                },
+            );
+        }
+    }
+
+    /// Removes the index entries of an ordinary VM and its NICs.
+    fn unindex(&mut self, sub: &str, rg: &str, set: &str, id: u64) {
+        let Some(ss) = self.set(sub, rg, set) else {
+            return;
+        };
+        let Some(inst) = ss.instances.get(&id) else {
+            return;
+        };
+        if !ss.ordinary_vms() {
+            return;
+        }
+        let vm = ss.vm_name(inst).to_ascii_lowercase();
+        let nic_rg = ss.nic_rg(inst).to_string();
+        let nics: Vec<String> = (0..=inst.secondary.len())
+            .map(|i| ss.nic_name(inst, i).to_ascii_lowercase())
+            .collect();
+        if let Some(g) = self.rg_mut(sub, rg) {
+            g.flex_vms.remove(&vm);
+        }
+        if let Some(g) = self.rg_mut(sub, &nic_rg) {
+            for n in nics {
+                g.flex_nics.remove(&n);
+            }
+        }
+    }
+
+    fn add_instance(&mut self, sub: &str, rg: &str, set: &str, ip: Ipv4Addr) -> String {
+        let id = self.insert_instance(sub, rg, set, ip, None);
+        id.to_string()
+    }
+
+    fn insert_instance(
+        &mut self,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        ip: Ipv4Addr,
+        name: Option<String>,
+    ) -> u64 {
+        let Some(ss) = self.set_mut(sub, rg, set) else {
             panic!("vmss-testbed: no scale set {sub}/{rg}/{set}; call add_scale_set first");
         };
         let id = ss.next_id;
         ss.next_id += 1;
+        let health = state_health(ss);
         ss.instances.insert(
             id,
             Instance {
                 id,
+                name,
                 vm_id: guid(),
                 ip,
                 secondary: Vec::new(),
                 power_state: "running".into(),
                 provisioning_state: "Succeeded".into(),
+                health,
+                tags: BTreeMap::new(),
+                nic_rg: None,
                 created: now_epoch(),
             },
         );
         ss.capacity = ss.instances.len() as u64;
-        if ss.mode == Orchestration::Flexible {
-            let vm = ss.flex_vm_name(id).to_ascii_lowercase();
-            let nic = ss.flex_nic_name(id, 0).to_ascii_lowercase();
-            let r = FlexRef {
-                set_key: key.clone(),
-                id,
-                nic: 0,
-            };
-            group.flex_vms.insert(vm, r.clone());
-            group.flex_nics.insert(nic, r);
-        }
-        id.to_string()
+        self.index(sub, rg, set, id);
+        id
     }
 
     fn remove_instance(&mut self, sub: &str, rg: &str, set: &str, id: u64) -> bool {
-        let Some(group) = self.rg_mut(sub, rg) else {
+        self.unindex(sub, rg, set, id);
+        let Some(ss) = self.set_mut(sub, rg, set) else {
             return false;
         };
-        let Some(ss) = group.sets.get_mut(&set.to_ascii_lowercase()) else {
-            return false;
-        };
-        let Some(inst) = ss.instances.remove(&id) else {
-            return false;
-        };
+        let removed = ss.instances.remove(&id).is_some();
         ss.capacity = ss.instances.len() as u64;
-        if ss.mode == Orchestration::Flexible {
-            let vm = ss.flex_vm_name(id).to_ascii_lowercase();
-            let nics: Vec<String> = (0..=inst.secondary.len())
-                .map(|i| ss.flex_nic_name(id, i).to_ascii_lowercase())
-                .collect();
-            group.flex_vms.remove(&vm);
-            for n in nics {
-                group.flex_nics.remove(&n);
-            }
-        }
-        true
+        removed
+    }
+
+    fn find(&self, sub: &str, rg: &str, set: &str, id: &str) -> u64 {
+        self.set(sub, rg, set)
+            .and_then(|s| s.find(id))
+            .unwrap_or_else(|| {
+                panic!("vmss-testbed: no instance {id} in scale set {sub}/{rg}/{set}")
+            })
     }
 
     fn instance_mut(&mut self, sub: &str, rg: &str, set: &str, id: &str) -> &mut Instance {
-        let n = parse_instance_id(set, id);
+        let n = self.find(sub, rg, set, id);
         let Some(inst) = self
-            .rg_mut(sub, rg)
-            .and_then(|g| g.sets.get_mut(&set.to_ascii_lowercase()))
+            .set_mut(sub, rg, set)
             .and_then(|s| s.instances.get_mut(&n))
         else {
             panic!("vmss-testbed: no instance {id} in scale set {sub}/{rg}/{set}");
         };
         inst
     }
+
+    /// Applies every scheduled change that is due.
+    pub fn advance(&mut self, now: Instant) {
+        if self.timeline.is_empty() {
+            return;
+        }
+        self.timeline.sort_by_key(|s| s.at);
+        let due = self.timeline.partition_point(|s| s.at <= now);
+        let changes: Vec<Scheduled> = self.timeline.drain(..due).collect();
+        for s in changes {
+            self.apply(&s);
+        }
+    }
+
+    fn apply(&mut self, s: &Scheduled) {
+        if s.change.remove {
+            self.remove_instance(&s.sub, &s.rg, &s.set, s.id);
+            return;
+        }
+        let Some(inst) = self
+            .set_mut(&s.sub, &s.rg, &s.set)
+            .and_then(|ss| ss.instances.get_mut(&s.id))
+        else {
+            return;
+        };
+        if let Some(p) = &s.change.power {
+            inst.power_state = p.clone();
+        }
+        if let Some(p) = &s.change.provisioning {
+            inst.provisioning_state = p.clone();
+        }
+        if let Some(h) = &s.change.health {
+            inst.health = h.clone();
+        }
+    }
 }
 
-/// Accepts "3" or, for Flexible sets, the VM name "set_3".
-fn parse_instance_id(set: &str, id: &str) -> u64 {
-    let tail = match id.rsplit_once('_') {
-        Some((prefix, n)) if prefix.eq_ignore_ascii_case(set) => n,
-        _ => id,
-    };
-    tail.parse()
-        .unwrap_or_else(|_| panic!("vmss-testbed: bad instance id {id:?}"))
+fn set_key(name: &str) -> String {
+    if name == STANDALONE_VMS {
+        STANDALONE_KEY.to_string()
+    } else {
+        name.to_ascii_lowercase()
+    }
 }
 
 /// Cheap, cloneable handle to the simulated fleet. All methods take effect immediately for
 /// the fake ARM. Methods that name a scale set panic if it does not exist (test misuse).
+/// Instances are named by instance id ("3"), by VM name ("set_3"), or for standalone VMs
+/// (scale set [`STANDALONE_VMS`]) by their VM name.
 #[derive(Clone)]
 pub struct Fleet {
     pub(crate) state: Arc<Mutex<FleetState>>,
@@ -260,28 +479,24 @@ impl Fleet {
         location: &str,
     ) {
         let mut st = lock(&self.state);
-        let sub = st
+        let ids: Vec<u64> = st
+            .set(subscription, resource_group, name)
+            .map(|s| s.instances.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            st.unindex(subscription, resource_group, name, id);
+        }
+        let sub_name = st
             .subs
-            .entry(subscription.to_ascii_lowercase())
-            .or_insert_with(|| Subscription {
-                name: subscription.to_string(),
-                rgs: BTreeMap::new(),
-            });
-        let group = sub
-            .rgs
-            .entry(resource_group.to_ascii_lowercase())
-            .or_insert_with(|| ResourceGroup {
-                name: resource_group.to_string(),
-                ..ResourceGroup::default()
-            });
-        let key = name.to_ascii_lowercase();
-        group.flex_vms.retain(|_, r| r.set_key != key);
-        group.flex_nics.retain(|_, r| r.set_key != key);
+            .get(&subscription.to_ascii_lowercase())
+            .map_or_else(|| subscription.to_string(), |s| s.name.clone());
+        let group = st.ensure_rg(subscription, resource_group);
+        let rg_name = group.name.clone();
         group.sets.insert(
-            key,
+            set_key(name),
             ScaleSet {
-                sub: sub.name.clone(),
-                rg: group.name.clone(),
+                sub: sub_name,
+                rg: rg_name,
                 name: name.to_string(),
                 mode,
                 location: location.to_string(),
@@ -291,6 +506,8 @@ impl Fleet {
                 created: now_epoch(),
                 tags: BTreeMap::new(),
                 instances: BTreeMap::new(),
+                health_extension: false,
+                standalone: false,
             },
         );
     }
@@ -305,10 +522,7 @@ impl Fleet {
         value: Option<&str>,
     ) {
         let mut st = lock(&self.state);
-        let Some(ss) = st
-            .rg_mut(subscription, resource_group)
-            .and_then(|g| g.sets.get_mut(&scale_set.to_ascii_lowercase()))
-        else {
+        let Some(ss) = st.set_mut(subscription, resource_group, scale_set) else {
             panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
         };
         match value {
@@ -317,14 +531,71 @@ impl Fleet {
         };
     }
 
+    /// Sets (or removes) a tag on one instance (a Flexible member or standalone VM: its
+    /// own VM tags; a Uniform instance: the tags of its scale set VM).
+    pub fn set_instance_tag(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance: &str,
+        key: &str,
+        value: Option<&str>,
+    ) {
+        let mut st = lock(&self.state);
+        let inst = st.instance_mut(subscription, resource_group, scale_set, instance);
+        match value {
+            Some(v) => inst.tags.insert(key.to_string(), v.to_string()),
+            None => inst.tags.remove(key),
+        };
+    }
+
+    /// Gives the scale set's model the Application Health extension (on) or takes it away.
+    /// With it, instances report `vmHealth` (existing ones: healthy; see [`Fleet::set_health`]).
+    pub fn set_health_extension(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        on: bool,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(ss) = st.set_mut(subscription, resource_group, scale_set) else {
+            panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
+        };
+        ss.health_extension = on;
+        for inst in ss.instances.values_mut() {
+            inst.health = on.then(|| inst.health.clone().unwrap_or_else(|| "healthy".into()));
+        }
+    }
+
+    /// Sets what an instance's `vmHealth` says ("healthy", "unhealthy", "unknown"), or
+    /// with None that it reports no health.
+    pub fn set_health(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance: &str,
+        health: Option<&str>,
+    ) {
+        let mut st = lock(&self.state);
+        st.instance_mut(subscription, resource_group, scale_set, instance)
+            .health = health.map(str::to_string);
+    }
+
     /// Deletes a scale set and its instances (later requests answer 404).
     pub fn remove_scale_set(&self, subscription: &str, resource_group: &str, name: &str) {
         let mut st = lock(&self.state);
+        let ids: Vec<u64> = st
+            .set(subscription, resource_group, name)
+            .map(|s| s.instances.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            st.unindex(subscription, resource_group, name, id);
+        }
         if let Some(group) = st.rg_mut(subscription, resource_group) {
-            let key = name.to_ascii_lowercase();
-            group.sets.remove(&key);
-            group.flex_vms.retain(|_, r| r.set_key != key);
-            group.flex_nics.retain(|_, r| r.set_key != key);
+            group.sets.remove(&set_key(name));
         }
     }
 
@@ -338,6 +609,67 @@ impl Fleet {
         ip: Ipv4Addr,
     ) -> String {
         lock(&self.state).add_instance(subscription, resource_group, scale_set, ip)
+    }
+
+    /// Adds a standalone VM (not in any scale set) with its own NIC and the given IP, or
+    /// one from the allocator. It is addressed as instance `name` of [`STANDALONE_VMS`].
+    pub fn add_vm(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+    ) {
+        let mut st = lock(&self.state);
+        if st
+            .set(subscription, resource_group, STANDALONE_VMS)
+            .is_none()
+        {
+            let sub_name = st
+                .subs
+                .get(&subscription.to_ascii_lowercase())
+                .map_or_else(|| subscription.to_string(), |s| s.name.clone());
+            let group = st.ensure_rg(subscription, resource_group);
+            let rg_name = group.name.clone();
+            group.sets.insert(
+                STANDALONE_KEY.to_string(),
+                ScaleSet {
+                    sub: sub_name,
+                    rg: rg_name,
+                    name: STANDALONE_VMS.to_string(),
+                    mode: Orchestration::Flexible,
+                    location: "eastus".into(),
+                    capacity: 0,
+                    next_id: 0,
+                    unique_id: guid(),
+                    created: now_epoch(),
+                    tags: BTreeMap::new(),
+                    instances: BTreeMap::new(),
+                    health_extension: false,
+                    standalone: true,
+                },
+            );
+        }
+        let ip = ip.unwrap_or_else(|| st.alloc_ip());
+        st.insert_instance(
+            subscription,
+            resource_group,
+            STANDALONE_VMS,
+            ip,
+            Some(name.to_string()),
+        );
+    }
+
+    /// Sets (or removes) a tag on a standalone VM.
+    pub fn set_vm_tag(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        vm: &str,
+        key: &str,
+        value: Option<&str>,
+    ) {
+        self.set_instance_tag(subscription, resource_group, STANDALONE_VMS, vm, key, value);
     }
 
     /// Adds instances (IPs from the allocator) or removes the highest instance ids until the
@@ -368,7 +700,7 @@ impl Fleet {
         }
     }
 
-    /// Removes one instance (no-op if it does not exist). Accepts "3" or a Flexible VM name.
+    /// Removes one instance (no-op if it does not exist). Accepts "3" or a VM name.
     pub fn remove_instance(
         &self,
         subscription: &str,
@@ -376,8 +708,13 @@ impl Fleet {
         scale_set: &str,
         instance_id: &str,
     ) {
-        let n = parse_instance_id(scale_set, instance_id);
-        lock(&self.state).remove_instance(subscription, resource_group, scale_set, n);
+        let mut st = lock(&self.state);
+        let found = st
+            .set(subscription, resource_group, scale_set)
+            .and_then(|s| s.find(instance_id));
+        if let Some(n) = found {
+            st.remove_instance(subscription, resource_group, scale_set, n);
+        }
     }
 
     /// Changes `sku.capacity` without touching the instances (simulates the two disagreeing).
@@ -390,10 +727,7 @@ impl Fleet {
         capacity: u64,
     ) {
         let mut st = lock(&self.state);
-        let Some(ss) = st
-            .rg_mut(subscription, resource_group)
-            .and_then(|g| g.sets.get_mut(&scale_set.to_ascii_lowercase()))
-        else {
+        let Some(ss) = st.set_mut(subscription, resource_group, scale_set) else {
             panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
         };
         ss.capacity = capacity;
@@ -409,26 +743,31 @@ impl Fleet {
         ip: Ipv4Addr,
     ) {
         let mut st = lock(&self.state);
-        let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
-        inst.secondary.push(ip);
-        let (id, idx) = (inst.id, inst.secondary.len());
-        let Some(group) = st.rg_mut(subscription, resource_group) else {
-            return;
-        };
-        let key = scale_set.to_ascii_lowercase();
-        if let Some(ss) = group.sets.get(&key) {
-            if ss.mode == Orchestration::Flexible {
-                let nic = ss.flex_nic_name(id, idx).to_ascii_lowercase();
-                group.flex_nics.insert(
-                    nic,
-                    FlexRef {
-                        set_key: key,
-                        id,
-                        nic: idx,
-                    },
-                );
-            }
-        }
+        let n = st.find(subscription, resource_group, scale_set, instance_id);
+        st.unindex(subscription, resource_group, scale_set, n);
+        st.instance_mut(subscription, resource_group, scale_set, instance_id)
+            .secondary
+            .push(ip);
+        st.index(subscription, resource_group, scale_set, n);
+    }
+
+    /// Moves the NICs of an ordinary VM (Flexible member or standalone VM) into another
+    /// resource group (created when missing); their ids then name that group.
+    pub fn move_nics(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+        nic_resource_group: &str,
+    ) {
+        let mut st = lock(&self.state);
+        let n = st.find(subscription, resource_group, scale_set, instance_id);
+        st.unindex(subscription, resource_group, scale_set, n);
+        st.ensure_rg(subscription, nic_resource_group);
+        st.instance_mut(subscription, resource_group, scale_set, instance_id)
+            .nic_rg = Some(nic_resource_group.to_string());
+        st.index(subscription, resource_group, scale_set, n);
     }
 
     /// Sets the power state shown in instance views (`PowerState/<state>`), e.g.
@@ -461,6 +800,188 @@ impl Fleet {
             .provisioning_state = state.to_string();
     }
 
+    /// Schedules a change of one instance, `after` from now.
+    pub fn schedule(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+        after: Duration,
+        change: Change,
+    ) {
+        let mut st = lock(&self.state);
+        let id = st.find(subscription, resource_group, scale_set, instance_id);
+        st.timeline.push(Scheduled {
+            at: Instant::now() + after,
+            sub: subscription.to_string(),
+            rg: resource_group.to_string(),
+            set: scale_set.to_string(),
+            id,
+            change,
+        });
+    }
+
+    /// A scale-out instance as Azure creates it: `Creating` and `starting` now, running
+    /// after `boot`, and (in a set with a health source) `unknown` until healthy after
+    /// `healthy_after`. Returns its instance id.
+    pub fn boot_instance(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        boot: Duration,
+        healthy_after: Duration,
+    ) -> String {
+        let (id, reports) = {
+            let mut st = lock(&self.state);
+            let ip = st.alloc_ip();
+            let id = st.add_instance(subscription, resource_group, scale_set, ip);
+            let inst = st.instance_mut(subscription, resource_group, scale_set, &id);
+            inst.provisioning_state = "Creating".into();
+            inst.power_state = "starting".into();
+            let reports = inst.health.is_some();
+            if reports {
+                inst.health = Some("unknown".into());
+            }
+            (id, reports)
+        };
+        self.schedule(
+            subscription,
+            resource_group,
+            scale_set,
+            &id,
+            boot,
+            Change {
+                power: Some("running".into()),
+                provisioning: Some("Succeeded".into()),
+                ..Change::default()
+            },
+        );
+        if reports {
+            self.schedule(
+                subscription,
+                resource_group,
+                scale_set,
+                &id,
+                healthy_after.max(boot),
+                Change {
+                    health: Some(Some("healthy".into())),
+                    ..Change::default()
+                },
+            );
+        }
+        id
+    }
+
+    /// Scale-in or delete as Azure does it: `Deleting` and `stopping` now, gone after
+    /// `gone_after`.
+    pub fn delete_instance(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+        gone_after: Duration,
+    ) {
+        {
+            let mut st = lock(&self.state);
+            let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
+            inst.provisioning_state = "Deleting".into();
+            inst.power_state = "stopping".into();
+        }
+        self.schedule(
+            subscription,
+            resource_group,
+            scale_set,
+            instance_id,
+            gone_after,
+            Change {
+                remove: true,
+                ..Change::default()
+            },
+        );
+    }
+
+    /// A Spot eviction with the Deallocate policy: `deallocating` now, `deallocated` one
+    /// second later; health (when reported) becomes `unknown`. The instance, its NIC and
+    /// its address stay.
+    pub fn evict_instance(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+    ) {
+        {
+            let mut st = lock(&self.state);
+            let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
+            inst.power_state = "deallocating".into();
+            if inst.health.is_some() {
+                inst.health = Some("unknown".into());
+            }
+        }
+        self.schedule(
+            subscription,
+            resource_group,
+            scale_set,
+            instance_id,
+            Duration::from_secs(1),
+            Change {
+                power: Some("deallocated".into()),
+                ..Change::default()
+            },
+        );
+    }
+
+    /// One instance reimaged by a rolling upgrade: `Updating` and `stopped` now (health
+    /// `unknown`), `starting` after half of `takes`, then `Succeeded`, running and (with a
+    /// health source) healthy after `takes`.
+    pub fn rolling_upgrade(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+        takes: Duration,
+    ) {
+        let reports = {
+            let mut st = lock(&self.state);
+            let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
+            inst.provisioning_state = "Updating".into();
+            inst.power_state = "stopped".into();
+            let reports = inst.health.is_some();
+            if reports {
+                inst.health = Some("unknown".into());
+            }
+            reports
+        };
+        self.schedule(
+            subscription,
+            resource_group,
+            scale_set,
+            instance_id,
+            takes / 2,
+            Change {
+                power: Some("starting".into()),
+                ..Change::default()
+            },
+        );
+        self.schedule(
+            subscription,
+            resource_group,
+            scale_set,
+            instance_id,
+            takes,
+            Change {
+                power: Some("running".into()),
+                provisioning: Some("Succeeded".into()),
+                health: reports.then(|| Some("healthy".into())),
+                remove: false,
+            },
+        );
+    }
+
     /// Primary private IPs of the set's instances, sorted. Empty if the set does not exist.
     pub fn instance_ips(
         &self,
@@ -468,13 +989,27 @@ impl Fleet {
         resource_group: &str,
         scale_set: &str,
     ) -> Vec<Ipv4Addr> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        st.advance(Instant::now());
         let mut ips: Vec<Ipv4Addr> = st
             .set(subscription, resource_group, scale_set)
             .map(|s| s.instances.values().map(|i| i.ip).collect())
             .unwrap_or_default();
         ips.sort();
         ips
+    }
+
+    /// The primary private IP of one instance.
+    pub fn instance_ip(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance_id: &str,
+    ) -> Ipv4Addr {
+        let mut st = lock(&self.state);
+        st.instance_mut(subscription, resource_group, scale_set, instance_id)
+            .ip
     }
 
     /// Instance ids of the set, in increasing order.
@@ -484,7 +1019,8 @@ impl Fleet {
         resource_group: &str,
         scale_set: &str,
     ) -> Vec<String> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        st.advance(Instant::now());
         st.set(subscription, resource_group, scale_set)
             .map(|s| s.instances.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default()

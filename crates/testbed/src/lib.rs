@@ -21,6 +21,7 @@
 //! ```
 
 mod arm;
+mod dataplane;
 mod faults;
 mod fleet;
 mod nginx;
@@ -39,12 +40,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use arm::ComputeLimits;
 pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
+pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
-pub use fleet::{Fleet, Orchestration};
+pub use fleet::{Change, Fleet, Orchestration, STANDALONE_VMS};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;
 
+use dataplane::DataplaneState;
 use fleet::FleetState;
 use nginx::NginxState;
 use tokens::{TokenStore, ARM_AUDIENCE};
@@ -58,6 +62,8 @@ pub enum Service {
     Imds,
     AppServiceMsi,
     Nginx,
+    /// The fake HAProxy Data Plane API.
+    Dataplane,
 }
 
 /// Configuration of a testbed.
@@ -79,6 +85,12 @@ pub struct TestbedOptions {
     pub nginx_api_key: Option<String>,
     /// NGINX Plus API versions offered (default 1..=9).
     pub nginx_versions: Vec<u32>,
+    /// When true, ARM answers 429 once the subscription's read bucket (250, +25/s) or a
+    /// Compute policy ([`ComputeLimits`]) is empty, as Azure does. Default false: the
+    /// remaining-count headers are always sent, but nothing is refused.
+    pub enforce_limits: bool,
+    /// Compute's throttling policies as the fake applies them.
+    pub compute_limits: ComputeLimits,
 }
 
 impl Default for TestbedOptions {
@@ -93,6 +105,8 @@ impl Default for TestbedOptions {
             identity_header: "identity-header-1".into(),
             nginx_api_key: None,
             nginx_versions: (1..=9).collect(),
+            enforce_limits: false,
+            compute_limits: ComputeLimits::default(),
         }
     }
 }
@@ -117,6 +131,7 @@ pub(crate) struct Urls {
     pub imds: String,
     pub msi: String,
     pub nginx: String,
+    pub dataplane: String,
 }
 
 #[derive(Default)]
@@ -139,23 +154,30 @@ pub(crate) struct Shared {
     pub urls: Urls,
     pub fleet: Arc<Mutex<FleetState>>,
     pub nginx: Arc<Mutex<NginxState>>,
+    pub dataplane: Arc<Mutex<DataplaneState>>,
     pub faults: Faults,
     pub tokens: Mutex<TokenStore>,
     log: Mutex<Log>,
     reads: Mutex<ReadBucket>,
+    pub compute: Mutex<arm::ComputeBuckets>,
 }
 
 impl Shared {
-    /// Takes one read from the bucket and returns what is left (never throttles by itself;
-    /// inject a 429 fault for that).
-    pub fn consume_read(&self) -> u64 {
+    /// Takes one read from the bucket and returns what is left. With `enforce`, an empty
+    /// bucket takes nothing and says how long until a read is available.
+    pub fn consume_read(&self, enforce: bool) -> Result<u64, Duration> {
         let mut b = lock(&self.reads);
         let now = Instant::now();
         let refill = now.duration_since(b.at).as_secs_f64() * READ_REFILL_PER_SEC;
         b.tokens = (b.tokens + refill).min(READ_BUCKET);
         b.at = now;
+        if enforce && b.tokens < 1.0 {
+            return Err(Duration::from_secs_f64(
+                (1.0 - b.tokens) / READ_REFILL_PER_SEC,
+            ));
+        }
         b.tokens = (b.tokens - 1.0).max(0.0);
-        b.tokens as u64
+        Ok(b.tokens as u64)
     }
 
     fn record_start(&self, service: Service, req: &Req) -> u64 {
@@ -195,7 +217,7 @@ impl Testbed {
     /// Binds every fake to `127.0.0.1:0` and starts serving on the current tokio runtime.
     pub async fn start(opts: TestbedOptions) -> std::io::Result<Testbed> {
         let mut listeners = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..6 {
             listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
         let mut base = Vec::new();
@@ -208,12 +230,14 @@ impl Testbed {
             imds: base[2].clone(),
             msi: format!("{}/msi/token", base[3]),
             nginx: format!("{}/api", base[4]),
+            dataplane: base[5].clone(),
         };
         let shared = Arc::new(Shared {
             opts,
             urls,
             fleet: Arc::new(Mutex::new(FleetState::default())),
             nginx: Arc::new(Mutex::new(NginxState::default())),
+            dataplane: Arc::new(Mutex::new(DataplaneState::default())),
             faults: Faults::default(),
             tokens: Mutex::new(TokenStore::default()),
             log: Mutex::new(Log::default()),
@@ -221,6 +245,7 @@ impl Testbed {
                 tokens: READ_BUCKET,
                 at: Instant::now(),
             }),
+            compute: Mutex::new(arm::ComputeBuckets::default()),
         });
         let (tx, rx) = watch::channel(false);
         let services = [
@@ -229,6 +254,7 @@ impl Testbed {
             Service::Imds,
             Service::AppServiceMsi,
             Service::Nginx,
+            Service::Dataplane,
         ];
         let mut tasks = Vec::new();
         for (service, listener) in services.into_iter().zip(listeners) {
@@ -291,6 +317,20 @@ impl Testbed {
     pub fn fleet(&self) -> Fleet {
         Fleet {
             state: self.shared.fleet.clone(),
+        }
+    }
+
+    /// Base URL of the fake HAProxy Data Plane API, e.g. `http://127.0.0.1:41239` (paths
+    /// `/v3/services/haproxy/…` and `/v2/…`; basic auth [`DATAPLANE_USER`] /
+    /// [`DATAPLANE_PASSWORD`]).
+    pub fn dataplane_url(&self) -> String {
+        self.shared.urls.dataplane.clone()
+    }
+
+    /// Handle to inspect and script the fake Data Plane API.
+    pub fn dataplane(&self) -> DataPlane {
+        DataPlane {
+            state: self.shared.dataplane.clone(),
         }
     }
 
@@ -433,6 +473,7 @@ fn serve(sh: &Shared, service: Service, req: &Req) -> Reply {
             sh.opts.nginx_api_key.as_deref(),
             req,
         ),
+        Service::Dataplane => dataplane::handle(&sh.dataplane, req),
     }
 }
 
@@ -443,6 +484,7 @@ fn fault_reply(service: Service, status: u16, code: &str, message: &str) -> Repl
             .header("x-ms-request-id", util::guid())
             .header("x-ms-correlation-request-id", util::guid()),
         Service::Nginx => nginx::error_reply(status, code, message),
+        Service::Dataplane => Reply::json(status, &json!({"code": status, "message": message})),
         Service::Authority => Reply::json(
             status,
             &json!({

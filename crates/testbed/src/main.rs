@@ -158,6 +158,7 @@ async fn main() -> std::process::ExitCode {
         "identity_endpoint": tb.identity_endpoint(),
         "nginx_url": tb.nginx_url(),
         "nginx_nplus_url": tb.nginx_nplus_url(),
+        "dataplane_url": tb.dataplane_url(),
         "tenant_id": o.tenant_id,
         "client_id": o.client_id,
         "client_secret": o.client_secret,

@@ -22,7 +22,15 @@ fn show(tb: &Testbed, what: &str) {
             .nginx()
             .servers(kind, name)
             .iter()
-            .filter_map(|s| s["server"].as_str().map(str::to_string))
+            .filter_map(|s| {
+                let draining = s["drain"] == true || s["down"] == true;
+                let server = s["server"].as_str()?;
+                Some(if draining {
+                    format!("{server}(draining)")
+                } else {
+                    server.to_string()
+                })
+            })
             .collect();
         lines.push(format!(
             "    {name:<12} {} servers: {}",

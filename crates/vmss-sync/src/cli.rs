@@ -3,6 +3,7 @@
 
 use crate::config::{Config, LogFormat, UpstreamKind};
 use crate::daemon::Control;
+use crate::model::ServerState;
 use crate::reconcile::{CycleReport, StartupProblem};
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -171,7 +172,12 @@ pub fn render_plan(report: &CycleReport, problems: &[StartupProblem]) -> String 
             let _ = writeln!(s, "  add     {server}");
         }
         for u in &plan.update {
-            let _ = writeln!(s, "  update  {} (id {})", u.server, u.id);
+            let word = match (u.was, u.state) {
+                (ServerState::Active, ServerState::Draining) => "drain  ",
+                (ServerState::Draining, ServerState::Active) => "restore",
+                _ => "update ",
+            };
+            let _ = writeln!(s, "  {word} {} (id {})", u.server, u.id);
         }
         for r in &plan.remove {
             let _ = writeln!(s, "  remove  {} (id {})", r.server, r.id);

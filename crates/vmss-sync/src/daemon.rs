@@ -3,17 +3,26 @@
 //!
 //! Signals are turned into [`Control`] messages by `main`; the loop itself is plain async
 //! code so tests and the demo drive it through a channel.
+//!
+//! The daemon also serves `/metrics`, `/healthz` and `/readyz` ([`crate::admin`]) and, with
+//! `leader_election`, runs an [`Elector`]: a cycle writes only while this replica holds the
+//! lease (the reconciler also asks the gate before each upstream's writes); a standby runs
+//! dry-run cycles, so it keeps discovering, and reconciles at once when it becomes leader.
 
+use crate::admin::{AdminServer, ElectionProbe, Health};
 use crate::azure::arm::{ArmClient, ArmOptions};
-use crate::azure::auth::{default_credential, Env};
-use crate::config::{self, Config};
+use crate::azure::auth::{cached, default_chain, Env, TokenCredential};
+use crate::config::{self, Config, LeaderElectionConfig, StorageAuth, UpstreamKind};
+use crate::leader::blob::{BlobAuth, BlobLeaseClient};
+use crate::leader::shared_key::SharedKey;
+use crate::leader::{Elector, Timing};
+use crate::metrics::{CountingCredential, Metrics};
 use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec};
-use crate::target::nginx_plus::NginxPlus;
-use crate::target::{Target, TargetError};
+use crate::target::TargetError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Timeout of every request to a target.
 pub const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,30 +61,50 @@ pub fn format_problems(problems: &[StartupProblem]) -> String {
 
 /// Builds the reconciler for a configuration: credential chain, ARM client, target.
 pub fn build(cfg: &Config, env: &Env) -> Result<Reconciler, DaemonError> {
+    build_with_metrics(cfg, env, None)
+}
+
+/// [`build`], counting the credential chain's token fetches in `metrics` when given.
+pub fn build_with_metrics(
+    cfg: &Config,
+    env: &Env,
+    metrics: Option<&Arc<Metrics>>,
+) -> Result<Reconciler, DaemonError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
-    let credential = default_credential(env, http.clone());
+    let chain: Arc<dyn TokenCredential> = Arc::new(default_chain(env, http.clone()));
+    let credential = match metrics {
+        Some(m) => cached(Arc::new(CountingCredential::new(
+            chain,
+            "arm",
+            Arc::clone(m),
+        ))),
+        None => cached(chain),
+    };
     let arm = ArmClient::new(
         ArmOptions {
             endpoint: cfg.resource_manager_endpoint.clone(),
             audience: cfg.resource_manager_audience.clone(),
+            read_budget: crate::azure::ReadBudget {
+                burst: cfg.arm_read_burst,
+                per_second: cfg.arm_reads_per_second,
+            },
             ..ArmOptions::default()
         },
         credential,
         http,
     );
-    let nginx_plus: Arc<dyn Target> = Arc::new(
-        NginxPlus::new(&cfg.api_endpoint, &cfg.custom_headers, TARGET_TIMEOUT)
-            .map_err(|TargetError { message, .. }| DaemonError::Build(message))?,
-    );
+    let sinks = crate::target::configured::sinks(cfg, TARGET_TIMEOUT)
+        .map_err(|TargetError { message, .. }| DaemonError::Build(message))?;
     let upstreams = cfg
         .upstreams
         .iter()
-        .map(|u| UpstreamSpec::from_config(cfg, u, Arc::clone(&nginx_plus)))
+        .zip(sinks)
+        .map(|(u, sink)| UpstreamSpec::from_config(cfg, u, sink))
         .collect();
-    Ok(Reconciler::new(upstreams, arm))
+    Ok(Reconciler::new(upstreams, arm).with_intervals(cfg.sync_interval, cfg.health_interval))
 }
 
 /// Runs the startup check and fails on permanent problems; transient ones are logged
@@ -104,25 +133,107 @@ pub fn log_cycle(report: &CycleReport) {
     );
 }
 
+/// Starts the elector of a `leader_election` section: a Blob lease client authorised by
+/// a token from the credential chain (scope `https://storage.azure.com/.default`) or by
+/// Shared Key.
+pub fn start_elector(
+    le: &LeaderElectionConfig,
+    env: &Env,
+    metrics: &Arc<Metrics>,
+) -> Result<Elector, DaemonError> {
+    let timing = Timing::for_lease(le.lease_duration);
+    let http = reqwest::Client::builder()
+        .connect_timeout(timing.request_timeout)
+        .build()
+        .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
+    let auth = match &le.auth {
+        StorageAuth::Token => {
+            let chain = Arc::new(default_chain(env, http.clone()));
+            BlobAuth::Token(cached(Arc::new(CountingCredential::new(
+                chain,
+                "storage",
+                Arc::clone(metrics),
+            ))))
+        }
+        StorageAuth::SharedKey {
+            account_name,
+            account_key,
+        } => BlobAuth::SharedKey(
+            SharedKey::new(account_name, account_key.expose())
+                .map_err(|e| DaemonError::Build(format!("leader_election.account_key: {e}")))?,
+        ),
+    };
+    let client = BlobLeaseClient::new(
+        &le.account_url,
+        &le.container,
+        &le.blob,
+        auth,
+        http,
+        timing.request_timeout,
+    )
+    .map_err(|e| DaemonError::Build(e.to_string()))?
+    .with_metrics(Arc::clone(metrics));
+    Ok(Elector::start(client, timing, Some(Arc::clone(metrics))))
+}
+
+fn upstream_list(cfg: &Config) -> Vec<(String, UpstreamKind)> {
+    cfg.upstreams
+        .iter()
+        .map(|u| (u.name.clone(), u.kind))
+        .collect()
+}
+
 /// The daemon.
 pub struct Daemon {
     path: PathBuf,
     env: Env,
     config: Config,
     reconciler: Reconciler,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    elector: Option<Elector>,
+    admin: Option<AdminServer>,
 }
 
 impl Daemon {
-    /// Loads, builds and checks. Fails on an invalid file or a permanent startup problem.
+    /// Loads, builds and checks, then starts the elector (with `leader_election`) and the
+    /// admin endpoint (unless `admin_listen: off`). Fails on an invalid file or a permanent
+    /// startup problem.
     pub async fn start(path: PathBuf, env: Env) -> Result<Self, DaemonError> {
         let config = config::load(&path, &|k| env.get(k).map(str::to_string))?;
-        let reconciler = checked(build(&config, &env)?).await?;
-        Ok(Self {
+        let metrics = Arc::new(Metrics::new());
+        let reconciler = checked(build_with_metrics(&config, &env, Some(&metrics))?).await?;
+        let health = Arc::new(Health::new(
+            &upstream_list(&config),
+            config.sync_interval,
+            config.readiness_max_age,
+        ));
+        let elector = match &config.leader_election {
+            Some(le) => Some(start_elector(le, &env, &metrics)?),
+            None => {
+                metrics.set_leader(true);
+                None
+            }
+        };
+        if let Some(e) = &elector {
+            let probe: ElectionProbe = e.status_probe();
+            health.set_election(Some(probe));
+        }
+        let admin = config
+            .admin_listen
+            .map(|addr| AdminServer::start(addr, Arc::clone(&metrics), Arc::clone(&health)));
+        let mut daemon = Self {
             path,
             env,
             config,
             reconciler,
-        })
+            metrics,
+            health,
+            elector,
+            admin,
+        };
+        daemon.gate_writes();
+        Ok(daemon)
     }
 
     /// The configuration in force.
@@ -130,26 +241,86 @@ impl Daemon {
         &self.config
     }
 
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Where the admin endpoint listens, once it does (`None` with `admin_listen: off`).
+    pub async fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.admin {
+            Some(a) => a.local_addr().await,
+            None => None,
+        }
+    }
+
+    /// True when this replica may write now: it is the only one, or it holds the lease.
+    fn may_write(&self) -> bool {
+        self.elector.as_ref().is_none_or(Elector::is_leader)
+    }
+
+    /// Hands the election's write gate to the reconciler, which asks it before each
+    /// upstream's writes: a replica that loses the lease during a cycle writes no more.
+    fn gate_writes(&mut self) {
+        if let Some(e) = &self.elector {
+            self.reconciler.set_write_gate(e.write_gate());
+        }
+    }
+
+    fn record(&self, report: &CycleReport, mode: Mode) {
+        let upstreams = self.reconciler.upstreams();
+        let target_of = |o: &crate::reconcile::UpstreamOutcome| {
+            upstreams
+                .iter()
+                .find(|u| u.target.name == o.upstream && u.target.kind == o.kind)
+                .map_or("unknown", |u| u.sink.kind())
+        };
+        self.metrics.record_cycle(report, mode, &target_of);
+        self.metrics.record_arm(&self.reconciler.arm().stats());
+        self.health.record_cycle(report);
+        self.metrics.set_leader(self.may_write());
+    }
+
     async fn reload(&mut self) {
         let loaded = config::load(&self.path, &|k| self.env.get(k).map(str::to_string));
         let config = match loaded {
             Ok(c) => c,
             Err(e) => {
+                self.metrics.config_reload(false);
                 tracing::error!(file = %self.path.display(), "Configuration reload failed; keeping the running configuration:\n{e}");
                 return;
             }
         };
-        let built = match build(&config, &self.env) {
+        let built = match build_with_metrics(&config, &self.env, Some(&self.metrics)) {
             Ok(r) => checked(r).await,
             Err(e) => Err(e),
         };
         match built {
             Ok(r) => {
+                if config.admin_listen != self.config.admin_listen {
+                    tracing::warn!(
+                        "admin_listen changed: the new address takes effect at the next restart."
+                    );
+                }
+                if config.leader_election != self.config.leader_election {
+                    tracing::warn!("leader_election changed: the new settings take effect at the next restart.");
+                }
                 self.reconciler = r;
                 self.config = config;
+                self.gate_writes();
+                self.metrics.config_reload(true);
+                self.metrics.arm_client_replaced();
+                let upstreams = upstream_list(&self.config);
+                self.metrics.retain_upstreams(&upstreams);
+                self.health.set_upstreams(
+                    &upstreams,
+                    self.config.sync_interval,
+                    self.config.readiness_max_age,
+                );
                 tracing::info!(file = %self.path.display(), upstreams = self.config.upstreams.len(), "Configuration reloaded.");
             }
             Err(e) => {
+                self.metrics.config_reload(false);
                 tracing::error!(file = %self.path.display(), "Configuration reload failed; keeping the running configuration:\n{e}")
             }
         }
@@ -162,9 +333,12 @@ impl Daemon {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             upstreams = self.config.upstreams.len(),
+            leader_election = self.elector.is_some(),
             "vmss-sync started."
         );
+        let mut became_leader = self.elector.as_ref().map(Elector::became_leader);
         loop {
+            self.health.heartbeat();
             let started = std::time::Instant::now();
             let discovered = tokio::select! {
                 biased;
@@ -174,11 +348,17 @@ impl Daemon {
                 },
                 d = self.reconciler.discover() => d,
             };
+            let mode = if self.may_write() {
+                Mode::Apply
+            } else {
+                Mode::DryRun
+            };
             let report = self
                 .reconciler
-                .apply_snapshots(Arc::new(discovered), Mode::Apply, started)
+                .apply_snapshots(Arc::new(discovered), mode, started)
                 .await;
             log_cycle(&report);
+            self.record(&report, mode);
             let wait = jittered(self.config.sync_interval);
             tokio::select! {
                 msg = control.recv() => match msg {
@@ -186,9 +366,31 @@ impl Daemon {
                     Some(Control::Shutdown) | None => break,
                 },
                 _ = tokio::time::sleep(wait) => {}
+                _ = leadership_gained(&mut became_leader) => {
+                    tracing::debug!("This replica became the leader: reconciling now.");
+                }
             }
         }
         tracing::info!("Terminating...");
+        self.health.stopping();
+        if let Some(e) = self.elector.take() {
+            e.shutdown().await;
+        }
+        if let Some(a) = self.admin.take() {
+            a.shutdown().await;
+        }
+    }
+}
+
+/// Resolves when this replica becomes the leader; never without an election.
+async fn leadership_gained(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

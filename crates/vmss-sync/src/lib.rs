@@ -2,11 +2,14 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view and the codemap.
 
+pub mod admin;
 pub mod azure;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod leader;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

@@ -1,8 +1,9 @@
 //! The vocabulary shared by discovery, the planner and the targets.
 //!
-//! Nothing in here does I/O. Discovery turns the cloud into [`ScaleSetSnapshot`]s,
-//! [`desired_servers`] turns snapshots plus an upstream's settings into the wanted
-//! servers, and targets report what they have as [`ObservedServer`]s.
+//! Nothing in here does I/O. Discovery turns the cloud into [`ScaleSetSnapshot`]s and
+//! standalone [`Instance`]s, gathered per upstream in a [`Found`]; [`desired_servers`]
+//! turns that plus an upstream's [`Registration`] into the wanted servers (the ready
+//! instances, at their port); targets report what they have as [`ObservedServer`]s.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,13 +51,166 @@ pub enum Orchestration {
     Flexible,
 }
 
-/// One instance of a scale set, with the one address it is registered under.
+/// `properties.provisioningState` of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provisioning {
+    /// `Succeeded`.
+    Succeeded,
+    /// `Creating`.
+    Creating,
+    /// `Updating` (e.g. reimaged by a rolling upgrade).
+    Updating,
+    /// `Deleting`: on its way out.
+    Deleting,
+    /// `Failed`.
+    Failed,
+    /// Anything else (`Migrating`, `Canceled`, …).
+    Other,
+}
+
+impl Provisioning {
+    /// Parses ARM's value (case-insensitive; `ProvisioningState/` prefix allowed).
+    pub fn parse(s: &str) -> Provisioning {
+        let s = s.trim();
+        let s = s
+            .get(..18)
+            .filter(|p| p.eq_ignore_ascii_case("ProvisioningState/"))
+            .map_or(s, |_| &s[18..]);
+        match s.to_ascii_lowercase().as_str() {
+            "succeeded" => Provisioning::Succeeded,
+            "creating" => Provisioning::Creating,
+            "updating" => Provisioning::Updating,
+            "deleting" => Provisioning::Deleting,
+            "failed" => Provisioning::Failed,
+            _ => Provisioning::Other,
+        }
+    }
+}
+
+/// The power state of a VM (`PowerState/…` in its instance view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Power {
+    /// `running`.
+    Running,
+    /// `starting`.
+    Starting,
+    /// `stopping`.
+    Stopping,
+    /// `stopped`.
+    Stopped,
+    /// `deallocating`.
+    Deallocating,
+    /// `deallocated` (also a Spot VM evicted with the Deallocate policy).
+    Deallocated,
+    /// `unknown` or anything else.
+    Unknown,
+}
+
+impl Power {
+    /// Parses the part after `PowerState/` (case-insensitive).
+    pub fn parse(s: &str) -> Power {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "running" => Power::Running,
+            "starting" => Power::Starting,
+            "stopping" => Power::Stopping,
+            "stopped" => Power::Stopped,
+            "deallocating" => Power::Deallocating,
+            "deallocated" => Power::Deallocated,
+            _ => Power::Unknown,
+        }
+    }
+}
+
+/// What the Application Health extension or the load balancer probe says
+/// (`vmHealth.status.code`: `HealthState/healthy|unhealthy|unknown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// `healthy`.
+    Healthy,
+    /// `unhealthy`.
+    Unhealthy,
+    /// `unknown`, `initializing` or anything else: not ready.
+    Unknown,
+}
+
+impl Health {
+    /// Parses the part after `HealthState/` (case-insensitive).
+    pub fn parse(s: &str) -> Health {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "healthy" => Health::Healthy,
+            "unhealthy" => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// The run-time state of an instance, from its instance view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceView {
+    /// Provisioning state (None when ARM did not say).
+    pub provisioning: Option<Provisioning>,
+    /// Power state (None when the view had none).
+    pub power: Option<Power>,
+    /// Health (None when the VM reports no health).
+    pub health: Option<Health>,
+}
+
+/// When an upstream registers an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegisterWhen {
+    /// Power state running and provisioning state neither Deleting nor Failed.
+    Running,
+    /// Running, and its health source reports Healthy (Unknown is not ready).
+    Healthy,
+    /// As soon as it has an address, whatever its state (nginx-asg-sync's behaviour).
+    Always,
+}
+
+impl RegisterWhen {
+    /// The word used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegisterWhen::Running => "running",
+            RegisterWhen::Healthy => "healthy",
+            RegisterWhen::Always => "always",
+        }
+    }
+}
+
+/// One instance (scale set member or standalone VM), with the one address it is
+/// registered under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
-    /// Lower-cased ARM id of the VM.
-    pub vm_id: String,
+    /// Lower-cased ARM id of the VM (shared, not copied, between discovery's indexes).
+    pub vm_id: std::sync::Arc<str>,
     /// Private IPv4 of the primary IP configuration of the primary NIC.
     pub ip: Ipv4Addr,
+    /// Its run-time state; None when no instance view of it has been read yet (a new
+    /// instance between two health reads), which is never ready except with `always`.
+    pub view: Option<InstanceView>,
+    /// The VM's own tags (Flexible members and standalone VMs; empty for Uniform).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// True when the instance may take traffic under `when`.
+    pub fn ready(&self, when: RegisterWhen) -> bool {
+        let view = match (when, &self.view) {
+            (RegisterWhen::Always, _) => return true,
+            (_, None) => return false,
+            (_, Some(v)) => v,
+        };
+        let running = view.power == Some(Power::Running)
+            && !matches!(
+                view.provisioning,
+                Some(Provisioning::Deleting | Provisioning::Failed)
+            );
+        match when {
+            RegisterWhen::Running => running,
+            RegisterWhen::Healthy => running && view.health == Some(Health::Healthy),
+            RegisterWhen::Always => true,
+        }
+    }
 }
 
 /// What one successful read of a scale set found.
@@ -69,8 +223,25 @@ pub struct ScaleSetSnapshot {
     pub capacity: Option<u64>,
     /// Orchestration mode.
     pub orchestration: Orchestration,
+    /// True when the set's instances report health (`vmHealth` from the Application
+    /// Health extension or a load balancer probe).
+    pub reports_health: bool,
+    /// The scale set's tags.
+    pub tags: BTreeMap<String, String>,
     /// Instances with an address, sorted by VM id; one entry per VM.
     pub instances: Vec<Instance>,
+}
+
+impl ScaleSetSnapshot {
+    /// What `register_when` means for this set when it is not configured: `healthy`
+    /// for sets that report health, `running` for the others.
+    pub fn default_register_when(&self) -> RegisterWhen {
+        if self.reports_health {
+            RegisterWhen::Healthy
+        } else {
+            RegisterWhen::Running
+        }
+    }
 }
 
 /// The per-server parameters vmss-sync manages on an NGINX Plus upstream.
@@ -117,15 +288,340 @@ pub struct ObservedServer {
     pub state: ServerState,
 }
 
-/// Builds the desired servers of one upstream from the snapshots of its scale sets.
-pub fn desired_servers<'a>(
-    snapshots: impl IntoIterator<Item = &'a ScaleSetSnapshot>,
-    port: u16,
-    params: ServerParams,
-) -> DesiredServers {
-    snapshots
-        .into_iter()
-        .flat_map(|s| s.instances.iter())
-        .map(|i| (format!("{}:{}", i.ip, port), params))
-        .collect()
+/// Everything one upstream's selection found in one cycle: its scale sets and its
+/// standalone VMs.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    /// The scale sets selected.
+    pub sets: Vec<std::sync::Arc<ScaleSetSnapshot>>,
+    /// Standalone VMs selected by tags.
+    pub vms: Vec<std::sync::Arc<Instance>>,
+    /// True when the selection names its scale sets exactly (no glob, no tags): then
+    /// finding none of them is not possible (a missing set is an error).
+    pub exact: bool,
+}
+
+impl Found {
+    /// Instances found (wanted or not), for the guard.
+    pub fn found(&self) -> usize {
+        self.sets.iter().map(|s| s.instances.len()).sum::<usize>() + self.vms.len()
+    }
+
+    /// What the sources themselves say they hold: the sum of the sets' capacities plus
+    /// the standalone VMs. None when a set did not say, or when a glob or tag
+    /// selection matched nothing at all (an empty answer is then no proof).
+    pub fn capacity(&self) -> Option<u64> {
+        if !self.exact && self.sets.is_empty() && self.vms.is_empty() {
+            return None;
+        }
+        let mut total = self.vms.len() as u64;
+        for s in &self.sets {
+            total += s.capacity?;
+        }
+        Some(total)
+    }
+}
+
+/// How an upstream turns instances into servers.
+#[derive(Clone, Copy, Debug)]
+pub struct Registration<'a> {
+    /// The port, or the fallback when a port tag is used.
+    pub port: Option<u16>,
+    /// A tag holding the port (on the VM, else on its scale set).
+    pub port_tag: Option<&'a str>,
+    /// When instances are registered; None: per scale set, `healthy` when it reports
+    /// health, `running` otherwise.
+    pub when: Option<RegisterWhen>,
+    /// Server parameters.
+    pub params: ServerParams,
+}
+
+/// An instance that has no usable port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unported {
+    /// The VM.
+    pub vm_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Looks a tag up by name, case-insensitively (Azure tag names are).
+pub fn tag<'t>(tags: &'t BTreeMap<String, String>, name: &str) -> Option<&'t str> {
+    tags.get(name)
+        .or_else(|| {
+            tags.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .map(String::as_str)
+}
+
+fn port_of(
+    inst: &Instance,
+    set_tags: Option<&BTreeMap<String, String>>,
+    reg: &Registration<'_>,
+) -> Result<u16, String> {
+    let Some(name) = reg.port_tag else {
+        return reg.port.ok_or_else(|| "no port configured".to_string());
+    };
+    let value = tag(&inst.tags, name).or_else(|| set_tags.and_then(|t| tag(t, name)));
+    match value {
+        Some(v) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("tag {name} is {v:?}, not a port from 1 to 65535")),
+        None => reg
+            .port
+            .ok_or_else(|| format!("no tag {name} and no port configured")),
+    }
+}
+
+/// Builds the desired servers of one upstream from what its selection found: the ready
+/// instances, each once, at its port. Instances without a usable port are returned
+/// apart, with the reason.
+pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers, Vec<Unported>) {
+    let mut out = DesiredServers::new();
+    let mut unported = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let sets = found.sets.iter().flat_map(|s| {
+        let when = reg.when.unwrap_or_else(|| s.default_register_when());
+        s.instances.iter().map(move |i| (i, Some(&s.tags), when))
+    });
+    let vms = found.vms.iter().map(|i| {
+        let reports = i.view.is_some_and(|v| v.health.is_some());
+        let when = reg.when.unwrap_or(if reports {
+            RegisterWhen::Healthy
+        } else {
+            RegisterWhen::Running
+        });
+        (i.as_ref(), None, when)
+    });
+    for (inst, set_tags, when) in sets.chain(vms) {
+        if !seen.insert(&*inst.vm_id) || !inst.ready(when) {
+            continue;
+        }
+        match port_of(inst, set_tags, reg) {
+            Ok(port) => {
+                out.insert(format!("{}:{}", inst.ip, port), reg.params);
+            }
+            Err(reason) => unported.push(Unported {
+                vm_id: inst.vm_id.to_string(),
+                reason,
+            }),
+        }
+    }
+    (out, unported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn params() -> ServerParams {
+        ServerParams {
+            max_conns: 0,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            slow_start: Duration::ZERO,
+        }
+    }
+
+    fn view(power: Power, prov: Provisioning, health: Option<Health>) -> Option<InstanceView> {
+        Some(InstanceView {
+            provisioning: Some(prov),
+            power: Some(power),
+            health,
+        })
+    }
+
+    fn inst(n: u8, v: Option<InstanceView>) -> Instance {
+        Instance {
+            vm_id: format!("/vm/{n}").into(),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            view: v,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn set(reports_health: bool, instances: Vec<Instance>) -> Arc<ScaleSetSnapshot> {
+        Arc::new(ScaleSetSnapshot {
+            key: ScaleSetKey::new("s", "rg", "web"),
+            capacity: Some(instances.len() as u64),
+            orchestration: Orchestration::Uniform,
+            reports_health,
+            tags: BTreeMap::new(),
+            instances,
+        })
+    }
+
+    fn reg(when: Option<RegisterWhen>) -> Registration<'static> {
+        Registration {
+            port: Some(80),
+            port_tag: None,
+            when,
+            params: params(),
+        }
+    }
+
+    fn servers(found: &Found, r: &Registration<'_>) -> Vec<String> {
+        desired_servers(found, r).0.into_keys().collect()
+    }
+
+    #[test]
+    fn running_means_power_running_and_not_deleting_or_failed() {
+        let ok = inst(1, view(Power::Running, Provisioning::Succeeded, None));
+        let updating = inst(2, view(Power::Running, Provisioning::Updating, None));
+        let deleting = inst(3, view(Power::Running, Provisioning::Deleting, None));
+        let failed = inst(4, view(Power::Running, Provisioning::Failed, None));
+        let stopped = inst(5, view(Power::Stopped, Provisioning::Succeeded, None));
+        let evicted = inst(6, view(Power::Deallocated, Provisioning::Succeeded, None));
+        let unread = inst(7, None);
+        let all = [ok, updating, deleting, failed, stopped, evicted, unread];
+        let ready: Vec<u8> = all
+            .iter()
+            .filter(|i| i.ready(RegisterWhen::Running))
+            .map(|i| i.ip.octets()[3])
+            .collect();
+        assert_eq!(ready, vec![1, 2]);
+        assert!(all.iter().all(|i| i.ready(RegisterWhen::Always)));
+    }
+
+    #[test]
+    fn healthy_needs_running_and_healthy_and_unknown_is_not_ready() {
+        let h = inst(
+            1,
+            view(
+                Power::Running,
+                Provisioning::Succeeded,
+                Some(Health::Healthy),
+            ),
+        );
+        let u = inst(
+            2,
+            view(
+                Power::Running,
+                Provisioning::Succeeded,
+                Some(Health::Unknown),
+            ),
+        );
+        let bad = inst(
+            3,
+            view(
+                Power::Running,
+                Provisioning::Succeeded,
+                Some(Health::Unhealthy),
+            ),
+        );
+        let none = inst(4, view(Power::Running, Provisioning::Succeeded, None));
+        let stopped = inst(
+            5,
+            view(
+                Power::Stopped,
+                Provisioning::Succeeded,
+                Some(Health::Healthy),
+            ),
+        );
+        let ready: Vec<bool> = [h, u, bad, none, stopped]
+            .iter()
+            .map(|i| i.ready(RegisterWhen::Healthy))
+            .collect();
+        assert_eq!(ready, vec![true, false, false, false, false]);
+    }
+
+    #[test]
+    fn default_is_healthy_for_sets_that_report_health_and_running_otherwise() {
+        let instances = vec![
+            inst(
+                1,
+                view(
+                    Power::Running,
+                    Provisioning::Succeeded,
+                    Some(Health::Healthy),
+                ),
+            ),
+            inst(
+                2,
+                view(
+                    Power::Running,
+                    Provisioning::Succeeded,
+                    Some(Health::Unhealthy),
+                ),
+            ),
+        ];
+        let with_health = Found {
+            sets: vec![set(true, instances.clone())],
+            ..Found::default()
+        };
+        assert_eq!(servers(&with_health, &reg(None)), vec!["10.0.0.1:80"]);
+        let without = Found {
+            sets: vec![set(false, instances)],
+            ..Found::default()
+        };
+        assert_eq!(
+            servers(&without, &reg(None)),
+            vec!["10.0.0.1:80", "10.0.0.2:80"]
+        );
+        assert_eq!(
+            servers(&with_health, &reg(Some(RegisterWhen::Always))).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn port_comes_from_the_vm_tag_then_the_set_tag_then_the_port() {
+        let mut a = inst(1, None);
+        a.tags.insert("App:Port".into(), "8080".into());
+        let b = inst(2, None);
+        let mut c = inst(3, None);
+        c.tags.insert("app:port".into(), "http".into());
+        let mut s = ScaleSetSnapshot::clone(&set(false, vec![a, b, c]));
+        s.tags.insert("app:port".into(), "9090".into());
+        let found = Found {
+            sets: vec![Arc::new(s)],
+            ..Found::default()
+        };
+        let r = Registration {
+            port: None,
+            port_tag: Some("app:port"),
+            when: Some(RegisterWhen::Always),
+            params: params(),
+        };
+        let (servers, unported) = desired_servers(&found, &r);
+        assert_eq!(
+            servers.into_keys().collect::<Vec<_>>(),
+            vec!["10.0.0.1:8080", "10.0.0.2:9090"]
+        );
+        assert_eq!(unported.len(), 1);
+        assert!(unported[0].reason.contains("\"http\""), "{unported:?}");
+    }
+
+    #[test]
+    fn a_vm_found_twice_is_registered_once() {
+        let i = inst(1, None);
+        let found = Found {
+            sets: vec![set(false, vec![i.clone()])],
+            vms: vec![Arc::new(i)],
+            exact: false,
+        };
+        assert_eq!(found.found(), 2);
+        assert_eq!(
+            servers(&found, &reg(Some(RegisterWhen::Always))),
+            vec!["10.0.0.1:80"]
+        );
+    }
+
+    #[test]
+    fn a_pattern_that_matched_nothing_has_no_capacity() {
+        let nothing = Found::default();
+        assert_eq!(nothing.capacity(), None);
+        let exact_empty = Found {
+            sets: vec![set(false, vec![])],
+            exact: true,
+            ..Found::default()
+        };
+        assert_eq!(exact_empty.capacity(), Some(0));
+    }
 }

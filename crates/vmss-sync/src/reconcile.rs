@@ -7,15 +7,19 @@
 
 use crate::azure::arm::ArmClient;
 use crate::config::{Config, UpstreamConfig, UpstreamKind};
-use crate::discovery::{self, DiscoveryError};
+use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
 use crate::model::{
-    desired_servers, ObservedServer, ScaleSetKey, ScaleSetSnapshot, ServerParams, ServerState,
+    desired_servers, ObservedServer, RegisterWhen, Registration, ServerParams, ServerState,
 };
 use crate::plan::{self, Drain, Hold, Plan};
 use crate::target::{ApplyReport, Permanence, Target, UpstreamRef};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Upstreams synced at the same time, at most.
+const UPSTREAMS_IN_FLIGHT: usize = 8;
 
 /// Says whether this replica may write to targets right now (leader election). Checked
 /// before every upstream's writes; a closed gate means no write.
@@ -78,10 +82,15 @@ pub struct UpstreamSpec {
     pub target: UpstreamRef,
     /// The target that holds it.
     pub sink: Arc<dyn Target>,
-    /// The scale set that feeds it.
-    pub scale_set: ScaleSetKey,
-    /// Port the instances serve on.
-    pub port: u16,
+    /// What feeds it: scale sets by name, list or glob, or scale sets and VMs by tags.
+    pub selection: Selection,
+    /// Port the instances serve on (the fallback when `port_tag` is set).
+    pub port: Option<u16>,
+    /// A tag holding the port (on the VM, else on its scale set).
+    pub port_tag: Option<String>,
+    /// When an instance is registered; None: `healthy` for sets that report health,
+    /// `running` otherwise.
+    pub register_when: Option<RegisterWhen>,
     /// Server parameters.
     pub params: ServerParams,
     /// How long a leaving server drains before removal (zero: removed at once).
@@ -93,8 +102,10 @@ impl std::fmt::Debug for UpstreamSpec {
         f.debug_struct("UpstreamSpec")
             .field("target", &self.target)
             .field("sink", &self.sink.kind())
-            .field("scale_set", &self.scale_set)
+            .field("selection", &self.selection)
             .field("port", &self.port)
+            .field("port_tag", &self.port_tag)
+            .field("register_when", &self.register_when)
             .field("params", &self.params)
             .field("drain_timeout", &self.drain_timeout)
             .finish()
@@ -110,20 +121,47 @@ impl UpstreamSpec {
                 kind: u.kind,
             },
             sink,
-            scale_set: ScaleSetKey::new(
-                &cfg.subscription_id,
-                &cfg.resource_group_name,
-                &u.virtual_machine_scale_set,
-            ),
+            selection: selection_of(cfg, u),
             port: u.port,
+            port_tag: u.source.port_tag.clone(),
+            register_when: u.source.register_when,
             params: ServerParams {
                 max_conns: u.max_conns,
                 max_fails: u.max_fails,
                 fail_timeout: u.fail_timeout,
                 slow_start: u.slow_start,
             },
-            drain_timeout: Duration::ZERO,
+            drain_timeout: u.source.drain_timeout,
         }
+    }
+
+    /// What the upstream is fed from, for logs (nginx-asg-sync's "group").
+    pub fn group(&self) -> String {
+        self.selection.label()
+    }
+}
+
+/// The selection of one configured upstream: its own `subscription_id` and
+/// `resource_group_name` when set, the top-level ones otherwise.
+pub fn selection_of(cfg: &Config, u: &UpstreamConfig) -> Selection {
+    let src = &u.source;
+    let groups = match &src.resource_groups {
+        Some(g) if g.iter().any(|x| x == "*") => Groups::All,
+        Some(g) => Groups::Named(g.clone()),
+        None => Groups::Named(vec![cfg.resource_group_name.clone()]),
+    };
+    Selection {
+        subscription: src
+            .subscription_id
+            .clone()
+            .unwrap_or_else(|| cfg.subscription_id.clone()),
+        groups,
+        sets: src.scale_sets.clone(),
+        tags: src.tags.as_ref().map(|t| TagFilter {
+            allow: t.allow.clone(),
+            deny: t.deny.clone(),
+        }),
+        views: src.register_when != Some(RegisterWhen::Always),
     }
 }
 
@@ -194,7 +232,10 @@ pub struct StartupProblem {
 pub struct Reconciler {
     upstreams: Vec<UpstreamSpec>,
     arm: ArmClient,
-    concurrency: usize,
+    options: discovery::Options,
+    sync_interval: Duration,
+    state: Arc<DiscoveryState>,
+    budget_warned: AtomicBool,
     drains: Arc<DrainBook>,
     gate: Option<WriteGate>,
 }
@@ -205,10 +246,21 @@ impl Reconciler {
         Self {
             upstreams,
             arm,
-            concurrency: 8,
+            options: discovery::Options::default(),
+            sync_interval: Duration::from_secs(5),
+            state: Arc::default(),
+            budget_warned: AtomicBool::new(false),
             drains: Arc::default(),
             gate: None,
         }
+    }
+
+    /// Sets the cycle interval (to tell when the read budget cannot keep up) and how often
+    /// instance views are read.
+    pub fn with_intervals(mut self, sync_interval: Duration, health_interval: Duration) -> Self {
+        self.sync_interval = sync_interval;
+        self.options.health_interval = health_interval;
+        self
     }
 
     /// Makes every write wait for `gate` to be open (leader election).
@@ -227,24 +279,11 @@ impl Reconciler {
     }
 
     /// Checks every upstream exists in the target and takes dynamic servers, and every
-    /// scale set exists and is supported. Returns every problem found.
+    /// named scale set exists and is supported. Returns every problem found.
     pub async fn startup_check(&self) -> Vec<StartupProblem> {
         let mut problems = Vec::new();
-        let keys = self.scale_set_keys();
-        let mut checks = tokio::task::JoinSet::new();
-        for key in keys {
-            let arm = self.arm.clone();
-            checks.spawn(async move {
-                let r = discovery::check_scale_set(&arm, &key).await;
-                (key, r)
-            });
-        }
-        let mut sets: BTreeMap<ScaleSetKey, Result<(), DiscoveryError>> = BTreeMap::new();
-        while let Some(joined) = checks.join_next().await {
-            if let Ok((key, r)) = joined {
-                sets.insert(key, r);
-            }
-        }
+        let sets =
+            discovery::check(&self.arm, &self.state, &self.selections(), &self.options).await;
         for up in &self.upstreams {
             if let Err(e) = up.sink.check(&up.target).await {
                 problems.push(StartupProblem {
@@ -253,30 +292,67 @@ impl Reconciler {
                     permanent: e.permanence == Permanence::Permanent,
                 });
             }
-            if let Some(Err(e)) = sets.get(&up.scale_set) {
-                problems.push(StartupProblem {
+            match sets.get(&up.selection) {
+                Some(Err(e)) => problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
-                    message: format!("scale set {}: {e}", up.scale_set),
+                    message: format!("scale set {}: {e}", up.group()),
                     permanent: e.is_permanent(),
-                });
+                }),
+                Some(Ok(found)) if found.is_empty() => tracing::warn!(
+                    upstream = %up.target.name,
+                    "No scale set matches {} yet; the upstream is left as it is until one does.",
+                    up.group()
+                ),
+                _ => {}
             }
         }
         problems
     }
 
-    fn scale_set_keys(&self) -> Vec<ScaleSetKey> {
-        let mut keys: Vec<ScaleSetKey> =
-            self.upstreams.iter().map(|u| u.scale_set.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        keys
+    fn selections(&self) -> Vec<Selection> {
+        let mut v: Vec<Selection> = self.upstreams.iter().map(|u| u.selection.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
-    /// Reads every scale set once.
-    pub async fn discover(
-        &self,
-    ) -> BTreeMap<ScaleSetKey, Result<ScaleSetSnapshot, DiscoveryError>> {
-        discovery::discover(&self.arm, &self.scale_set_keys(), self.concurrency).await
+    /// Reads what every upstream selects, each resource once.
+    pub async fn discover(&self) -> Discovered {
+        let before = self.arm.stats();
+        let started = Instant::now();
+        let found =
+            discovery::discover(&self.arm, &self.state, &self.selections(), &self.options).await;
+        self.check_budget(&before, started.elapsed());
+        found
+    }
+
+    /// Says once, clearly, when the read budget cannot sustain `sync_interval`: cycles
+    /// then stretch (reads wait for the budget) instead of failing.
+    fn check_budget(&self, before: &crate::azure::ArmStats, took: Duration) {
+        let after = self.arm.stats();
+        let reads = after.requests.saturating_sub(before.requests);
+        let waited = after.budget_wait.saturating_sub(before.budget_wait);
+        let budget = self.arm.throttle().budget();
+        let sustained = budget.time_for(reads);
+        if !waited.is_zero() && sustained > self.sync_interval {
+            if !self.budget_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    reads,
+                    budget_reads_per_second = budget.per_second,
+                    sync_interval_ms = self.sync_interval.as_millis() as u64,
+                    cycle_ms = took.as_millis() as u64,
+                    "A cycle needs {reads} ARM reads, which the read budget ({} reads per second) \
+                     allows only every {:.1} s, not every {:?} (sync_interval): cycles are \
+                     stretched to fit the budget. Raise arm_reads_per_second if the subscription \
+                     allows more, or lengthen sync_interval or health_interval.",
+                    budget.per_second,
+                    sustained.as_secs_f64(),
+                    self.sync_interval
+                );
+            }
+        } else if sustained <= self.sync_interval / 2 {
+            self.budget_warned.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Runs one full cycle.
@@ -289,11 +365,14 @@ impl Reconciler {
     /// Second half of a cycle: plan and apply every upstream against the snapshots.
     pub async fn apply_snapshots(
         &self,
-        snapshots: Arc<BTreeMap<ScaleSetKey, Result<ScaleSetSnapshot, DiscoveryError>>>,
+        snapshots: Arc<Discovered>,
         mode: Mode,
         started: Instant,
     ) -> CycleReport {
         let mut tasks = tokio::task::JoinSet::new();
+        // Upstreams are independent; a bound keeps connections and buffers to the targets
+        // bounded however many upstreams there are.
+        let limit = Arc::new(tokio::sync::Semaphore::new(UPSTREAMS_IN_FLIGHT));
         for (index, up) in self.upstreams.iter().enumerate() {
             let up = up.clone();
             let target = Arc::clone(&up.sink);
@@ -303,7 +382,9 @@ impl Reconciler {
                 gate: self.gate.clone(),
                 mode,
             };
+            let limit = Arc::clone(&limit);
             tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
                 let outcome = sync_upstream(&up, target.as_ref(), &snapshots, &ctx).await;
                 (index, outcome)
             });
@@ -351,13 +432,13 @@ fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
 async fn sync_upstream(
     up: &UpstreamSpec,
     target: &dyn Target,
-    snapshots: &BTreeMap<ScaleSetKey, Result<ScaleSetSnapshot, DiscoveryError>>,
+    snapshots: &Discovered,
     ctx: &Ctx,
 ) -> UpstreamOutcome {
     let mut out = UpstreamOutcome {
         upstream: up.target.name.clone(),
         kind: up.target.kind,
-        group: up.scale_set.name.clone(),
+        group: up.group(),
         plan: None,
         hold: None,
         report: None,
@@ -367,19 +448,16 @@ async fn sync_upstream(
         active: 0,
         draining: 0,
     };
-    let snapshot = match snapshots.get(&up.scale_set) {
+    let found = match snapshots.get(&up.selection) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            let msg = format!(
-                "Couldn't get the IP addresses for {}: {e}",
-                up.scale_set.name
-            );
-            tracing::warn!(upstream = %up.target.name, group = %up.scale_set.name, "{msg}");
+            let msg = format!("Couldn't get the IP addresses for {}: {e}", out.group);
+            tracing::warn!(upstream = %up.target.name, group = %out.group, "{msg}");
             out.error = Some(msg);
             return out;
         }
         None => {
-            out.error = Some(format!("scale set {} was not read", up.scale_set));
+            out.error = Some(format!("{} was not read", out.group));
             return out;
         }
     };
@@ -396,7 +474,26 @@ async fn sync_upstream(
             return out;
         }
     };
-    let desired = desired_servers([snapshot], up.port, up.params);
+    let (desired, unported) = desired_servers(
+        found,
+        &Registration {
+            port: up.port,
+            port_tag: up.port_tag.as_deref(),
+            when: up.register_when,
+            params: up.params,
+        },
+    );
+    if let Some(first) = unported.first() {
+        tracing::warn!(
+            upstream = %up.target.name,
+            group = %out.group,
+            skipped = unported.len(),
+            "{} instance(s) have no usable port and are not registered; first: {}: {}",
+            unported.len(),
+            first.vm_id,
+            first.reason
+        );
+    }
     out.observed = observed.len();
     out.desired = desired.len();
     (out.active, out.draining) = count_states(&observed);
@@ -407,10 +504,10 @@ async fn sync_upstream(
         elapsed: &elapsed,
     };
     let mut p = plan::plan(&desired, &observed, &drain);
-    if let Some(hold) = plan::guard(&p, &observed, snapshot.instances.len(), snapshot.capacity) {
+    if let Some(hold) = plan::guard(&p, &observed, found.found(), found.capacity()) {
         tracing::warn!(
             upstream = %up.target.name,
-            group = %up.scale_set.name,
+            group = %out.group,
             "Holding removals for upstream {}: {hold}.",
             up.target.name
         );
@@ -448,7 +545,7 @@ async fn sync_upstream(
         };
         tracing::info!(
             upstream = %up.target.name,
-            group = %up.scale_set.name,
+            group = %out.group,
             target = target.kind(),
             added = ?report.added,
             removed = ?report.removed,
@@ -457,7 +554,7 @@ async fn sync_upstream(
             "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}{draining}",
             kind_word(up.target.kind),
             up.target.name,
-            up.scale_set.name,
+            out.group,
             list(&report.added),
             list(&report.removed),
             list(&report.updated),

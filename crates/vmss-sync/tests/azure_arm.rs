@@ -31,6 +31,7 @@ fn options(tb: &Testbed) -> ArmOptions {
         request_timeout: Duration::from_secs(5),
         max_retries: 4,
         max_retry_after: Duration::from_secs(2),
+        ..ArmOptions::default()
     }
 }
 
@@ -348,6 +349,7 @@ async fn retry_after_is_capped_and_throttling_forever_ends_after_bounded_retries
     );
     let mut opts = options(&tb);
     opts.max_retries = 3;
+    opts.max_throttled_waits = 3;
     opts.max_retry_after = Duration::from_millis(100);
     let arm = client_with(&tb, opts);
     let started = Instant::now();

@@ -5,6 +5,8 @@ pub mod arm;
 pub mod auth;
 pub mod models;
 mod retry;
+pub mod throttle;
 
 pub use arm::{ArmClient, ArmError, ArmOptions, ArmStats};
 pub use auth::{default_credential, AccessToken, AuthError, Env, StaticToken, TokenCredential};
+pub use throttle::ReadBudget;

@@ -21,17 +21,66 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A list whose elements may not all match the model: bad elements are
-/// dropped instead of failing the whole parent (`null` → empty).
+/// A list whose elements may not all be objects: elements that are not (`null`, numbers,
+/// strings, arrays) are dropped instead of failing the whole parent (`null` → empty).
+/// Each object is decoded straight into `T` (whose fields are all tolerant), without an
+/// intermediate `serde_json::Value`: list pages of thousands of NICs and VMs stay cheap.
 fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
+    T: Deserialize<'de>,
 {
-    let v = Option::<Vec<serde_json::Value>>::deserialize(d)?.unwrap_or_default();
-    Ok(v.into_iter()
-        .filter_map(|x| serde_json::from_value(x).ok())
-        .collect())
+    let v = Option::<Vec<ObjectOrSkip<T>>>::deserialize(d)?.unwrap_or_default();
+    Ok(v.into_iter().filter_map(|x| x.0).collect())
+}
+
+/// An object decoded as `T`, or None for anything that is not an object.
+struct ObjectOrSkip<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOrSkip<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = ObjectOrSkip<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| ObjectOrSkip(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                ObjectOrSkip::deserialize(d)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ObjectOrSkip(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// Tags: string values kept, numbers/bools stringified, `null` dropped.
@@ -280,6 +329,53 @@ pub struct VirtualMachineScaleSetProperties {
     pub provisioning_state: Option<ProvisioningState>,
     #[serde(deserialize_with = "lenient_string")]
     pub unique_id: Option<String>,
+    /// The model of the set's VMs (only what says whether they report health).
+    #[serde(deserialize_with = "null_default")]
+    pub virtual_machine_profile: ScaleSetVmProfile,
+}
+
+/// `properties.virtualMachineProfile`, reduced to the health sources.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ScaleSetVmProfile {
+    #[serde(deserialize_with = "null_default")]
+    pub extension_profile: ExtensionProfile,
+    #[serde(deserialize_with = "null_default")]
+    pub network_profile: ScaleSetNetworkProfile,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtensionProfile {
+    #[serde(deserialize_with = "lenient_vec")]
+    pub extensions: Vec<Extension>,
+}
+
+/// One extension of the scale set model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Extension {
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: ExtensionProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtensionProperties {
+    #[serde(deserialize_with = "lenient_string")]
+    pub publisher: Option<String>,
+    #[serde(rename = "type", deserialize_with = "lenient_string")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ScaleSetNetworkProfile {
+    /// The load balancer probe Uniform sets may use as their health source.
+    #[serde(deserialize_with = "null_default")]
+    pub health_probe: Option<SubResource>,
 }
 
 impl VirtualMachineScaleSet {
@@ -295,6 +391,120 @@ impl VirtualMachineScaleSet {
     pub fn is_succeeded(&self) -> bool {
         self.properties.provisioning_state == Some(ProvisioningState::Succeeded)
     }
+
+    /// True when the model names a health source: the Application Health extension
+    /// (`ApplicationHealthLinux` / `ApplicationHealthWindows`) or a load balancer health
+    /// probe. Its instances then report `vmHealth`.
+    pub fn reports_health(&self) -> bool {
+        let profile = &self.properties.virtual_machine_profile;
+        let probe = profile
+            .network_profile
+            .health_probe
+            .as_ref()
+            .and_then(|p| p.id.as_deref())
+            .is_some_and(|id| !id.trim().is_empty());
+        probe
+            || profile.extension_profile.extensions.iter().any(|e| {
+                e.properties
+                    .kind
+                    .as_deref()
+                    .is_some_and(|t| t.to_ascii_lowercase().starts_with("applicationhealth"))
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// VirtualMachine (Flexible members and standalone VMs)
+// ---------------------------------------------------------------------------
+
+/// A VM as `VirtualMachines_List` / `_ListAll` return it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VirtualMachine {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: VirtualMachineProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VirtualMachineProperties {
+    #[serde(deserialize_with = "lenient_provisioning_state")]
+    pub provisioning_state: Option<ProvisioningState>,
+    /// The scale set the VM belongs to (Flexible orchestration), if any.
+    #[serde(deserialize_with = "null_default")]
+    pub virtual_machine_scale_set: Option<SubResource>,
+    #[serde(deserialize_with = "null_default")]
+    pub network_profile: NetworkProfile,
+    /// Present with `$expand=instanceView` (and with `statusOnly=true`).
+    #[serde(deserialize_with = "null_default")]
+    pub instance_view: Option<VmInstanceView>,
+}
+
+impl VirtualMachine {
+    /// Lower-cased id.
+    pub fn key(&self) -> Option<String> {
+        self.id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+
+    /// Lower-cased id of the scale set the VM belongs to.
+    pub fn scale_set_key(&self) -> Option<String> {
+        self.properties
+            .virtual_machine_scale_set
+            .as_ref()?
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+
+    /// Lower-cased id of the primary NIC (the only NIC when none is flagged).
+    pub fn primary_nic(&self) -> Option<String> {
+        let nics = &self.properties.network_profile.network_interfaces;
+        let only = match nics.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        };
+        nics.iter()
+            .find(|n| n.properties.primary == Some(true))
+            .or(only)
+            .and_then(|n| n.id.as_deref())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+}
+
+/// The resource group named in an ARM id (`/subscriptions/s/resourceGroups/RG/...`).
+pub fn resource_group_of(id: &str) -> Option<&str> {
+    let mut segs = id.split('/').filter(|s| !s.is_empty());
+    while let Some(s) = segs.next() {
+        if s.eq_ignore_ascii_case("resourcegroups") {
+            return segs.next();
+        }
+    }
+    None
+}
+
+/// The subscription named in an ARM id.
+pub fn subscription_of(id: &str) -> Option<&str> {
+    let mut segs = id.split('/').filter(|s| !s.is_empty());
+    while let Some(s) = segs.next() {
+        if s.eq_ignore_ascii_case("subscriptions") {
+            return segs.next();
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -365,23 +575,104 @@ pub struct IpConfigurationProperties {
 /// tolerated). A NIC whose only ipConfiguration is not flagged counts that
 /// one as primary. IPv6 (by version field or by address) → `None`.
 pub fn primary_ipv4(nic: &NetworkInterface) -> Option<Ipv4Addr> {
-    let configs = &nic.properties.ip_configurations;
-    let cfg = configs
-        .iter()
-        .find(|c| c.properties.primary == Some(true))
-        .or_else(|| match configs.as_slice() {
-            [only] if only.properties.primary.is_none() => Some(only),
-            _ => None,
-        })?;
-    if cfg
-        .properties
-        .private_ip_address_version
-        .as_deref()
-        .is_some_and(|v| !v.eq_ignore_ascii_case("ipv4"))
-    {
+    pick_ipv4(nic.properties.ip_configurations.iter().map(|c| {
+        (
+            c.properties.primary,
+            c.properties.private_ip_address.as_deref(),
+            c.properties.private_ip_address_version.as_deref(),
+        )
+    }))
+}
+
+/// The rule of [`primary_ipv4`] over (primary, privateIPAddress, privateIPAddressVersion)
+/// of each ipConfiguration.
+fn pick_ipv4<'a>(
+    configs: impl Iterator<Item = (Option<bool>, Option<&'a str>, Option<&'a str>)> + Clone,
+) -> Option<Ipv4Addr> {
+    let mut all = configs.clone();
+    let first = all.next();
+    let only = match (first, all.next()) {
+        (Some(c), None) if c.0.is_none() => Some(c),
+        _ => None,
+    };
+    let (_, addr, version) = configs.clone().find(|c| c.0 == Some(true)).or(only)?;
+    if version.is_some_and(|v| !v.eq_ignore_ascii_case("ipv4")) {
         return None;
     }
-    parse_ipv4_lenient(cfg.properties.private_ip_address.as_deref()?)
+    parse_ipv4_lenient(addr?)
+}
+
+/// A NIC as discovery reads it from list pages of thousands: only what picks its VM's
+/// address (the other fields are skipped while decoding, never stored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct NicSummary {
+    #[serde(deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: NicSummaryProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NicSummaryProperties {
+    #[serde(deserialize_with = "lenient_bool")]
+    pub primary: Option<bool>,
+    #[serde(deserialize_with = "null_default")]
+    pub virtual_machine: Option<SubResource>,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub ip_configurations: Vec<IpConfigurationSummary>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct IpConfigurationSummary {
+    #[serde(deserialize_with = "null_default")]
+    pub properties: IpConfigurationSummaryProperties,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct IpConfigurationSummaryProperties {
+    #[serde(rename = "privateIPAddress", deserialize_with = "lenient_string")]
+    pub private_ip_address: Option<String>,
+    #[serde(
+        rename = "privateIPAddressVersion",
+        deserialize_with = "lenient_string"
+    )]
+    pub private_ip_address_version: Option<String>,
+    #[serde(rename = "primary", deserialize_with = "lenient_bool")]
+    pub primary: Option<bool>,
+}
+
+impl NicSummary {
+    /// The primary ipConfiguration's private IPv4 address (as [`primary_ipv4`]).
+    pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
+        pick_ipv4(self.properties.ip_configurations.iter().map(|c| {
+            (
+                c.properties.primary,
+                c.properties.private_ip_address.as_deref(),
+                c.properties.private_ip_address_version.as_deref(),
+            )
+        }))
+    }
+
+    /// The lower-cased id of the VM it is attached to.
+    pub fn vm_id(&self) -> Option<String> {
+        self.properties
+            .virtual_machine
+            .as_ref()?
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+
+    /// NIC-level `properties.primary` (absent → false).
+    pub fn is_primary(&self) -> bool {
+        self.properties.primary == Some(true)
+    }
 }
 
 /// Alias of [`scale_set_instance_id_of_nic`]: the lower-cased VM id of a NIC.

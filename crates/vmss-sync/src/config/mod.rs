@@ -18,6 +18,7 @@
 
 mod env;
 mod schema;
+mod targets;
 mod time;
 mod yaml;
 
@@ -25,6 +26,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use self::targets::{
+    DataplaneApiVersion, HaproxyDataplaneTarget, HaproxyRuntimeTarget, HaproxyServerMode,
+    NginxFileTarget, NginxPlusTarget, RuntimeAddress, ServerSlots, SlotGrowth, TargetConfig,
+    TargetSpec,
+};
 pub use self::time::{format_nginx_time, parse_nginx_time};
 
 /// A validated configuration.
@@ -44,7 +50,9 @@ pub struct Config {
     /// NGINX Plus API base URL, e.g. `http://127.0.0.1:8080/api` or
     /// `https://x.nginxaas.net/nplus`. The path is kept as given, minus trailing slashes (so
     /// `as_str()` ends in `/` only when the path is the root). No query or fragment.
-    pub api_endpoint: url::Url,
+    ///
+    /// `None` when every upstream names a `target` and the file has no `api_endpoint`.
+    pub api_endpoint: Option<url::Url>,
     /// Pause between sync passes. Go duration syntax; default 5s; always > 0.
     pub sync_interval: Duration,
     /// Extra headers sent with every NGINX Plus API request: (name, value), in file order.
@@ -62,17 +70,39 @@ pub struct Config {
     pub log_format: LogFormat,
     /// One of `error`, `warn`, `info`, `debug`, `trace`, when set.
     pub log_level: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` with `admin_listen: off`.
+    /// Default `127.0.0.1:9090`. Read at startup only (a reload does not move it).
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// `/readyz` says ready only while every upstream had a successful reconcile at most this
+    /// long ago. Default 3 × `sync_interval`, at least 30 s.
+    pub readiness_max_age: Duration,
+    /// Leader election between replicas on an Azure Blob Storage lease; `None` (the default)
+    /// means this is the only replica and always writes. Read at startup only.
+    pub leader_election: Option<LeaderElectionConfig>,
     /// At least one; names are unique.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Named targets (`targets:`), in file order; empty when the file has none.
+    pub targets: Vec<TargetConfig>,
+    /// Instance views (power state, health) are read at most this often. Default 15 s.
+    pub health_interval: Duration,
+    /// ARM reads the daemon may spend at once per subscription. Default 250 (ARM's bucket).
+    pub arm_read_burst: u32,
+    /// Reads per second the budget refills at. Default 25 (ARM's refill rate).
+    pub arm_reads_per_second: f64,
 }
 
 /// One NGINX Plus upstream fed from one scale set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// `virtual_machine_scale_set` as a label for logs: the name, or the names and globs
+    /// joined with `,`; empty when the upstream selects by tags only (the names themselves
+    /// are in `source.scale_sets`).
     pub virtual_machine_scale_set: String,
-    /// 1..=65535.
-    pub port: u16,
+    /// 1..=65535. Optional only with `port_tag` (then the port when the tag is absent).
+    pub port: Option<u16>,
+    /// Where the servers come from and when they are registered.
+    pub source: SourceConfig,
     pub kind: UpstreamKind,
     /// Default 0.
     pub max_conns: u32,
@@ -82,8 +112,73 @@ pub struct UpstreamConfig {
     pub fail_timeout: Duration,
     /// Default 0s.
     pub slow_start: Duration,
+    /// The `targets:` entry holding it; `None`: the NGINX Plus API of `api_endpoint`.
+    pub target: Option<String>,
     /// Line of this upstream's entry in the file.
     pub line: usize,
+}
+
+/// Where an upstream's servers come from and when they are registered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// `virtual_machine_scale_set`: scale set names or globs (`*`, `?`); empty when the
+    /// upstream selects by `tags` only.
+    pub scale_sets: Vec<String>,
+    /// `subscription_id` of this upstream; None: the top-level one.
+    pub subscription_id: Option<String>,
+    /// `resource_group_name` of this upstream (one or a list; `*` alone: every resource
+    /// group of the subscription); None: the top-level one.
+    pub resource_groups: Option<Vec<String>>,
+    /// `tags`: scale sets (and, without `virtual_machine_scale_set`, standalone VMs) whose
+    /// tags match every `allow` entry and no `deny` entry.
+    pub tags: Option<TagsConfig>,
+    /// `port_tag`: a tag holding the port, on the VM or else on its scale set.
+    pub port_tag: Option<String>,
+    /// `register_when`; None: `healthy` for sets that report health, `running` otherwise.
+    pub register_when: Option<crate::model::RegisterWhen>,
+    /// `drain_timeout`: how long a leaving server drains before it is removed. Default 30 s.
+    pub drain_timeout: Duration,
+}
+
+/// `tags` of an upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TagsConfig {
+    /// Every entry must match (tag names case-insensitive; values exact, `*`/`?` allowed).
+    pub allow: std::collections::BTreeMap<String, String>,
+    /// No entry may match.
+    pub deny: std::collections::BTreeMap<String, String>,
+}
+
+/// `leader_election`: two or more replicas, one writer, through a lease on an Azure Storage blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderElectionConfig {
+    /// The account's blob service URL: `https://ACCOUNT.blob.core.windows.net`, or an
+    /// emulator's `http://127.0.0.1:10000/devstoreaccount1`. https, or plain http to a loopback
+    /// host. No trailing slash.
+    pub account_url: url::Url,
+    /// Container of the lease blob (created when missing). Azure container naming rules.
+    pub container: String,
+    /// The lease blob (an empty block blob, created when missing). Default `vmss-sync-leader`.
+    pub blob: String,
+    /// Lease duration: 15 to 60 whole seconds (the Blob service's limits). Default 15 s.
+    pub lease_duration: Duration,
+    /// How requests to the Blob service are authorised.
+    pub auth: StorageAuth,
+}
+
+/// Authorisation of Blob service requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageAuth {
+    /// A bearer token from the credential chain (scope `https://storage.azure.com/.default`).
+    Token,
+    /// Shared Key: requests signed with the account key (HMAC-SHA256); the key never leaves
+    /// the process.
+    SharedKey {
+        /// Storage account name (from `account_name`, or read from `account_url`).
+        account_name: String,
+        /// The account key, base64 as the portal shows it.
+        account_key: Secret,
+    },
 }
 
 /// A secret string: `Debug` and `Display` print `<redacted>`; use [`Secret::expose`] to read it.

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
+mod ops;
+mod sources;
+mod targets;
+
 use super::env::substitute;
 use super::time::{parse_go_duration, parse_nginx_time, GoDurationError};
 use super::yaml::{self, Key, Node, NodeKind, Pos};
@@ -68,24 +72,38 @@ const TOP_FIELDS: &[Field<TopBuilder>] = &[
     field("api_endpoint", |cx, n, p, b| b.api_endpoint = cx.url(n, p)),
     field("sync_interval", |cx, n, p, b| b.sync_interval = cx.go_duration(n, p)),
     field("custom_headers", |cx, n, p, b| b.custom_headers = cx.headers(n, p)),
-    field("upstreams", |cx, n, p, b| b.upstreams = cx.upstreams(n, p)),
+    field("upstreams", |cx, n, p, b| { b.target_refs = cx.target_refs(n); b.upstreams = cx.upstreams(n, p) }),
+    field("targets", |cx, n, p, b| b.targets = cx.targets(n, p)),
     field("resource_manager_endpoint", |cx, n, p, b| b.resource_manager_endpoint = cx.url(n, p)),
     field("resource_manager_audience", |cx, n, p, b| b.resource_manager_audience = cx.string(n, p)),
     field("log_format", |cx, n, p, b| b.log_format = cx.one_of(n, p, LOG_FORMATS)),
     field("log_level", |cx, n, p, b| b.log_level = cx.one_of(n, p, LOG_LEVELS)),
+    field("admin_listen", |cx, n, p, b| b.admin_listen = cx.admin_listen(n, p)),
+    field("readiness_max_age", |cx, n, p, b| b.readiness_max_age = cx.go_duration(n, p)),
+    field("leader_election", |cx, n, p, b| b.leader_election = cx.leader_election(n, p)),
+    field("health_interval", |cx, n, p, b| b.sources.health_interval = cx.go_duration(n, p)),
+    field("arm_read_burst", |cx, n, p, b| b.sources.arm_read_burst = cx.read_burst(n, p)),
+    field("arm_reads_per_second", |cx, n, p, b| b.sources.arm_reads_per_second = cx.reads_per_second(n, p)),
 ];
 
 /// Keys of one entry of `upstreams`.
 #[rustfmt::skip]
 const UPSTREAM_FIELDS: &[Field<UpstreamBuilder>] = &[
     field("name", |cx, n, p, b| b.name = cx.upstream_name(n, p)),
-    field("virtual_machine_scale_set", |cx, n, p, b| b.virtual_machine_scale_set = cx.azure_name(n, p)),
+    field("virtual_machine_scale_set", |cx, n, p, b| b.source.scale_sets = cx.scale_sets(n, p)),
     field("port", |cx, n, p, b| b.port = cx.port(n, p, &b.label)),
     field("kind", |cx, n, p, b| b.kind = cx.kind(n, p, &b.label)),
     field("max_conns", |cx, n, p, b| b.max_conns = cx.count(n, p)),
     field("max_fails", |cx, n, p, b| b.max_fails = cx.count(n, p)),
     field("fail_timeout", |cx, n, p, b| b.fail_timeout = cx.nginx_time(n, p)),
     field("slow_start", |cx, n, p, b| b.slow_start = cx.nginx_time(n, p)),
+    field("target", |cx, n, p, b| b.target = cx.target_name(n, p)),
+    field("subscription_id", |cx, n, p, b| b.source.subscription_id = cx.azure_name(n, p)),
+    field("resource_group_name", |cx, n, p, b| b.source.resource_groups = cx.resource_groups(n, p)),
+    field("tags", |cx, n, p, b| b.source.tags = cx.tags(n, p)),
+    field("port_tag", |cx, n, p, b| b.source.port_tag = cx.port_tag(n, p)),
+    field("register_when", |cx, n, p, b| b.source.register_when = cx.register_when(n, p)),
+    field("drain_timeout", |cx, n, p, b| b.source.drain_timeout = cx.duration_or_zero(n, p)),
 ];
 
 /// nginx-asg-sync keys that only mean something for AWS.
@@ -137,6 +155,13 @@ pub(crate) struct TopBuilder {
     resource_manager_audience: Slot<String>,
     log_format: Slot<LogFormat>,
     log_level: Slot<&'static str>,
+    admin_listen: Slot<Option<std::net::SocketAddr>>,
+    readiness_max_age: Slot<Duration>,
+    leader_election: Slot<super::LeaderElectionConfig>,
+    targets: Slot<targets::ParsedTargets>,
+    /// `upstreams[i].target` as written, for reference checks.
+    target_refs: Vec<Option<targets::TargetRef>>,
+    sources: sources::TopSourceBuilder,
 }
 
 #[derive(Default)]
@@ -144,13 +169,15 @@ pub(crate) struct UpstreamBuilder {
     /// "the upstream NAME" or "an upstream", for messages.
     label: String,
     name: Slot<String>,
-    virtual_machine_scale_set: Slot<String>,
+    /// `virtual_machine_scale_set`, `tags` and the other keys of `sources`.
+    source: sources::SourceBuilder,
     port: Slot<u16>,
     kind: Slot<UpstreamKind>,
     max_conns: Slot<u32>,
     max_fails: Slot<u32>,
     fail_timeout: Slot<Duration>,
     slow_start: Slot<Duration>,
+    target: Slot<String>,
 }
 
 /// Parsing context: where messages go and how to look up `${VAR}`.
@@ -314,7 +341,12 @@ impl Cx<'_> {
                     Some(url)
                 }
             }
-            other => self.required(other, root, "api_endpoint", ""),
+            Slot::Invalid => None,
+            // Only upstreams without `target:` use it (nginx-asg-sync files: all of them).
+            other if targets::needs_api_endpoint(&b.target_refs) => {
+                self.required(other, root, "api_endpoint", "")
+            }
+            Slot::Absent | Slot::Empty(_) => None,
         };
         let sync_interval = b.sync_interval.or_default(DEFAULT_SYNC_INTERVAL);
         let resource_manager_endpoint = match b.resource_manager_endpoint {
@@ -349,6 +381,18 @@ impl Cx<'_> {
             Slot::Invalid => None,
             Slot::Absent | Slot::Empty(_) => Some(None),
         };
+        let admin_listen = b.admin_listen.or_default(ops::default_admin_listen());
+        let readiness_max_age = b
+            .readiness_max_age
+            .or_default(ops::default_readiness_max_age(
+                sync_interval.unwrap_or(DEFAULT_SYNC_INTERVAL),
+            ));
+        let leader_election = match b.leader_election {
+            Slot::Set(v, _, _) => Some(Some(v)),
+            Slot::Invalid => None,
+            Slot::Absent | Slot::Empty(_) => Some(None),
+        };
+        let top_sources = self.finish_top_sources(b.sources);
         let upstreams = match b.upstreams {
             Slot::Set(list, pos, _) if list.is_empty() => {
                 self.no_upstreams(pos);
@@ -365,20 +409,28 @@ impl Cx<'_> {
                 None
             }
         };
+        let targets = self.finish_targets(b.targets, upstreams.as_deref(), &b.target_refs);
 
         Some(Config {
             path: self.file.to_path_buf(),
             cloud_provider: cloud_provider?,
             subscription_id: subscription_id?,
             resource_group_name: resource_group_name?,
-            api_endpoint: api_endpoint?,
+            api_endpoint,
             sync_interval: sync_interval?,
             custom_headers: custom_headers?,
             resource_manager_endpoint: resource_manager_endpoint?,
             resource_manager_audience: resource_manager_audience?,
             log_format: log_format?,
             log_level: log_level?,
+            admin_listen: admin_listen?,
+            readiness_max_age: readiness_max_age?,
+            leader_election: leader_election?,
             upstreams: upstreams?,
+            targets: targets?,
+            health_interval: top_sources.as_ref()?.health_interval,
+            arm_read_burst: top_sources.as_ref()?.arm_read_burst,
+            arm_reads_per_second: top_sources.as_ref()?.arm_reads_per_second,
         })
     }
 
@@ -483,25 +535,7 @@ impl Cx<'_> {
             &format!("{path}.name"),
             " for an upstream",
         );
-        let vmss = self.required(
-            b.virtual_machine_scale_set,
-            node.pos,
-            &format!("{path}.virtual_machine_scale_set"),
-            &format!(" for {label}"),
-        );
-        let port = match b.port {
-            Slot::Absent | Slot::Empty(_) => {
-                let pos = b.port.empty_pos().unwrap_or(node.pos);
-                self.error(
-                    pos,
-                    &format!("{path}.port"),
-                    None,
-                    format!("the mandatory field port is either zero or missing for {label}"),
-                );
-                None
-            }
-            other => other.or_default(0),
-        };
+        let source = self.finish_source(b.source, b.port, node.pos, path, &label);
         let kind = match b.kind {
             Slot::Absent | Slot::Empty(_) => {
                 let pos = b.kind.empty_pos().unwrap_or(node.pos);
@@ -522,16 +556,24 @@ impl Cx<'_> {
         let max_fails = b.max_fails.or_default(DEFAULT_MAX_FAILS);
         let fail_timeout = b.fail_timeout.or_default(DEFAULT_FAIL_TIMEOUT);
         let slow_start = b.slow_start.or_default(DEFAULT_SLOW_START);
+        let target = match b.target {
+            Slot::Set(name, _, _) => Some(Some(name)),
+            Slot::Invalid => None,
+            Slot::Absent | Slot::Empty(_) => Some(None),
+        };
         let upstream = (|| {
+            let (vmss, port, source) = source?;
             Some(UpstreamConfig {
                 name: name?,
-                virtual_machine_scale_set: vmss?,
-                port: port?,
+                virtual_machine_scale_set: vmss,
+                port,
+                source,
                 kind: kind?,
                 max_conns: max_conns?,
                 max_fails: max_fails?,
                 fail_timeout: fail_timeout?,
                 slow_start: slow_start?,
+                target: target?,
                 line: node.pos.line,
             })
         })();
@@ -876,6 +918,10 @@ impl Cx<'_> {
 pub(crate) enum Section {
     Top,
     Upstream,
+    LeaderElection,
+    Target,
+    ServerSlots,
+    Tags,
 }
 
 fn unknown_key_message(key: &str, own: &[&str], section: Section) -> String {
@@ -889,6 +935,26 @@ fn unknown_key_message(key: &str, own: &[&str], section: Section) -> String {
             AWS_UPSTREAM_KEYS,
             TOP_FIELDS.iter().map(|f| f.key).collect(),
             "a top-level setting, not an upstream setting",
+        ),
+        Section::LeaderElection => (
+            &[],
+            TOP_FIELDS.iter().map(|f| f.key).collect(),
+            "a top-level setting, not a leader_election setting",
+        ),
+        Section::Target => (
+            &[],
+            targets::all_target_keys(),
+            "a setting of another target type",
+        ),
+        Section::ServerSlots => (
+            &[],
+            targets::all_target_keys(),
+            "a target setting, not a server_slots setting",
+        ),
+        Section::Tags => (
+            &[],
+            UPSTREAM_FIELDS.iter().map(|f| f.key).collect(),
+            "an upstream setting, not a tags setting (tags has allow and deny)",
         ),
     };
     if aws_keys.contains(&key) {

@@ -98,7 +98,13 @@ fn asg_sync_example_parses_with_its_values() {
     assert_eq!(c.cloud_provider, CloudProvider::Azure);
     assert_eq!(c.subscription_id, "my_subscription_id");
     assert_eq!(c.resource_group_name, "my_resource_group");
-    assert_eq!(c.api_endpoint.as_str(), "http://127.0.0.1:8080/api");
+    assert_eq!(
+        c.api_endpoint
+            .as_ref()
+            .map(url::Url::as_str)
+            .unwrap_or_default(),
+        "http://127.0.0.1:8080/api"
+    );
     assert_eq!(c.sync_interval, Duration::from_secs(5));
     assert!(c.custom_headers.is_empty());
     assert_eq!(c.upstreams.len(), 2);
@@ -107,12 +113,18 @@ fn asg_sync_example_parses_with_its_values() {
         UpstreamConfig {
             name: "backend-one".to_owned(),
             virtual_machine_scale_set: "backend-one-group".to_owned(),
-            port: 80,
+            port: Some(80),
+            source: SourceConfig {
+                scale_sets: vec!["backend-one-group".to_owned()],
+                drain_timeout: Duration::from_secs(30),
+                ..SourceConfig::default()
+            },
             kind: UpstreamKind::Http,
             max_conns: 0,
             max_fails: 1,
             fail_timeout: Duration::from_secs(10),
             slow_start: Duration::ZERO,
+            target: None,
             line: 8,
         }
     );
@@ -137,7 +149,10 @@ fn asg_sync_example_gets_defaults_for_new_keys() {
 fn nginxaas_example_parses_with_headers_in_file_order() {
     let c = ok(NGINXAAS_EXAMPLE);
     assert_eq!(
-        c.api_endpoint.as_str(),
+        c.api_endpoint
+            .as_ref()
+            .map(url::Url::as_str)
+            .unwrap_or_default(),
         "https://your-nginxaas-endpoint.region.nginxaas.net/nplus"
     );
     assert_eq!(c.subscription_id, "<SUBSCRIPTION_ID>");
@@ -157,7 +172,10 @@ fn nginxaas_example_parses_with_headers_in_file_order() {
         ]
     );
     let two = &c.upstreams[1];
-    assert_eq!((two.port, two.max_conns, two.max_fails), (8080, 100, 3));
+    assert_eq!(
+        (two.port, two.max_conns, two.max_fails),
+        (Some(8080), 100, 3)
+    );
     assert_eq!(two.fail_timeout, Duration::from_secs(30));
     assert_eq!(two.slow_start, Duration::from_secs(10));
 }
@@ -255,9 +273,15 @@ fn quoted_numbers_and_plain_http_without_headers_are_accepted() {
                 upstreams:\n- name: 'u'\n  virtual_machine_scale_set: \"v\"\n  port: \"8080\"\n  \
                 kind: stream\n  fail_timeout: 600\n  slow_start: 1m30s\n",
     );
-    assert_eq!(c.api_endpoint.as_str(), "http://10.0.0.5/api");
+    assert_eq!(
+        c.api_endpoint
+            .as_ref()
+            .map(url::Url::as_str)
+            .unwrap_or_default(),
+        "http://10.0.0.5/api"
+    );
     let u = &c.upstreams[0];
-    assert_eq!(u.port, 8080);
+    assert_eq!(u.port, Some(8080));
     assert_eq!(u.fail_timeout, Duration::from_secs(600));
     assert_eq!(u.slow_start, Duration::from_secs(90));
     assert_eq!(u.line, 5);
@@ -285,7 +309,7 @@ fn env_substitution_fills_values_before_type_checks() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(c.subscription_id, "0000-1111");
-    assert_eq!(c.upstreams[0].port, 8443);
+    assert_eq!(c.upstreams[0].port, Some(8443));
     assert_eq!(c.custom_headers[0].1.expose(), "ApiKey s3cr3t");
     assert_eq!(c.resource_group_name, "rg-${literal}");
     let text = "subscription_id: s\nresource_group_name: a$${b}\napi_endpoint: https://h\n\

@@ -1,134 +1,1246 @@
-//! Discovery: reads scale sets from ARM and produces [`ScaleSetSnapshot`]s.
+//! Discovery: turns ARM reads into what each upstream's [`Selection`] found.
 //!
-//! A Uniform scale set costs one `VirtualMachineScaleSets_Get` (orchestration mode and
-//! capacity) and one `NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces`
-//! (all pages) per cycle, however many upstreams name it. Any failure, including one
-//! failed page, makes the whole read fail: a partial read is never returned.
+//! A cycle plans its reads as a set of ARM list operations, deduplicated across every
+//! upstream, and runs them concurrently with a bounded number in flight:
+//!
+//! 1. **Scale sets**: `VirtualMachineScaleSets_Get` for a set named alone in its
+//!    resource group; `VirtualMachineScaleSets_List` for a resource group where several
+//!    sets are named, a glob or tags select (`_ListAll` for the whole subscription).
+//!    Standalone VMs selected by tags: `VirtualMachines_List` / `_ListAll`.
+//! 2. **Members**, once per selected set however many upstreams use it:
+//!    - Uniform: `NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces` (the
+//!      addresses) and, when health is due, `VirtualMachineScaleSetVMs_List` with
+//!      `$expand=instanceView` (power, provisioning and `vmHealth`);
+//!    - Flexible: `VirtualMachines_List` of the set's resource group with
+//!      `$filter='virtualMachineScaleSet/id' eq '…'` (the members; with
+//!      `$expand=instanceView` when health is due), and `NetworkInterfaces_List` once per
+//!      resource group holding their NICs, joined on the NIC's `virtualMachine.id`;
+//!    - standalone VMs: the same NIC lists, and `VirtualMachines_ListAll?statusOnly=true`
+//!      when health is due.
+//! 3. **Stragglers**: NIC lists of resource groups named only by a NIC id read in step 2,
+//!    and an early instance-view read when new members appeared since the last one (so a
+//!    new instance does not wait a whole `health_interval` to be registered).
+//!
+//! Reads per cycle therefore grow with the number of sets and resource groups, never with
+//! the number of instances (apart from pages). Instance views are the expensive reads in
+//! Compute's throttling ("HighCostGet" policies): they are read at most every
+//! `health_interval`, less often while the subscription's budget runs low, and cached in
+//! between.
+//!
+//! Any failed read (one failed page included) fails every selection that depends on it:
+//! a partial read is never returned.
 
-use crate::azure::arm::{ArmClient, ArmError};
-use crate::azure::models::{self, NetworkInterface};
-use crate::model::{Instance, Orchestration, ScaleSetKey, ScaleSetSnapshot};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod select;
 
-/// Why a scale set could not be read.
-#[derive(Debug, thiserror::Error)]
+pub use select::{glob, is_glob, Groups, Selection, TagFilter};
+
+use crate::azure::arm::{ArmClient, ArmError, ListRequest};
+use crate::azure::models::{self, VirtualMachine, VirtualMachineScaleSet};
+use crate::model::{
+    Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
+    ScaleSetSnapshot,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a selection could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscoveryError {
     /// ARM refused or failed.
     #[error("{0}")]
-    Arm(#[from] ArmError),
-    /// The set uses Flexible orchestration.
-    #[error(
-        "scale set {0} uses Flexible orchestration, which this version of vmss-sync does not support yet \
-         (only Uniform scale sets are read)"
-    )]
-    FlexibleNotSupported(String),
+    Arm(Arc<ArmError>),
+    /// A named scale set is not in the list of its resource group.
+    #[error("scale set {name} was not found in resource group {resource_group}")]
+    NotFound {
+        /// Resource group.
+        resource_group: String,
+        /// Scale set name.
+        name: String,
+    },
+    /// The set uses an orchestration mode vmss-sync does not know.
+    #[error("scale set {0} uses orchestration mode {1}, which vmss-sync does not know")]
+    UnknownMode(String, String),
+    /// An answer lacked something it must hold.
+    #[error("{0}: not using a partial read")]
+    Partial(String),
+}
+
+impl From<ArmError> for DiscoveryError {
+    fn from(e: ArmError) -> Self {
+        DiscoveryError::Arm(Arc::new(e))
+    }
 }
 
 impl DiscoveryError {
     /// True when retrying will not help until something is changed (missing set,
-    /// unsupported mode, missing permission).
+    /// unknown mode, missing permission).
     pub fn is_permanent(&self) -> bool {
         match self {
-            DiscoveryError::FlexibleNotSupported(_) => true,
             DiscoveryError::Arm(e) => e.is_permanent(),
+            DiscoveryError::NotFound { .. } | DiscoveryError::UnknownMode(..) => true,
+            DiscoveryError::Partial(_) => false,
         }
     }
 }
 
-fn orchestration(vmss: &models::VirtualMachineScaleSet) -> Orchestration {
-    match vmss.orchestration_mode() {
-        models::OrchestrationMode::Flexible => Orchestration::Flexible,
-        _ => Orchestration::Uniform,
-    }
+/// How discovery runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Reads in flight at most.
+    pub concurrency: usize,
+    /// Instance views (power, health) are read at most this often (more often only when
+    /// new members appear), and less often while the read budget runs low.
+    pub health_interval: Duration,
 }
 
-/// Checks that a scale set exists and is supported (startup).
-pub async fn check_scale_set(arm: &ArmClient, key: &ScaleSetKey) -> Result<(), DiscoveryError> {
-    let vmss = arm
-        .get_scale_set(&key.subscription, &key.resource_group, &key.name)
-        .await?;
-    match orchestration(&vmss) {
-        Orchestration::Flexible => Err(DiscoveryError::FlexibleNotSupported(key.to_string())),
-        Orchestration::Uniform => Ok(()),
-    }
-}
-
-/// Reads one scale set: its capacity and mode, then every NIC (all pages).
-pub async fn read_scale_set(
-    arm: &ArmClient,
-    key: &ScaleSetKey,
-) -> Result<ScaleSetSnapshot, DiscoveryError> {
-    let vmss = arm
-        .get_scale_set(&key.subscription, &key.resource_group, &key.name)
-        .await?;
-    let mode = orchestration(&vmss);
-    if mode == Orchestration::Flexible {
-        return Err(DiscoveryError::FlexibleNotSupported(key.to_string()));
-    }
-    let nics = arm
-        .list_scale_set_nics(&key.subscription, &key.resource_group, &key.name)
-        .await?;
-    Ok(ScaleSetSnapshot {
-        key: key.clone(),
-        capacity: vmss.sku.capacity,
-        orchestration: mode,
-        instances: instances_from_nics(&nics),
-    })
-}
-
-/// One address per VM: the primary NIC's primary IPv4 configuration. A VM with several
-/// NICs is registered once (nginx-asg-sync registers it once per NIC). NICs attached to
-/// no VM are ignored. When no NIC of a VM is marked primary, the one with the lowest id
-/// that has an address is used.
-pub fn instances_from_nics(nics: &[NetworkInterface]) -> Vec<Instance> {
-    let mut by_vm: BTreeMap<String, Vec<&NetworkInterface>> = BTreeMap::new();
-    for nic in nics {
-        if let Some(vm) = models::vm_id_of_nic(nic) {
-            by_vm.entry(vm).or_default().push(nic);
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            concurrency: 4,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
         }
     }
-    let mut out = Vec::with_capacity(by_vm.len());
-    for (vm_id, mut vm_nics) in by_vm {
-        vm_nics.sort_by_key(|n| {
-            (
-                !n.is_primary(),
-                n.id.clone().unwrap_or_default().to_ascii_lowercase(),
-            )
-        });
-        if let Some(ip) = vm_nics.iter().find_map(|n| models::primary_ipv4(n)) {
-            out.push(Instance { vm_id, ip });
-        }
-    }
-    out
 }
 
-/// Reads every scale set once, at most `concurrency` at a time.
-pub async fn discover(
-    arm: &ArmClient,
-    keys: &[ScaleSetKey],
-    concurrency: usize,
-) -> BTreeMap<ScaleSetKey, Result<ScaleSetSnapshot, DiscoveryError>> {
+/// Default `health_interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+/// While the budget runs low, instance views wait up to this many health intervals.
+const PRESSURE_STRETCH: u32 = 4;
+
+/// Instance views read earlier, by VM id, with when they were read.
+struct ViewCache {
+    read_at: Instant,
+    views: HashMap<Arc<str>, InstanceView>,
+}
+
+/// What discovery remembers between cycles: instance views (read on their own slower
+/// interval) and resource groups whose scale set list was refused.
+#[derive(Default)]
+pub struct DiscoveryState {
+    views: Mutex<HashMap<String, ViewCache>>,
+    list_refused: Mutex<HashSet<String>>,
+}
+
+impl DiscoveryState {
+    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewCache>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.list_refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn due(&self, key: &str, now: Instant, interval: Duration, pressure: bool) -> bool {
+        match self.views().get(key) {
+            None => true,
+            Some(c) => {
+                let age = now.saturating_duration_since(c.read_at);
+                age >= interval && (!pressure || age >= interval * PRESSURE_STRETCH)
+            }
+        }
+    }
+
+    fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a Arc<str>>) -> bool {
+        match self.views().get(key) {
+            None => false,
+            Some(c) => ids.all(|id| c.views.contains_key(&**id)),
+        }
+    }
+
+    fn store(&self, key: &str, at: Instant, views: HashMap<Arc<str>, InstanceView>) {
+        self.views()
+            .insert(key.to_string(), ViewCache { read_at: at, views });
+    }
+
+    fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
+        self.views().get(key)?.views.get(id).copied()
+    }
+}
+
+/// What one cycle of discovery found, per selection.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// One result per distinct selection.
+    pub results: BTreeMap<Selection, Result<Found, DiscoveryError>>,
+    /// ARM list and get operations run (pages not counted).
+    pub operations: usize,
+}
+
+impl Discovered {
+    /// The result of one selection.
+    pub fn get(&self, sel: &Selection) -> Option<&Result<Found, DiscoveryError>> {
+        self.results.get(sel)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Compact forms of what was read (full models are dropped page by page)
+// ---------------------------------------------------------------------------
+
+/// A NIC, reduced to what picks an address (10,000 of them are held per cycle).
+#[derive(Clone, Debug)]
+struct Nic {
+    /// Lower-cased id of the VM it is attached to (the join key).
+    vm: Arc<str>,
+    /// A stable order among one VM's NICs (a hash of the NIC's lower-cased id).
+    order: u64,
+    primary: bool,
+    ip: Option<Ipv4Addr>,
+}
+
+impl Nic {
+    fn from_model(n: models::NicSummary) -> Option<Nic> {
+        use std::hash::{Hash, Hasher};
+        let vm = n.vm_id()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        n.id.as_deref()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .hash(&mut h);
+        Some(Nic {
+            ip: n.primary_ipv4(),
+            primary: n.is_primary(),
+            order: h.finish(),
+            vm: Arc::from(vm),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Vm {
+    id: Arc<str>,
+    /// Resource group (lower-cased, shared by the VMs of one list).
+    rg: Arc<str>,
+    /// Resource group of its primary NIC when not `rg` (lower-cased).
+    nic_rg: Option<Arc<str>>,
+    tags: BTreeMap<String, String>,
+    provisioning: Option<Provisioning>,
+    view: Option<InstanceView>,
+}
+
+impl Vm {
+    fn from_model(v: VirtualMachine, groups: &mut Interner) -> Option<Vm> {
+        let id = v.key()?;
+        let rg = groups.get(models::resource_group_of(&id)?);
+        let nic_rg = v
+            .primary_nic()
+            .and_then(|n| models::resource_group_of(&n).map(|g| groups.get(g)))
+            .filter(|g| *g != rg);
+        let provisioning = v
+            .properties
+            .provisioning_state
+            .as_ref()
+            .map(|p| Provisioning::parse(p.as_str()));
+        let view = v
+            .properties
+            .instance_view
+            .as_ref()
+            .map(|iv| view_of(iv, provisioning));
+        Some(Vm {
+            rg,
+            nic_rg,
+            provisioning,
+            view,
+            tags: v.tags,
+            id: Arc::from(id),
+        })
+    }
+
+    /// A standalone VM (in no scale set).
+    fn standalone(v: VirtualMachine, groups: &mut Interner) -> Option<Vm> {
+        if v.scale_set_key().is_some() {
+            return None;
+        }
+        Vm::from_model(v, groups)
+    }
+
+    /// Resource group of its primary NIC.
+    fn nic_group(&self) -> &str {
+        self.nic_rg.as_deref().unwrap_or(&self.rg)
+    }
+}
+
+/// Resource group names, lower-cased and shared: a list of 10,000 VMs names only a few.
+#[derive(Default)]
+struct Interner(Vec<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        let lower = name.to_ascii_lowercase();
+        if let Some(a) = self.0.iter().find(|a| ***a == *lower) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(lower);
+        self.0.push(Arc::clone(&a));
+        a
+    }
+}
+
+fn view_of(iv: &models::VmInstanceView, fallback: Option<Provisioning>) -> InstanceView {
+    let provisioning = iv
+        .statuses
+        .iter()
+        .filter_map(|s| s.code.as_deref())
+        .find(|c| {
+            c.get(..18)
+                .is_some_and(|p| p.eq_ignore_ascii_case("ProvisioningState/"))
+        })
+        .map(Provisioning::parse)
+        .or(fallback);
+    InstanceView {
+        provisioning,
+        power: iv.power_state().map(|p| Power::parse(&p)),
+        health: iv.health_state().map(|h| Health::parse(&h)),
+    }
+}
+
+enum Out {
+    Set(Box<VirtualMachineScaleSet>),
+    Sets(Vec<VirtualMachineScaleSet>),
+    Nics(Vec<Nic>),
+    Views(HashMap<Arc<str>, InstanceView>),
+    Vms(Vec<Vm>),
+}
+
+// ---------------------------------------------------------------------------
+// Read operations
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    SetGet {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    SetList {
+        sub: String,
+        rg: Option<String>,
+    },
+    UniformNics {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    UniformViews {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    FlexVms {
+        sub: String,
+        rg: String,
+        set_id: String,
+        expand: bool,
+    },
+    VmList {
+        sub: String,
+        rg: Option<String>,
+    },
+    VmStatus {
+        sub: String,
+    },
+    Nics {
+        sub: String,
+        rg: String,
+    },
+}
+
+impl Op {
+    /// Identity (lower-cased): equal keys are one read.
+    fn key(&self) -> String {
+        let k = match self {
+            Op::SetGet { sub, rg, name } => format!("get {sub}/{rg}/{name}"),
+            Op::SetList { sub, rg } => format!("sets {sub}/{}", rg.as_deref().unwrap_or("*")),
+            Op::UniformNics { sub, rg, name } => format!("unics {sub}/{rg}/{name}"),
+            Op::UniformViews { sub, rg, name } => format!("uviews {sub}/{rg}/{name}"),
+            Op::FlexVms { set_id, expand, .. } => format!("fvms {set_id} {expand}"),
+            Op::VmList { sub, rg } => format!("vms {sub}/{}", rg.as_deref().unwrap_or("*")),
+            Op::VmStatus { sub } => format!("status {sub}"),
+            Op::Nics { sub, rg } => format!("nics {sub}/{rg}"),
+        };
+        k.to_ascii_lowercase()
+    }
+
+    async fn run(&self, arm: &ArmClient) -> Result<Out, ArmError> {
+        Ok(match self {
+            Op::SetGet { sub, rg, name } => {
+                Out::Set(Box::new(arm.get_scale_set(sub, rg, name).await?))
+            }
+            Op::SetList { sub, rg } => Out::Sets(
+                arm.list(&ListRequest::scale_sets(sub, rg.as_deref())?)
+                    .await?,
+            ),
+            Op::UniformNics { sub, rg, name } => Out::Nics(
+                arm.list_map(
+                    &ListRequest::scale_set_nics(sub, rg, name)?,
+                    Nic::from_model,
+                )
+                .await?,
+            ),
+            Op::UniformViews { sub, rg, name } => {
+                let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
+                let mut missing: Option<Arc<str>> = None;
+                let views = arm
+                    .list_map(&req, |v: models::VirtualMachineScaleSetVm| {
+                        let id: Arc<str> = Arc::from(v.id.as_deref()?.trim().to_ascii_lowercase());
+                        let prov = v
+                            .properties
+                            .provisioning_state
+                            .as_ref()
+                            .map(|p| Provisioning::parse(p.as_str()));
+                        match &v.properties.instance_view {
+                            Some(iv) => Some((id, view_of(iv, prov))),
+                            None => {
+                                missing.get_or_insert(id);
+                                None
+                            }
+                        }
+                    })
+                    .await?;
+                if let Some(id) = missing {
+                    return Err(ArmError::Decode {
+                        operation: req.operation,
+                        path: req.path,
+                        detail: format!("no instanceView for {id} despite $expand=instanceView"),
+                    });
+                }
+                Out::Views(views.into_iter().collect())
+            }
+            Op::FlexVms {
+                sub,
+                rg,
+                set_id,
+                expand,
+            } => {
+                let mut groups = Interner::default();
+                Out::Vms(
+                    arm.list_map(
+                        &ListRequest::vms(sub, Some(rg), Some(set_id), *expand)?,
+                        |v| Vm::from_model(v, &mut groups),
+                    )
+                    .await?,
+                )
+            }
+            Op::VmList { sub, rg } => {
+                let mut groups = Interner::default();
+                Out::Vms(
+                    arm.list_map(&ListRequest::vms(sub, rg.as_deref(), None, false)?, |v| {
+                        Vm::standalone(v, &mut groups)
+                    })
+                    .await?,
+                )
+            }
+            Op::VmStatus { sub } => {
+                let mut groups = Interner::default();
+                Out::Vms(
+                    arm.list_map(&ListRequest::vm_statuses(sub)?, |v| {
+                        Vm::standalone(v, &mut groups).filter(|v| v.view.is_some())
+                    })
+                    .await?,
+                )
+            }
+            Op::Nics { sub, rg } => Out::Nics(
+                arm.list_map(&ListRequest::nics(sub, rg)?, Nic::from_model)
+                    .await?,
+            ),
+        })
+    }
+}
+
+type Results = HashMap<String, Result<Arc<Out>, DiscoveryError>>;
+
+/// Runs every read not already in `done`, at most `concurrency` at a time.
+async fn run_all(arm: &ArmClient, ops: Vec<Op>, concurrency: usize, done: &mut Results) {
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for key in keys {
+    let mut planned = HashSet::new();
+    for op in ops {
+        let key = op.key();
+        if done.contains_key(&key) || !planned.insert(key.clone()) {
+            continue;
+        }
         let arm = arm.clone();
-        let key = key.clone();
         let limit = Arc::clone(&limit);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let r = read_scale_set(&arm, &key).await;
+            let r = op
+                .run(&arm)
+                .await
+                .map(Arc::new)
+                .map_err(DiscoveryError::from);
             (key, r)
         });
     }
-    let mut out = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((key, r)) => {
-                out.insert(key, r);
+                done.insert(key, r);
             }
-            Err(e) => tracing::error!(error = %e, "A discovery task ended abnormally."),
+            Err(e) => tracing::error!(error = %e, "A discovery read ended abnormally."),
+        }
+    }
+}
+
+fn get<'r>(done: &'r Results, op: &Op) -> Result<&'r Out, DiscoveryError> {
+    match done.get(&op.key()) {
+        Some(Ok(out)) => Ok(out),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(DiscoveryError::Partial(format!(
+            "read {} was not made",
+            op.key()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scale sets: which ones each selection names
+// ---------------------------------------------------------------------------
+
+/// A scale set some selection matched.
+#[derive(Clone)]
+struct Matched {
+    key: ScaleSetKey,
+    model: Arc<VirtualMachineScaleSet>,
+}
+
+fn mode_of(m: &VirtualMachineScaleSet, key: &ScaleSetKey) -> Result<Orchestration, DiscoveryError> {
+    match m.orchestration_mode() {
+        models::OrchestrationMode::Uniform => Ok(Orchestration::Uniform),
+        models::OrchestrationMode::Flexible => Ok(Orchestration::Flexible),
+        models::OrchestrationMode::Other(o) => {
+            Err(DiscoveryError::UnknownMode(key.to_string(), o.clone()))
+        }
+    }
+}
+
+fn group_key(sub: &str, rg: &str) -> String {
+    format!("{sub}/{rg}").to_ascii_lowercase()
+}
+
+/// Plans step 1.
+fn plan_sets(state: &DiscoveryState, selections: &[&Selection]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut vm_ops = Vec::new();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    // (sub, rg) → the names asked for there, lower-cased → as configured.
+    let mut named: BTreeMap<String, (String, String, BTreeMap<String, String>)> = BTreeMap::new();
+    for sel in selections {
+        let sub = &sel.subscription;
+        if sel.is_exact() {
+            if let Groups::Named(g) = &sel.groups {
+                let rg = &g[0];
+                let e = named
+                    .entry(group_key(sub, rg))
+                    .or_insert_with(|| (sub.clone(), rg.clone(), BTreeMap::new()));
+                for name in &sel.sets {
+                    e.2.entry(name.to_ascii_lowercase())
+                        .or_insert_with(|| name.clone());
+                }
+            }
+        } else {
+            match &sel.groups {
+                Groups::All => {
+                    listed.insert(format!("{sub}/*").to_ascii_lowercase());
+                    ops.push(Op::SetList {
+                        sub: sub.clone(),
+                        rg: None,
+                    });
+                }
+                Groups::Named(g) => {
+                    for rg in g {
+                        listed.insert(group_key(sub, rg));
+                        ops.push(Op::SetList {
+                            sub: sub.clone(),
+                            rg: Some(rg.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        if sel.includes_vms() {
+            match &sel.groups {
+                Groups::All => vm_ops.push(Op::VmList {
+                    sub: sub.clone(),
+                    rg: None,
+                }),
+                Groups::Named(g) => vm_ops.extend(g.iter().map(|rg| Op::VmList {
+                    sub: sub.clone(),
+                    rg: Some(rg.clone()),
+                })),
+            }
+        }
+    }
+    let refused = state.refused().clone();
+    for (gk, (sub, rg, names)) in named {
+        if listed.contains(&gk) {
+            continue;
+        }
+        if names.len() >= 2 && !refused.contains(&gk) {
+            ops.push(Op::SetList { sub, rg: Some(rg) });
+        } else {
+            ops.extend(names.into_values().map(|name| Op::SetGet {
+                sub: sub.clone(),
+                rg: rg.clone(),
+                name,
+            }));
+        }
+    }
+    ops.extend(vm_ops);
+    ops
+}
+
+/// Named sets whose resource-group list was refused (403): remembered, and read one by
+/// one instead (a role assigned on the scale sets themselves cannot list the group).
+fn fallback_gets(state: &DiscoveryState, selections: &[&Selection], done: &Results) -> Vec<Op> {
+    let mut out = Vec::new();
+    for sel in selections.iter().filter(|s| s.is_exact()) {
+        let Groups::Named(g) = &sel.groups else {
+            continue;
+        };
+        let list = Op::SetList {
+            sub: sel.subscription.clone(),
+            rg: Some(g[0].clone()),
+        };
+        let refused = matches!(
+            done.get(&list.key()),
+            Some(Err(DiscoveryError::Arm(e))) if e.status() == Some(403)
+        );
+        if refused {
+            state.refused().insert(group_key(&sel.subscription, &g[0]));
+            out.extend(sel.sets.iter().map(|name| Op::SetGet {
+                sub: sel.subscription.clone(),
+                rg: g[0].clone(),
+                name: name.clone(),
+            }));
         }
     }
     out
+}
+
+/// The scale sets a selection names, from the step-1 reads.
+fn sets_of(sel: &Selection, done: &Results) -> Result<Vec<Matched>, DiscoveryError> {
+    let sub = &sel.subscription;
+    let mut out = Vec::new();
+    let mut push = |m: &VirtualMachineScaleSet, rg: &str| -> Result<(), DiscoveryError> {
+        let name = m.name.clone().unwrap_or_default();
+        let rg =
+            m.id.as_deref()
+                .and_then(models::resource_group_of)
+                .unwrap_or(rg)
+                .to_string();
+        let key = ScaleSetKey::new(sub, &rg, &name);
+        mode_of(m, &key)?;
+        out.push(Matched {
+            key,
+            model: Arc::new(m.clone()),
+        });
+        Ok(())
+    };
+    if sel.is_exact() {
+        let Groups::Named(g) = &sel.groups else {
+            return Ok(out);
+        };
+        let rg = &g[0];
+        let list = Op::SetList {
+            sub: sub.clone(),
+            rg: Some(rg.clone()),
+        };
+        for name in &sel.sets {
+            match done.get(&list.key()) {
+                Some(Ok(out_list)) if matches!(**out_list, Out::Sets(_)) => {
+                    let Out::Sets(sets) = &**out_list else {
+                        continue;
+                    };
+                    let m = sets
+                        .iter()
+                        .find(|s| {
+                            s.name
+                                .as_deref()
+                                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                        })
+                        .ok_or_else(|| DiscoveryError::NotFound {
+                            resource_group: rg.clone(),
+                            name: name.clone(),
+                        })?;
+                    push(m, rg)?;
+                }
+                _ => {
+                    let op = Op::SetGet {
+                        sub: sub.clone(),
+                        rg: rg.clone(),
+                        name: name.clone(),
+                    };
+                    if let Out::Set(m) = get(done, &op)? {
+                        push(m, rg)?;
+                    }
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let lists: Vec<(Op, String)> = match &sel.groups {
+        Groups::All => vec![(
+            Op::SetList {
+                sub: sub.clone(),
+                rg: None,
+            },
+            String::new(),
+        )],
+        Groups::Named(g) => g
+            .iter()
+            .map(|rg| {
+                (
+                    Op::SetList {
+                        sub: sub.clone(),
+                        rg: Some(rg.clone()),
+                    },
+                    rg.clone(),
+                )
+            })
+            .collect(),
+    };
+    for (op, rg) in lists {
+        if let Out::Sets(sets) = get(done, &op)? {
+            for m in sets {
+                let name = m.name.as_deref().unwrap_or_default();
+                let set_rg =
+                    m.id.as_deref()
+                        .and_then(models::resource_group_of)
+                        .unwrap_or(&rg);
+                if !name.is_empty() && sel.selects_set(set_rg, name, &m.tags) {
+                    push(m, set_rg)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// The cycle
+// ---------------------------------------------------------------------------
+
+/// Per matched set: what to read about its members.
+struct SetPlan {
+    matched: Matched,
+    mode: Orchestration,
+    views: bool,
+}
+
+impl SetPlan {
+    fn sub(&self) -> &str {
+        &self.matched.key.subscription
+    }
+    fn rg(&self) -> &str {
+        &self.matched.key.resource_group
+    }
+    fn name(&self) -> &str {
+        &self.matched.key.name
+    }
+    fn id(&self) -> String {
+        self.matched.model.id.clone().unwrap_or_else(|| {
+            format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+                self.sub(),
+                self.rg(),
+                self.name()
+            )
+        })
+    }
+    fn cache_key(&self) -> String {
+        format!("set {}", self.id().to_ascii_lowercase())
+    }
+    fn nics(&self) -> Op {
+        Op::UniformNics {
+            sub: self.sub().to_string(),
+            rg: self.rg().to_string(),
+            name: self.name().to_string(),
+        }
+    }
+    fn uviews(&self) -> Op {
+        Op::UniformViews {
+            sub: self.sub().to_string(),
+            rg: self.rg().to_string(),
+            name: self.name().to_string(),
+        }
+    }
+    fn flex(&self, expand: bool) -> Op {
+        Op::FlexVms {
+            sub: self.sub().to_string(),
+            rg: self.rg().to_string(),
+            set_id: self.id(),
+            expand,
+        }
+    }
+}
+
+fn status_key(sub: &str) -> String {
+    format!("vms {sub}").to_ascii_lowercase()
+}
+
+/// Checks every selection's scale sets exist and are supported (startup): step 1 only.
+/// Returns, per selection, the names of the sets it matched.
+pub async fn check(
+    arm: &ArmClient,
+    state: &DiscoveryState,
+    selections: &[Selection],
+    opts: &Options,
+) -> BTreeMap<Selection, Result<Vec<String>, DiscoveryError>> {
+    let sels: Vec<&Selection> = selections.iter().collect();
+    let mut done = Results::new();
+    let ops = plan_sets(state, &sels);
+    run_all(arm, ops, opts.concurrency, &mut done).await;
+    let fb = fallback_gets(state, &sels, &done);
+    run_all(arm, fb, opts.concurrency, &mut done).await;
+    sels.iter()
+        .map(|s| {
+            let r = sets_of(s, &done).map(|m| m.iter().map(|m| m.key.to_string()).collect());
+            ((*s).clone(), r)
+        })
+        .collect()
+}
+
+/// One cycle of discovery for every selection.
+pub async fn discover(
+    arm: &ArmClient,
+    state: &DiscoveryState,
+    selections: &[Selection],
+    opts: &Options,
+) -> Discovered {
+    let now = Instant::now();
+    let mut seen = BTreeSet::new();
+    let sels: Vec<&Selection> = selections.iter().filter(|s| seen.insert(*s)).collect();
+    let mut done = Results::new();
+
+    // Step 1: scale sets and standalone VM lists.
+    let ops = plan_sets(state, &sels);
+    run_all(arm, ops, opts.concurrency, &mut done).await;
+    let fb = fallback_gets(state, &sels, &done);
+    run_all(arm, fb, opts.concurrency, &mut done).await;
+
+    let mut matched: BTreeMap<Selection, Result<Vec<Matched>, DiscoveryError>> = BTreeMap::new();
+    let mut plans: BTreeMap<String, SetPlan> = BTreeMap::new();
+    for sel in &sels {
+        let r = sets_of(sel, &done);
+        if let Ok(sets) = &r {
+            for m in sets {
+                let key = m.key.to_string().to_ascii_lowercase();
+                let Ok(mode) = mode_of(&m.model, &m.key) else {
+                    continue;
+                };
+                let p = plans.entry(key).or_insert_with(|| SetPlan {
+                    matched: m.clone(),
+                    mode,
+                    views: false,
+                });
+                p.views |= sel.views;
+            }
+        }
+        matched.insert((*sel).clone(), r);
+    }
+    let pressure = |sub: &str| arm.throttle().under_pressure(sub);
+    let interval = opts.health_interval;
+
+    // Step 2: members.
+    let mut ops = Vec::new();
+    let mut views_read: HashSet<String> = HashSet::new();
+    for p in plans.values() {
+        let due = p.views && state.due(&p.cache_key(), now, interval, pressure(p.sub()));
+        if due {
+            views_read.insert(p.cache_key());
+        }
+        match p.mode {
+            Orchestration::Uniform => {
+                ops.push(p.nics());
+                if due {
+                    ops.push(p.uviews());
+                }
+            }
+            Orchestration::Flexible => {
+                ops.push(p.flex(due));
+                ops.push(Op::Nics {
+                    sub: p.sub().to_string(),
+                    rg: p.rg().to_string(),
+                });
+            }
+        }
+    }
+    let mut status_subs: BTreeSet<String> = BTreeSet::new();
+    for sel in sels.iter().filter(|s| s.includes_vms()) {
+        for op in vm_lists(sel) {
+            if let Ok(Out::Vms(vms)) = get(&done, &op) {
+                for vm in vms.iter().filter(|v| sel.selects_vm(&v.rg, &v.tags)) {
+                    ops.push(Op::Nics {
+                        sub: sel.subscription.clone(),
+                        rg: vm.nic_group().to_string(),
+                    });
+                }
+            }
+        }
+        if sel.views {
+            let sub = sel.subscription.clone();
+            if state.due(&status_key(&sub), now, interval, pressure(&sub)) {
+                views_read.insert(status_key(&sub));
+                ops.push(Op::VmStatus { sub: sub.clone() });
+            }
+            status_subs.insert(sub);
+        }
+    }
+    run_all(arm, ops, opts.concurrency, &mut done).await;
+
+    // Step 3: NIC lists named only by NIC ids, and early views for new members.
+    let mut ops = Vec::new();
+    for p in plans.values() {
+        match p.mode {
+            Orchestration::Uniform => {
+                if p.views && !views_read.contains(&p.cache_key()) {
+                    if let Ok(Out::Nics(nics)) = get(&done, &p.nics()) {
+                        if !state.knows_all(&p.cache_key(), nics.iter().map(|n| &n.vm)) {
+                            views_read.insert(p.cache_key());
+                            ops.push(p.uviews());
+                        }
+                    }
+                }
+            }
+            Orchestration::Flexible => {
+                let expanded = views_read.contains(&p.cache_key());
+                if let Ok(Out::Vms(vms)) = get(&done, &p.flex(expanded)) {
+                    for vm in vms {
+                        if let Some(rg) = &vm.nic_rg {
+                            if !rg.eq_ignore_ascii_case(p.rg()) {
+                                ops.push(Op::Nics {
+                                    sub: p.sub().to_string(),
+                                    rg: rg.to_string(),
+                                });
+                            }
+                        }
+                    }
+                    if p.views
+                        && !expanded
+                        && !state.knows_all(&p.cache_key(), vms.iter().map(|v| &v.id))
+                    {
+                        views_read.insert(p.cache_key());
+                        ops.push(p.flex(true));
+                    }
+                }
+            }
+        }
+    }
+    for sub in &status_subs {
+        if views_read.contains(&status_key(sub)) {
+            continue;
+        }
+        let known = sels
+            .iter()
+            .filter(|s| s.includes_vms() && &s.subscription == sub)
+            .flat_map(|s| vm_lists(s))
+            .filter_map(|op| match get(&done, &op) {
+                Ok(Out::Vms(v)) => Some(v.iter().map(|v| v.id.clone()).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect::<Vec<_>>();
+        if !state.knows_all(&status_key(sub), known.iter()) {
+            views_read.insert(status_key(sub));
+            ops.push(Op::VmStatus { sub: sub.clone() });
+        }
+    }
+    run_all(arm, ops, opts.concurrency, &mut done).await;
+
+    // Assemble.
+    let nics = NicIndex::new(&done);
+    let mut snapshots: HashMap<String, Result<Arc<ScaleSetSnapshot>, DiscoveryError>> =
+        HashMap::new();
+    for (key, p) in &plans {
+        let expanded = views_read.contains(&p.cache_key());
+        snapshots.insert(key.clone(), snapshot(p, expanded, &done, &nics, state, now));
+    }
+    for sub in &status_subs {
+        if views_read.contains(&status_key(sub)) {
+            if let Ok(Out::Vms(vms)) = get(&done, &Op::VmStatus { sub: sub.clone() }) {
+                let views = vms
+                    .iter()
+                    .filter_map(|v| Some((v.id.clone(), v.view?)))
+                    .collect();
+                state.store(&status_key(sub), now, views);
+            }
+        }
+    }
+    let mut results = BTreeMap::new();
+    for (sel, sets) in matched {
+        let r = sets.and_then(|sets| {
+            let mut found = Found {
+                exact: sel.is_exact(),
+                ..Found::default()
+            };
+            for m in sets {
+                match snapshots.get(&m.key.to_string().to_ascii_lowercase()) {
+                    Some(Ok(s)) => found.sets.push(Arc::clone(s)),
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => {
+                        return Err(DiscoveryError::Partial(format!(
+                            "scale set {} was not read",
+                            m.key
+                        )))
+                    }
+                }
+            }
+            if sel.includes_vms() {
+                found.vms = standalone(&sel, &done, &nics, state)?;
+            }
+            Ok(found)
+        });
+        results.insert(sel, r);
+    }
+    Discovered {
+        results,
+        operations: done.len(),
+    }
+}
+
+fn vm_lists(sel: &Selection) -> Vec<Op> {
+    match &sel.groups {
+        Groups::All => vec![Op::VmList {
+            sub: sel.subscription.clone(),
+            rg: None,
+        }],
+        Groups::Named(g) => g
+            .iter()
+            .map(|rg| Op::VmList {
+                sub: sel.subscription.clone(),
+                rg: Some(rg.clone()),
+            })
+            .collect(),
+    }
+}
+
+/// Every NIC read from resource-group NIC lists, sorted by the VM it is attached to, and
+/// which resource groups were read (or failed).
+struct NicIndex<'a> {
+    by_vm: Vec<&'a Nic>,
+    groups: HashMap<String, Result<(), DiscoveryError>>,
+}
+
+impl<'a> NicIndex<'a> {
+    fn new(done: &'a Results) -> Self {
+        let mut by_vm: Vec<&Nic> = Vec::new();
+        let mut groups = HashMap::new();
+        for (key, r) in done {
+            let Some(group) = key.strip_prefix("nics ") else {
+                continue;
+            };
+            match r {
+                Ok(out) => {
+                    if let Out::Nics(nics) = &**out {
+                        by_vm.extend(nics.iter());
+                    }
+                    groups.insert(group.to_string(), Ok(()));
+                }
+                Err(e) => {
+                    groups.insert(group.to_string(), Err(e.clone()));
+                }
+            }
+        }
+        by_vm.sort_by(|a, b| a.vm.cmp(&b.vm));
+        NicIndex { by_vm, groups }
+    }
+
+    /// The address of a VM whose NICs are in resource group `rg`: an error when that
+    /// group's list failed (or was not made), None when the VM has no NIC with an address.
+    fn address(&self, sub: &str, rg: &str, vm: &str) -> Result<Option<Ipv4Addr>, DiscoveryError> {
+        match self.groups.get(&group_key(sub, rg)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.clone()),
+            None => {
+                return Err(DiscoveryError::Partial(format!(
+                    "the NICs of resource group {rg} were not read"
+                )))
+            }
+        }
+        let start = self.by_vm.partition_point(|n| &*n.vm < vm);
+        let end = start + self.by_vm[start..].partition_point(|n| &*n.vm == vm);
+        Ok(pick_address(&self.by_vm[start..end]))
+    }
+}
+
+/// One address per VM: the primary NIC's primary IPv4 configuration; when no NIC is
+/// marked primary, the first (in a stable order) that has an address.
+fn pick_address(nics: &[&Nic]) -> Option<Ipv4Addr> {
+    if let [only] = nics {
+        return only.ip;
+    }
+    let mut sorted: Vec<&&Nic> = nics.iter().collect();
+    sorted.sort_by_key(|n| (!n.primary, n.order));
+    sorted.iter().find_map(|n| n.ip)
+}
+
+fn snapshot(
+    p: &SetPlan,
+    expanded: bool,
+    done: &Results,
+    nics: &NicIndex<'_>,
+    state: &DiscoveryState,
+    now: Instant,
+) -> Result<Arc<ScaleSetSnapshot>, DiscoveryError> {
+    let model = &p.matched.model;
+    let ck = p.cache_key();
+    let mut instances = Vec::new();
+    match p.mode {
+        Orchestration::Uniform => {
+            let Out::Nics(list) = get(done, &p.nics())? else {
+                return Err(DiscoveryError::Partial("unexpected answer".into()));
+            };
+            if expanded {
+                if let Out::Views(v) = get(done, &p.uviews())? {
+                    state.store(&ck, now, v.clone());
+                }
+            }
+            let mut sorted: Vec<&Nic> = list.iter().collect();
+            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
+                let vm = &vm_nics[0].vm;
+                if let Some(ip) = pick_address(vm_nics) {
+                    instances.push(Instance {
+                        vm_id: Arc::clone(vm),
+                        ip,
+                        view: if p.views { state.cached(&ck, vm) } else { None },
+                        tags: BTreeMap::new(),
+                    });
+                }
+            }
+        }
+        Orchestration::Flexible => {
+            let Out::Vms(vms) = get(done, &p.flex(expanded))? else {
+                return Err(DiscoveryError::Partial("unexpected answer".into()));
+            };
+            if expanded {
+                if vms.iter().any(|v| v.view.is_none()) {
+                    return Err(DiscoveryError::Partial(format!(
+                        "the members of scale set {} came without instanceView despite $expand=instanceView",
+                        p.matched.key
+                    )));
+                }
+                let views = vms
+                    .iter()
+                    .filter_map(|v| Some((v.id.clone(), v.view?)))
+                    .collect();
+                state.store(&ck, now, views);
+            }
+            for vm in vms {
+                let rg = vm.nic_group();
+                let Some(ip) = nics.address(p.sub(), rg, &vm.id)? else {
+                    continue;
+                };
+                let view = if !p.views {
+                    None
+                } else if expanded {
+                    vm.view
+                } else {
+                    state.cached(&ck, &vm.id).map(|mut v| {
+                        v.provisioning = vm.provisioning.or(v.provisioning);
+                        v
+                    })
+                };
+                instances.push(Instance {
+                    vm_id: vm.id.clone(),
+                    ip,
+                    view,
+                    tags: vm.tags.clone(),
+                });
+            }
+        }
+    }
+    instances.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+    instances.dedup_by(|a, b| a.vm_id == b.vm_id);
+    // A set reports health when its instances do (`vmHealth` in their views). A model
+    // that names a health source whose instances report none (the extension not rolled
+    // out yet, or an api-version without `vmHealth` on plain VMs) falls back to
+    // `running`: gating on a health nobody reports would take every instance out.
+    let reports_health = instances
+        .iter()
+        .any(|i| i.view.is_some_and(|v| v.health.is_some()));
+    if p.views && !reports_health && model.reports_health() && !instances.is_empty() {
+        tracing::debug!(
+            scale_set = %p.matched.key,
+            "The scale set's model has a health source but no instance reports vmHealth; \
+             registering running instances."
+        );
+    }
+    Ok(Arc::new(ScaleSetSnapshot {
+        key: p.matched.key.clone(),
+        capacity: model.sku.capacity,
+        orchestration: p.mode,
+        reports_health,
+        tags: model.tags.clone(),
+        instances,
+    }))
+}
+
+fn standalone(
+    sel: &Selection,
+    done: &Results,
+    nics: &NicIndex<'_>,
+    state: &DiscoveryState,
+) -> Result<Vec<Arc<Instance>>, DiscoveryError> {
+    let status = Op::VmStatus {
+        sub: sel.subscription.clone(),
+    };
+    if let (true, Some(Err(e))) = (sel.views, done.get(&status.key())) {
+        return Err(e.clone());
+    }
+    let mut out = Vec::new();
+    for op in vm_lists(sel) {
+        let Out::Vms(vms) = get(done, &op)? else {
+            continue;
+        };
+        if sel.views {
+            get(
+                done,
+                &Op::VmStatus {
+                    sub: sel.subscription.clone(),
+                },
+            )
+            .map(|_| ())
+            .or_else(|e| {
+                // Not read this cycle (cached) is fine; a failed read is not.
+                match done.get(
+                    &Op::VmStatus {
+                        sub: sel.subscription.clone(),
+                    }
+                    .key(),
+                ) {
+                    Some(Err(_)) => Err(e),
+                    _ => Ok(()),
+                }
+            })?;
+        }
+        for vm in vms.iter().filter(|v| sel.selects_vm(&v.rg, &v.tags)) {
+            let rg = vm.nic_group();
+            let Some(ip) = nics.address(&sel.subscription, rg, &vm.id)? else {
+                continue;
+            };
+            let view = if sel.views {
+                state
+                    .cached(&status_key(&sel.subscription), &vm.id)
+                    .map(|mut v| {
+                        v.provisioning = vm.provisioning.or(v.provisioning);
+                        v
+                    })
+            } else {
+                None
+            };
+            out.push(Arc::new(Instance {
+                vm_id: vm.id.clone(),
+                ip,
+                view,
+                tags: vm.tags.clone(),
+            }));
+        }
+    }
+    out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+    out.dedup_by(|a, b| a.vm_id == b.vm_id);
+    Ok(out)
 }

@@ -4,6 +4,10 @@
 //! what it holds, and `apply` of a [`Plan`]. Targets know their own wire protocol and
 //! nothing about Azure; the reconciler knows nothing about wire protocols.
 
+pub mod configured;
+pub mod haproxy_dataplane;
+pub mod haproxy_runtime;
+pub mod nginx_file;
 pub mod nginx_plus;
 
 use crate::config::UpstreamKind;

@@ -36,13 +36,42 @@ impl Env {
         self.tb.nginx().add_upstream(kind, name);
     }
 
-    /// Servers (addresses) the fake NGINX Plus holds, sorted.
+    /// Servers (addresses) the fake NGINX Plus sends new traffic to (neither draining nor
+    /// down), sorted.
     pub fn servers(&self, kind: UpstreamKind, name: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .tb
             .nginx()
             .servers(kind, name)
             .iter()
+            .filter(|s| s["drain"] != true && s["down"] != true)
+            .filter_map(|s| s["server"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every server the fake NGINX Plus holds (draining ones too), sorted.
+    pub fn all_servers(&self, kind: UpstreamKind, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tb
+            .nginx()
+            .servers(kind, name)
+            .iter()
+            .filter_map(|s| s["server"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Servers that are draining (http `drain`, stream `down`), sorted.
+    pub fn draining(&self, kind: UpstreamKind, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tb
+            .nginx()
+            .servers(kind, name)
+            .iter()
+            .filter(|s| s["drain"] == true || s["down"] == true)
             .filter_map(|s| s["server"].as_str().map(str::to_string))
             .collect();
         v.sort();
@@ -89,6 +118,7 @@ impl Env {
              api_endpoint: {}\n\
              resource_manager_endpoint: {}\n\
              sync_interval: 1s\n\
+             admin_listen: off\n\
              {extra_top}\
              upstreams:\n{upstreams}",
             self.tb.nginx_url(),

@@ -1,0 +1,237 @@
+//! The fleet as Azure shows it over time: health in instance views, instances that boot,
+//! get evicted, deleted or reimaged, standalone VMs, NICs in other resource groups, and
+//! Compute's throttling headers (and 429s when limits are enforced).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use vmss_testbed::{ComputeLimits, Orchestration, TestbedOptions, STANDALONE_VMS};
+
+fn flex_filter_query(set: &str, expand: bool) -> String {
+    let filter = format!("'virtualMachineScaleSet/id' eq '{}'", vmss_path(set));
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("api-version", COMPUTE)
+        .append_pair("$filter", &filter);
+    if expand {
+        q.append_pair("$expand", "instanceView");
+    }
+    q.finish()
+}
+
+fn codes(view: &Value) -> Vec<String> {
+    view["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_set_with_the_health_extension_reports_vm_health_in_both_list_shapes() {
+    let e = env().await;
+    e.set("uni", Orchestration::Uniform, 2);
+    e.set("flex", Orchestration::Flexible, 2);
+    let f = e.tb.fleet();
+    f.set_health_extension(SUB, RG, "uni", true);
+    f.set_health_extension(SUB, RG, "flex", true);
+    f.set_health(SUB, RG, "uni", "1", Some("unhealthy"));
+    let vmss = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("uni")))
+        .await
+        .json();
+    assert_eq!(
+        vmss["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"][0]
+            ["properties"]["type"],
+        "ApplicationHealthLinux"
+    );
+    let (vms, _) = e
+        .arm_all(&format!(
+            "{}/virtualMachines?api-version={COMPUTE}&$expand=instanceView",
+            vmss_path("uni")
+        ))
+        .await;
+    let health: Vec<&str> = vms
+        .iter()
+        .map(|v| {
+            v["properties"]["instanceView"]["vmHealth"]["status"]["code"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(health, ["HealthState/healthy", "HealthState/unhealthy"]);
+    let (flex, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines?{}",
+            flex_filter_query("flex", true)
+        ))
+        .await;
+    assert!(flex.iter().all(
+        |v| v["properties"]["instanceView"]["vmHealth"]["status"]["code"] == "HealthState/healthy"
+    ));
+    // Without the extension there is no vmHealth at all.
+    f.set_health_extension(SUB, RG, "uni", false);
+    let (vms, _) = e
+        .arm_all(&format!(
+            "{}/virtualMachines?api-version={COMPUTE}&$expand=instanceView",
+            vmss_path("uni")
+        ))
+        .await;
+    assert!(vms
+        .iter()
+        .all(|v| v["properties"]["instanceView"].get("vmHealth").is_none()));
+}
+
+#[tokio::test]
+async fn instances_change_over_time_as_on_azure() {
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 4);
+    let f = e.tb.fleet();
+    f.set_health_extension(SUB, RG, "web", true);
+    let booted = f.boot_instance(
+        SUB,
+        RG,
+        "web",
+        Duration::from_millis(200),
+        Duration::from_millis(400),
+    );
+    f.delete_instance(SUB, RG, "web", "0", Duration::from_millis(300));
+    f.evict_instance(SUB, RG, "web", "1");
+    f.rolling_upgrade(SUB, RG, "web", "2", Duration::from_millis(400));
+    let view = |id: &str| {
+        let e = &e;
+        let path = format!(
+            "{}/virtualMachines/{id}/instanceView?api-version={COMPUTE}",
+            vmss_path("web")
+        );
+        async move { e.arm(&path).await }
+    };
+    let now = view(&booted).await.json();
+    assert!(codes(&now).contains(&"ProvisioningState/creating".to_string()));
+    assert!(codes(&now).contains(&"PowerState/starting".to_string()));
+    assert_eq!(now["vmHealth"]["status"]["code"], "HealthState/unknown");
+    let deleting = view("0").await.json();
+    assert!(codes(&deleting).contains(&"ProvisioningState/deleting".to_string()));
+    let upgrading = view("2").await.json();
+    assert!(codes(&upgrading).contains(&"ProvisioningState/updating".to_string()));
+    assert!(codes(&upgrading).contains(&"PowerState/stopped".to_string()));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = view(&booted).await.json();
+    assert!(codes(&later).contains(&"PowerState/running".to_string()));
+    assert_eq!(later["vmHealth"]["status"]["code"], "HealthState/healthy");
+    assert_eq!(view("0").await.status, 404, "deleted instances are gone");
+    let evicted = view("1").await.json();
+    assert!(codes(&evicted).contains(&"PowerState/deallocated".to_string()));
+    let upgraded = view("2").await.json();
+    assert!(codes(&upgraded).contains(&"ProvisioningState/succeeded".to_string()));
+    assert_eq!(
+        upgraded["vmHealth"]["status"]["code"],
+        "HealthState/healthy"
+    );
+    assert_eq!(f.instance_ids(SUB, RG, "web"), ["1", "2", "3", &booted]);
+}
+
+#[tokio::test]
+async fn standalone_vms_and_nics_in_other_groups_are_ordinary_resources() {
+    let e = env().await;
+    e.set("flex", Orchestration::Flexible, 2);
+    let f = e.tb.fleet();
+    f.move_nics(SUB, RG, "flex", "flex_1", "rg-net");
+    f.add_vm(SUB, RG, "solo", Some("10.77.0.1".parse().unwrap()));
+    f.set_vm_tag(SUB, RG, "solo", "role", Some("web"));
+    f.set_power_state(SUB, RG, STANDALONE_VMS, "solo", "stopped");
+    let (vms, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines?api-version={COMPUTE}"
+        ))
+        .await;
+    let solo = vms.iter().find(|v| v["name"] == "solo").expect("listed");
+    assert!(solo["properties"].get("virtualMachineScaleSet").is_none());
+    assert_eq!(solo["tags"]["role"], "web");
+    let moved = vms.iter().find(|v| v["name"] == "flex_1").unwrap();
+    let nic_id = moved["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
+        .as_str()
+        .unwrap();
+    assert!(nic_id.contains("/resourceGroups/rg-net/"), "{nic_id}");
+    let (net_nics, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/rg-net/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK}"
+        ))
+        .await;
+    assert_eq!(net_nics.len(), 1);
+    assert_eq!(
+        net_nics[0]["properties"]["virtualMachine"]["id"],
+        moved["id"]
+    );
+    // Standalone VMs are not scale sets.
+    let (sets, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets?api-version={COMPUTE}"
+        ))
+        .await;
+    assert_eq!(sets.len(), 1);
+    // statusOnly=true gives every VM's instance view.
+    let (statuses, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines?api-version={COMPUTE}&statusOnly=true"
+        ))
+        .await;
+    let solo = statuses.iter().find(|v| v["name"] == "solo").unwrap();
+    assert!(codes(&solo["properties"]["instanceView"]).contains(&"PowerState/stopped".to_string()));
+}
+
+#[tokio::test]
+async fn compute_reports_its_throttling_policies_and_enforces_them_when_asked() {
+    let e = env_with(TestbedOptions {
+        enforce_limits: true,
+        compute_limits: ComputeLimits {
+            high_cost_3min: 3,
+            ..ComputeLimits::default()
+        },
+        ..TestbedOptions::default()
+    })
+    .await;
+    e.set("web", Orchestration::Uniform, 1);
+    let views = format!(
+        "{}/virtualMachines?api-version={COMPUTE}&$expand=instanceView",
+        vmss_path("web")
+    );
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = e.arm(&views).await;
+        assert_eq!(r.status, 200);
+        remaining.push(r.header("x-ms-ratelimit-remaining-resource").unwrap());
+    }
+    assert!(
+        remaining[0].starts_with("Microsoft.Compute/HighCostGet3Min;2,"),
+        "{remaining:?}"
+    );
+    assert!(
+        remaining[2].starts_with("Microsoft.Compute/HighCostGet3Min;0,"),
+        "{remaining:?}"
+    );
+    let r = e.arm(&views).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.code(), "OperationNotAllowed");
+    assert!(r.header("retry-after").is_some());
+    // Other Compute reads count against another policy and still pass.
+    let r = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("web")))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("x-ms-ratelimit-remaining-resource")
+        .unwrap()
+        .starts_with("Microsoft.Compute/LowCostGet3Min;"));
+    // Network reads carry no Compute header.
+    let r = e
+        .arm(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK}"
+        ))
+        .await;
+    assert!(r.header("x-ms-ratelimit-remaining-resource").is_none());
+}

@@ -1,0 +1,97 @@
+//! The targets a configuration names, built once per configuration (and again on reload).
+//!
+//! Every `targets:` entry becomes one target shared by the upstreams that name it; the
+//! upstreams without `target:` share the NGINX Plus API of `api_endpoint`. Targets that
+//! must report settings their load balancer cannot hold (HAProxy has no `max_fails`, open
+//! source NGINX no `slow_start`) get each upstream's configured parameters.
+
+use super::haproxy_dataplane::HaproxyDataplane;
+use super::haproxy_runtime::HaproxyRuntime;
+use super::nginx_file::NginxFile;
+use super::nginx_plus::NginxPlus;
+use super::{Permanence, Target, TargetError};
+use crate::config::{Config, TargetSpec, UpstreamConfig};
+use crate::model::ServerParams;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn params_of(u: &UpstreamConfig) -> ServerParams {
+    ServerParams {
+        max_conns: u.max_conns,
+        max_fails: u.max_fails,
+        fail_timeout: u.fail_timeout,
+        slow_start: u.slow_start,
+    }
+}
+
+/// One target per upstream of `cfg`, in configuration order. `timeout` bounds NGINX Plus
+/// API requests; the other targets have their own `timeout` key.
+pub fn sinks(cfg: &Config, timeout: Duration) -> Result<Vec<Arc<dyn Target>>, TargetError> {
+    let mut named: BTreeMap<&str, Arc<dyn Target>> = BTreeMap::new();
+    for t in &cfg.targets {
+        let mine: Vec<&UpstreamConfig> = cfg
+            .upstreams
+            .iter()
+            .filter(|u| u.target.as_deref() == Some(t.name.as_str()))
+            .collect();
+        let params: BTreeMap<String, ServerParams> = mine
+            .iter()
+            .map(|u| (u.name.clone(), params_of(u)))
+            .collect();
+        let target: Arc<dyn Target> = match &t.spec {
+            TargetSpec::NginxPlus(p) => {
+                Arc::new(NginxPlus::new(&p.api_endpoint, &p.custom_headers, timeout)?)
+            }
+            TargetSpec::HaproxyRuntime(h) => Arc::new(HaproxyRuntime::new(
+                h.address.clone(),
+                h.mode,
+                h.server_prefix.clone(),
+                h.check,
+                h.timeout,
+                params,
+            )),
+            TargetSpec::HaproxyDataplane(d) => Arc::new(HaproxyDataplane::new(d, params)?),
+            TargetSpec::NginxFile(f) => Arc::new(NginxFile::new(
+                f.path.clone(),
+                f.validate_command.clone(),
+                f.reload_command.clone(),
+                f.timeout,
+                mine.iter().map(|u| (u.name.clone(), u.kind)).collect(),
+                params,
+            )),
+        };
+        named.insert(&t.name, target);
+    }
+    let mut default: Option<Arc<dyn Target>> = None;
+    let mut out = Vec::with_capacity(cfg.upstreams.len());
+    for u in &cfg.upstreams {
+        let sink = match &u.target {
+            Some(name) => named
+                .get(name.as_str())
+                .cloned()
+                .ok_or_else(|| TargetError {
+                    message: format!("upstream {}: there is no target named {name}", u.name),
+                    permanence: Permanence::Permanent,
+                })?,
+            None => match &default {
+                Some(d) => Arc::clone(d),
+                None => {
+                    let endpoint = cfg.api_endpoint.as_ref().ok_or_else(|| TargetError {
+                        message: format!(
+                            "upstream {} has no target and api_endpoint is not set",
+                            u.name
+                        ),
+                        permanence: Permanence::Permanent,
+                    })?;
+                    let d: Arc<dyn Target> =
+                        Arc::new(NginxPlus::new(endpoint, &cfg.custom_headers, timeout)?);
+                    default = Some(Arc::clone(&d));
+                    d
+                }
+            },
+        };
+        out.push(sink);
+    }
+    Ok(out)
+}

@@ -1,0 +1,1046 @@
+//! HAProxy backends through the HAProxy Data Plane API (v3, or v2), for a remote HAProxy.
+//!
+//! Servers live in **slots**, as in HAProxy's own AWS discovery and the HAProxy Azure
+//! daemon: a managed backend holds servers named `{prefix}1 … {prefix}N`. A slot in use has
+//! the instance's address, `maintenance: disabled` (and `check: enabled` with `check: true`);
+//! a free slot is `127.0.0.1:80` with `maintenance: enabled`. A backend keeps at least
+//! `server_slots.base` slots and grows past that linearly (`base + ceil((count − base) ×
+//! growth_factor)`) or exponentially (the smallest `ceil(base × growth_factor^n)` that holds
+//! `count`); when the count drops, servers in high slots move down into free ones and the
+//! slots above the size the count needs are deleted. Backends are never deleted: a backend
+//! whose scale set is empty keeps its slots, all in maintenance.
+//!
+//! Each apply is **one transaction**: read the configuration version, open a transaction on
+//! it, read the backend's servers in the transaction, write the changed slots, commit. When
+//! HAProxy answers with a version conflict (409, or 406 for a transaction outdated by another
+//! commit) the transaction is dropped and the whole apply starts again from a fresh version,
+//! three attempts at most. Applies of one target run one at a time, so vmss-sync never
+//! conflicts with itself. A cycle with nothing to change opens no transaction at all (the
+//! reconciler does not call apply), and an apply whose writes turn out to be no-ops deletes
+//! its transaction instead of committing it, so HAProxy is not reloaded for nothing.
+//!
+//! Mapping of the server parameters: `max_conns` → `maxconn`, `slow_start` → `slowstart`
+//! (HAProxy's own slow start, in milliseconds); `max_fails` and `fail_timeout` have no
+//! counterpart in an HAProxy server line (its health checks count differently) and are
+//! reported back as configured. A draining server gets `weight: 0` (no new connections,
+//! kept across reloads); restoring it removes the weight again.
+//!
+//! Basic auth on every request; the password is never logged nor put in an error. The
+//! configuration only accepts plain http to a loopback address.
+//!
+//! With `create_backends: true` a backend that does not exist is created inside the first
+//! transaction (`mode` from the upstream's kind, `balance roundrobin`), as the HAProxy daemon
+//! does for the services it finds. Turning tagged services into upstreams named
+//! `{prefix}-{name}-{port}-{region}` is a discovery feature that does not exist yet: today every
+//! backend is one configured upstream.
+
+use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
+use crate::config::{
+    DataplaneApiVersion, HaproxyDataplaneTarget, Secret, ServerSlots, SlotGrowth, UpstreamKind,
+};
+use crate::model::{ObservedServer, ServerParams, ServerState};
+use crate::plan::Plan;
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use url::Url;
+
+/// Attempts of one apply when the configuration version keeps moving.
+pub const MAX_ATTEMPTS: usize = 3;
+const FREE_ADDRESS: &str = "127.0.0.1";
+const FREE_PORT: u16 = 80;
+
+/// Target for one Data Plane API.
+pub struct HaproxyDataplane {
+    base: Url,
+    version: DataplaneApiVersion,
+    http: reqwest::Client,
+    username: String,
+    password: Secret,
+    prefix: String,
+    slots: ServerSlots,
+    check: bool,
+    create_backends: bool,
+    params: BTreeMap<String, ServerParams>,
+    /// One apply at a time per API: our own transactions never outdate each other.
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for HaproxyDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaproxyDataplane")
+            .field("base", &self.base.as_str())
+            .field("version", &self.version)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One slot as the planner of slots sees it.
+#[derive(Clone, Debug, PartialEq)]
+enum Slot {
+    Free,
+    Used {
+        server: String,
+        max_conns: u32,
+        slow_start: Duration,
+        draining: bool,
+    },
+}
+
+/// Why one transaction attempt ended early.
+enum Abort {
+    /// The configuration moved under the transaction: start again.
+    Conflict(String),
+    /// Anything else: give up for this cycle.
+    Failed(TargetError),
+}
+
+impl From<TargetError> for Abort {
+    fn from(e: TargetError) -> Self {
+        Abort::Failed(e)
+    }
+}
+
+/// A write of one slot inside a transaction.
+#[derive(Debug, PartialEq)]
+enum Write {
+    Create(u32),
+    Replace(u32),
+    Delete(u32),
+}
+
+/// Slots a backend needs for `count` servers.
+pub fn slots_for(count: usize, policy: &ServerSlots) -> usize {
+    let base = policy.base.max(1) as usize;
+    if count <= base {
+        return base;
+    }
+    match policy.growth_type {
+        SlotGrowth::Linear => {
+            base + ((count - base) as f64 * policy.growth_factor.max(1.0)).ceil() as usize
+        }
+        SlotGrowth::Exponential => {
+            let factor = if policy.growth_factor > 1.0 {
+                policy.growth_factor
+            } else {
+                2.0
+            };
+            let mut n = base as f64;
+            while (n.ceil() as usize) < count {
+                n *= factor;
+            }
+            n.ceil() as usize
+        }
+    }
+}
+
+fn slot_number(prefix: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || rest.starts_with('0') {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+fn enabled(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_str) == Some("enabled")
+}
+
+/// A server object as a slot.
+fn slot_of(v: &Value) -> Slot {
+    if enabled(v, "maintenance") {
+        return Slot::Free;
+    }
+    let address = v.get("address").and_then(Value::as_str).unwrap_or_default();
+    let server = match v.get("port").and_then(Value::as_u64) {
+        Some(p) => format!("{address}:{p}"),
+        None => address.to_string(),
+    };
+    Slot::Used {
+        server,
+        max_conns: v
+            .get("maxconn")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        slow_start: Duration::from_millis(v.get("slowstart").and_then(Value::as_u64).unwrap_or(0)),
+        draining: v.get("weight").and_then(Value::as_i64) == Some(0),
+    }
+}
+
+/// The server object vmss-sync writes for a slot.
+fn server_body(name: &str, slot: &Slot, check: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(name));
+    match slot {
+        Slot::Free => {
+            m.insert("address".into(), json!(FREE_ADDRESS));
+            m.insert("port".into(), json!(FREE_PORT));
+            m.insert("maintenance".into(), json!("enabled"));
+        }
+        Slot::Used {
+            server,
+            max_conns,
+            slow_start,
+            draining,
+        } => {
+            let (address, port) = match server.rsplit_once(':') {
+                Some((a, p)) => (a, p.parse::<u16>().ok()),
+                None => (server.as_str(), None),
+            };
+            m.insert("address".into(), json!(address));
+            if let Some(p) = port {
+                m.insert("port".into(), json!(p));
+            }
+            m.insert("maintenance".into(), json!("disabled"));
+            if check {
+                m.insert("check".into(), json!("enabled"));
+            }
+            if *max_conns > 0 {
+                m.insert("maxconn".into(), json!(max_conns));
+            }
+            if !slow_start.is_zero() {
+                m.insert("slowstart".into(), json!(slow_start.as_millis() as u64));
+            }
+            if *draining {
+                m.insert("weight".into(), json!(0));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// Whether a server object already says what `slot` says (free slots keep any address).
+fn same(current: &Value, slot: &Slot, check: bool) -> bool {
+    match (slot_of(current), slot) {
+        (Slot::Free, Slot::Free) => true,
+        (cur @ Slot::Used { .. }, want @ Slot::Used { .. }) => {
+            cur == *want && enabled(current, "check") == check
+        }
+        _ => false,
+    }
+}
+
+/// Turns a plan into slot writes. `current`: slot number → server object. Returns the
+/// writes, the new layout and the per-item problems; fills the report's success lists.
+fn plan_slots(
+    current: &BTreeMap<u32, Value>,
+    plan: &Plan,
+    policy: &ServerSlots,
+    check: bool,
+    done: &mut ApplyReport,
+    problems: &mut Vec<String>,
+) -> (Vec<Write>, BTreeMap<u32, Slot>) {
+    let mut slots: BTreeMap<u32, Slot> = current.iter().map(|(n, v)| (*n, slot_of(v))).collect();
+    let holds = |slots: &BTreeMap<u32, Slot>, id: u64, server: &str| {
+        u32::try_from(id)
+            .ok()
+            .filter(|n| matches!(slots.get(n), Some(Slot::Used { server: s, .. }) if s == server))
+    };
+    for r in &plan.remove {
+        match holds(&slots, r.id, &r.server) {
+            Some(n) => {
+                slots.insert(n, Slot::Free);
+                done.removed.push(r.server.clone());
+            }
+            None => problems.push(format!(
+                "server {} (slot {}) changed since it was read; retried next cycle",
+                r.server, r.id
+            )),
+        }
+    }
+    for u in &plan.update {
+        let Some(n) = holds(&slots, u.id, &u.server) else {
+            problems.push(format!(
+                "server {} (slot {}) changed since it was read; retried next cycle",
+                u.server, u.id
+            ));
+            continue;
+        };
+        if let Some(Slot::Used {
+            max_conns,
+            slow_start,
+            draining,
+            ..
+        }) = slots.get_mut(&n)
+        {
+            if let Some(p) = &u.params {
+                *max_conns = p.max_conns;
+                *slow_start = p.slow_start;
+            }
+            *draining = u.state == ServerState::Draining;
+        }
+        if u.state == ServerState::Draining {
+            done.drained.push(u.server.clone());
+        } else {
+            done.updated.push(u.server.clone());
+        }
+    }
+    let used = |slots: &BTreeMap<u32, Slot>| slots.values().filter(|s| **s != Slot::Free).count();
+    // Grow (or create the base slots of a backend that has none).
+    let want = slots_for(used(&slots) + plan.add.len(), policy);
+    let mut n = 1u32;
+    while slots.len() < want {
+        slots.entry(n).or_insert(Slot::Free);
+        n += 1;
+    }
+    for (server, p) in &plan.add {
+        let free = slots
+            .iter()
+            .find(|(_, s)| **s == Slot::Free)
+            .map(|(n, _)| *n);
+        if let Some(n) = free {
+            slots.insert(
+                n,
+                Slot::Used {
+                    server: server.clone(),
+                    max_conns: p.max_conns,
+                    slow_start: p.slow_start,
+                    draining: false,
+                },
+            );
+            done.added.push(server.clone());
+        }
+    }
+    // Shrink: move servers above the size the count needs into free slots below it, then
+    // drop the free slots above it.
+    let keep = slots_for(used(&slots), policy);
+    if slots.len() > keep {
+        let numbers: Vec<u32> = slots.keys().copied().collect();
+        let limit = numbers.get(keep - 1).copied().unwrap_or(u32::MAX);
+        let high: Vec<u32> = numbers
+            .iter()
+            .copied()
+            .filter(|n| *n > limit && slots.get(n) != Some(&Slot::Free))
+            .collect();
+        for h in high {
+            let low = slots
+                .iter()
+                .find(|(n, s)| **n <= limit && **s == Slot::Free)
+                .map(|(n, _)| *n);
+            let Some(low) = low else { break };
+            if let Some(s) = slots.insert(h, Slot::Free) {
+                slots.insert(low, s);
+            }
+        }
+        slots.retain(|n, s| *n <= limit || *s != Slot::Free);
+    }
+    let mut writes = Vec::new();
+    for (n, slot) in &slots {
+        match current.get(n) {
+            None => writes.push(Write::Create(*n)),
+            Some(cur) if !same(cur, slot, check) => writes.push(Write::Replace(*n)),
+            Some(_) => {}
+        }
+    }
+    for n in current.keys() {
+        if !slots.contains_key(n) {
+            writes.push(Write::Delete(*n));
+        }
+    }
+    (writes, slots)
+}
+
+fn api_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    message.unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+/// A list answer: a bare array (v3) or `{"_version": …, "data": […]}` (v2).
+fn data(v: Value) -> Value {
+    match v {
+        Value::Object(mut m) if m.contains_key("data") => m.remove("data").unwrap_or(Value::Null),
+        other => other,
+    }
+}
+
+impl HaproxyDataplane {
+    /// Builds a client for the target `cfg`; `params` are the configured server parameters
+    /// per backend name.
+    pub fn new(
+        cfg: &HaproxyDataplaneTarget,
+        params: BTreeMap<String, ServerParams>,
+    ) -> Result<Self, TargetError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| TargetError {
+                message: format!("cannot build the Data Plane API HTTP client: {e}"),
+                permanence: Permanence::Permanent,
+            })?;
+        Ok(Self {
+            base: cfg.url.clone(),
+            version: cfg.api_version,
+            http,
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+            prefix: cfg.server_prefix.clone(),
+            slots: cfg.server_slots,
+            check: cfg.check,
+            create_backends: cfg.create_backends,
+            params,
+            serial: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn missing(&self, backend: &str) -> TargetError {
+        self.error(
+            format!(
+                "backend {backend} does not exist in the HAProxy configuration; create it, or set \
+                 create_backends: true (vmss-sync never deletes backends)"
+            ),
+            Permanence::Permanent,
+        )
+    }
+
+    fn error(&self, message: String, permanence: Permanence) -> TargetError {
+        TargetError {
+            message: format!("HAProxy Data Plane API {}: {message}", self.base),
+            permanence,
+        }
+    }
+
+    fn v(&self) -> &'static str {
+        match self.version {
+            DataplaneApiVersion::V2 => "v2",
+            DataplaneApiVersion::V3 => "v3",
+        }
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut seg) = url.path_segments_mut() {
+            seg.pop_if_empty();
+            seg.push(self.v());
+            seg.push("services");
+            seg.push("haproxy");
+            for s in segments {
+                seg.push(s);
+            }
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// The servers collection (`name: None`) or one server of a backend.
+    fn server_url(&self, backend: &str, name: Option<&str>, tx: Option<&str>) -> Url {
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        let mut segs: Vec<&str> = Vec::new();
+        match self.version {
+            DataplaneApiVersion::V3 => {
+                segs.extend(["configuration", "backends", backend, "servers"]);
+            }
+            DataplaneApiVersion::V2 => {
+                segs.extend(["configuration", "servers"]);
+                q.push(("backend", backend));
+            }
+        }
+        if let Some(n) = name {
+            segs.push(n);
+        }
+        if let Some(t) = tx {
+            q.push(("transaction_id", t));
+        }
+        self.url(&segs, &q)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String), TargetError> {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .basic_auth(&self.username, Some(self.password.expose()));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let what = format!("{method} {}", url.path());
+        let resp = req.send().await.map_err(|e| {
+            self.error(
+                format!(
+                    "{what}: {}",
+                    if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        format!("request failed: {}", root_cause(&e))
+                    }
+                ),
+                Permanence::Transient,
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| {
+            self.error(
+                format!("{what}: reading the answer failed: {e}"),
+                Permanence::Transient,
+            )
+        })?;
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(self.error(
+                format!(
+                    "{what} answered {}: check username and password",
+                    status.as_u16()
+                ),
+                Permanence::Permanent,
+            ));
+        }
+        Ok((status, text))
+    }
+
+    fn unexpected(
+        &self,
+        method: &Method,
+        url: &Url,
+        status: StatusCode,
+        body: &str,
+    ) -> TargetError {
+        self.error(
+            format!(
+                "{method} {} answered {}: {}",
+                url.path(),
+                status.as_u16(),
+                api_message(body)
+            ),
+            if status.is_server_error() || status.as_u16() == 429 {
+                Permanence::Transient
+            } else {
+                Permanence::Permanent
+            },
+        )
+    }
+
+    async fn configuration_version(&self) -> Result<u64, TargetError> {
+        let url = self.url(&["configuration", "version"], &[]);
+        let (status, text) = self.send(Method::GET, url.clone(), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.unexpected(&Method::GET, &url, status, &text));
+        }
+        text.trim().parse().map_err(|_| {
+            self.error(
+                format!(
+                    "GET {}: not a version number: {:?}",
+                    url.path(),
+                    text.trim()
+                ),
+                Permanence::Transient,
+            )
+        })
+    }
+
+    /// The managed slots of a backend: slot number → server object; `None` when the
+    /// backend does not exist.
+    async fn slot_servers(
+        &self,
+        backend: &str,
+        tx: Option<&str>,
+    ) -> Result<Option<BTreeMap<u32, Value>>, TargetError> {
+        let url = self.server_url(backend, None, tx);
+        let (status, text) = self.send(Method::GET, url.clone(), None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status != StatusCode::OK {
+            return Err(self.unexpected(&Method::GET, &url, status, &text));
+        }
+        let list = serde_json::from_str::<Value>(&text)
+            .map(data)
+            .map_err(|e| {
+                self.error(
+                    format!("GET {}: unexpected answer: {e}", url.path()),
+                    Permanence::Transient,
+                )
+            })?;
+        let Value::Array(items) = list else {
+            return Err(self.error(
+                format!("GET {}: the answer is not a list of servers", url.path()),
+                Permanence::Transient,
+            ));
+        };
+        let slots = items
+            .into_iter()
+            .filter_map(|v| {
+                let n = slot_number(&self.prefix, v.get("name")?.as_str()?)?;
+                Some((n, v))
+            })
+            .collect();
+        Ok(Some(slots))
+    }
+
+    fn slot_name(&self, n: u32) -> String {
+        format!("{}{n}", self.prefix)
+    }
+
+    /// A write inside a transaction; 409 is a conflict.
+    async fn write(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        ok: &[u16],
+    ) -> Result<(), Abort> {
+        let (status, text) = self.send(method.clone(), url.clone(), body).await?;
+        if ok.contains(&status.as_u16()) {
+            return Ok(());
+        }
+        if matches!(status.as_u16(), 406 | 409) {
+            return Err(Abort::Conflict(format!(
+                "{method} {} answered {}: {}",
+                url.path(),
+                status.as_u16(),
+                api_message(&text)
+            )));
+        }
+        Err(Abort::Failed(self.unexpected(&method, &url, status, &text)))
+    }
+
+    async fn attempt(
+        &self,
+        backend: &str,
+        kind: UpstreamKind,
+        plan: &Plan,
+    ) -> Result<ApplyReport, Abort> {
+        let version = self.configuration_version().await?;
+        let url = self.url(&["transactions"], &[("version", &version.to_string())]);
+        let (status, text) = self.send(Method::POST, url.clone(), None).await?;
+        if status.as_u16() == 409 || status.as_u16() == 406 {
+            return Err(Abort::Conflict(format!(
+                "starting a transaction: {}",
+                api_message(&text)
+            )));
+        }
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            return Err(Abort::Failed(self.unexpected(
+                &Method::POST,
+                &url,
+                status,
+                &text,
+            )));
+        }
+        let tx = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
+            .ok_or_else(|| {
+                Abort::Failed(self.error(
+                    format!("POST {}: no transaction id in the answer", url.path()),
+                    Permanence::Transient,
+                ))
+            })?;
+        let result = self.in_transaction(backend, kind, plan, &tx).await;
+        if !matches!(result, Ok((_, true))) {
+            // Not committed: drop it (best effort; an outdated one may be gone already).
+            let url = self.url(&["transactions", &tx], &[]);
+            let _ = self.send(Method::DELETE, url, None).await;
+        }
+        result.map(|(report, _)| report)
+    }
+
+    /// Returns the report and whether the transaction was committed.
+    async fn in_transaction(
+        &self,
+        backend: &str,
+        kind: UpstreamKind,
+        plan: &Plan,
+        tx: &str,
+    ) -> Result<(ApplyReport, bool), Abort> {
+        let current = match self.slot_servers(backend, Some(tx)).await? {
+            Some(c) => c,
+            None if self.create_backends => {
+                self.create_backend(backend, kind, tx).await?;
+                BTreeMap::new()
+            }
+            None => return Err(Abort::Failed(self.missing(backend))),
+        };
+        let mut report = ApplyReport::default();
+        let mut problems = Vec::new();
+        let (writes, slots) = plan_slots(
+            &current,
+            plan,
+            &self.slots,
+            self.check,
+            &mut report,
+            &mut problems,
+        );
+        let placed = report.added.len();
+        for (server, _) in plan.add.iter().skip(placed) {
+            problems.push(format!("no slot for {server}"));
+        }
+        report.errors.extend(
+            problems
+                .into_iter()
+                .map(|p| self.error(format!("backend {backend}: {p}"), Permanence::Transient)),
+        );
+        if writes.is_empty() {
+            return Ok((report, false));
+        }
+        for w in &writes {
+            match w {
+                Write::Create(n) | Write::Replace(n) => {
+                    let name = self.slot_name(*n);
+                    let slot = slots.get(n).cloned().unwrap_or(Slot::Free);
+                    let body = server_body(&name, &slot, self.check);
+                    if matches!(w, Write::Create(..)) {
+                        let url = self.server_url(backend, None, Some(tx));
+                        self.write(Method::POST, url, Some(&body), &[201, 202])
+                            .await?;
+                    } else {
+                        let url = self.server_url(backend, Some(&name), Some(tx));
+                        self.write(Method::PUT, url, Some(&body), &[200, 202])
+                            .await?;
+                    }
+                }
+                Write::Delete(n) => {
+                    let url = self.server_url(backend, Some(&self.slot_name(*n)), Some(tx));
+                    self.write(Method::DELETE, url, None, &[202, 204]).await?;
+                }
+            }
+        }
+        let url = self.url(&["transactions", tx], &[]);
+        self.write(Method::PUT, url, None, &[200, 202]).await?;
+        tracing::debug!(
+            backend,
+            writes = writes.len(),
+            "Data Plane API transaction committed."
+        );
+        Ok((report, true))
+    }
+}
+
+impl HaproxyDataplane {
+    /// Creates `backend` in the transaction: `mode` from the upstream's kind, `roundrobin`
+    /// (a dynamic algorithm, so HAProxy can also change its servers at run time).
+    async fn create_backend(
+        &self,
+        backend: &str,
+        kind: UpstreamKind,
+        tx: &str,
+    ) -> Result<(), Abort> {
+        let mode = match kind {
+            UpstreamKind::Http => "http",
+            UpstreamKind::Stream => "tcp",
+        };
+        let body = json!({"name": backend, "mode": mode, "balance": {"algorithm": "roundrobin"}});
+        let url = self.url(&["configuration", "backends"], &[("transaction_id", tx)]);
+        self.write(Method::POST, url, Some(&body), &[201, 202])
+            .await?;
+        tracing::info!(
+            backend,
+            mode,
+            "Data Plane API: creating the missing backend."
+        );
+        Ok(())
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[async_trait]
+impl Target for HaproxyDataplane {
+    fn kind(&self) -> &'static str {
+        "haproxy-dataplane"
+    }
+
+    async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
+        let url = self.url(&["configuration", "backends", &upstream.name], &[]);
+        let (status, text) = self.send(Method::GET, url.clone(), None).await?;
+        match status.as_u16() {
+            200 => Ok(()),
+            404 if self.create_backends => Ok(()),
+            404 => Err(self.missing(&upstream.name)),
+            _ => Err(self.unexpected(&Method::GET, &url, status, &text)),
+        }
+    }
+
+    async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
+        let configured = self.params.get(&upstream.name);
+        let servers = match self.slot_servers(&upstream.name, None).await? {
+            Some(s) => s,
+            // Created by the first apply.
+            None if self.create_backends => BTreeMap::new(),
+            None => return Err(self.missing(&upstream.name)),
+        };
+        Ok(servers
+            .iter()
+            .filter_map(|(n, v)| match slot_of(v) {
+                Slot::Free => None,
+                Slot::Used {
+                    server,
+                    max_conns,
+                    slow_start,
+                    draining,
+                } => Some(ObservedServer {
+                    id: u64::from(*n),
+                    server,
+                    params: configured.map(|p| ServerParams {
+                        max_conns,
+                        slow_start,
+                        ..*p
+                    }),
+                    state: if draining {
+                        ServerState::Draining
+                    } else {
+                        ServerState::Active
+                    },
+                }),
+            })
+            .collect())
+    }
+
+    async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
+        let _one_at_a_time = self.serial.lock().await;
+        let mut last = String::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self.attempt(&upstream.name, upstream.kind, plan).await {
+                Ok(report) => return report,
+                Err(Abort::Failed(e)) => {
+                    return ApplyReport {
+                        errors: vec![e],
+                        ..ApplyReport::default()
+                    }
+                }
+                Err(Abort::Conflict(why)) => {
+                    tracing::info!(
+                        backend = %upstream.name,
+                        attempt,
+                        "Data Plane API version conflict ({why}); starting again from a fresh transaction."
+                    );
+                    last = why;
+                }
+            }
+        }
+        ApplyReport {
+            errors: vec![self.error(
+                format!(
+                    "backend {}: the configuration version changed under {MAX_ATTEMPTS} transactions \
+                     in a row ({last}); retried next cycle",
+                    upstream.name
+                ),
+                Permanence::Transient,
+            )],
+            ..ApplyReport::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Removal, Update};
+
+    fn policy(base: u32, growth_type: SlotGrowth, growth_factor: f64) -> ServerSlots {
+        ServerSlots {
+            base,
+            growth_factor,
+            growth_type,
+        }
+    }
+
+    fn p() -> ServerParams {
+        ServerParams {
+            max_conns: 0,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            slow_start: Duration::ZERO,
+        }
+    }
+
+    fn used(server: &str) -> Value {
+        json!({"name": "x", "address": server.split(':').next().unwrap(), "port": server.split(':').nth(1).unwrap().parse::<u16>().unwrap(), "maintenance": "disabled"})
+    }
+
+    fn free() -> Value {
+        json!({"name": "x", "address": "127.0.0.1", "port": 80, "maintenance": "enabled"})
+    }
+
+    #[test]
+    fn slots_grow_like_the_haproxy_daemon() {
+        let lin = policy(10, SlotGrowth::Linear, 1.5);
+        assert_eq!(slots_for(0, &lin), 10);
+        assert_eq!(slots_for(10, &lin), 10);
+        assert_eq!(slots_for(11, &lin), 12);
+        assert_eq!(slots_for(20, &lin), 25);
+        let exp = policy(10, SlotGrowth::Exponential, 2.0);
+        assert_eq!(slots_for(11, &exp), 20);
+        assert_eq!(slots_for(21, &exp), 40);
+        let exp15 = policy(4, SlotGrowth::Exponential, 1.5);
+        assert_eq!(slots_for(5, &exp15), 6);
+        assert_eq!(slots_for(7, &exp15), 9);
+    }
+
+    #[test]
+    fn a_new_backend_gets_its_base_slots_and_adds_fill_the_lowest() {
+        let mut done = ApplyReport::default();
+        let mut problems = Vec::new();
+        let plan = Plan {
+            add: vec![("10.0.0.4:80".into(), p()), ("10.0.0.5:80".into(), p())],
+            ..Plan::default()
+        };
+        let (writes, slots) = plan_slots(
+            &BTreeMap::new(),
+            &plan,
+            &policy(3, SlotGrowth::Linear, 1.0),
+            false,
+            &mut done,
+            &mut problems,
+        );
+        assert_eq!(writes.len(), 3);
+        assert!(writes.iter().all(|w| matches!(w, Write::Create(..))));
+        assert!(matches!(&slots[&1], Slot::Used { server, .. } if server == "10.0.0.4:80"));
+        assert!(matches!(&slots[&2], Slot::Used { server, .. } if server == "10.0.0.5:80"));
+        assert_eq!(slots[&3], Slot::Free);
+        assert_eq!(done.added.len(), 2);
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn removals_free_slots_and_unchanged_slots_are_not_written() {
+        let current = BTreeMap::from([
+            (1, used("10.0.0.4:80")),
+            (2, used("10.0.0.5:80")),
+            (3, free()),
+        ]);
+        let plan = Plan {
+            remove: vec![Removal {
+                id: 2,
+                server: "10.0.0.5:80".into(),
+                state: ServerState::Active,
+            }],
+            ..Plan::default()
+        };
+        let (mut done, mut problems) = (ApplyReport::default(), Vec::new());
+        let (writes, slots) = plan_slots(
+            &current,
+            &plan,
+            &policy(3, SlotGrowth::Linear, 1.0),
+            false,
+            &mut done,
+            &mut problems,
+        );
+        assert_eq!(writes, vec![Write::Replace(2)]);
+        assert_eq!(slots[&2], Slot::Free);
+        assert_eq!(done.removed, ["10.0.0.5:80"]);
+    }
+
+    #[test]
+    fn shrinking_moves_high_servers_down_and_deletes_free_slots() {
+        let mut current = BTreeMap::new();
+        for n in 1..=6u32 {
+            current.insert(n, used(&format!("10.0.0.{n}:80")));
+        }
+        // Remove 1..=4: two servers (5, 6) remain, base 3 → slots 1..=3, servers moved down.
+        let plan = Plan {
+            remove: (1..=4u64)
+                .map(|n| Removal {
+                    id: n,
+                    server: format!("10.0.0.{n}:80"),
+                    state: ServerState::Active,
+                })
+                .collect(),
+            ..Plan::default()
+        };
+        let (mut done, mut problems) = (ApplyReport::default(), Vec::new());
+        let (writes, slots) = plan_slots(
+            &current,
+            &plan,
+            &policy(3, SlotGrowth::Linear, 1.0),
+            false,
+            &mut done,
+            &mut problems,
+        );
+        assert_eq!(slots.len(), 3);
+        let held: Vec<&str> = slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Used { server, .. } => Some(server.as_str()),
+                Slot::Free => None,
+            })
+            .collect();
+        assert_eq!(held, ["10.0.0.5:80", "10.0.0.6:80"]);
+        assert!(
+            writes.contains(&Write::Delete(6))
+                && writes.contains(&Write::Delete(5))
+                && writes.contains(&Write::Delete(4))
+        );
+    }
+
+    #[test]
+    fn drains_set_weight_zero_and_read_back_as_draining() {
+        let current = BTreeMap::from([(1, used("10.0.0.4:80"))]);
+        let plan = Plan {
+            update: vec![Update {
+                id: 1,
+                server: "10.0.0.4:80".into(),
+                params: None,
+                state: ServerState::Draining,
+                was: ServerState::Active,
+            }],
+            ..Plan::default()
+        };
+        let (mut done, mut problems) = (ApplyReport::default(), Vec::new());
+        let (writes, slots) = plan_slots(
+            &current,
+            &plan,
+            &policy(1, SlotGrowth::Linear, 1.0),
+            false,
+            &mut done,
+            &mut problems,
+        );
+        assert_eq!(writes, vec![Write::Replace(1)]);
+        let body = server_body("vmss-1", &slots[&1], true);
+        assert_eq!(body["weight"], 0);
+        assert_eq!(body["check"], "enabled");
+        assert!(matches!(slot_of(&body), Slot::Used { draining: true, .. }));
+        assert_eq!(done.drained, ["10.0.0.4:80"]);
+    }
+
+    #[test]
+    fn a_stale_id_is_a_problem_not_a_write() {
+        let current = BTreeMap::from([(1, used("10.0.0.4:80"))]);
+        let plan = Plan {
+            remove: vec![Removal {
+                id: 1,
+                server: "10.0.0.9:80".into(),
+                state: ServerState::Active,
+            }],
+            ..Plan::default()
+        };
+        let (mut done, mut problems) = (ApplyReport::default(), Vec::new());
+        let (writes, _) = plan_slots(
+            &current,
+            &plan,
+            &policy(1, SlotGrowth::Linear, 1.0),
+            false,
+            &mut done,
+            &mut problems,
+        );
+        assert!(writes.is_empty());
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn slot_names_are_the_prefix_and_a_number() {
+        assert_eq!(slot_number("vmss-", "vmss-12"), Some(12));
+        assert_eq!(slot_number("vmss-", "vmss-012"), None);
+        assert_eq!(slot_number("vmss-", "web1"), None);
+        assert_eq!(slot_number("srv", "srv3"), Some(3));
+    }
+}

@@ -1,0 +1,343 @@
+//! Helpers of the operations tests (`ops_*.rs`): Azurite, the admin endpoint of a daemon,
+//! leader-election configuration files and /proc measurements. Used with `common`.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The emulator's account and its well-known development key (public, documented by
+/// Microsoft; not a secret anywhere).
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+pub const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Where `azurite-blob` is: `$AZURITE_BLOB` (set by scripts/test.sh), the repository's
+/// `.tools/azurite`, or `PATH`.
+pub fn azurite_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AZURITE_BLOB").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/azurite/node_modules/.bin/azurite-blob");
+    if local.exists() {
+        return local;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("azurite-blob");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "Azurite is not installed: run ./scripts/test.sh (it installs it), or \
+         `npm install --prefix .tools/azurite azurite@3`, or set AZURITE_BLOB"
+    );
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// An Azurite blob service on loopback, in memory; killed by pid when dropped (also when
+/// the test fails).
+pub struct Azurite {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts Azurite on a free port and waits until it accepts connections.
+    pub fn start() -> Azurite {
+        Self::start_on(free_port())
+    }
+
+    /// Starts Azurite on `port`.
+    pub fn start_on(port: u16) -> Azurite {
+        let dir = tempfile::tempdir().expect("azurite dir");
+        let log = std::fs::File::create(dir.path().join("azurite.out")).expect("azurite log");
+        let child = Command::new(azurite_bin())
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn azurite-blob");
+        let mut a = Azurite {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(c) = a.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("azurite-blob exited: {status}\n{}", a.output());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Azurite did not start:\n{}",
+                a.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        a
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn account_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.port)
+    }
+
+    /// What Azurite printed.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("azurite.out")).unwrap_or_default()
+    }
+
+    /// Kills Azurite (by pid) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A lease client for `container/blob` with the development key (for the tests'
+    /// outside view: lease state, breaking a lease).
+    pub fn lease_client(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> vmss_sync::leader::blob::BlobLeaseClient {
+        use vmss_sync::leader::blob::{BlobAuth, BlobLeaseClient};
+        use vmss_sync::leader::shared_key::SharedKey;
+        BlobLeaseClient::new(
+            &url::Url::parse(&self.account_url()).expect("account url"),
+            container,
+            blob,
+            BlobAuth::SharedKey(SharedKey::new(DEV_ACCOUNT, DEV_KEY).expect("dev key")),
+            reqwest::Client::new(),
+            Duration::from_secs(5),
+        )
+        .expect("lease client")
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `leader_election` section for Azurite with Shared Key (the key from `${LEASE_KEY}`).
+pub fn leader_yaml(azurite: &Azurite, container: &str, lease_seconds: u64) -> String {
+    format!(
+        "leader_election:\n  account_url: {}\n  container: {container}\n  blob: leader\n  \
+         lease_duration: {lease_seconds}s\n  auth: shared_key\n  account_key: ${{LEASE_KEY}}\n",
+        azurite.account_url()
+    )
+}
+
+/// A full configuration for the testbed: `api_endpoint` as given (replicas use `/api` and
+/// `/nplus` so that the testbed's request log tells their writes apart), one http upstream
+/// `web` fed by the scale set `web`, the admin endpoint on a free port, and `extra`.
+pub fn config_text(env: &super::common::Env, api_endpoint: &str, extra: &str) -> String {
+    format!(
+        "cloud_provider: Azure\n\
+         subscription_id: {}\n\
+         resource_group_name: {}\n\
+         api_endpoint: {api_endpoint}\n\
+         resource_manager_endpoint: {}\n\
+         sync_interval: 1s\n\
+         admin_listen: 127.0.0.1:0\n\
+         {extra}\
+         upstreams:\n{}",
+        super::common::SUB,
+        super::common::RG,
+        env.tb.arm_url(),
+        super::common::upstream_yaml("web", "web", 80, "http"),
+    )
+}
+
+/// The environment of a replica: the testbed's service principal and the storage key.
+pub fn replica_env(env: &super::common::Env) -> Vec<(String, String)> {
+    let mut e = env.sp_env();
+    e.push(("LEASE_KEY".into(), DEV_KEY.into()));
+    e
+}
+
+/// The admin address a daemon logged ("Admin endpoint listening on http://ADDR ...").
+pub fn admin_addr_in(log: &str) -> Option<String> {
+    let marker = "Admin endpoint listening on http://";
+    let start = log.find(marker)? + marker.len();
+    let rest = &log[start..];
+    let end = rest.find([' ', '\n', '\x1b'])?;
+    Some(rest[..end].to_string())
+}
+
+/// Waits (up to 20 s) for the daemon to log its admin address.
+pub async fn admin_addr(d: &super::common::Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(a) = admin_addr_in(&d.log_text()) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin address logged:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An answer of the admin endpoint.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.body))
+    }
+}
+
+/// `GET http://ADDR/PATH`, as curl would.
+pub async fn get(addr: &str, path: &str) -> Answer {
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Answer {
+        status,
+        content_type,
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+/// The value of the sample `name{labels}` (labels as written, or "" for none) in a
+/// Prometheus text page, if present.
+pub fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    page.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sum of every sample of `name` whatever its labels.
+pub fn sample_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` every 50 ms (async) until it is true or `within` passes.
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// NGINX writes (POST, PATCH, DELETE) in arrival order, each as the API prefix it came
+/// through (`api` or `nplus`) and `METHOD path`.
+pub fn writes(env: &super::common::Env) -> Vec<(String, String)> {
+    env.tb
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == vmss_testbed::Service::Nginx && r.method != "GET")
+        .map(|r| {
+            let prefix = r
+                .path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (prefix, format!("{} {}", r.method, r.path))
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of a process, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12th and 13th after ')'.
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,401 @@
+//! The HAProxy Data Plane API target through the real binary, against the testbed's strict
+//! fake Data Plane API: slots, one transaction per change, conflicts retried from a fresh
+//! transaction, basic auth, v3 and v2 paths, backends never deleted.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use vmss_testbed::{
+    dataplane_server, Orchestration, Service, TestbedOptions, DATAPLANE_PASSWORD, DATAPLANE_USER,
+};
+
+const PW_VAR: &str = "DPAPI_PASSWORD";
+
+fn target(env: &Env, extra: &str) -> String {
+    format!(
+        "targets:\n  remote:\n    type: haproxy_dataplane\n    url: {}\n    username: {DATAPLANE_USER}\n    password: ${{{PW_VAR}}}\n{extra}",
+        env.tb.dataplane_url()
+    )
+}
+
+/// An upstream on the Data Plane API target whose leaving servers are removed at once.
+fn upstream(name: &str, set: &str) -> String {
+    upstream_draining(name, set, "0s")
+}
+
+fn upstream_draining(name: &str, set: &str, drain: &str) -> String {
+    format!(
+        "  - name: {name}\n    virtual_machine_scale_set: {set}\n    port: 8080\n    kind: http\n    max_conns: 100\n    slow_start: 5s\n    target: remote\n    drain_timeout: {drain}\n"
+    )
+}
+
+fn env_with(env: &Env, password: &str) -> Vec<(String, String)> {
+    let mut e = env.sp_env();
+    e.push((PW_VAR.into(), password.into()));
+    e
+}
+
+/// Managed slots of a backend: (name, address:port or "free").
+fn slots(env: &Env, backend: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = env
+        .tb
+        .dataplane()
+        .servers(backend)
+        .iter()
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("vmss-")))
+        .map(|s| {
+            let state = if s["maintenance"] == "enabled" {
+                "free".to_string()
+            } else {
+                format!("{}:{}", s["address"].as_str().unwrap_or(""), s["port"])
+            };
+            (s["name"].as_str().unwrap_or("").to_string(), state)
+        })
+        .collect();
+    v.sort_by_key(|(n, _)| n.trim_start_matches("vmss-").parse::<u32>().unwrap_or(0));
+    v
+}
+
+fn held(env: &Env, backend: &str) -> Vec<String> {
+    let mut v: Vec<String> = slots(env, backend)
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s != "free")
+        .collect();
+    v.sort();
+    v
+}
+
+fn transactions_started(env: &Env) -> usize {
+    env.tb
+        .requests_to(Service::Dataplane)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/transactions"))
+        .count()
+}
+
+/// A fleet `set` of `n` instances and a Data Plane API with backend `web` holding one
+/// server of its own.
+async fn setup(set: &str, n: usize) -> Env {
+    let env = testbed(TestbedOptions::default()).await;
+    env.tb
+        .fleet()
+        .add_scale_set(SUB, RG, set, Orchestration::Uniform, "eastus");
+    env.tb.fleet().scale_to(SUB, RG, set, n);
+    env.tb.dataplane().add_backend("web");
+    env.tb
+        .dataplane()
+        .insert_server("web", dataplane_server("static1", "192.0.2.10", 80));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_slots_follow_scale_out_and_scale_in_with_one_transaction_per_change() {
+    let env = setup("web", 3).await;
+    let cfg = env.config(
+        &target(
+            &env,
+            "    server_slots: {base: 4, growth_type: linear, growth_factor: 1}\n",
+        ),
+        &upstream("web", "web"),
+    );
+    let args = ["once", "--config", cfg.to_str().unwrap()];
+    let secrets = env_with(&env, DATAPLANE_PASSWORD);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+    assert_eq!(
+        slots(&env, "web").len(),
+        4,
+        "base slots: {:?}",
+        slots(&env, "web")
+    );
+    let used = env.tb.dataplane().servers("web");
+    let first = used.iter().find(|s| s["name"] == "vmss-1").unwrap();
+    assert_eq!(first["maxconn"], 100);
+    assert_eq!(
+        first["slowstart"], 5000,
+        "slow_start maps to HAProxy's slowstart (ms)"
+    );
+    assert_eq!(first["maintenance"], "disabled");
+    assert_eq!(
+        env.tb.dataplane().commits(),
+        1,
+        "one transaction, one commit"
+    );
+    assert!(!out.stderr.contains(DATAPLANE_PASSWORD), "{}", out.stderr);
+
+    let started = transactions_started(&env);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        transactions_started(&env),
+        started,
+        "nothing changed: no transaction"
+    );
+    assert_eq!(env.tb.dataplane().commits(), 1);
+
+    env.tb.fleet().scale_to(SUB, RG, "web", 7);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+    assert_eq!(
+        slots(&env, "web").len(),
+        7,
+        "linear growth: 4 + ceil(3 × 1)"
+    );
+    assert_eq!(env.tb.dataplane().commits(), 2);
+
+    env.tb.fleet().scale_to(SUB, RG, "web", 2);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+    let s = slots(&env, "web");
+    assert_eq!(s.len(), 4, "shrunk back to the base: {s:?}");
+    assert_eq!(env.tb.dataplane().commits(), 3);
+
+    env.tb.fleet().scale_to(SUB, RG, "web", 0);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(held(&env, "web").is_empty());
+    assert!(
+        slots(&env, "web").iter().all(|(_, s)| s == "free"),
+        "an empty set leaves its slots in maintenance"
+    );
+    assert_eq!(
+        env.tb.dataplane().backends(),
+        ["web"],
+        "the backend is never deleted"
+    );
+    assert!(
+        env.tb
+            .dataplane()
+            .servers("web")
+            .iter()
+            .any(|s| s["name"] == "static1"),
+        "servers vmss-sync does not manage are left alone"
+    );
+    assert!(env
+        .tb
+        .dataplane()
+        .transactions()
+        .iter()
+        .all(|(_, status)| status == "success"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_version_conflicts_restart_from_a_fresh_transaction_at_most_three_times() {
+    let env = setup("web", 2).await;
+    let cfg = env.config(&target(&env, ""), &upstream("web", "web"));
+    let args = ["once", "--config", cfg.to_str().unwrap()];
+    let secrets = env_with(&env, DATAPLANE_PASSWORD);
+    env.tb.dataplane().inject_commit_conflicts(2, 406);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+    assert_eq!(
+        transactions_started(&env),
+        3,
+        "two conflicts, then a fresh transaction"
+    );
+    assert_eq!(env.tb.dataplane().commits(), 1);
+
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    env.tb.dataplane().inject_commit_conflicts(3, 409);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("changed under 3 transactions in a row"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(held(&env, "web").len(), 2, "nothing half-applied");
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "the next cycle succeeds: {}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_wrong_password_fails_startup_without_showing_the_password() {
+    let env = setup("web", 2).await;
+    let cfg = env.config(&target(&env, ""), &upstream("web", "web"));
+    let out = run(
+        &["once", "--config", cfg.to_str().unwrap()],
+        &env_with(&env, "wrong-pw-1234"),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("check username and password"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("wrong-pw-1234"), "{}", out.stderr);
+    assert!(env
+        .tb
+        .requests_to(Service::Dataplane)
+        .iter()
+        .all(|r| r.status == 401));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_missing_backend_is_a_startup_error_and_is_not_created() {
+    let env = setup("web", 2).await;
+    let cfg = env.config(&target(&env, ""), &upstream("api", "web"));
+    let out = run(
+        &["once", "--config", cfg.to_str().unwrap()],
+        &env_with(&env, DATAPLANE_PASSWORD),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("backend api does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.tb.dataplane().backends(), ["web"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_v2_paths_work_too() {
+    let env = setup("web", 3).await;
+    let cfg = env.config(
+        &target(&env, "    api_version: v2\n"),
+        &upstream("web", "web"),
+    );
+    let out = run(
+        &["once", "--config", cfg.to_str().unwrap()],
+        &env_with(&env, DATAPLANE_PASSWORD),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(held(&env, "web"), env.ips("web", 8080));
+    let reqs = env.tb.requests_to(Service::Dataplane);
+    assert!(reqs.iter().all(|r| r.path.starts_with("/v2/")), "{reqs:?}");
+    assert!(reqs
+        .iter()
+        .any(|r| r.path == "/v2/services/haproxy/configuration/servers"
+            && r.query.contains("backend=web")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_fake_is_strict_about_auth_fields_and_versions() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.tb.dataplane().add_backend("web");
+    let base = env.tb.dataplane_url();
+    let http = reqwest::Client::new();
+    let servers = format!("{base}/v3/services/haproxy/configuration/backends/web/servers");
+    let r = http.get(&servers).send().await.unwrap();
+    assert_eq!(r.status(), 401, "basic auth required");
+    let r = http
+        .post(&servers)
+        .basic_auth(DATAPLANE_USER, Some(DATAPLANE_PASSWORD))
+        .json(&serde_json::json!({"name": "a", "address": "10.0.0.1", "port": 80, "colour": "red"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unknown fields are refused");
+    let r = http
+        .post(format!(
+            "{base}/v3/services/haproxy/transactions?version=999"
+        ))
+        .basic_auth(DATAPLANE_USER, Some(DATAPLANE_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a stale version is a conflict");
+    let r = http
+        .get(format!(
+            "{base}/v3/services/haproxy/configuration/backends/nope/servers"
+        ))
+        .basic_auth(DATAPLANE_USER, Some(DATAPLANE_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_leaving_servers_drain_with_weight_zero_then_free_their_slot() {
+    let env = setup("web", 3).await;
+    let cfg = env.config(&target(&env, ""), &upstream_draining("web", "web", "2s"));
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env_with(&env, DATAPLANE_PASSWORD),
+        &env.dir.path().join("vmss-sync.log"),
+    );
+    let all = env.ips("web", 8080);
+    assert!(
+        eventually(std::time::Duration::from_secs(20), || held(&env, "web")
+            == all)
+        .await,
+        "{}",
+        daemon.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 2);
+    let want = env.ips("web", 8080);
+    let leaving: Vec<String> = all.iter().filter(|a| !want.contains(a)).cloned().collect();
+    let weight_zero = |env: &Env| -> Vec<String> {
+        env.tb
+            .dataplane()
+            .servers("web")
+            .iter()
+            .filter(|s| s["weight"] == 0 && s["maintenance"] == "disabled")
+            .map(|s| format!("{}:{}", s["address"].as_str().unwrap_or(""), s["port"]))
+            .collect()
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(20), || weight_zero(&env)
+            == leaving)
+        .await,
+        "the leaving server drains with weight 0 first\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(20), || held(&env, "web")
+            == want)
+        .await,
+        "then its slot is freed\n{}",
+        daemon.log_text()
+    );
+    assert!(weight_zero(&env).is_empty());
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(std::time::Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_creates_a_missing_backend_when_asked_and_fills_its_slots() {
+    let env = setup("web", 2).await;
+    let cfg = env.config(
+        &target(
+            &env,
+            "    create_backends: true\n    server_slots: {base: 3}\n",
+        ),
+        &upstream("api", "web"),
+    );
+    let args = ["once", "--config", cfg.to_str().unwrap()];
+    let secrets = env_with(&env, DATAPLANE_PASSWORD);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.tb.dataplane().backends(), ["api", "web"]);
+    let api = env
+        .tb
+        .dataplane()
+        .backend("api")
+        .expect("created through the API");
+    assert_eq!(api["mode"], "http");
+    assert_eq!(api["balance"]["algorithm"], "roundrobin");
+    assert_eq!(held(&env, "api"), env.ips("web", 8080));
+    assert_eq!(slots(&env, "api").len(), 3);
+    assert_eq!(
+        env.tb.dataplane().commits(),
+        1,
+        "created and filled in one transaction"
+    );
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.tb.dataplane().commits(), 1, "nothing more to do");
+}
