@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod plan;
 pub mod reconcile;
 pub mod target;

@@ -288,7 +288,11 @@ impl Reconciler {
             if let Err(e) = up.sink.check(&up.target).await {
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
-                    message: format!("Problem with the NGINX configuration: {}", e.message),
+                    message: format!(
+                        "Problem with the {} configuration: {}",
+                        target_name(up.sink.kind()),
+                        e.message
+                    ),
                     permanent: e.permanence == Permanence::Permanent,
                 });
             }
@@ -404,6 +408,17 @@ impl Reconciler {
     }
 }
 
+/// How log lines name a target: NGINX Plus keeps nginx-asg-sync's words.
+fn target_name(kind: &str) -> &str {
+    match kind {
+        "nginx-plus" => "NGINX",
+        "haproxy-runtime" => "HAProxy (Runtime API)",
+        "haproxy-dataplane" => "HAProxy (Data Plane API)",
+        "nginx-file" => "the NGINX upstream file",
+        other => other,
+    }
+}
+
 fn kind_word(kind: UpstreamKind) -> &'static str {
     match kind {
         UpstreamKind::Http => "HTTP",
@@ -465,8 +480,9 @@ async fn sync_upstream(
         Ok(o) => o,
         Err(e) => {
             let msg = format!(
-                "Couldn't update {} servers in NGINX: {}",
+                "Couldn't update {} servers in {}: {}",
                 kind_word(up.target.kind),
+                target_name(target.kind()),
                 e.message
             );
             tracing::warn!(upstream = %up.target.name, target = target.kind(), "{msg}");
@@ -564,8 +580,9 @@ async fn sync_upstream(
         tracing::warn!(
             upstream = %up.target.name,
             target = target.kind(),
-            "Couldn't update {} servers in NGINX: {}",
+            "Couldn't update {} servers in {}: {}",
             kind_word(up.target.kind),
+            target_name(target.kind()),
             e.message
         );
     }

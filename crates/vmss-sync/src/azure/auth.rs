@@ -247,30 +247,7 @@ impl fmt::Debug for Env {
 // helpers: URLs, scopes, token responses
 // ---------------------------------------------------------------------------
 
-/// True for `localhost`, 127.0.0.0/8 and ::1.
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
-        }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// `https`, or plain `http` to a loopback host.
-pub(crate) fn check_secure(url: &Url) -> Result<(), String> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback(url) => Ok(()),
-        "http" => Err(format!(
-            "refusing plain http to non-loopback host {} (https required)",
-            url.host_str().unwrap_or("?")
-        )),
-        other => Err(format!("unsupported URL scheme {other:?}")),
-    }
-}
+pub(crate) use crate::net::check_secure;
 
 /// `https://management.azure.com/.default` → `https://management.azure.com`.
 pub fn scope_to_resource(scope: &str) -> &str {
@@ -391,27 +368,7 @@ fn token_error_details(body: &[u8], secrets: &[&str]) -> (String, String) {
     (redact(&code, secrets), redact(&desc, secrets))
 }
 
-fn transport_detail(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "transport error"
-    };
-    // The source chain explains the cause; reqwest's own Display repeats the URL.
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    if cause.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {cause}")
-    }
-}
+use crate::net::transport_detail;
 
 /// POSTs a client-credentials style form to `{authority}/{tenant}/oauth2/v2.0/token`.
 async fn request_aad_token(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use url::{Host, Url};
+use url::Url;
 
 mod ops;
 mod sources;
@@ -1103,14 +1103,7 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
+pub(crate) use crate::net::is_loopback;
 
 fn default_audience(host: Option<&str>) -> String {
     SOVEREIGN_AUDIENCES

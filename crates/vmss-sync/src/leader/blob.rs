@@ -163,26 +163,7 @@ fn parse_error_body(body: &str) -> (Option<String>, Option<String>) {
     (element("Code").filter(|c| !c.is_empty()), message)
 }
 
-fn transport_detail(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    if cause.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {cause}")
-    }
-}
+use crate::net::transport_detail;
 
 impl BlobLeaseClient {
     /// A client for `account_url/container/blob`. `account_url` must be https, or plain

@@ -745,13 +745,7 @@ impl HaproxyDataplane {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: &(dyn std::error::Error + 'static) = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
+use crate::net::root_cause;
 
 #[async_trait]
 impl Target for HaproxyDataplane {

@@ -258,13 +258,7 @@ impl NginxPlus {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: &(dyn std::error::Error + 'static) = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
+use crate::net::root_cause;
 
 fn kind_path(kind: UpstreamKind) -> &'static str {
     match kind {
