@@ -170,6 +170,16 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
         std::fs::read_to_string(&file).unwrap_or_default()
     );
 
+    // The reload of the last change follows its write: let it land first.
+    let mut last = reloads(dir);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = reloads(dir);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     // Three more cycles with nothing to change: no write, no reload.
     let before = (
         reloads(dir),
