@@ -1,6 +1,6 @@
 //! The demo: a simulated Azure fleet and NGINX Plus API come up on loopback, vmss-sync
 //! runs against them as it would in production, the fleet scales out and back in, and
-//! the upstream follows. Ends by itself in about 20 seconds.
+//! the upstream follows. Ends by itself in about 25 seconds.
 //!
 //! Run with `cargo run -p vmss-sync --example demo`.
 
@@ -69,8 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              resource_manager_endpoint: {arm}\n\
              sync_interval: 1s\n\
              upstreams:\n\
-             \x20 - name: backend-one\n    virtual_machine_scale_set: backend-vmss\n    port: 80\n    kind: http\n\
-             \x20 - name: backend-two\n    virtual_machine_scale_set: backend-vmss\n    port: 5432\n    kind: stream\n    max_conns: 100\n",
+             \x20 - name: backend-one\n    virtual_machine_scale_set: backend-vmss\n    port: 80\n    kind: http\n    drain_timeout: 3s\n\
+             \x20 - name: backend-two\n    virtual_machine_scale_set: backend-vmss\n    port: 5432\n    kind: stream\n    max_conns: 100\n    drain_timeout: 3s\n",
             nginx = tb.nginx_url(),
             arm = tb.arm_url(),
         ),
@@ -110,7 +110,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tb.fleet().scale_to(SUB, RG, "backend-vmss", 2);
     println!("==> scaling the set in to 2 instances");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    show(&tb, "after scale-in");
+    show(&tb, "after scale-in: leaving instances drain first (drain_timeout 3s)");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    show(&tb, "after the drain: leaving instances are removed");
 
     println!("==> ARM now fails every NIC list read (HTTP 500): servers must stay");
     tb.faults().inject(
