@@ -12,6 +12,8 @@
 //!   (api-version 2018-10-01 only, as in Azure)
 //! * VirtualMachines_List / _ListAll / _Get / _InstanceView (members of Flexible sets)
 //! * NetworkInterfaces_List / _ListAll / _Get (NICs of Flexible members)
+//! * the writes of the Azure targets (Route Server peerings, Load Balancer backend pools)
+//!   and their operations: see `network.rs`
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -522,6 +524,9 @@ fn serve(sh: &Shared, req: &Req) -> Reply {
         );
     };
     let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(r) = crate::network::serve(&sh.network, &sh.urls.arm, req, &segs, &version) {
+        return r;
+    }
     let (sub, op) = match route(&segs) {
         Ok(x) => x,
         Err(Some((ns, ty))) => {

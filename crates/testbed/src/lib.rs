@@ -24,6 +24,7 @@ mod arm;
 mod dataplane;
 mod faults;
 mod fleet;
+mod network;
 mod nginx;
 mod tokens;
 mod util;
@@ -45,11 +46,13 @@ pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSI
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
 pub use fleet::{Change, Fleet, Orchestration, STANDALONE_VMS};
+pub use network::{LroHeaders, Network, NetworkOperation};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;
 
 use dataplane::DataplaneState;
 use fleet::FleetState;
+use network::NetworkState;
 use nginx::NginxState;
 use tokens::{TokenStore, ARM_AUDIENCE};
 use util::{lock, Reply, Req};
@@ -155,6 +158,7 @@ pub(crate) struct Shared {
     pub fleet: Arc<Mutex<FleetState>>,
     pub nginx: Arc<Mutex<NginxState>>,
     pub dataplane: Arc<Mutex<DataplaneState>>,
+    pub network: Arc<Mutex<NetworkState>>,
     pub faults: Faults,
     pub tokens: Mutex<TokenStore>,
     log: Mutex<Log>,
@@ -238,6 +242,7 @@ impl Testbed {
             fleet: Arc::new(Mutex::new(FleetState::default())),
             nginx: Arc::new(Mutex::new(NginxState::default())),
             dataplane: Arc::new(Mutex::new(DataplaneState::default())),
+            network: Arc::new(Mutex::new(NetworkState::default())),
             faults: Faults::default(),
             tokens: Mutex::new(TokenStore::default()),
             log: Mutex::new(Log::default()),
@@ -331,6 +336,14 @@ impl Testbed {
     pub fn dataplane(&self) -> DataPlane {
         DataPlane {
             state: self.shared.dataplane.clone(),
+        }
+    }
+
+    /// Handle to script and inspect the fake Route Server peerings and Load Balancer
+    /// backend pools (served by the fake ARM).
+    pub fn network(&self) -> Network {
+        Network {
+            state: self.shared.network.clone(),
         }
     }
 

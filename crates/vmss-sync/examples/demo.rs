@@ -110,7 +110,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tb.fleet().scale_to(SUB, RG, "backend-vmss", 2);
     println!("==> scaling the set in to 2 instances");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    show(&tb, "after scale-in: leaving instances drain first (drain_timeout 3s)");
+    show(
+        &tb,
+        "after scale-in: leaving instances drain first (drain_timeout 3s)",
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     show(&tb, "after the drain: leaving instances are removed");
 

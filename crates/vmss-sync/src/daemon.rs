@@ -96,7 +96,7 @@ pub fn build_with_metrics(
         credential,
         http,
     );
-    let sinks = crate::target::configured::sinks(cfg, TARGET_TIMEOUT)
+    let sinks = crate::target::configured::sinks(cfg, TARGET_TIMEOUT, &arm)
         .map_err(|TargetError { message, .. }| DaemonError::Build(message))?;
     let upstreams = cfg
         .upstreams

@@ -220,8 +220,8 @@ upstreams:
             "cfg.yaml:16:11: targets.c.path: the field path has invalid value: it must be an absolute file path, such as /etc/nginx/conf.d/vmss-upstreams.conf (value: \"relative.conf\")",
             "cfg.yaml:17:23: targets.c.validate_command: the field validate_command has invalid value: it must be a list of words (the program and its arguments, no shell), such as [nginx, -s, reload]",
             "cfg.yaml:18:5: targets.c.url: unknown key here: url is a setting of another target type",
-            "cfg.yaml:20:11: targets.d.type: the field type has invalid value: it must be one of haproxy_runtime, haproxy_dataplane, nginx_file, nginx_plus (value: \"haproxy\")",
-            "cfg.yaml:21:6: targets.e.type: the mandatory field type is missing for the target e: it must be one of haproxy_runtime, haproxy_dataplane, nginx_file, nginx_plus",
+            "cfg.yaml:20:11: targets.d.type: the field type has invalid value: it must be one of haproxy_runtime, haproxy_dataplane, nginx_file, nginx_plus, azure_route_server, azure_lb_pool (value: \"haproxy\")",
+            "cfg.yaml:21:6: targets.e.type: the mandatory field type is missing for the target e: it must be one of haproxy_runtime, haproxy_dataplane, nginx_file, nginx_plus, azure_route_server, azure_lb_pool",
             "cfg.yaml:22:3: targets.bad name: invalid target name: it must be 1 to 64 letters, digits, -, _ and .",
         ]
     );
@@ -309,5 +309,115 @@ fn nginx_asg_sync_files_are_unchanged() {
     assert_eq!(
         c.api_endpoint.map(|u| u.to_string()).as_deref(),
         Some("http://127.0.0.1:8080/api")
+    );
+}
+
+const AZURE_TARGETS: &str = "\
+subscription_id: sub
+resource_group_name: rg
+targets:
+  rs:
+    type: azure_route_server
+    subscription: sub-net
+    resource_group: rg-net
+    virtual_hub: rs-1
+    peer_asn: 65010
+  lb:
+    type: azure_lb_pool
+    subscription: sub-net
+    resource_group: rg-net
+    load_balancer: lb-1
+    backend_pool: web
+    virtual_network: /subscriptions/sub-net/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/vnet-1
+    name_prefix: web-
+    operation_timeout: 2m
+upstreams:
+  - {name: nva, virtual_machine_scale_set: nva, port: 179, kind: stream, target: rs, drain_timeout: 0s}
+  - {name: web, virtual_machine_scale_set: web, port: 80, kind: http, target: lb, drain_timeout: 0s}
+";
+
+#[test]
+fn azure_targets_parse_with_their_defaults() {
+    let c = valid(AZURE_TARGETS);
+    let TargetSpec::AzureRouteServer(rs) = &c.targets[0].spec else {
+        panic!("{:?}", c.targets[0]);
+    };
+    assert_eq!(rs.subscription, "sub-net");
+    assert_eq!(rs.virtual_hub, "rs-1");
+    assert_eq!(rs.peer_asn, 65010);
+    assert_eq!(rs.name_prefix, "vmss-sync-");
+    assert_eq!(rs.max_peerings, 8);
+    assert_eq!(rs.operation_timeout, Duration::from_secs(600));
+    let TargetSpec::AzureLbPool(lb) = &c.targets[1].spec else {
+        panic!("{:?}", c.targets[1]);
+    };
+    assert_eq!(lb.load_balancer, "lb-1");
+    assert_eq!(lb.backend_pool, "web");
+    assert!(lb.virtual_network.ends_with("/virtualNetworks/vnet-1"));
+    assert_eq!(lb.name_prefix, "web-");
+    assert_eq!(lb.operation_timeout, Duration::from_secs(120));
+    assert_eq!(c.targets[0].spec.type_name(), "azure_route_server");
+    assert_eq!(c.targets[1].spec.type_name(), "azure_lb_pool");
+}
+
+#[test]
+fn azure_target_problems_are_all_reported_with_their_keys() {
+    let text = format!(
+        "{HEAD}targets:\n  rs:\n    type: azure_route_server\n    resource_group: rg\n    virtual_hub: rs-1\n    peer_asn: 65515\n    max_peerings: 0\n    name_prefix: -bad\n    backend_pool: p\n  lb:\n    type: azure_lb_pool\n    subscription: s\n    resource_group: rg\n    load_balancer: lb\n    backend_pool: p\n    virtual_network: vnet-1\n    operation_timeout: 0s\nupstreams:\n  - {{name: a, virtual_machine_scale_set: v, port: 80, kind: http, target: rs}}\n"
+    );
+    let e = errors(&text);
+    let all = e.join("\n");
+    assert!(
+        all.contains("targets.rs.peer_asn: the field peer_asn has invalid value: Azure reserves AS number 65515"),
+        "{all}"
+    );
+    assert!(
+        all.contains("targets.rs.max_peerings: the field max_peerings has invalid value: it must be at least 1"),
+        "{all}"
+    );
+    assert!(
+        all.contains("targets.rs.name_prefix: the field name_prefix has invalid value"),
+        "{all}"
+    );
+    assert!(
+        all.contains("targets.rs.backend_pool"),
+        "a key of another type: {all}"
+    );
+    assert!(
+        all.contains("targets.rs.subscription: the mandatory field subscription is either empty or missing for the target rs"),
+        "{all}"
+    );
+    assert!(
+        all.contains("targets.lb.virtual_network: the field virtual_network has invalid value: it must be a virtual network resource id"),
+        "{all}"
+    );
+    assert!(
+        all.contains("targets.lb.operation_timeout: the mandatory field operation_timeout is either 0, negative or missing"),
+        "{all}"
+    );
+    let asn = errors(&format!(
+        "{HEAD}targets:\n  rs:\n    type: azure_route_server\n    subscription: s\n    resource_group: rg\n    virtual_hub: h\n    peer_asn: 4294967295\nupstreams:\n  - {{name: a, virtual_machine_scale_set: v, port: 80, kind: http, target: rs}}\n"
+    ));
+    assert_eq!(asn.len(), 1, "{asn:?}");
+    assert!(asn[0].contains("from 1 to 4294967294"), "{asn:?}");
+}
+
+#[test]
+fn azure_targets_hold_one_upstream_with_a_fixed_port() {
+    let text = AZURE_TARGETS.replace(
+        "  - {name: web, virtual_machine_scale_set: web, port: 80, kind: http, target: lb, drain_timeout: 0s}\n",
+        "  - {name: web, virtual_machine_scale_set: web, port_tag: p, kind: http, target: lb}\n  - {name: web2, virtual_machine_scale_set: web, port: 80, kind: http, target: rs}\n",
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains(
+            "upstreams[1].target: the Azure target lb needs the upstream's port to be set"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("upstreams[2].target: the Azure target rs already holds upstreams[0]"),
+        "{e:?}"
     );
 }

@@ -279,6 +279,8 @@ struct Inner {
     backoff_base: Duration,
     stats: Mutex<ArmStats>,
     throttle: Throttle,
+    /// The write budget (PUT, DELETE), separate from and slower than the read budget.
+    writes: Throttle,
 }
 
 /// ARM client. Cheap to clone (shares connection pool, credential and stats).
@@ -389,6 +391,7 @@ impl ArmClient {
                 http,
                 backoff_base: retry::DEFAULT_BACKOFF_BASE,
                 stats: Mutex::new(ArmStats::default()),
+                writes: Throttle::new(WRITE_BUDGET),
             }),
         }
     }
@@ -405,6 +408,7 @@ impl ArmClient {
                 backoff_base: base,
                 stats: Mutex::new(ArmStats::default()),
                 throttle: Throttle::new(self.inner.opts.read_budget),
+                writes: Throttle::new(WRITE_BUDGET),
             }),
         }
     }
@@ -1178,6 +1182,511 @@ fn decode_detail(e: &serde_json::Error, body: &[u8]) -> String {
     } else {
         format!("{e} (body starts: {:?})", truncate_chars(&text, 120))
     }
+}
+
+// -- writes ------------------------------------------------------------------------------
+//
+// A small, general write path for the targets that write to ARM (Route Server peerings,
+// Load Balancer pools): PUT with a JSON body and optional `If-Match`, DELETE, and a
+// follower of the long-running operation a write starts. Writes wait for their own,
+// slower budget (ARM: 200 burst, 10 per second per subscription), apart from reads.
+
+/// ARM's write (and delete) bucket per subscription: 200, refilled at 10 per second.
+pub const WRITE_BUDGET: ReadBudget = ReadBudget {
+    burst: 200,
+    per_second: 10.0,
+};
+
+/// The answer to a write (or to a poll of its operation), whatever its status.
+#[derive(Debug, Clone, Default)]
+pub struct WriteResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Azure-AsyncOperation` header.
+    pub async_operation: Option<String>,
+    /// `Location` header.
+    pub location: Option<String>,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// `ETag` header.
+    pub etag: Option<String>,
+    /// `x-ms-request-id`.
+    pub request_id: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl WriteResponse {
+    /// ARM's error code and message from the body (or the status text).
+    pub fn error(&self) -> (String, String) {
+        let status =
+            reqwest::StatusCode::from_u16(self.status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+        parse_error_body(status, &self.body)
+    }
+}
+
+/// A write that failed, or whose long-running operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmWriteError {
+    /// ARM refused the write.
+    #[error("{operation} {method} {path}: HTTP {status} {code}: {message}{}", fmt_request_id(.request_id))]
+    Api {
+        operation: &'static str,
+        method: &'static str,
+        path: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    /// The operation ended Failed or Canceled.
+    #[error("{operation} {path}: the operation ended {status}: {code}: {message}")]
+    OperationFailed {
+        operation: &'static str,
+        path: String,
+        status: String,
+        code: String,
+        message: String,
+    },
+    /// The operation did not end within the timeout.
+    #[error("{operation} {path}: the operation did not finish within {timeout:?} (last state {last}); it may still finish")]
+    OperationTimeout {
+        operation: &'static str,
+        path: String,
+        timeout: Duration,
+        last: String,
+    },
+    /// A transport, authentication or decoding problem (also of a poll).
+    #[error("{0}")]
+    Request(#[from] ArmError),
+}
+
+impl ArmWriteError {
+    /// The HTTP status of a refused write.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ArmWriteError::Api { status, .. } => Some(*status),
+            ArmWriteError::Request(e) => e.status(),
+            _ => None,
+        }
+    }
+
+    /// ARM's error code (also of a failed operation).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ArmWriteError::Api { code, .. } | ArmWriteError::OperationFailed { code, .. } => {
+                Some(code)
+            }
+            ArmWriteError::Request(e) => e.code(),
+            ArmWriteError::OperationTimeout { .. } => None,
+        }
+    }
+
+    /// True when retrying cannot help until something is changed (bad request, missing
+    /// rights, missing parent).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ArmWriteError::Api { status, .. } => matches!(status, 400 | 401 | 403 | 404),
+            ArmWriteError::Request(e) => e.is_permanent(),
+            _ => false,
+        }
+    }
+}
+
+/// How a long-running operation ended well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LroOutcome {
+    /// The write finished synchronously, or its operation reported Succeeded.
+    Succeeded,
+    /// The resource is gone (a DELETE's Location answered 204, or the resource 404).
+    Gone,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct OperationStatus {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<OperationError>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct OperationError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ProvisioningOnly {
+    #[serde(default)]
+    properties: Option<ProvisioningProps>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ProvisioningProps {
+    #[serde(default, rename = "provisioningState")]
+    provisioning_state: Option<String>,
+}
+
+const DEFAULT_POLL: Duration = Duration::from_secs(5);
+const MAX_POLL: Duration = Duration::from_secs(60);
+
+impl ArmClient {
+    /// PUT `body` to `path` (ARM path, api-version added). With `if_match`, the write only
+    /// happens when the resource's ETag still matches (else HTTP 412). Any status below 400
+    /// is returned as it is; 429, 5xx and transport failures are retried (bounded); other
+    /// statuses are an [`ArmWriteError::Api`].
+    pub async fn put_json(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+        body: &serde_json::Value,
+        if_match: Option<&str>,
+    ) -> Result<WriteResponse, ArmWriteError> {
+        let url = self.build_url(operation, path, api_version, &[])?;
+        let bytes = serde_json::to_vec(body).map_err(|e| ArmError::InvalidRequest {
+            operation,
+            detail: format!("cannot encode the body: {e}"),
+        })?;
+        self.send_write(operation, reqwest::Method::PUT, &url, Some(bytes), if_match)
+            .await
+    }
+
+    /// DELETE `path`. 200, 202 and 204 (and 404: already gone) are returned as they are.
+    pub async fn delete(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+    ) -> Result<WriteResponse, ArmWriteError> {
+        let url = self.build_url(operation, path, api_version, &[])?;
+        match self
+            .send_write(operation, reqwest::Method::DELETE, &url, None, None)
+            .await
+        {
+            Err(ArmWriteError::Api { status: 404, .. }) => Ok(WriteResponse {
+                status: 404,
+                ..WriteResponse::default()
+            }),
+            other => other,
+        }
+    }
+
+    /// Follows the long-running operation `resp` started on `path`, until it ends or
+    /// `timeout` passes: polls `Azure-AsyncOperation` until its status is Succeeded,
+    /// Failed or Canceled; else `Location` until it answers 200 or 204; else GETs the
+    /// resource until its `provisioningState` is terminal (a 404 there means gone).
+    /// Honours `Retry-After` between polls (`min_poll` at least).
+    pub async fn follow_operation(
+        &self,
+        operation: &'static str,
+        path: &str,
+        api_version: &str,
+        resp: &WriteResponse,
+        timeout: Duration,
+        min_poll: Duration,
+    ) -> Result<LroOutcome, ArmWriteError> {
+        if resp.status == 404 || resp.status == 204 {
+            return Ok(LroOutcome::Gone);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut wait = resp.retry_after.unwrap_or(min_poll).max(min_poll);
+        let mut last = "Accepted".to_string();
+        let resource = self.build_url(operation, path, api_version, &[])?;
+        let async_op = resp
+            .async_operation
+            .as_deref()
+            .and_then(|u| self.poll_url(operation, u));
+        let location = resp
+            .location
+            .as_deref()
+            .and_then(|u| self.poll_url(operation, u));
+        // A synchronous success without anything to poll: look at the body's state.
+        if async_op.is_none() && location.is_none() {
+            let state = provisioning_state(&resp.body);
+            match state.as_deref() {
+                None | Some("Succeeded") if resp.status != 202 => return Ok(LroOutcome::Succeeded),
+                _ => {}
+            }
+        }
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ArmWriteError::OperationTimeout {
+                    operation,
+                    path: resource.path().to_string(),
+                    timeout,
+                    last,
+                });
+            }
+            tokio::time::sleep(wait.min(deadline - now)).await;
+            if tokio::time::Instant::now() >= deadline {
+                continue;
+            }
+            let (url, kind) = match (&async_op, &location) {
+                (Some(u), _) => (u, 0),
+                (None, Some(u)) => (u, 1),
+                (None, None) => (&resource, 2),
+            };
+            // A poll never outlives the operation's deadline.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(r) = tokio::time::timeout(
+                left,
+                self.send_write(operation, reqwest::Method::GET, url, None, None),
+            )
+            .await
+            else {
+                continue;
+            };
+            let r = match (kind, r) {
+                (2, Err(ArmWriteError::Api { status: 404, .. })) => return Ok(LroOutcome::Gone),
+                (_, r) => r?,
+            };
+            // ARM's Retry-After when given, else doubling from `min_poll` up to 5 s.
+            wait = match r.retry_after {
+                Some(ra) => ra.clamp(min_poll, MAX_POLL),
+                None => (wait * 2).clamp(min_poll, DEFAULT_POLL.max(min_poll)),
+            };
+            match kind {
+                0 => {
+                    let st: OperationStatus = serde_json::from_slice(&r.body).unwrap_or_default();
+                    let status = st.status.unwrap_or_else(|| "InProgress".into());
+                    match status.as_str() {
+                        "Succeeded" => return Ok(LroOutcome::Succeeded),
+                        "Failed" | "Canceled" | "Cancelled" => {
+                            let e = st.error.unwrap_or_default();
+                            return Err(ArmWriteError::OperationFailed {
+                                operation,
+                                path: resource.path().to_string(),
+                                status,
+                                code: e.code.unwrap_or_default(),
+                                message: e.message.unwrap_or_default(),
+                            });
+                        }
+                        _ => last = status,
+                    }
+                }
+                1 => match r.status {
+                    200 | 201 => return Ok(LroOutcome::Succeeded),
+                    204 => return Ok(LroOutcome::Gone),
+                    s => last = format!("HTTP {s}"),
+                },
+                _ => match provisioning_state(&r.body).as_deref() {
+                    Some("Succeeded") | None => return Ok(LroOutcome::Succeeded),
+                    Some(s @ ("Failed" | "Canceled")) => {
+                        return Err(ArmWriteError::OperationFailed {
+                            operation,
+                            path: resource.path().to_string(),
+                            status: s.to_string(),
+                            code: "ProvisioningFailed".into(),
+                            message: format!("provisioningState is {s}"),
+                        })
+                    }
+                    Some(s) => last = s.to_string(),
+                },
+            }
+        }
+    }
+
+    /// A poll URL from a header: absolute on the ARM endpoint's origin only (a token is
+    /// never sent anywhere else), or relative to it.
+    fn poll_url(&self, operation: &'static str, raw: &str) -> Option<Url> {
+        let endpoint = &self.inner.opts.endpoint;
+        let url = match Url::parse(raw) {
+            Ok(u) => u,
+            Err(url::ParseError::RelativeUrlWithoutBase) => endpoint.join(raw).ok()?,
+            Err(_) => return None,
+        };
+        if same_origin(&url, endpoint) {
+            Some(url)
+        } else {
+            tracing::warn!(
+                operation,
+                host = url.host_str().unwrap_or(""),
+                "ARM pointed an operation at another host; not following it"
+            );
+            None
+        }
+    }
+
+    /// One write (or poll) with bounded retries on 429, 5xx and transport failures.
+    async fn send_write(
+        &self,
+        operation: &'static str,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+        if_match: Option<&str>,
+    ) -> Result<WriteResponse, ArmWriteError> {
+        let path = url.path().to_string();
+        check_secure(url).map_err(|reason| ArmError::Insecure {
+            operation,
+            path: path.clone(),
+            reason,
+        })?;
+        let opts = &self.inner.opts;
+        let (sub, provider) = throttle::scope_of(&path);
+        let is_read = method == reqwest::Method::GET;
+        let method_name: &'static str = match method.as_str() {
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "POST" => "POST",
+            _ => "GET",
+        };
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            let token = self.token().await?;
+            let waited = if is_read {
+                self.inner
+                    .throttle
+                    .acquire(&sub, &provider, operation)
+                    .await
+            } else {
+                self.inner.writes.acquire(&sub, &provider, operation).await
+            };
+            {
+                let mut s = self.lock_stats();
+                s.requests += 1;
+                *s.by_operation.entry(operation.to_string()).or_default() += 1;
+                if !waited.is_zero() {
+                    s.budget_waits += 1;
+                    s.budget_wait += waited;
+                }
+            }
+            tracing::debug!(operation, method = method_name, path = %path, attempt, "ARM write");
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token.token)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(opts.request_timeout);
+            if let Some(b) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            if let Some(tag) = if_match {
+                req = req.header(reqwest::header::IF_MATCH, tag);
+            }
+            let sent = match req.send().await {
+                Ok(resp) => {
+                    let r = WriteResponse {
+                        status: resp.status().as_u16(),
+                        async_operation: header_str(&resp, "azure-asyncoperation"),
+                        location: header_str(&resp, "location"),
+                        retry_after: header_str(&resp, "retry-after")
+                            .and_then(|v| retry::parse_retry_after(&v, SystemTime::now()))
+                            .map(|d| d.min(opts.max_retry_after)),
+                        etag: header_str(&resp, "etag"),
+                        request_id: header_str(&resp, "x-ms-request-id"),
+                        body: Vec::new(),
+                    };
+                    read_body(resp)
+                        .await
+                        .map(|b| WriteResponse { body: b, ..r })
+                }
+                Err(e) => Err(e),
+            };
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    {
+                        let mut s = self.lock_stats();
+                        if e.is_timeout() {
+                            s.timeouts += 1;
+                        } else {
+                            s.transport_errors += 1;
+                        }
+                    }
+                    if is_transient(&e) && attempt <= opts.max_retries {
+                        let wait = retry::backoff_delay(self.inner.backoff_base, attempt - 1);
+                        self.sleep_backoff(wait, false).await;
+                        continue;
+                    }
+                    return Err(if e.is_timeout() {
+                        ArmError::Timeout {
+                            operation,
+                            path,
+                            attempts: attempt,
+                            timeout: opts.request_timeout,
+                        }
+                    } else {
+                        ArmError::Transport {
+                            operation,
+                            path,
+                            attempts: attempt,
+                            detail: error_detail(&e),
+                            source: e,
+                        }
+                    }
+                    .into());
+                }
+            };
+            *self.lock_stats().by_status.entry(r.status).or_default() += 1;
+            if r.status < 400 {
+                return Ok(r);
+            }
+            if r.status == 401 && !refreshed {
+                refreshed = true;
+                self.inner
+                    .credential
+                    .invalidate(&self.inner.scope, &token.token)
+                    .await;
+                self.lock_stats().token_refreshes += 1;
+                continue;
+            }
+            let retryable = r.status == 429 || r.status == 408 || r.status >= 500;
+            if retryable && attempt <= opts.max_retries {
+                let (wait, from_header) = match r.retry_after {
+                    Some(ra) => (ra, true),
+                    None => (
+                        retry::backoff_delay(self.inner.backoff_base, attempt - 1),
+                        false,
+                    ),
+                };
+                if r.status == 429 {
+                    self.lock_stats().throttled_waits += 1;
+                }
+                let (code, _) = r.error();
+                tracing::warn!(
+                    operation,
+                    method = method_name,
+                    path = %path,
+                    status = r.status,
+                    code = %code,
+                    wait_ms = wait.as_millis() as u64,
+                    "ARM write failed; retrying"
+                );
+                self.sleep_backoff(wait, from_header).await;
+                continue;
+            }
+            let (code, message) = r.error();
+            return Err(ArmWriteError::Api {
+                operation,
+                method: method_name,
+                path,
+                status: r.status,
+                code,
+                message,
+                request_id: r.request_id,
+            });
+        }
+    }
+}
+
+/// `properties.provisioningState` of a resource body.
+pub fn provisioning_state(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ProvisioningOnly>(body)
+        .ok()?
+        .properties?
+        .provisioning_state
 }
 
 #[cfg(test)]

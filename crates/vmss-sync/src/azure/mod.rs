@@ -4,6 +4,7 @@
 pub mod arm;
 pub mod auth;
 pub mod models;
+pub mod network;
 mod retry;
 pub mod throttle;
 

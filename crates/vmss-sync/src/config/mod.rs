@@ -28,8 +28,8 @@ use std::time::Duration;
 
 pub use self::targets::{
     DataplaneApiVersion, HaproxyDataplaneTarget, HaproxyRuntimeTarget, HaproxyServerMode,
-    NginxFileTarget, NginxPlusTarget, RuntimeAddress, ServerSlots, SlotGrowth, TargetConfig,
-    TargetSpec,
+    LbPoolTarget, NginxFileTarget, NginxPlusTarget, RouteServerTarget, RuntimeAddress, ServerSlots,
+    SlotGrowth, TargetConfig, TargetSpec,
 };
 pub use self::time::{format_nginx_time, parse_nginx_time};
 

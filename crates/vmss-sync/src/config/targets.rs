@@ -43,6 +43,10 @@ pub enum TargetSpec {
     HaproxyDataplane(HaproxyDataplaneTarget),
     /// `type: nginx_file`: open-source NGINX through a rendered file and a reload.
     NginxFile(NginxFileTarget),
+    /// `type: azure_route_server`: BGP peerings of an Azure Route Server.
+    AzureRouteServer(RouteServerTarget),
+    /// `type: azure_lb_pool`: an IP-based backend pool of a Standard Load Balancer.
+    AzureLbPool(LbPoolTarget),
 }
 
 impl TargetSpec {
@@ -53,6 +57,8 @@ impl TargetSpec {
             TargetSpec::HaproxyRuntime(_) => "haproxy_runtime",
             TargetSpec::HaproxyDataplane(_) => "haproxy_dataplane",
             TargetSpec::NginxFile(_) => "nginx_file",
+            TargetSpec::AzureRouteServer(_) => "azure_route_server",
+            TargetSpec::AzureLbPool(_) => "azure_lb_pool",
         }
     }
 }
@@ -185,4 +191,45 @@ pub struct NginxFileTarget {
     pub reload_command: Vec<String>,
     /// Bound on each command.
     pub timeout: Duration,
+}
+
+/// `type: azure_route_server`: one BGP peering (`virtualHubs/{hub}/bgpConnections`) per
+/// instance, named `{name_prefix}{ip with dashes}`; the port of the upstream is ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteServerTarget {
+    /// Subscription of the Route Server.
+    pub subscription: String,
+    /// Its resource group.
+    pub resource_group: String,
+    /// The Route Server (a `virtualHubs` resource) name.
+    pub virtual_hub: String,
+    /// ASN of the appliances.
+    pub peer_asn: u32,
+    /// Peerings whose names start with this are vmss-sync's (default `vmss-sync-`); no
+    /// other peering is ever changed, deleted or counted as ours.
+    pub name_prefix: String,
+    /// Peerings the Route Server holds at most, people's included (default 8).
+    pub max_peerings: u32,
+    /// Bound on one write and its long-running operation (default 10m).
+    pub operation_timeout: Duration,
+}
+
+/// `type: azure_lb_pool`: the addresses of an IP-based backend pool, named
+/// `{name_prefix}{ip with dashes}`; the port of the upstream is ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbPoolTarget {
+    /// Subscription of the load balancer.
+    pub subscription: String,
+    /// Its resource group.
+    pub resource_group: String,
+    /// The load balancer name.
+    pub load_balancer: String,
+    /// The backend pool name.
+    pub backend_pool: String,
+    /// Resource id of the virtual network the addresses are in.
+    pub virtual_network: String,
+    /// Addresses whose names start with this are vmss-sync's (default `vmss-sync-`).
+    pub name_prefix: String,
+    /// Bound on one write and its long-running operation (default 5m).
+    pub operation_timeout: Duration,
 }

@@ -7,9 +7,12 @@
 
 use super::haproxy_dataplane::HaproxyDataplane;
 use super::haproxy_runtime::HaproxyRuntime;
+use super::lb_backend_pool::LbBackendPool;
 use super::nginx_file::NginxFile;
 use super::nginx_plus::NginxPlus;
+use super::route_server::RouteServer;
 use super::{Permanence, Target, TargetError};
+use crate::azure::ArmClient;
 use crate::config::{Config, TargetSpec, UpstreamConfig};
 use crate::model::ServerParams;
 use std::collections::BTreeMap;
@@ -25,9 +28,48 @@ fn params_of(u: &UpstreamConfig) -> ServerParams {
     }
 }
 
+/// The fixed port of each upstream of an Azure target (the port is ignored by Azure, but
+/// the plan's server strings carry it); an upstream with a port tag instead is refused.
+fn azure_ports(
+    target: &str,
+    mine: &[&UpstreamConfig],
+) -> Result<BTreeMap<String, u16>, TargetError> {
+    if mine.len() > 1 {
+        return Err(TargetError {
+            message: format!(
+                "target {target}: Azure targets hold one upstream each, but upstreams {} name it",
+                mine.iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            permanence: Permanence::Permanent,
+        });
+    }
+    mine.iter()
+        .map(|u| match u.port {
+            Some(p) => Ok((u.name.clone(), p)),
+            None => Err(TargetError {
+                message: format!(
+                    "upstream {}: the Azure target {target} needs a fixed port (it is ignored: \
+                     peerings and pool addresses have none), not a port tag",
+                    u.name
+                ),
+                permanence: Permanence::Permanent,
+            }),
+        })
+        .collect()
+}
+
 /// One target per upstream of `cfg`, in configuration order. `timeout` bounds NGINX Plus
-/// API requests; the other targets have their own `timeout` key.
-pub fn sinks(cfg: &Config, timeout: Duration) -> Result<Vec<Arc<dyn Target>>, TargetError> {
+/// API requests; the other targets have their own `timeout` key. The Azure targets write
+/// through `arm` (the discovery client: same credential, endpoint and statistics; its own
+/// write budget).
+pub fn sinks(
+    cfg: &Config,
+    timeout: Duration,
+    arm: &ArmClient,
+) -> Result<Vec<Arc<dyn Target>>, TargetError> {
     let mut named: BTreeMap<&str, Arc<dyn Target>> = BTreeMap::new();
     for t in &cfg.targets {
         let mine: Vec<&UpstreamConfig> = cfg
@@ -58,6 +100,18 @@ pub fn sinks(cfg: &Config, timeout: Duration) -> Result<Vec<Arc<dyn Target>>, Ta
                 f.reload_command.clone(),
                 f.timeout,
                 mine.iter().map(|u| (u.name.clone(), u.kind)).collect(),
+                params,
+            )),
+            TargetSpec::AzureRouteServer(r) => Arc::new(RouteServer::new(
+                arm.clone(),
+                r.clone(),
+                azure_ports(&t.name, &mine)?,
+                params,
+            )),
+            TargetSpec::AzureLbPool(p) => Arc::new(LbBackendPool::new(
+                arm.clone(),
+                p.clone(),
+                azure_ports(&t.name, &mine)?,
                 params,
             )),
         };

@@ -7,8 +7,10 @@
 pub mod configured;
 pub mod haproxy_dataplane;
 pub mod haproxy_runtime;
+pub mod lb_backend_pool;
 pub mod nginx_file;
 pub mod nginx_plus;
+pub mod route_server;
 
 use crate::config::UpstreamKind;
 use crate::model::ObservedServer;

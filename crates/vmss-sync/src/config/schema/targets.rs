@@ -12,8 +12,8 @@ use url::Url;
 
 use super::super::targets::{
     DataplaneApiVersion, HaproxyDataplaneTarget, HaproxyRuntimeTarget, HaproxyServerMode,
-    NginxFileTarget, NginxPlusTarget, RuntimeAddress, ServerSlots, SlotGrowth, TargetConfig,
-    TargetSpec,
+    LbPoolTarget, NginxFileTarget, NginxPlusTarget, RouteServerTarget, RuntimeAddress, ServerSlots,
+    SlotGrowth, TargetConfig, TargetSpec,
 };
 use super::super::{Secret, UpstreamConfig, UpstreamKind};
 use super::substitute;
@@ -29,6 +29,14 @@ const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on the validation and reload commands of `nginx_file`.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PREFIX_LEN: usize = 32;
+/// Default prefix of the names of the peerings and pool addresses vmss-sync manages.
+pub(crate) const DEFAULT_AZURE_NAME_PREFIX: &str = "vmss-sync-";
+/// Route Server's documented peer limit.
+const DEFAULT_MAX_PEERINGS: u32 = 8;
+const DEFAULT_ROUTE_SERVER_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_LB_POOL_TIMEOUT: Duration = Duration::from_secs(300);
+/// ASNs Azure reserves; Route Server refuses peers with them.
+const RESERVED_ASNS: &[u32] = &[8074, 8075, 12076, 65515, 65516, 65517, 65518, 65519, 65520];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum TargetType {
@@ -36,6 +44,8 @@ enum TargetType {
     HaproxyRuntime,
     HaproxyDataplane,
     NginxFile,
+    AzureRouteServer,
+    AzureLbPool,
 }
 
 const TARGET_TYPES: &[(&str, TargetType)] = &[
@@ -43,6 +53,8 @@ const TARGET_TYPES: &[(&str, TargetType)] = &[
     ("haproxy_dataplane", TargetType::HaproxyDataplane),
     ("nginx_file", TargetType::NginxFile),
     ("nginx_plus", TargetType::NginxPlus),
+    ("azure_route_server", TargetType::AzureRouteServer),
+    ("azure_lb_pool", TargetType::AzureLbPool),
 ];
 
 const MODES: &[(&str, HaproxyServerMode)] = &[
@@ -79,6 +91,16 @@ pub(super) struct TargetBuilder {
     path: Slot<PathBuf>,
     validate_command: Slot<Vec<String>>,
     reload_command: Slot<Vec<String>>,
+    subscription: Slot<String>,
+    resource_group: Slot<String>,
+    virtual_hub: Slot<String>,
+    peer_asn: Slot<u32>,
+    name_prefix: Slot<String>,
+    max_peerings: Slot<u32>,
+    operation_timeout: Slot<Duration>,
+    load_balancer: Slot<String>,
+    backend_pool: Slot<String>,
+    virtual_network: Slot<String>,
 }
 
 /// `type` is read before the table is chosen.
@@ -124,6 +146,30 @@ const NGINX_FILE_FIELDS: &[Field<TargetBuilder>] = &[
     field("timeout", |cx, n, p, b| b.timeout = cx.go_duration(n, p)),
 ];
 
+#[rustfmt::skip]
+const ROUTE_SERVER_FIELDS: &[Field<TargetBuilder>] = &[
+    field("type", type_key),
+    field("subscription", |cx, n, p, b| b.subscription = cx.azure_name(n, p)),
+    field("resource_group", |cx, n, p, b| b.resource_group = cx.azure_name(n, p)),
+    field("virtual_hub", |cx, n, p, b| b.virtual_hub = cx.azure_name(n, p)),
+    field("peer_asn", |cx, n, p, b| b.peer_asn = cx.peer_asn(n, p)),
+    field("name_prefix", |cx, n, p, b| b.name_prefix = cx.name_prefix(n, p)),
+    field("max_peerings", |cx, n, p, b| b.max_peerings = cx.count(n, p)),
+    field("operation_timeout", |cx, n, p, b| b.operation_timeout = cx.go_duration(n, p)),
+];
+
+#[rustfmt::skip]
+const LB_POOL_FIELDS: &[Field<TargetBuilder>] = &[
+    field("type", type_key),
+    field("subscription", |cx, n, p, b| b.subscription = cx.azure_name(n, p)),
+    field("resource_group", |cx, n, p, b| b.resource_group = cx.azure_name(n, p)),
+    field("load_balancer", |cx, n, p, b| b.load_balancer = cx.azure_name(n, p)),
+    field("backend_pool", |cx, n, p, b| b.backend_pool = cx.azure_name(n, p)),
+    field("virtual_network", |cx, n, p, b| b.virtual_network = cx.vnet_id(n, p)),
+    field("name_prefix", |cx, n, p, b| b.name_prefix = cx.name_prefix(n, p)),
+    field("operation_timeout", |cx, n, p, b| b.operation_timeout = cx.go_duration(n, p)),
+];
+
 #[derive(Default)]
 pub(super) struct SlotsBuilder {
     base: Slot<u32>,
@@ -144,6 +190,8 @@ fn fields_of(t: TargetType) -> &'static [Field<TargetBuilder>] {
         TargetType::HaproxyRuntime => HAPROXY_RUNTIME_FIELDS,
         TargetType::HaproxyDataplane => HAPROXY_DATAPLANE_FIELDS,
         TargetType::NginxFile => NGINX_FILE_FIELDS,
+        TargetType::AzureRouteServer => ROUTE_SERVER_FIELDS,
+        TargetType::AzureLbPool => LB_POOL_FIELDS,
     }
 }
 
@@ -154,6 +202,8 @@ pub(super) fn all_target_keys() -> Vec<&'static str> {
         HAPROXY_RUNTIME_FIELDS,
         HAPROXY_DATAPLANE_FIELDS,
         NGINX_FILE_FIELDS,
+        ROUTE_SERVER_FIELDS,
+        LB_POOL_FIELDS,
     ]
     .iter()
     .flat_map(|t| t.iter().map(|f| f.key))
@@ -410,6 +460,71 @@ impl Cx<'_> {
                     timeout: timeout?,
                 })
             }
+            TargetType::AzureRouteServer => {
+                let subscription =
+                    self.required(b.subscription, node.pos, &key("subscription"), &suffix);
+                let resource_group =
+                    self.required(b.resource_group, node.pos, &key("resource_group"), &suffix);
+                let virtual_hub =
+                    self.required(b.virtual_hub, node.pos, &key("virtual_hub"), &suffix);
+                let peer_asn = self.required(b.peer_asn, node.pos, &key("peer_asn"), &suffix);
+                let name_prefix = b
+                    .name_prefix
+                    .or_default(DEFAULT_AZURE_NAME_PREFIX.to_owned());
+                let max_peerings = match b.max_peerings {
+                    Slot::Set(0, pos, raw) => {
+                        self.error(
+                            pos,
+                            &key("max_peerings"),
+                            Some(&raw),
+                            "the field max_peerings has invalid value: it must be at least 1"
+                                .to_owned(),
+                        );
+                        None
+                    }
+                    other => other.or_default(DEFAULT_MAX_PEERINGS),
+                };
+                let operation_timeout =
+                    b.operation_timeout.or_default(DEFAULT_ROUTE_SERVER_TIMEOUT);
+                TargetSpec::AzureRouteServer(RouteServerTarget {
+                    subscription: subscription?,
+                    resource_group: resource_group?,
+                    virtual_hub: virtual_hub?,
+                    peer_asn: peer_asn?,
+                    name_prefix: name_prefix?,
+                    max_peerings: max_peerings?,
+                    operation_timeout: operation_timeout?,
+                })
+            }
+            TargetType::AzureLbPool => {
+                let subscription =
+                    self.required(b.subscription, node.pos, &key("subscription"), &suffix);
+                let resource_group =
+                    self.required(b.resource_group, node.pos, &key("resource_group"), &suffix);
+                let load_balancer =
+                    self.required(b.load_balancer, node.pos, &key("load_balancer"), &suffix);
+                let backend_pool =
+                    self.required(b.backend_pool, node.pos, &key("backend_pool"), &suffix);
+                let virtual_network = self.required(
+                    b.virtual_network,
+                    node.pos,
+                    &key("virtual_network"),
+                    &suffix,
+                );
+                let name_prefix = b
+                    .name_prefix
+                    .or_default(DEFAULT_AZURE_NAME_PREFIX.to_owned());
+                let operation_timeout = b.operation_timeout.or_default(DEFAULT_LB_POOL_TIMEOUT);
+                TargetSpec::AzureLbPool(LbPoolTarget {
+                    subscription: subscription?,
+                    resource_group: resource_group?,
+                    load_balancer: load_balancer?,
+                    backend_pool: backend_pool?,
+                    virtual_network: virtual_network?,
+                    name_prefix: name_prefix?,
+                    operation_timeout: operation_timeout?,
+                })
+            }
         };
         Some(TargetConfig {
             name: name.to_owned(),
@@ -471,6 +586,71 @@ impl Cx<'_> {
                     "the field server_prefix has invalid value: it must be 1 to {MAX_PREFIX_LEN} \
                      letters, digits, -, _ and ., not ending in a digit"
                 ))
+            }
+        })
+    }
+
+    /// A BGP ASN (1 to 4294967294) that Azure does not reserve.
+    fn peer_asn(&mut self, node: &Node, path: &str) -> Slot<u32> {
+        self.typed(node, path, |s| {
+            let asn = parse_int(s)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..u32::MAX).contains(n))
+                .ok_or_else(|| {
+                    "the field peer_asn has invalid value: it must be a BGP AS number from 1 to \
+                     4294967294"
+                        .to_owned()
+                })?;
+            if RESERVED_ASNS.contains(&asn) {
+                return Err(format!(
+                    "the field peer_asn has invalid value: Azure reserves AS number {asn} \
+                     (8074, 8075, 12076 and 65515 to 65520); give the appliances another ASN"
+                ));
+            }
+            Ok(asn)
+        })
+    }
+
+    /// Prefix of Azure child resource names: letters, digits, `-`, `_` and `.`, starting
+    /// with a letter or digit.
+    fn name_prefix(&mut self, node: &Node, path: &str) -> Slot<String> {
+        self.typed(node, path, |s| {
+            let ok = (1..=MAX_PREFIX_LEN).contains(&s.len())
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                Ok(s.to_owned())
+            } else {
+                Err(format!(
+                    "the field name_prefix has invalid value: it must be 1 to {MAX_PREFIX_LEN} \
+                     letters, digits, -, _ and ., starting with a letter or digit"
+                ))
+            }
+        })
+    }
+
+    /// A virtual network resource id.
+    fn vnet_id(&mut self, node: &Node, path: &str) -> Slot<String> {
+        self.typed(node, path, |s| {
+            let segs: Vec<&str> = s.trim().split('/').collect();
+            let ok = segs.len() == 9
+                && segs[0].is_empty()
+                && segs[1].eq_ignore_ascii_case("subscriptions")
+                && segs[3].eq_ignore_ascii_case("resourceGroups")
+                && segs[5].eq_ignore_ascii_case("providers")
+                && segs[6].eq_ignore_ascii_case("Microsoft.Network")
+                && segs[7].eq_ignore_ascii_case("virtualNetworks")
+                && [2, 4, 8].iter().all(|&i| !segs[i].trim().is_empty());
+            if ok {
+                Ok(s.trim().to_owned())
+            } else {
+                Err(
+                    "the field virtual_network has invalid value: it must be a virtual network \
+                     resource id, such as /subscriptions/SUB/resourceGroups/RG/providers/\
+                     Microsoft.Network/virtualNetworks/NAME"
+                        .to_owned(),
+                )
             }
         })
     }
@@ -692,6 +872,8 @@ impl Cx<'_> {
             .unwrap_or_default();
         // nginx_file target name -> (kind, upstream index) of its first upstream
         let mut file_kinds: HashMap<&str, (UpstreamKind, usize)> = HashMap::new();
+        // Azure target name -> index of its upstream
+        let mut azure_users: HashMap<&str, usize> = HashMap::new();
         for (i, r) in refs.iter().enumerate() {
             let Some(r) = r else { continue };
             let key = format!("upstreams[{i}].target");
@@ -720,6 +902,44 @@ impl Cx<'_> {
                 continue;
             };
             let Some(up) = ups.get(i) else { continue };
+            let is_azure = list.iter().any(|t| {
+                t.name == r.name
+                    && matches!(
+                        t.spec,
+                        TargetSpec::AzureRouteServer(_) | TargetSpec::AzureLbPool(_)
+                    )
+            });
+            if is_azure {
+                if up.port.is_none() {
+                    self.error(
+                        r.pos,
+                        &key,
+                        Some(&r.raw),
+                        format!(
+                            "the Azure target {} needs the upstream's port to be set (it is \
+                             ignored: peerings and pool addresses have no port), not a port tag",
+                            r.name
+                        ),
+                    );
+                    ok = false;
+                }
+                if let Some(first) = azure_users.get(r.name.as_str()) {
+                    self.error(
+                        r.pos,
+                        &key,
+                        Some(&r.raw),
+                        format!(
+                            "the Azure target {} already holds upstreams[{first}]; an Azure \
+                             target holds one upstream (define another target)",
+                            r.name
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    azure_users.insert(&r.name, i);
+                }
+                continue;
+            }
             let is_file = list
                 .iter()
                 .any(|t| t.name == r.name && matches!(t.spec, TargetSpec::NginxFile(_)));

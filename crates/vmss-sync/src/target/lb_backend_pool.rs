@@ -1,0 +1,326 @@
+//! Azure Load Balancer: the addresses of an IP-based backend pool (Standard SKU).
+//!
+//! - Each instance is one entry of `loadBalancerBackendAddresses`, named
+//!   `{name_prefix}{ip with dashes}`, with `ipAddress` and the configured
+//!   `virtualNetwork.id`. The upstream's port is ignored (the load balancer's rules carry
+//!   ports); observe reports each address as `ip:{upstream port}`.
+//! - Only addresses whose names start with the prefix are vmss-sync's; every other entry
+//!   is written back exactly as it was read.
+//! - One apply is one PUT of the whole pool with the pool's ETag in `If-Match`; on 412 the
+//!   pool is read again and the change made again (3 attempts); the long-running operation
+//!   is followed to its end (bounded by `operation_timeout`). Writes to one pool are one at
+//!   a time in the process; a pool that is still Updating is left for the next cycle.
+//! - Load Balancer pools have no drain (the health probes take a leaving instance out): a
+//!   server the plan drains is removed at once (use `drain_timeout: 0s` to say so).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::route_server::{
+    from_arm, from_write, id_of, ip_of, name_for, resource_lock, transient, MIN_POLL,
+};
+use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
+use crate::azure::arm::ArmWriteError;
+use crate::azure::network::{self, address, address_parts, is_terminal, OP_PUT_BACKEND_POOL};
+use crate::azure::ArmClient;
+use crate::config::LbPoolTarget;
+use crate::model::{ObservedServer, ServerParams, ServerState};
+use crate::plan::Plan;
+
+/// Attempts of read, change and conditional write when the ETag keeps changing.
+const ETAG_ATTEMPTS: u32 = 3;
+
+/// The Load Balancer backend pool target.
+pub struct LbBackendPool {
+    arm: ArmClient,
+    cfg: LbPoolTarget,
+    pool: String,
+    ports: BTreeMap<String, u16>,
+    params: BTreeMap<String, ServerParams>,
+}
+
+impl std::fmt::Debug for LbBackendPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbBackendPool")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LbBackendPool {
+    /// A target for the pool of `cfg`; `ports` and `params` per upstream name.
+    pub fn new(
+        arm: ArmClient,
+        cfg: LbPoolTarget,
+        ports: BTreeMap<String, u16>,
+        params: BTreeMap<String, ServerParams>,
+    ) -> Self {
+        let pool = network::pool_path(
+            &cfg.subscription,
+            &cfg.resource_group,
+            &cfg.load_balancer,
+            &cfg.backend_pool,
+        );
+        LbBackendPool {
+            arm,
+            cfg,
+            pool,
+            ports,
+            params,
+        }
+    }
+
+    fn label(&self) -> String {
+        format!(
+            "Load Balancer {} pool {}",
+            self.cfg.load_balancer, self.cfg.backend_pool
+        )
+    }
+
+    fn ours(&self, name: Option<&str>) -> bool {
+        name.is_some_and(|n| n.starts_with(&self.cfg.name_prefix))
+    }
+
+    async fn read(&self) -> Result<network::BackendPool, TargetError> {
+        self.arm
+            .get_backend_pool(&self.pool)
+            .await
+            .map_err(|e| from_arm(&format!("{}: reading the pool", self.label()), &e))
+    }
+
+    /// The pool's new address list: other entries as they are; ours without the leaving
+    /// ones, rewritten when wanted again, plus the new ones.
+    fn next_addresses(
+        &self,
+        current: &[Value],
+        leaving: &BTreeSet<u64>,
+        wanted: &BTreeMap<String, Ipv4Addr>,
+    ) -> Vec<Value> {
+        let mut out = Vec::with_capacity(current.len() + wanted.len());
+        let mut placed = BTreeSet::new();
+        for a in current {
+            let (name, _, _) = address_parts(a);
+            if !self.ours(name) {
+                out.push(a.clone());
+                continue;
+            }
+            let name = name.unwrap_or_default();
+            if let Some(ip) = wanted.get(name) {
+                if placed.insert(name.to_owned()) {
+                    out.push(address(name, &ip.to_string(), &self.cfg.virtual_network));
+                }
+            } else if !leaving.contains(&id_of(name)) {
+                out.push(a.clone());
+            }
+        }
+        for (name, ip) in wanted {
+            if !placed.contains(name) {
+                out.push(address(name, &ip.to_string(), &self.cfg.virtual_network));
+            }
+        }
+        out
+    }
+
+    async fn write_once(
+        &self,
+        leaving: &BTreeSet<u64>,
+        wanted: &BTreeMap<String, Ipv4Addr>,
+    ) -> Result<(), TargetError> {
+        let what = format!("{}: writing the pool", self.label());
+        for attempt in 1..=ETAG_ATTEMPTS {
+            let pool = self.read().await?;
+            if !is_terminal(pool.provisioning_state()) {
+                return Err(transient(format!(
+                    "{}: the pool is {}; writing nothing until it finishes (the next cycle \
+                     retries)",
+                    self.label(),
+                    pool.provisioning_state().unwrap_or("")
+                )));
+            }
+            let body = pool.with_addresses(self.next_addresses(&pool.addresses(), leaving, wanted));
+            match self
+                .arm
+                .put_backend_pool(&self.pool, &body, pool.etag.as_deref())
+                .await
+            {
+                Ok(resp) => {
+                    return self
+                        .arm
+                        .follow_operation(
+                            OP_PUT_BACKEND_POOL,
+                            &self.pool,
+                            crate::azure::arm::NETWORK_API_VERSION,
+                            &resp,
+                            self.cfg.operation_timeout,
+                            MIN_POLL,
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| from_write(&what, &e));
+                }
+                Err(ArmWriteError::Api { status: 412, .. }) => {
+                    if attempt == ETAG_ATTEMPTS {
+                        break;
+                    }
+                    tracing::info!(
+                        target_pool = %self.cfg.backend_pool,
+                        attempt,
+                        "The backend pool changed since it was read (412); reading it again"
+                    );
+                }
+                Err(e) => return Err(from_write(&what, &e)),
+            }
+        }
+        Err(transient(format!(
+            "{what}: the pool kept changing (412 {ETAG_ATTEMPTS} times); the next cycle retries"
+        )))
+    }
+}
+
+#[async_trait]
+impl Target for LbBackendPool {
+    fn kind(&self) -> &'static str {
+        "azure-lb-pool"
+    }
+
+    async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
+        if !self.ports.contains_key(&upstream.name) {
+            return Err(TargetError {
+                message: format!(
+                    "upstream {} has no fixed port; {} needs one (the port itself is ignored)",
+                    upstream.name,
+                    self.label()
+                ),
+                permanence: Permanence::Permanent,
+            });
+        }
+        self.read().await.map(|_| ())
+    }
+
+    async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
+        let port = self.ports.get(&upstream.name).copied().unwrap_or(0);
+        let params = self.params.get(&upstream.name).copied();
+        let pool = self.read().await?;
+        Ok(pool
+            .addresses()
+            .iter()
+            .filter_map(|a| {
+                let (name, ip, vnet) = address_parts(a);
+                if !self.ours(name) {
+                    return None;
+                }
+                let ip: Ipv4Addr = ip?.parse().ok()?;
+                let right = vnet.is_some_and(|v| v.eq_ignore_ascii_case(&self.cfg.virtual_network));
+                Some(ObservedServer {
+                    id: id_of(name?),
+                    server: format!("{ip}:{port}"),
+                    params: if right { params } else { None },
+                    state: ServerState::Active,
+                })
+            })
+            .collect())
+    }
+
+    async fn apply(&self, _upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        if plan.is_empty() {
+            return report;
+        }
+        let mut wanted: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+        let mut leaving: BTreeSet<u64> = BTreeSet::new();
+        let (mut added, mut updated, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for (server, _) in &plan.add {
+            match ip_of(server) {
+                Some(ip) => {
+                    wanted.insert(name_for(&self.cfg.name_prefix, ip), ip);
+                    added.push(server.clone());
+                }
+                None => report.errors.push(TargetError {
+                    message: format!("{}: {server} is not an IPv4 address", self.label()),
+                    permanence: Permanence::Permanent,
+                }),
+            }
+        }
+        for u in &plan.update {
+            if u.state == ServerState::Draining {
+                // No drain on a pool: leaving means the address goes.
+                leaving.insert(u.id);
+                removed.push(u.server.clone());
+            } else if let Some(ip) = ip_of(&u.server) {
+                wanted.insert(name_for(&self.cfg.name_prefix, ip), ip);
+                updated.push(u.server.clone());
+            }
+        }
+        for r in &plan.remove {
+            leaving.insert(r.id);
+            removed.push(r.server.clone());
+        }
+        let lock = resource_lock(&self.pool);
+        let _held = lock.lock().await;
+        match self.write_once(&leaving, &wanted).await {
+            Ok(()) => {
+                report.added = added;
+                report.updated = updated;
+                report.removed = removed;
+            }
+            Err(e) => report.errors.push(e),
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::{ArmOptions, StaticToken};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn target() -> LbBackendPool {
+        let arm = ArmClient::new(
+            ArmOptions::new(url::Url::parse("http://127.0.0.1:9").expect("url")),
+            Arc::new(StaticToken("t".into())),
+            reqwest::Client::new(),
+        );
+        LbBackendPool::new(
+            arm,
+            LbPoolTarget {
+                subscription: "s".into(),
+                resource_group: "rg".into(),
+                load_balancer: "lb".into(),
+                backend_pool: "pool".into(),
+                virtual_network: "/vnet".into(),
+                name_prefix: "vmss-sync-".into(),
+                operation_timeout: Duration::from_secs(1),
+            },
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn other_addresses_are_kept_and_ours_follow_the_plan() {
+        let t = target();
+        let current = vec![
+            address("people-1", "10.0.0.9", "/other"),
+            address("vmss-sync-10-0-0-4", "10.0.0.4", "/vnet"),
+            address("vmss-sync-10-0-0-5", "10.0.0.5", "/vnet"),
+        ];
+        let leaving = BTreeSet::from([id_of("vmss-sync-10-0-0-5")]);
+        let wanted =
+            BTreeMap::from([("vmss-sync-10-0-0-6".to_string(), Ipv4Addr::new(10, 0, 0, 6))]);
+        let next = t.next_addresses(&current, &leaving, &wanted);
+        let names: Vec<&str> = next.iter().filter_map(|a| address_parts(a).0).collect();
+        assert_eq!(
+            names,
+            ["people-1", "vmss-sync-10-0-0-4", "vmss-sync-10-0-0-6"]
+        );
+        assert_eq!(
+            next[0], current[0],
+            "people's entries are written back as read"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Azure Route Server: one BGP peering (`virtualHubs/{hub}/bgpConnections`) per instance.
+//!
+//! - A peering is named `{name_prefix}{ip with dashes}` (`vmss-sync-10-0-1-4`), peer IP =
+//!   the instance's private IP, peer ASN from the configuration. The upstream's port is
+//!   ignored (BGP has none); observe reports each peering as `ip:{upstream port}`.
+//! - Only peerings whose names start with the prefix are vmss-sync's: others (people's)
+//!   are never changed or deleted, but they count against `max_peerings`.
+//! - Writes are strictly one at a time per hub (one async lock per hub in the process),
+//!   each followed to the end of its long-running operation (bounded by
+//!   `operation_timeout`). While any peering of the hub is still Updating, nothing new is
+//!   started; a 409 (another operation in progress) or an operation that does not finish
+//!   in time stops the cycle's writes, and the next cycle retries.
+//! - Order: adds first, then removals one at a time, each removal followed by an add that
+//!   it made room for, so at least one peering stays up while any appliance is healthy.
+//! - BGP has no drain: a server that the plan drains is deleted at once (use
+//!   `drain_timeout: 0s` to say so in the configuration). Observe reports every peering as
+//!   active; a peering of ours with the wrong ASN or in state Failed is written again.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
+use crate::azure::arm::ArmWriteError;
+use crate::azure::network::{self, is_terminal, BgpConnection};
+use crate::azure::{ArmClient, ArmError};
+use crate::config::RouteServerTarget;
+use crate::model::{ObservedServer, ServerParams, ServerState};
+use crate::plan::Plan;
+
+/// Shortest wait between polls of a long-running operation (ARM's `Retry-After` is used
+/// when it says more).
+pub(crate) const MIN_POLL: Duration = Duration::from_millis(100);
+
+/// The name vmss-sync gives the peering or pool address of `ip`.
+pub(crate) fn name_for(prefix: &str, ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("{prefix}{}-{}-{}-{}", o[0], o[1], o[2], o[3])
+}
+
+/// The IPv4 address of a plan's `ip:port` server string.
+pub(crate) fn ip_of(server: &str) -> Option<Ipv4Addr> {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.parse().ok()
+}
+
+/// A stable id for a named child resource (FNV-1a of the name).
+pub(crate) fn id_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One async lock per written resource (hub or pool) in the process, whatever target
+/// instance (or configuration reload) writes it.
+pub(crate) fn resource_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut m = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(m.entry(key.to_ascii_lowercase()).or_default())
+}
+
+pub(crate) fn transient(message: String) -> TargetError {
+    TargetError {
+        message,
+        permanence: Permanence::Transient,
+    }
+}
+
+pub(crate) fn from_arm(what: &str, e: &ArmError) -> TargetError {
+    TargetError {
+        message: format!("{what}: {e}"),
+        permanence: if e.is_permanent() {
+            Permanence::Permanent
+        } else {
+            Permanence::Transient
+        },
+    }
+}
+
+pub(crate) fn from_write(what: &str, e: &ArmWriteError) -> TargetError {
+    TargetError {
+        message: format!("{what}: {e}"),
+        permanence: if e.is_permanent() {
+            Permanence::Permanent
+        } else {
+            Permanence::Transient
+        },
+    }
+}
+
+/// The Route Server target.
+pub struct RouteServer {
+    arm: ArmClient,
+    cfg: RouteServerTarget,
+    hub: String,
+    ports: BTreeMap<String, u16>,
+    params: BTreeMap<String, ServerParams>,
+}
+
+impl std::fmt::Debug for RouteServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteServer")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Step {
+    Add(String, Ipv4Addr),
+    Rewrite(String, Ipv4Addr),
+    Remove(String, String),
+}
+
+impl RouteServer {
+    /// A target for the hub of `cfg`; `ports` and `params` per upstream name.
+    pub fn new(
+        arm: ArmClient,
+        cfg: RouteServerTarget,
+        ports: BTreeMap<String, u16>,
+        params: BTreeMap<String, ServerParams>,
+    ) -> Self {
+        let hub = network::hub_path(&cfg.subscription, &cfg.resource_group, &cfg.virtual_hub);
+        RouteServer {
+            arm,
+            cfg,
+            hub,
+            ports,
+            params,
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("Route Server {}", self.cfg.virtual_hub)
+    }
+
+    fn ours(&self, c: &BgpConnection) -> bool {
+        c.name.starts_with(&self.cfg.name_prefix)
+    }
+
+    async fn list(&self) -> Result<Vec<BgpConnection>, TargetError> {
+        self.arm
+            .list_bgp_connections(&self.hub)
+            .await
+            .map_err(|e| from_arm(&format!("{}: listing peerings", self.label()), &e))
+    }
+
+    async fn write(&self, step: &Step) -> Result<(), ArmWriteError> {
+        let t = self.cfg.operation_timeout;
+        match step {
+            Step::Add(name, ip) | Step::Rewrite(name, ip) => self
+                .arm
+                .put_bgp_connection(
+                    &self.hub,
+                    name,
+                    &ip.to_string(),
+                    self.cfg.peer_asn,
+                    t,
+                    MIN_POLL,
+                )
+                .await
+                .map(|_| ()),
+            Step::Remove(name, _) => self
+                .arm
+                .delete_bgp_connection(&self.hub, name, t, MIN_POLL)
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
+/// True when an error means the hub is busy and this cycle must stop writing.
+fn stops_cycle(e: &ArmWriteError) -> bool {
+    matches!(e, ArmWriteError::OperationTimeout { .. })
+        || e.status() == Some(409)
+        || e.code() == Some("AnotherOperationInProgress")
+}
+
+#[async_trait]
+impl Target for RouteServer {
+    fn kind(&self) -> &'static str {
+        "azure-route-server"
+    }
+
+    async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
+        if !self.ports.contains_key(&upstream.name) {
+            return Err(TargetError {
+                message: format!(
+                    "upstream {} has no fixed port; {} needs one (the port itself is ignored)",
+                    upstream.name,
+                    self.label()
+                ),
+                permanence: Permanence::Permanent,
+            });
+        }
+        self.list().await.map(|_| ())
+    }
+
+    async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
+        let port = self.ports.get(&upstream.name).copied().unwrap_or(0);
+        let params = self.params.get(&upstream.name).copied();
+        let list = self.list().await?;
+        Ok(list
+            .iter()
+            .filter(|c| self.ours(c))
+            .filter_map(|c| {
+                let ip: Ipv4Addr = c.properties.peer_ip.as_deref()?.parse().ok()?;
+                let right = c.properties.peer_asn == Some(u64::from(self.cfg.peer_asn))
+                    && c.properties.provisioning_state.as_deref() != Some("Failed");
+                Some(ObservedServer {
+                    id: id_of(&c.name),
+                    server: format!("{ip}:{port}"),
+                    params: if right { params } else { None },
+                    state: ServerState::Active,
+                })
+            })
+            .collect())
+    }
+
+    async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        if plan.is_empty() {
+            return report;
+        }
+        let lock = resource_lock(&self.hub);
+        let _held = lock.lock().await;
+        let list = match self.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                report.errors.push(e);
+                return report;
+            }
+        };
+        if let Some(busy) = list
+            .iter()
+            .find(|c| !is_terminal(c.properties.provisioning_state.as_deref()))
+        {
+            report.errors.push(transient(format!(
+                "{}: peering {} is {}; starting nothing until it finishes (the next cycle \
+                 retries)",
+                self.label(),
+                busy.name,
+                busy.properties.provisioning_state.as_deref().unwrap_or("")
+            )));
+            return report;
+        }
+        let by_id: HashMap<u64, &str> = list
+            .iter()
+            .filter(|c| self.ours(c))
+            .map(|c| (id_of(&c.name), c.name.as_str()))
+            .collect();
+        let people = list.iter().filter(|c| !self.ours(c)).count();
+        let mut total = list.len();
+        let max = usize::try_from(self.cfg.max_peerings).unwrap_or(usize::MAX);
+
+        let mut adds: VecDeque<Step> = VecDeque::new();
+        for (server, _) in &plan.add {
+            match ip_of(server) {
+                Some(ip) => adds.push_back(Step::Add(name_for(&self.cfg.name_prefix, ip), ip)),
+                None => report.errors.push(TargetError {
+                    message: format!("{}: {server} is not an IPv4 address", self.label()),
+                    permanence: Permanence::Permanent,
+                }),
+            }
+        }
+        let mut rewrites: VecDeque<Step> = VecDeque::new();
+        let mut removals: VecDeque<Step> = VecDeque::new();
+        for u in &plan.update {
+            let name = by_id
+                .get(&u.id)
+                .map(|n| (*n).to_owned())
+                .or_else(|| ip_of(&u.server).map(|ip| name_for(&self.cfg.name_prefix, ip)));
+            let Some(name) = name else { continue };
+            if u.state == ServerState::Draining {
+                // BGP has no drain: leaving means the peering goes.
+                removals.push_back(Step::Remove(name, u.server.clone()));
+            } else if u.params.is_some() {
+                if let Some(ip) = ip_of(&u.server) {
+                    rewrites.push_back(Step::Rewrite(name, ip));
+                }
+            } else {
+                report.updated.push(u.server.clone());
+            }
+        }
+        for r in &plan.remove {
+            match by_id.get(&r.id) {
+                Some(name) => {
+                    removals.push_back(Step::Remove((*name).to_owned(), r.server.clone()))
+                }
+                // Already gone.
+                None => report.removed.push(r.server.clone()),
+            }
+        }
+
+        let mut stopped: Option<String> = None;
+        loop {
+            let step = if total < max && !adds.is_empty() {
+                adds.pop_front()
+            } else if let Some(s) = rewrites.pop_front() {
+                Some(s)
+            } else {
+                removals.pop_front()
+            };
+            let Some(step) = step else { break };
+            let result = self.write(&step).await;
+            let (name, server) = match &step {
+                Step::Add(n, ip) | Step::Rewrite(n, ip) => (
+                    n.clone(),
+                    format!(
+                        "{ip}:{}",
+                        self.ports.get(&upstream.name).copied().unwrap_or(0)
+                    ),
+                ),
+                Step::Remove(n, s) => (n.clone(), s.clone()),
+            };
+            match (&step, result) {
+                (Step::Add(..), Ok(())) => {
+                    total += 1;
+                    report.added.push(server_of(plan, &server));
+                }
+                (Step::Rewrite(..), Ok(())) => report.updated.push(server_of(plan, &server)),
+                (Step::Remove(..), Ok(())) => {
+                    total = total.saturating_sub(1);
+                    report.removed.push(server);
+                }
+                (_, Err(e)) => {
+                    let verb = match step {
+                        Step::Add(..) => "creating",
+                        Step::Rewrite(..) => "rewriting",
+                        Step::Remove(..) => "deleting",
+                    };
+                    let stop = stops_cycle(&e);
+                    report.errors.push(from_write(
+                        &format!("{}: {verb} peering {name}", self.label()),
+                        &e,
+                    ));
+                    if stop {
+                        stopped = Some(name);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(name) = stopped {
+            let left = adds.len() + rewrites.len() + removals.len();
+            if left > 0 {
+                report.errors.push(transient(format!(
+                    "{}: the hub is busy (after peering {name}); {left} more peering changes \
+                     wait for the next cycle",
+                    self.label()
+                )));
+            }
+        } else if !adds.is_empty() {
+            let ips: Vec<String> = adds
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Add(_, ip) => Some(ip.to_string()),
+                    _ => None,
+                })
+                .collect();
+            report.errors.push(TargetError {
+                message: format!(
+                    "{}: peering limit reached: it holds {total} of max_peerings {max} \
+                     ({people} made by people, not vmss-sync's); these instances got no \
+                     peering: {}",
+                    self.label(),
+                    ips.join(", ")
+                ),
+                permanence: Permanence::Transient,
+            });
+        }
+        report
+    }
+}
+
+/// The plan's own spelling of a server (so reports match the plan exactly).
+fn server_of(plan: &Plan, server: &str) -> String {
+    let ip = ip_of(server);
+    plan.add
+        .iter()
+        .map(|(s, _)| s)
+        .chain(plan.update.iter().map(|u| &u.server))
+        .find(|s| ip.is_some() && ip_of(s) == ip)
+        .cloned()
+        .unwrap_or_else(|| server.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_ips_and_ids_are_deterministic() {
+        let ip = Ipv4Addr::new(10, 0, 1, 4);
+        assert_eq!(name_for("vmss-sync-", ip), "vmss-sync-10-0-1-4");
+        assert_eq!(ip_of("10.0.1.4:179"), Some(ip));
+        assert_eq!(ip_of("10.0.1.4"), Some(ip));
+        assert_eq!(ip_of("host:80"), None);
+        assert_eq!(id_of("a"), id_of("a"));
+        assert_ne!(id_of("a"), id_of("b"));
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(is_terminal(Some("Succeeded")));
+        assert!(is_terminal(Some("Failed")));
+        assert!(is_terminal(None));
+        assert!(!is_terminal(Some("Updating")));
+        assert!(!is_terminal(Some("Deleting")));
+    }
+}
