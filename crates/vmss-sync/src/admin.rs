@@ -433,6 +433,7 @@ mod tests {
             desired: 0,
             active: 0,
             draining: 0,
+            duration: std::time::Duration::ZERO,
         }
     }
 

@@ -75,6 +75,7 @@ struct OperationLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
+    operation: String,
     code: String,
 }
 
@@ -137,6 +138,7 @@ pub struct Metrics {
     write_failures: Family<TargetLabels, Counter>,
     reconciles: Family<ReconcileLabels, Counter>,
     last_success: Family<UpstreamLabels, FloatGauge>,
+    upstream_duration: Family<UpstreamLabels, FloatGauge>,
     cycle_duration: Histogram,
     last_cycle: FloatGauge,
     arm_requests: Family<OperationLabels, Counter>,
@@ -206,6 +208,7 @@ impl Metrics {
             write_failures: Family::default(),
             reconciles: Family::default(),
             last_success: Family::default(),
+            upstream_duration: Family::default(),
             cycle_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             last_cycle: FloatGauge::default(),
             arm_requests: Family::default(),
@@ -265,6 +268,12 @@ impl Metrics {
             m.reconciles.clone(),
         );
         registry.register_with_unit(
+            "upstream_reconcile_duration",
+            "Time from the start of the last cycle (discovery included) to the end of the upstream's writes",
+            Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        registry.register_with_unit(
             "upstream_last_success_timestamp",
             "Unix time of the last reconcile of the upstream that succeeded",
             Unit::Seconds,
@@ -289,7 +298,7 @@ impl Metrics {
         );
         registry.register(
             "arm_responses",
-            "ARM responses by HTTP status code",
+            "ARM responses by operation and HTTP status code",
             m.arm_responses.clone(),
         );
         registry.register("arm_retries", "ARM request retries", m.arm_retries.clone());
@@ -444,6 +453,9 @@ impl Metrics {
                     result,
                 })
                 .inc();
+            self.upstream_duration
+                .get_or_create(&up)
+                .set(o.duration.as_secs_f64());
             if o.error.is_none() {
                 self.last_success.get_or_create(&up).set(now);
             }
@@ -464,10 +476,15 @@ impl Metrics {
                 })
                 .inc_by(delta(*n, before));
         }
-        for (code, n) in &stats.by_status {
-            let before = last.by_status.get(code).copied().unwrap_or(0);
+        for ((operation, code), n) in &stats.by_operation_status {
+            let before = last
+                .by_operation_status
+                .get(&(operation.clone(), *code))
+                .copied()
+                .unwrap_or(0);
             self.arm_responses
                 .get_or_create(&CodeLabels {
+                    operation: operation.clone(),
                     code: code.to_string(),
                 })
                 .inc_by(delta(*n, before));
@@ -528,6 +545,7 @@ impl Metrics {
             self.desired_servers.remove(&up);
             self.removals_held.remove(&up);
             self.last_success.remove(&up);
+            self.upstream_duration.remove(&up);
             false
         });
     }
@@ -641,6 +659,7 @@ mod tests {
             desired: 3,
             active: 3,
             draining: 1,
+            duration: Duration::from_millis(250),
         }
     }
 
@@ -683,6 +702,14 @@ mod tests {
         assert!(
             line(
                 &text,
+                "vmss_sync_upstream_reconcile_duration_seconds{upstream=\"web\",kind=\"http\"} 0.25"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
                 "vmss_sync_upstream_last_success_timestamp_seconds{upstream=\"web\""
             )
             .is_some(),
@@ -713,8 +740,10 @@ mod tests {
         let mut s = ArmStats::default();
         s.by_operation
             .insert("VirtualMachineScaleSets_Get".into(), 3);
-        s.by_status.insert(200, 2);
-        s.by_status.insert(429, 1);
+        s.by_operation_status
+            .insert(("VirtualMachineScaleSets_Get".into(), 200), 2);
+        s.by_operation_status
+            .insert(("VirtualMachineScaleSets_Get".into(), 429), 1);
         s.throttled_waits = 1;
         s.retry_after_wait = Duration::from_millis(1500);
         m.record_arm(&s);
@@ -729,7 +758,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            line(&text, "vmss_sync_arm_responses_total{code=\"429\"} 1").is_some(),
+            line(
+                &text,
+                "vmss_sync_arm_responses_total{operation=\"VirtualMachineScaleSets_Get\",code=\"429\"} 1"
+            )
+            .is_some(),
             "{text}"
         );
         assert!(

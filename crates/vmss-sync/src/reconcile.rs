@@ -190,6 +190,9 @@ pub struct UpstreamOutcome {
     pub active: usize,
     /// Draining servers the upstream holds after the cycle (as planned).
     pub draining: usize,
+    /// From the start of the cycle (discovery included) to the end of this upstream's
+    /// writes.
+    pub duration: Duration,
 }
 
 impl UpstreamOutcome {
@@ -389,7 +392,8 @@ impl Reconciler {
             let limit = Arc::clone(&limit);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let outcome = sync_upstream(&up, target.as_ref(), &snapshots, &ctx).await;
+                let mut outcome = sync_upstream(&up, target.as_ref(), &snapshots, &ctx).await;
+                outcome.duration = started.elapsed();
                 (index, outcome)
             });
         }
@@ -462,6 +466,7 @@ async fn sync_upstream(
         desired: 0,
         active: 0,
         draining: 0,
+        duration: Duration::ZERO,
     };
     let found = match snapshots.get(&up.selection) {
         Some(Ok(s)) => s,

@@ -114,7 +114,17 @@ async fn metrics_follow_a_scale_out_and_in_throttling_and_reloads() {
         .unwrap_or(0.0)
             >= 1.0
     );
-    assert!(sample(&page, "vmss_sync_arm_responses_total", "code=\"200\"").unwrap_or(0.0) >= 2.0);
+    assert!(sample_sum_with(&page, "vmss_sync_arm_responses_total", "code=\"200\"") >= 2.0);
+    assert!(
+        sample(
+            &page,
+            "vmss_sync_arm_responses_total",
+            "operation=\"VirtualMachineScaleSets_Get\",code=\"200\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "responses by operation and code: {page}"
+    );
     assert_eq!(
         sample(
             &page,
@@ -223,8 +233,8 @@ async fn metrics_follow_a_scale_out_and_in_throttling_and_reloads() {
     .await;
     assert!(ok, "{page}");
     assert_eq!(
-        sample(&page, "vmss_sync_arm_responses_total", "code=\"429\""),
-        Some(1.0)
+        sample_sum_with(&page, "vmss_sync_arm_responses_total", "code=\"429\""),
+        1.0
     );
     assert!(
         sample(&page, "vmss_sync_arm_throttle_wait_seconds_total", "").unwrap_or(0.0) >= 1.0,

@@ -96,6 +96,8 @@ pub struct ArmStats {
     pub by_operation: BTreeMap<String, u64>,
     /// Responses by HTTP status (transport failures are not counted here).
     pub by_status: BTreeMap<u16, u64>,
+    /// Responses by operation and HTTP status.
+    pub by_operation_status: BTreeMap<(String, u16), u64>,
     /// Retries of any kind.
     pub retries: u64,
     /// 429/503 answers that were waited out.
@@ -802,6 +804,9 @@ impl ArmClient {
                     {
                         let mut s = self.lock_stats();
                         *s.by_status.entry(status.as_u16()).or_default() += 1;
+                        *s.by_operation_status
+                            .entry((operation.to_string(), status.as_u16()))
+                            .or_default() += 1;
                         if remaining_reads.is_some() {
                             s.remaining_subscription_reads = remaining_reads;
                         }
@@ -1629,7 +1634,13 @@ impl ArmClient {
                     .into());
                 }
             };
-            *self.lock_stats().by_status.entry(r.status).or_default() += 1;
+            {
+                let mut s = self.lock_stats();
+                *s.by_status.entry(r.status).or_default() += 1;
+                *s.by_operation_status
+                    .entry((operation.to_string(), r.status))
+                    .or_default() += 1;
+            }
             if r.status < 400 {
                 return Ok(r);
             }

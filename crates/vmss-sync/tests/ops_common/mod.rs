@@ -270,6 +270,18 @@ pub fn sample_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Sum of the samples of `name` whose labels contain `label` (e.g. `code="429"`).
+pub fn sample_sum_with(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') && rest.contains(label))
+        })
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `f` every 50 ms (async) until it is true or `within` passes.
 pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
 where
