@@ -102,10 +102,8 @@ async fn haproxy_runtime_traffic_follows_scale_out_scale_in_and_survives_a_reloa
     let env = testbed(TestbedOptions::default()).await;
     fleet(&env, "web", 3);
     let pool = ips(2, 9);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
-    let backup_port = free_port(&[Ipv4Addr::LOCALHOST]);
-    let _backup = Backends::start(&[Ipv4Addr::LOCALHOST], backup_port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
+    let (_backup, backup_port) = Backends::start_free(&[Ipv4Addr::LOCALHOST]).await;
     let backup = format!("127.0.0.1:{backup_port}");
     let hap = Haproxy::start(
         env.dir.path(),
@@ -228,8 +226,7 @@ async fn haproxy_runtime_fills_and_frees_server_template_slots_on_a_static_backe
     let env = testbed(TestbedOptions::default()).await;
     fleet(&env, "tpl", 3);
     let pool = ips(2, 9);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let hap = Haproxy::start(
         env.dir.path(),
         free_port(&[Ipv4Addr::LOCALHOST]),
@@ -306,8 +303,7 @@ async fn haproxy_runtime_drain_stops_new_requests_and_restore_brings_them_back()
     }
     let dir = tempfile::tempdir().unwrap();
     let pool = ips(10, 12);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let hap = Haproxy::start(
         dir.path(),
         free_port(&[Ipv4Addr::LOCALHOST]),
@@ -461,8 +457,7 @@ async fn scale_under_load(first_ip: u8, backend_extra: &str, vanish_first: bool)
         .fleet()
         .set_ip_allocator_base(Ipv4Addr::new(127, 0, 0, first_ip));
     env.tb.fleet().scale_to(SUB, RG, "load", 3);
-    let port = free_port(&pool);
-    let mut backends = Backends::start(&pool, port).await;
+    let (mut backends, port) = Backends::start_free(&pool).await;
     let hap = Haproxy::start(
         env.dir.path(),
         free_port(&[Ipv4Addr::LOCALHOST]),

@@ -27,8 +27,7 @@ async fn one_file_feeds_nginx_plus_haproxy_runtime_dataplane_and_nginx_from_one_
         .set_ip_allocator_base(Ipv4Addr::new(127, 0, 0, 30));
     env.tb.fleet().scale_to(SUB, RG, "web", 3);
     let pool = ips(30, 37);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let dir = env.dir.path();
 
     env.upstream(UpstreamKind::Http, "web_plus");

@@ -89,8 +89,7 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
         .set_ip_allocator_base(Ipv4Addr::new(127, 0, 0, 2));
     env.tb.fleet().scale_to(SUB, RG, "web", 3);
     let pool = ips(2, 9);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
     placeholder_upstreams(&file, &["web"]);
@@ -218,8 +217,7 @@ async fn nginx_file_rejected_by_nginx_t_is_rolled_back_and_not_reloaded() {
         .set_ip_allocator_base(Ipv4Addr::new(127, 0, 0, 10));
     env.tb.fleet().scale_to(SUB, RG, "web", 2);
     let pool = ips(10, 11);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
     placeholder_upstreams(&file, &["web"]);
@@ -275,8 +273,7 @@ async fn nginx_file_drain_renders_down_and_stops_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let pool = ips(12, 14);
-    let port = free_port(&pool);
-    let _backends = Backends::start(&pool, port).await;
+    let (_backends, port) = Backends::start_free(&pool).await;
     let file = dir.join("upstreams.conf");
     placeholder_upstreams(&file, &["be"]);
     let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "be", &file).await;

@@ -163,13 +163,43 @@ async fn serve_connection(mut s: tokio::net::TcpStream, me: std::sync::Arc<Strin
 }
 
 impl Backends {
+    /// Backends on every address of `ips`, on a port free on all of them. The port is
+    /// found, released and bound again, so another socket can take it in between: then
+    /// another port is tried.
+    pub async fn start_free(ips: &[Ipv4Addr]) -> (Backends, u16) {
+        for _ in 0..20 {
+            let port = free_port(ips);
+            let mut listeners = Vec::new();
+            for ip in ips {
+                match tokio::net::TcpListener::bind(SocketAddr::from((*ip, port))).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() == ips.len() {
+                return (Backends::serve(listeners), port);
+            }
+        }
+        panic!("no port could be bound on every address of {ips:?}");
+    }
+
     pub async fn start(ips: &[Ipv4Addr], port: u16) -> Backends {
-        let mut tasks = BTreeMap::new();
+        let mut listeners = Vec::new();
         for ip in ips {
             let addr = SocketAddr::from((*ip, port));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .expect("backend bind");
+            listeners.push(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .expect("backend bind"),
+            );
+        }
+        Backends::serve(listeners)
+    }
+
+    fn serve(listeners: Vec<tokio::net::TcpListener>) -> Backends {
+        let mut tasks = BTreeMap::new();
+        for listener in listeners {
+            let addr = listener.local_addr().expect("listener address");
             let me = std::sync::Arc::new(addr.to_string());
             tasks.insert(
                 addr,
