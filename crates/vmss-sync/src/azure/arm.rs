@@ -121,6 +121,43 @@ pub struct ArmStats {
     pub budget_wait: Duration,
 }
 
+impl ArmStats {
+    /// Counts one answer, by status and by operation and status.
+    fn count_response(&mut self, operation: &str, status: u16) {
+        *self.by_status.entry(status).or_default() += 1;
+        *self
+            .by_operation_status
+            .entry((operation.to_string(), status))
+            .or_default() += 1;
+    }
+}
+
+/// The error for a request that got no answer: a timeout or a transport failure.
+fn transport_error(
+    operation: &'static str,
+    path: String,
+    attempts: u32,
+    timeout: Duration,
+    e: reqwest::Error,
+) -> ArmError {
+    if e.is_timeout() {
+        ArmError::Timeout {
+            operation,
+            path,
+            attempts,
+            timeout,
+        }
+    } else {
+        ArmError::Transport {
+            operation,
+            path,
+            attempts,
+            detail: error_detail(&e),
+            source: e,
+        }
+    }
+}
+
 /// ARM call failure. `Display` names the operation, the URL path (never a
 /// token or query), the status, and ARM's error code and message.
 #[derive(Debug, thiserror::Error)]
@@ -803,10 +840,7 @@ impl ArmClient {
                     );
                     {
                         let mut s = self.lock_stats();
-                        *s.by_status.entry(status.as_u16()).or_default() += 1;
-                        *s.by_operation_status
-                            .entry((operation.to_string(), status.as_u16()))
-                            .or_default() += 1;
+                        s.count_response(operation, status.as_u16());
                         if remaining_reads.is_some() {
                             s.remaining_subscription_reads = remaining_reads;
                         }
@@ -848,22 +882,13 @@ impl ArmClient {
                         self.sleep_backoff(wait, false).await;
                         continue;
                     }
-                    return Err(if timeout {
-                        ArmError::Timeout {
-                            operation,
-                            path,
-                            attempts: attempt,
-                            timeout: opts.request_timeout,
-                        }
-                    } else {
-                        ArmError::Transport {
-                            operation,
-                            path,
-                            attempts: attempt,
-                            detail: error_detail(&e),
-                            source: e,
-                        }
-                    });
+                    return Err(transport_error(
+                        operation,
+                        path,
+                        attempt,
+                        opts.request_timeout,
+                        e,
+                    ));
                 }
             };
 
@@ -1615,32 +1640,12 @@ impl ArmClient {
                         self.sleep_backoff(wait, false).await;
                         continue;
                     }
-                    return Err(if e.is_timeout() {
-                        ArmError::Timeout {
-                            operation,
-                            path,
-                            attempts: attempt,
-                            timeout: opts.request_timeout,
-                        }
-                    } else {
-                        ArmError::Transport {
-                            operation,
-                            path,
-                            attempts: attempt,
-                            detail: error_detail(&e),
-                            source: e,
-                        }
-                    }
-                    .into());
+                    return Err(
+                        transport_error(operation, path, attempt, opts.request_timeout, e).into(),
+                    );
                 }
             };
-            {
-                let mut s = self.lock_stats();
-                *s.by_status.entry(r.status).or_default() += 1;
-                *s.by_operation_status
-                    .entry((operation.to_string(), r.status))
-                    .or_default() += 1;
-            }
+            self.lock_stats().count_response(operation, r.status);
             if r.status < 400 {
                 return Ok(r);
             }
