@@ -116,10 +116,7 @@ impl UpstreamSpec {
     /// Builds the spec of one configured upstream, held by `sink`.
     pub fn from_config(cfg: &Config, u: &UpstreamConfig, sink: Arc<dyn Target>) -> Self {
         Self {
-            target: UpstreamRef {
-                name: u.name.clone(),
-                kind: u.kind,
-            },
+            target: UpstreamRef::new(u.name.clone(), u.kind),
             sink,
             selection: selection_of(cfg, u),
             port: u.port,

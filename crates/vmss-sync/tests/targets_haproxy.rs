@@ -325,10 +325,7 @@ async fn haproxy_runtime_drain_stops_new_requests_and_restore_brings_them_back()
         Duration::from_secs(5),
         BTreeMap::from([("be".to_string(), params)]),
     );
-    let up = UpstreamRef {
-        name: "be".into(),
-        kind: UpstreamKind::Http,
-    };
+    let up = UpstreamRef::new("be", UpstreamKind::Http);
     target.check(&up).await.expect("check");
     let all = addrs(&pool, port);
     let report = target

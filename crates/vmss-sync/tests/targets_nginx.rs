@@ -292,10 +292,7 @@ async fn nginx_file_drain_renders_down_and_stops_new_requests() {
         vec![("be".into(), UpstreamKind::Http)],
         BTreeMap::from([("be".to_string(), params)]),
     );
-    let up = UpstreamRef {
-        name: "be".into(),
-        kind: UpstreamKind::Http,
-    };
+    let up = UpstreamRef::new("be", UpstreamKind::Http);
     target.check(&up).await.expect("check");
     let all = addrs(&pool, port);
     let report = target

@@ -24,6 +24,21 @@ pub struct UpstreamRef {
     pub name: String,
     /// HTTP or stream.
     pub kind: UpstreamKind,
+    /// True when the target may create the upstream when it is missing: the backend of
+    /// a service found by tags (`services:`), which only targets that can create
+    /// upstreams (the Data Plane API) do; the others report it missing as usual.
+    pub create: bool,
+}
+
+impl UpstreamRef {
+    /// A configured upstream (never created by vmss-sync unless the target says so).
+    pub fn new(name: impl Into<String>, kind: UpstreamKind) -> Self {
+        UpstreamRef {
+            name: name.into(),
+            kind,
+            create: false,
+        }
+    }
 }
 
 /// Whether a target problem will go away by itself.
@@ -72,4 +87,29 @@ pub trait Target: Send + Sync {
     /// Applies a plan: adds first, then updates (parameters, drains, restores), then
     /// removals. Continues past a failed item.
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport;
+
+    /// True when [`Target::apply_batch`] writes the plans of several upstreams at once
+    /// (the Data Plane API: one transaction per cycle); the reconciler then hands it every
+    /// non-empty plan of a cycle in one call instead of calling `apply` per upstream.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Applies the plans of several upstreams of this target together; one report per
+    /// item, in the same order. The default applies them one after the other.
+    async fn apply_batch(&self, items: &[(UpstreamRef, Plan)]) -> Vec<ApplyReport> {
+        let mut reports = Vec::with_capacity(items.len());
+        for (upstream, plan) in items {
+            reports.push(self.apply(upstream, plan).await);
+        }
+        reports
+    }
+
+    /// The names of the upstreams this target holds that start with `prefix`, so that
+    /// backends of services found by tags that have vanished from the cloud are still
+    /// emptied; `Ok(None)` when the target cannot list its upstreams.
+    async fn list_upstreams(&self, prefix: &str) -> Result<Option<Vec<String>>, TargetError> {
+        let _ = prefix;
+        Ok(None)
+    }
 }

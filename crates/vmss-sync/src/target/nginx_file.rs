@@ -619,10 +619,7 @@ mod tests {
     }
 
     fn up(name: &str) -> UpstreamRef {
-        UpstreamRef {
-            name: name.into(),
-            kind: UpstreamKind::Http,
-        }
+        UpstreamRef::new(name, UpstreamKind::Http)
     }
 
     /// A target whose validation and reload commands append to a log file.
