@@ -138,6 +138,35 @@ pub struct SourceConfig {
     pub register_when: Option<crate::model::RegisterWhen>,
     /// `drain_timeout`: how long a leaving server drains before it is removed. Default 30 s.
     pub drain_timeout: Duration,
+    /// `services`: the upstream is a template; every service found by tags (name, port,
+    /// region) becomes its own backend `{name}{separator}{service}{separator}{port}{separator}{region}`.
+    pub services: Option<ServicesConfig>,
+}
+
+/// `services` of an upstream: services found by tags, as the HAProxy Azure daemon finds
+/// them (its tag names are the defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicesConfig {
+    /// `name_tag`: the tag holding the service name (default `HAProxy:Service:Name`).
+    pub name_tag: String,
+    /// `port_tag`: the tag holding the service port (default `HAProxy:Service:Port`).
+    pub port_tag: String,
+    /// `instance_port_tag`: a tag overriding the port of one instance (default
+    /// `HAProxy:Instance:Port`).
+    pub instance_port_tag: String,
+    /// `separator` between the parts of a backend name (default `-`).
+    pub separator: String,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            name_tag: "HAProxy:Service:Name".into(),
+            port_tag: "HAProxy:Service:Port".into(),
+            instance_port_tag: "HAProxy:Instance:Port".into(),
+            separator: "-".into(),
+        }
+    }
 }
 
 /// `tags` of an upstream.

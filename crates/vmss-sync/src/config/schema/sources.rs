@@ -411,6 +411,7 @@ impl Cx<'_> {
             port_tag: port_tag?,
             register_when: register_when?,
             drain_timeout: drain_timeout?,
+            services: None,
         };
         Some((scale_sets.join(","), port?, source))
     }
