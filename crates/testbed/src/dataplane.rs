@@ -7,7 +7,8 @@
 //! ranges checked, 404 for unknown backends, servers and transactions, `transaction_id` and
 //! `version` mutually exclusive, a stale `version` answered 409, a commit of a transaction
 //! outdated by another commit answered 406. Every commit bumps the configuration version
-//! and counts as one HAProxy reload. Conflicts can be injected.
+//! and counts as one HAProxy reload; a transaction may create and change any number of
+//! backends, and its commit applies them all at once. Conflicts can be injected.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -184,7 +185,18 @@ impl DataPlane {
         lock(&self.state).commits
     }
 
-    /// Every transaction ever started: (id, status).
+    /// Transactions committed so far (each one HAProxy reload, however many backends and
+    /// servers it changed); unlike [`DataPlane::commits`] it leaves out writes made without a
+    /// transaction.
+    pub fn transactions_committed(&self) -> usize {
+        lock(&self.state)
+            .transactions
+            .values()
+            .filter(|t| t.status == "success")
+            .count()
+    }
+
+    /// Every transaction ever started and not deleted: (id, status).
     pub fn transactions(&self) -> Vec<(String, String)> {
         lock(&self.state)
             .transactions
@@ -414,8 +426,19 @@ fn route(st: &mut DataplaneState, req: &Req, api: &str, rest: &[&str]) -> Reply 
         (_, ["configuration", "backends"]) if m == "POST" => create_backend(st, req),
         (_, ["configuration", "backends"]) if m == "GET" => match read_config(st, req) {
             Err(r) => r,
+            // `backends`: an array of `backend` objects (name, and mode and balance when
+            // created through the API), in the transaction's working copy when one is named.
             Ok(c) => {
-                let list: Vec<Value> = c.backends.keys().map(|b| json!({"name": b})).collect();
+                let list: Vec<Value> = c
+                    .backends
+                    .keys()
+                    .map(|b| {
+                        c.modes
+                            .get(b)
+                            .cloned()
+                            .unwrap_or_else(|| json!({"name": b}))
+                    })
+                    .collect();
                 envelope(api, st.version, Value::Array(list))
             }
         },

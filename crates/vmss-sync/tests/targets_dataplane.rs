@@ -1,13 +1,26 @@
-//! The HAProxy Data Plane API target through the real binary, against the testbed's strict
-//! fake Data Plane API: slots, one transaction per change, conflicts retried from a fresh
-//! transaction, basic auth, v3 and v2 paths, backends never deleted.
+//! The HAProxy Data Plane API target against the testbed's strict fake Data Plane API:
+//! through the real binary (slots, one transaction per change, conflicts retried from a
+//! fresh transaction, basic auth, v3 and v2 paths, backends never deleted), and through the
+//! library over real sockets for batches (one transaction for every backend of a cycle, a
+//! failing backend failing alone, backends of services created in the batch, listing
+//! backends by prefix).
 
 mod common;
 
 use common::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use vmss_sync::config::{
+    DataplaneApiVersion, HaproxyDataplaneTarget, Secret, ServerSlots, SlotGrowth, UpstreamKind,
+};
+use vmss_sync::model::{ServerParams, ServerState};
+use vmss_sync::plan::{Plan, Removal};
+use vmss_sync::target::haproxy_dataplane::{HaproxyDataplane, MAX_ATTEMPTS};
+use vmss_sync::target::{ApplyReport, Target, UpstreamRef};
 use vmss_testbed::{
-    dataplane_server, Orchestration, Service, TestbedOptions, DATAPLANE_PASSWORD, DATAPLANE_USER,
+    dataplane_server, Fault, Orchestration, Service, TestbedOptions, DATAPLANE_PASSWORD,
+    DATAPLANE_USER,
 };
 
 const PW_VAR: &str = "DPAPI_PASSWORD";
@@ -398,4 +411,396 @@ async fn dataplane_creates_a_missing_backend_when_asked_and_fills_its_slots() {
     let out = run(&args, &secrets).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(env.tb.dataplane().commits(), 1, "nothing more to do");
+}
+
+// ---- Batches, through the library -------------------------------------------------------
+
+/// The Data Plane API target of `env`'s fake: slots `vmss-1…`, base 2, linear growth.
+fn dataplane_target(
+    env: &Env,
+    version: DataplaneApiVersion,
+    create_backends: bool,
+) -> HaproxyDataplane {
+    let cfg = HaproxyDataplaneTarget {
+        url: url::Url::parse(&env.tb.dataplane_url()).expect("fake URL"),
+        api_version: version,
+        username: DATAPLANE_USER.into(),
+        password: Secret::new(DATAPLANE_PASSWORD),
+        server_prefix: "vmss-".into(),
+        server_slots: ServerSlots {
+            base: 2,
+            growth_factor: 1.0,
+            growth_type: SlotGrowth::Linear,
+        },
+        check: false,
+        create_backends,
+        timeout: Duration::from_secs(5),
+    };
+    HaproxyDataplane::new(&cfg, BTreeMap::new(), BTreeMap::new()).expect("target builds")
+}
+
+fn params() -> ServerParams {
+    ServerParams {
+        max_conns: 0,
+        max_fails: 1,
+        fail_timeout: Duration::from_secs(10),
+        slow_start: Duration::ZERO,
+    }
+}
+
+fn adds(servers: &[&str]) -> Plan {
+    Plan {
+        add: servers.iter().map(|s| (s.to_string(), params())).collect(),
+        ..Plan::default()
+    }
+}
+
+fn backend(name: &str) -> UpstreamRef {
+    UpstreamRef::new(name, UpstreamKind::Http)
+}
+
+/// The backend of a service found by tags: created when missing.
+fn service_backend(name: &str) -> UpstreamRef {
+    UpstreamRef {
+        create: true,
+        ..backend(name)
+    }
+}
+
+fn errors(report: &ApplyReport) -> Vec<String> {
+    report.errors.iter().map(|e| e.message.clone()).collect()
+}
+
+/// A testbed whose fake Data Plane API holds the empty backends `names`.
+async fn dataplane_with(names: &[&str]) -> Env {
+    let env = testbed(TestbedOptions::default()).await;
+    for n in names {
+        env.tb.dataplane().add_backend(n);
+    }
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_of_three_backends_is_one_transaction_and_one_commit_holding_all_three() {
+    let env = dataplane_with(&["a", "b", "c"]).await;
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    assert!(
+        target.batches(),
+        "the reconciler must hand it a whole cycle"
+    );
+    let items = vec![
+        (backend("a"), adds(&["10.0.0.1:80"])),
+        (backend("b"), adds(&["10.0.0.2:80", "10.0.0.3:80"])),
+        (
+            backend("c"),
+            adds(&["10.0.0.4:80", "10.0.0.5:80", "10.0.0.6:80"]),
+        ),
+    ];
+    let reports = target.apply_batch(&items).await;
+    assert_eq!(reports.len(), 3, "one report per item");
+    for (report, (_, plan)) in reports.iter().zip(&items) {
+        assert!(report.errors.is_empty(), "{:?}", errors(report));
+        let want: Vec<String> = plan.add.iter().map(|(s, _)| s.clone()).collect();
+        assert_eq!(
+            report.added, want,
+            "reports list what was added, per backend"
+        );
+    }
+    assert_eq!(transactions_started(&env), 1);
+    assert_eq!(env.tb.dataplane().transactions_committed(), 1);
+    assert_eq!(env.tb.dataplane().commits(), 1, "one HAProxy reload");
+    assert_eq!(env.tb.dataplane().active_addresses("a"), ["10.0.0.1:80"]);
+    assert_eq!(
+        env.tb.dataplane().active_addresses("b"),
+        ["10.0.0.2:80", "10.0.0.3:80"]
+    );
+    assert_eq!(
+        env.tb.dataplane().active_addresses("c"),
+        ["10.0.0.4:80", "10.0.0.5:80", "10.0.0.6:80"]
+    );
+    assert_eq!(slots(&env, "c").len(), 3, "grown past the base of 2");
+
+    // Observed back, nothing left to do: an empty batch item opens no transaction.
+    let observed = target.observe(&backend("b")).await.expect("observe");
+    assert_eq!(observed.len(), 2);
+    assert!(observed.iter().all(|o| o.state == ServerState::Active));
+    let reports = target.apply_batch(&[(backend("a"), Plan::default())]).await;
+    assert!(reports[0].errors.is_empty());
+    assert_eq!(
+        transactions_started(&env),
+        1,
+        "nothing to write: no transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_missing_backend_that_may_not_be_created_fails_only_its_item() {
+    let env = dataplane_with(&["a", "c"]).await;
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.1:80"])),
+            (backend("missing"), adds(&["10.0.0.2:80"])),
+            (backend("c"), adds(&["10.0.0.3:80"])),
+        ])
+        .await;
+    assert!(reports[0].errors.is_empty(), "{:?}", errors(&reports[0]));
+    assert!(reports[2].errors.is_empty(), "{:?}", errors(&reports[2]));
+    assert_eq!(reports[1].errors.len(), 1);
+    assert!(
+        reports[1].errors[0]
+            .message
+            .contains("backend missing does not exist"),
+        "{:?}",
+        errors(&reports[1])
+    );
+    assert!(
+        reports[1].added.is_empty(),
+        "a failed item reports nothing done"
+    );
+    assert_eq!(
+        transactions_started(&env),
+        1,
+        "the others in the same transaction"
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 1);
+    assert_eq!(env.tb.dataplane().active_addresses("a"), ["10.0.0.1:80"]);
+    assert_eq!(env.tb.dataplane().active_addresses("c"), ["10.0.0.3:80"]);
+    assert_eq!(env.tb.dataplane().backends(), ["a", "c"], "not created");
+    assert!(target.check(&backend("missing")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_creates_a_service_backend_inside_the_batch_transaction() {
+    let env = dataplane_with(&["a"]).await;
+    // create_backends is off: only backends of services found by tags are created.
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    let svc = service_backend("svc-web-8080-eastus");
+    target
+        .check(&svc)
+        .await
+        .expect("a missing service backend passes the check");
+    assert!(
+        target.observe(&svc).await.expect("observe").is_empty(),
+        "a missing service backend is observed empty"
+    );
+    assert_eq!(transactions_started(&env), 0);
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.1:80"])),
+            (svc.clone(), adds(&["10.0.0.7:8080", "10.0.0.8:8080"])),
+        ])
+        .await;
+    assert!(reports.iter().all(|r| r.errors.is_empty()), "{reports:?}");
+    assert_eq!(reports[1].added, ["10.0.0.7:8080", "10.0.0.8:8080"]);
+    assert_eq!(transactions_started(&env), 1);
+    assert_eq!(
+        env.tb.dataplane().transactions_committed(),
+        1,
+        "created and filled with the other backend in one transaction"
+    );
+    assert_eq!(env.tb.dataplane().backends(), ["a", "svc-web-8080-eastus"]);
+    let created = env
+        .tb
+        .dataplane()
+        .backend("svc-web-8080-eastus")
+        .expect("created through the API");
+    assert_eq!(created["mode"], "http");
+    assert_eq!(created["balance"]["algorithm"], "roundrobin");
+    assert_eq!(
+        env.tb.dataplane().active_addresses("svc-web-8080-eastus"),
+        ["10.0.0.7:8080", "10.0.0.8:8080"]
+    );
+    assert_eq!(target.observe(&svc).await.expect("observe").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_version_conflicts_restart_the_whole_batch_at_most_three_times() {
+    assert_eq!(MAX_ATTEMPTS, 3);
+    let env = dataplane_with(&["a", "b"]).await;
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    env.tb.dataplane().inject_commit_conflicts(2, 406);
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.1:80"])),
+            (backend("b"), adds(&["10.0.0.2:80"])),
+        ])
+        .await;
+    assert!(reports.iter().all(|r| r.errors.is_empty()), "{reports:?}");
+    assert_eq!(
+        reports[0].added,
+        ["10.0.0.1:80"],
+        "reported once, not per attempt"
+    );
+    assert_eq!(
+        transactions_started(&env),
+        3,
+        "two conflicts, then a fresh transaction"
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 1);
+    assert_eq!(env.tb.dataplane().active_addresses("a"), ["10.0.0.1:80"]);
+    assert_eq!(env.tb.dataplane().active_addresses("b"), ["10.0.0.2:80"]);
+
+    env.tb.dataplane().inject_commit_conflicts(3, 409);
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.3:80"])),
+            (backend("b"), adds(&["10.0.0.4:80"])),
+        ])
+        .await;
+    assert_eq!(
+        transactions_started(&env),
+        6,
+        "three more transactions, no fourth"
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 1);
+    for (report, name) in reports.iter().zip(["a", "b"]) {
+        assert_eq!(report.errors.len(), 1, "{:?}", errors(report));
+        let message = &report.errors[0].message;
+        assert!(
+            message.contains(&format!("backend {name}"))
+                && message.contains("changed under 3 transactions in a row"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        env.tb.dataplane().active_addresses("a"),
+        ["10.0.0.1:80"],
+        "nothing half-applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_write_refused_after_staged_writes_drops_that_backend_and_commits_the_others(
+) {
+    let env = dataplane_with(&["a", "b"]).await;
+    for n in 1..=2 {
+        env.tb.dataplane().insert_server(
+            "b",
+            dataplane_server(&format!("vmss-{n}"), &format!("10.0.1.{n}"), 80),
+        );
+    }
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    // Emptying b writes slot 1 then slot 2; the write of slot 2 is refused.
+    env.tb.faults().inject(
+        Service::Dataplane,
+        "/backends/b/servers/vmss-2",
+        Fault::Status {
+            status: 400,
+            code: "400".into(),
+            message: "refused for the test".into(),
+            retry_after: None,
+        },
+        1,
+    );
+    let empty_b = Plan {
+        remove: (1..=2u64)
+            .map(|n| Removal {
+                id: n,
+                server: format!("10.0.1.{n}:80"),
+                state: ServerState::Active,
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.1:80"])),
+            (backend("b"), empty_b),
+        ])
+        .await;
+    assert!(reports[0].errors.is_empty(), "{:?}", errors(&reports[0]));
+    assert_eq!(reports[0].added, ["10.0.0.1:80"]);
+    assert_eq!(reports[1].errors.len(), 1, "{:?}", errors(&reports[1]));
+    assert!(
+        reports[1].errors[0].message.contains("400"),
+        "{:?}",
+        errors(&reports[1])
+    );
+    assert!(reports[1].removed.is_empty());
+    assert_eq!(
+        env.tb.dataplane().active_addresses("b"),
+        ["10.0.1.1:80", "10.0.1.2:80"],
+        "b's staged write of slot 1 was dropped with its transaction"
+    );
+    assert_eq!(env.tb.dataplane().active_addresses("a"), ["10.0.0.1:80"]);
+    assert_eq!(
+        transactions_started(&env),
+        2,
+        "a fresh transaction without b"
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 1);
+    assert!(
+        env.tb
+            .dataplane()
+            .transactions()
+            .iter()
+            .all(|(_, status)| status == "success"),
+        "the dropped transaction was deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_batch_server_error_fails_every_item_and_commits_nothing() {
+    let env = dataplane_with(&["a", "b"]).await;
+    let target = dataplane_target(&env, DataplaneApiVersion::V3, false);
+    env.tb.faults().inject(
+        Service::Dataplane,
+        "/backends/b/servers",
+        Fault::Status {
+            status: 500,
+            code: "500".into(),
+            message: "broken".into(),
+            retry_after: None,
+        },
+        usize::MAX,
+    );
+    let reports = target
+        .apply_batch(&[
+            (backend("a"), adds(&["10.0.0.1:80"])),
+            (backend("b"), adds(&["10.0.0.2:80"])),
+        ])
+        .await;
+    env.tb.faults().clear();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.errors.len() == 1 && r.added.is_empty()),
+        "{reports:?}"
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 0);
+    assert!(env.tb.dataplane().active_addresses("a").is_empty());
+    assert!(!format!("{reports:?}").contains(DATAPLANE_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_list_upstreams_returns_the_backend_names_starting_with_the_prefix() {
+    let env = dataplane_with(&["svc-api-443-westus", "svc-web-80-eastus", "svcx", "web"]).await;
+    for version in [DataplaneApiVersion::V3, DataplaneApiVersion::V2] {
+        let target = dataplane_target(&env, version, false);
+        let names = target
+            .list_upstreams("svc-")
+            .await
+            .expect("list")
+            .expect("the Data Plane API can list its backends");
+        assert_eq!(
+            names,
+            ["svc-api-443-westus", "svc-web-80-eastus"],
+            "{version:?}"
+        );
+        assert_eq!(
+            target.list_upstreams("none-").await.expect("list"),
+            Some(Vec::new())
+        );
+    }
+    let reqs = env.tb.requests_to(Service::Dataplane);
+    for path in [
+        "/v3/services/haproxy/configuration/backends",
+        "/v2/services/haproxy/configuration/backends",
+    ] {
+        assert!(
+            reqs.iter().any(|r| r.method == "GET" && r.path == path),
+            "{path}"
+        );
+    }
 }

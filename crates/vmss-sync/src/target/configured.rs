@@ -3,7 +3,8 @@
 //! Every `targets:` entry becomes one target shared by the upstreams that name it; the
 //! upstreams without `target:` share the NGINX Plus API of `api_endpoint`. Targets that
 //! must report settings their load balancer cannot hold (HAProxy has no `max_fails`, open
-//! source NGINX no `slow_start`) get each upstream's configured parameters.
+//! source NGINX no `slow_start`) get each upstream's configured parameters; the Data Plane
+//! API target also gets those of service templates (`services:`) by backend name prefix.
 
 use super::haproxy_dataplane::HaproxyDataplane;
 use super::haproxy_runtime::HaproxyRuntime;
@@ -26,6 +27,27 @@ fn params_of(u: &UpstreamConfig) -> ServerParams {
         fail_timeout: u.fail_timeout,
         slow_start: u.slow_start,
     }
+}
+
+/// The configured parameters of the upstreams of a Data Plane API target: per backend name,
+/// and per name prefix `{name}{separator}` for service templates (`services:`), whose
+/// backends (`{name}{separator}{service}{separator}{port}{separator}{region}`) are only
+/// known once discovery finds them.
+fn dataplane_params(
+    mine: &[&UpstreamConfig],
+) -> (
+    BTreeMap<String, ServerParams>,
+    BTreeMap<String, ServerParams>,
+) {
+    let mut exact = BTreeMap::new();
+    let mut prefixes = BTreeMap::new();
+    for u in mine {
+        match &u.source.services {
+            Some(s) => prefixes.insert(format!("{}{}", u.name, s.separator), params_of(u)),
+            None => exact.insert(u.name.clone(), params_of(u)),
+        };
+    }
+    (exact, prefixes)
 }
 
 /// The fixed port of each upstream of an Azure target (the port is ignored by Azure, but
@@ -93,7 +115,10 @@ pub fn sinks(
                 h.timeout,
                 params,
             )),
-            TargetSpec::HaproxyDataplane(d) => Arc::new(HaproxyDataplane::new(d, params)?),
+            TargetSpec::HaproxyDataplane(d) => {
+                let (params, service_params) = dataplane_params(&mine);
+                Arc::new(HaproxyDataplane::new(d, params, service_params)?)
+            }
             TargetSpec::NginxFile(f) => Arc::new(NginxFile::new(
                 f.path.clone(),
                 f.validate_command.clone(),
@@ -148,4 +173,47 @@ pub fn sinks(
         out.push(sink);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServicesConfig;
+
+    fn upstream(name: &str, max_conns: u32, services: Option<ServicesConfig>) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            virtual_machine_scale_set: String::new(),
+            port: Some(80),
+            source: crate::config::SourceConfig {
+                services,
+                ..Default::default()
+            },
+            kind: crate::config::UpstreamKind::Http,
+            max_conns,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(7),
+            slow_start: Duration::ZERO,
+            target: Some("remote".into()),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn dataplane_service_templates_register_their_name_and_separator_as_a_prefix() {
+        let plain = upstream("web", 10, None);
+        let template = upstream(
+            "svc",
+            20,
+            Some(ServicesConfig {
+                separator: "_".into(),
+                ..ServicesConfig::default()
+            }),
+        );
+        let (exact, prefixes) = dataplane_params(&[&plain, &template]);
+        assert_eq!(exact.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(prefixes.keys().collect::<Vec<_>>(), ["svc_"]);
+        assert_eq!(prefixes["svc_"].max_conns, 20);
+        assert_eq!(prefixes["svc_"].fail_timeout, Duration::from_secs(7));
+    }
 }

@@ -10,14 +10,27 @@
 //! slots above the size the count needs are deleted. Backends are never deleted: a backend
 //! whose scale set is empty keeps its slots, all in maintenance.
 //!
-//! Each apply is **one transaction**: read the configuration version, open a transaction on
-//! it, read the backend's servers in the transaction, write the changed slots, commit. When
-//! HAProxy answers with a version conflict (409, or 406 for a transaction outdated by another
-//! commit) the transaction is dropped and the whole apply starts again from a fresh version,
-//! three attempts at most. Applies of one target run one at a time, so vmss-sync never
-//! conflicts with itself. A cycle with nothing to change opens no transaction at all (the
-//! reconciler does not call apply), and an apply whose writes turn out to be no-ops deletes
-//! its transaction instead of committing it, so HAProxy is not reloaded for nothing.
+//! A cycle is **one transaction** for the whole target: the reconciler hands every
+//! non-empty plan of the cycle to [`Target::apply_batch`] (the target `batches()`), which
+//! reads the configuration version, opens a transaction on it, then for each backend reads
+//! its slot servers in the transaction, creates it when it is missing and may be created,
+//! plans the slots and writes the changed ones, and commits once: HAProxy reloads at most
+//! once per cycle however many backends changed. `apply` is a batch of one.
+//!
+//! A problem of one backend stays with that backend's report: missing and not creatable, no
+//! free slot for a server, a stale slot, or a refused write (a 4xx that is not a conflict);
+//! the other backends still go in the same transaction. Staged writes cannot be taken back
+//! one by one, and committing some of a backend's writes could leave it half-changed (a
+//! server copied into a lower slot but not removed from its old one), so when a write is
+//! refused after other writes of the same backend were staged the transaction is deleted and
+//! the batch starts again, without that backend, from a fresh one. A 5xx, a timeout or a
+//! failed commit fails every item of the batch. When HAProxy answers with a version conflict
+//! (409, or 406 for a transaction outdated by another commit) the transaction is dropped and
+//! the whole batch starts again from a fresh version; the [`MAX_ATTEMPTS`]th conflict fails
+//! every item still pending, retried next cycle. Batches of one target run one at a time,
+//! so vmss-sync never conflicts with itself. A cycle with nothing to change opens no
+//! transaction at all, and a batch whose writes turn out to be no-ops deletes its
+//! transaction instead of committing it, so HAProxy is not reloaded for nothing.
 //!
 //! Mapping of the server parameters: `max_conns` → `maxconn`, `slow_start` → `slowstart`
 //! (HAProxy's own slow start, in milliseconds); `max_fails` and `fail_timeout` have no
@@ -28,11 +41,15 @@
 //! Basic auth on every request; the password is never logged nor put in an error. The
 //! configuration only accepts plain http to a loopback address.
 //!
-//! With `create_backends: true` a backend that does not exist is created inside the first
-//! transaction (`mode` from the upstream's kind, `balance roundrobin`), as the HAProxy daemon
-//! does for the services it finds. Turning tagged services into upstreams named
-//! `{prefix}-{name}-{port}-{region}` is a discovery feature that does not exist yet: today every
-//! backend is one configured upstream.
+//! A backend that does not exist is created inside the batch's transaction (`mode` from the
+//! upstream's kind, `balance roundrobin`), as the HAProxy daemon does for the services it
+//! finds, when the target has `create_backends: true` or when it is the backend of a service
+//! found by tags (`UpstreamRef::create`: an upstream with `services:` is a template that
+//! becomes one backend `{name}{separator}{service}{separator}{port}{separator}{region}` per
+//! service); until then `check` accepts it and `observe` finds it empty. Such backends are
+//! found again with `list_upstreams(prefix)` (the backends list) once their service has
+//! vanished, so that they are emptied into maintenance; they are never deleted. Their
+//! configured parameters are the template's, looked up by the longest registered name prefix.
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use crate::config::{
@@ -47,7 +64,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use url::Url;
 
-/// Attempts of one apply when the configuration version keeps moving.
+/// Transactions of one batch that may end in a version conflict: the last one fails the batch.
 pub const MAX_ATTEMPTS: usize = 3;
 const FREE_ADDRESS: &str = "127.0.0.1";
 const FREE_PORT: u16 = 80;
@@ -63,8 +80,12 @@ pub struct HaproxyDataplane {
     slots: ServerSlots,
     check: bool,
     create_backends: bool,
+    /// Configured server parameters per upstream (backend) name.
     params: BTreeMap<String, ServerParams>,
-    /// One apply at a time per API: our own transactions never outdate each other.
+    /// Configured server parameters of service templates, per backend name prefix
+    /// (`{name}{separator}`): their backends' names are not known in advance.
+    service_params: BTreeMap<String, ServerParams>,
+    /// One batch at a time per API: our own transactions never outdate each other.
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -364,10 +385,12 @@ fn data(v: Value) -> Value {
 
 impl HaproxyDataplane {
     /// Builds a client for the target `cfg`; `params` are the configured server parameters
-    /// per backend name.
+    /// per backend name, `service_params` those of service templates per backend name prefix
+    /// (a backend without its own entry takes the longest prefix it starts with).
     pub fn new(
         cfg: &HaproxyDataplaneTarget,
         params: BTreeMap<String, ServerParams>,
+        service_params: BTreeMap<String, ServerParams>,
     ) -> Result<Self, TargetError> {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -388,6 +411,7 @@ impl HaproxyDataplane {
             check: cfg.check,
             create_backends: cfg.create_backends,
             params,
+            service_params,
             serial: tokio::sync::Mutex::new(()),
         })
     }
@@ -607,12 +631,90 @@ impl HaproxyDataplane {
         Err(Abort::Failed(self.unexpected(&method, &url, status, &text)))
     }
 
+    /// Whether a missing backend may be created: with `create_backends`, or when it is the
+    /// backend of a service found by tags.
+    fn may_create(&self, upstream: &UpstreamRef) -> bool {
+        self.create_backends || upstream.create
+    }
+
+    /// The configured server parameters of a backend (see [`configured_params`]).
+    fn configured(&self, backend: &str) -> Option<&ServerParams> {
+        configured_params(&self.params, &self.service_params, backend)
+    }
+
+    /// Applies the non-empty plans of `items` in as few transactions as possible, one batch
+    /// at a time per target. One report per item, in order.
+    async fn run_batch(&self, items: &[(&UpstreamRef, &Plan)]) -> Vec<ApplyReport> {
+        let _one_at_a_time = self.serial.lock().await;
+        // Final reports; a plan with nothing to write never enters a transaction.
+        let mut done: Vec<Option<ApplyReport>> = items
+            .iter()
+            .map(|(_, plan)| plan.is_empty().then(ApplyReport::default))
+            .collect();
+        let mut conflicts = 0;
+        loop {
+            let live: Vec<usize> = (0..items.len()).filter(|i| done[*i].is_none()).collect();
+            if live.is_empty() {
+                break;
+            }
+            match self.attempt(items, &live).await {
+                Ok(Outcome::Done(reports)) => {
+                    for (i, report) in live.iter().zip(reports) {
+                        done[*i] = Some(report);
+                    }
+                }
+                Ok(Outcome::Dropped(i, error)) => {
+                    tracing::warn!(
+                        backend = %items[i].0.name,
+                        error = %error,
+                        "Data Plane API refused a write after others of this backend were \
+                         staged; dropping the transaction and applying the other backends in a \
+                         fresh one."
+                    );
+                    done[i] = Some(failed(error));
+                }
+                Err(Abort::Failed(e)) => {
+                    for i in live {
+                        done[i] = Some(failed(TargetError {
+                            message: e.message.clone(),
+                            permanence: e.permanence,
+                        }));
+                    }
+                }
+                Err(Abort::Conflict(why)) => {
+                    conflicts += 1;
+                    if conflicts < MAX_ATTEMPTS {
+                        tracing::info!(
+                            attempt = conflicts,
+                            backends = live.len(),
+                            "Data Plane API version conflict ({why}); starting again from a \
+                             fresh transaction."
+                        );
+                        continue;
+                    }
+                    for i in live {
+                        done[i] = Some(failed(self.error(
+                            format!(
+                                "backend {}: the configuration version changed under \
+                                 {MAX_ATTEMPTS} transactions in a row ({why}); retried next cycle",
+                                items[i].0.name
+                            ),
+                            Permanence::Transient,
+                        )));
+                    }
+                }
+            }
+        }
+        done.into_iter().map(Option::unwrap_or_default).collect()
+    }
+
+    /// One transaction over the items `live` (indices into `items`): read the version, open
+    /// the transaction, stage every backend, commit (or delete it when nothing was written).
     async fn attempt(
         &self,
-        backend: &str,
-        kind: UpstreamKind,
-        plan: &Plan,
-    ) -> Result<ApplyReport, Abort> {
+        items: &[(&UpstreamRef, &Plan)],
+        live: &[usize],
+    ) -> Result<Outcome, Abort> {
         let version = self.configuration_version().await?;
         let url = self.url(&["transactions"], &[("version", &version.to_string())]);
         let (status, text) = self.send(Method::POST, url.clone(), None).await?;
@@ -639,39 +741,97 @@ impl HaproxyDataplane {
                     Permanence::Transient,
                 ))
             })?;
-        let result = self.in_transaction(backend, kind, plan, &tx).await;
+        let result = self.in_transaction(items, live, &tx).await;
         if !matches!(result, Ok((_, true))) {
             // Not committed: drop it (best effort; an outdated one may be gone already).
             let url = self.url(&["transactions", &tx], &[]);
             let _ = self.send(Method::DELETE, url, None).await;
         }
-        result.map(|(report, _)| report)
+        result.map(|(outcome, _)| outcome)
     }
 
-    /// Returns the report and whether the transaction was committed.
+    /// Stages every live backend in `tx` and commits. Returns the outcome and whether the
+    /// transaction was committed.
     async fn in_transaction(
         &self,
-        backend: &str,
-        kind: UpstreamKind,
+        items: &[(&UpstreamRef, &Plan)],
+        live: &[usize],
+        tx: &str,
+    ) -> Result<(Outcome, bool), Abort> {
+        let mut reports = Vec::with_capacity(live.len());
+        let mut writes = 0;
+        for &i in live {
+            let (upstream, plan) = items[i];
+            let mut report = ApplyReport::default();
+            match self.stage(upstream, plan, tx, &mut report).await {
+                Ok(n) => writes += n,
+                Err(BackendError::Conflict(why)) => return Err(Abort::Conflict(why)),
+                // The API itself is in trouble (or the answer was lost): nothing is committed.
+                Err(BackendError::Failed { error, .. })
+                    if error.permanence == Permanence::Transient =>
+                {
+                    return Err(Abort::Failed(error))
+                }
+                // Writes of this backend are staged and cannot be taken back one by one:
+                // committing them would half-apply its plan.
+                Err(BackendError::Failed {
+                    error,
+                    staged: true,
+                }) => return Ok((Outcome::Dropped(i, error), false)),
+                // Nothing of this backend is staged: the others go on.
+                Err(BackendError::Failed {
+                    error,
+                    staged: false,
+                }) => report = failed(error),
+            }
+            reports.push(report);
+        }
+        if writes == 0 {
+            return Ok((Outcome::Done(reports), false));
+        }
+        let url = self.url(&["transactions", tx], &[]);
+        self.write(Method::PUT, url, None, &[200, 202]).await?;
+        tracing::debug!(
+            backends = live.len(),
+            writes,
+            "Data Plane API transaction committed."
+        );
+        Ok((Outcome::Done(reports), true))
+    }
+
+    /// Stages one backend's plan in `tx`: reads its slot servers in the transaction, creates
+    /// it when it is missing and may be created, writes the changed slots. Fills `report`
+    /// and returns the number of writes staged.
+    async fn stage(
+        &self,
+        upstream: &UpstreamRef,
         plan: &Plan,
         tx: &str,
-    ) -> Result<(ApplyReport, bool), Abort> {
-        let current = match self.slot_servers(backend, Some(tx)).await? {
-            Some(c) => c,
-            None if self.create_backends => {
-                self.create_backend(backend, kind, tx).await?;
-                BTreeMap::new()
-            }
-            None => return Err(Abort::Failed(self.missing(backend))),
+        report: &mut ApplyReport,
+    ) -> Result<usize, BackendError> {
+        let backend = upstream.name.as_str();
+        let unstaged = |error| BackendError::Failed {
+            error,
+            staged: false,
         };
-        let mut report = ApplyReport::default();
+        let (current, mut staged) = match self.slot_servers(backend, Some(tx)).await {
+            Ok(Some(c)) => (c, 0),
+            Ok(None) if self.may_create(upstream) => {
+                self.create_backend(backend, upstream.kind, tx)
+                    .await
+                    .map_err(|a| BackendError::of(a, false))?;
+                (BTreeMap::new(), 1)
+            }
+            Ok(None) => return Err(unstaged(self.missing(backend))),
+            Err(e) => return Err(unstaged(e)),
+        };
         let mut problems = Vec::new();
         let (writes, slots) = plan_slots(
             &current,
             plan,
             &self.slots,
             self.check,
-            &mut report,
+            report,
             &mut problems,
         );
         let placed = report.added.len();
@@ -683,11 +843,8 @@ impl HaproxyDataplane {
                 .into_iter()
                 .map(|p| self.error(format!("backend {backend}: {p}"), Permanence::Transient)),
         );
-        if writes.is_empty() {
-            return Ok((report, false));
-        }
         for w in &writes {
-            match w {
+            let result = match w {
                 Write::Create(n) | Write::Replace(n) => {
                     let name = self.slot_name(*n);
                     let slot = slots.get(n).cloned().unwrap_or(Slot::Free);
@@ -695,28 +852,88 @@ impl HaproxyDataplane {
                     if matches!(w, Write::Create(..)) {
                         let url = self.server_url(backend, None, Some(tx));
                         self.write(Method::POST, url, Some(&body), &[201, 202])
-                            .await?;
+                            .await
                     } else {
                         let url = self.server_url(backend, Some(&name), Some(tx));
-                        self.write(Method::PUT, url, Some(&body), &[200, 202])
-                            .await?;
+                        self.write(Method::PUT, url, Some(&body), &[200, 202]).await
                     }
                 }
                 Write::Delete(n) => {
                     let url = self.server_url(backend, Some(&self.slot_name(*n)), Some(tx));
-                    self.write(Method::DELETE, url, None, &[202, 204]).await?;
+                    self.write(Method::DELETE, url, None, &[202, 204]).await
                 }
-            }
+            };
+            result.map_err(|a| BackendError::of(a, staged > 0))?;
+            staged += 1;
         }
-        let url = self.url(&["transactions", tx], &[]);
-        self.write(Method::PUT, url, None, &[200, 202]).await?;
-        tracing::debug!(
-            backend,
-            writes = writes.len(),
-            "Data Plane API transaction committed."
-        );
-        Ok((report, true))
+        Ok(staged)
     }
+}
+
+/// What one transaction of a batch came to.
+enum Outcome {
+    /// Committed, or nothing to commit: one report per live item, in order.
+    Done(Vec<ApplyReport>),
+    /// Item `.0` failed a write after others of its writes were staged: the transaction is
+    /// dropped and the batch goes on without it.
+    Dropped(usize, TargetError),
+}
+
+/// Why staging one backend stopped.
+enum BackendError {
+    /// The configuration moved under the transaction: the whole batch starts again.
+    Conflict(String),
+    /// This backend failed; `staged`: some of its writes are already in the transaction.
+    Failed { error: TargetError, staged: bool },
+}
+
+impl BackendError {
+    fn of(abort: Abort, staged: bool) -> Self {
+        match abort {
+            Abort::Conflict(why) => BackendError::Conflict(why),
+            Abort::Failed(error) => BackendError::Failed { error, staged },
+        }
+    }
+}
+
+/// A report of an item that failed as a whole.
+fn failed(error: TargetError) -> ApplyReport {
+    ApplyReport {
+        errors: vec![error],
+        ..ApplyReport::default()
+    }
+}
+
+/// The configured parameters of `backend`: those of the upstream of that name, else those
+/// of the service template (`services:`) with the longest name prefix (`{name}{separator}`)
+/// the backend's name starts with.
+fn configured_params<'a>(
+    exact: &'a BTreeMap<String, ServerParams>,
+    prefixes: &'a BTreeMap<String, ServerParams>,
+    backend: &str,
+) -> Option<&'a ServerParams> {
+    exact.get(backend).or_else(|| {
+        prefixes
+            .iter()
+            .filter(|(p, _)| backend.len() > p.len() && backend.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, params)| params)
+    })
+}
+
+/// The names starting with `prefix` in a backends list answer (already unwrapped from the
+/// v2 envelope), sorted; `None` when it is not a list.
+fn backend_names(list: &Value, prefix: &str) -> Option<Vec<String>> {
+    let mut names: Vec<String> = list
+        .as_array()?
+        .iter()
+        .filter_map(|b| b.get("name").and_then(Value::as_str))
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    Some(names)
 }
 
 impl HaproxyDataplane {
@@ -758,18 +975,18 @@ impl Target for HaproxyDataplane {
         let (status, text) = self.send(Method::GET, url.clone(), None).await?;
         match status.as_u16() {
             200 => Ok(()),
-            404 if self.create_backends => Ok(()),
+            404 if self.may_create(upstream) => Ok(()),
             404 => Err(self.missing(&upstream.name)),
             _ => Err(self.unexpected(&Method::GET, &url, status, &text)),
         }
     }
 
     async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
-        let configured = self.params.get(&upstream.name);
+        let configured = self.configured(&upstream.name);
         let servers = match self.slot_servers(&upstream.name, None).await? {
             Some(s) => s,
             // Created by the first apply.
-            None if self.create_backends => BTreeMap::new(),
+            None if self.may_create(upstream) => BTreeMap::new(),
             None => return Err(self.missing(&upstream.name)),
         };
         Ok(servers
@@ -800,38 +1017,38 @@ impl Target for HaproxyDataplane {
     }
 
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
-        let _one_at_a_time = self.serial.lock().await;
-        let mut last = String::new();
-        for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(&upstream.name, upstream.kind, plan).await {
-                Ok(report) => return report,
-                Err(Abort::Failed(e)) => {
-                    return ApplyReport {
-                        errors: vec![e],
-                        ..ApplyReport::default()
-                    }
-                }
-                Err(Abort::Conflict(why)) => {
-                    tracing::info!(
-                        backend = %upstream.name,
-                        attempt,
-                        "Data Plane API version conflict ({why}); starting again from a fresh transaction."
-                    );
-                    last = why;
-                }
-            }
+        self.run_batch(&[(upstream, plan)])
+            .await
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn apply_batch(&self, items: &[(UpstreamRef, Plan)]) -> Vec<ApplyReport> {
+        let items: Vec<(&UpstreamRef, &Plan)> = items.iter().map(|(u, p)| (u, p)).collect();
+        self.run_batch(&items).await
+    }
+
+    async fn list_upstreams(&self, prefix: &str) -> Result<Option<Vec<String>>, TargetError> {
+        let url = self.url(&["configuration", "backends"], &[]);
+        let (status, text) = self.send(Method::GET, url.clone(), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.unexpected(&Method::GET, &url, status, &text));
         }
-        ApplyReport {
-            errors: vec![self.error(
-                format!(
-                    "backend {}: the configuration version changed under {MAX_ATTEMPTS} transactions \
-                     in a row ({last}); retried next cycle",
-                    upstream.name
-                ),
-                Permanence::Transient,
-            )],
-            ..ApplyReport::default()
-        }
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .map(data)
+            .and_then(|list| backend_names(&list, prefix))
+            .map(Some)
+            .ok_or_else(|| {
+                self.error(
+                    format!("GET {}: the answer is not a list of backends", url.path()),
+                    Permanence::Transient,
+                )
+            })
     }
 }
 
@@ -1028,6 +1245,42 @@ mod tests {
         );
         assert!(writes.is_empty());
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn params_are_looked_up_by_exact_name_then_by_the_longest_service_prefix() {
+        let with = |max_conns| ServerParams { max_conns, ..p() };
+        let exact = BTreeMap::from([("web".to_string(), with(1))]);
+        let prefixes = BTreeMap::from([
+            ("svc-".to_string(), with(2)),
+            ("svc-eu-".to_string(), with(3)),
+        ]);
+        let find = |name| configured_params(&exact, &prefixes, name).map(|p| p.max_conns);
+        assert_eq!(find("web"), Some(1));
+        assert_eq!(find("svc-api-80-eastus"), Some(2));
+        assert_eq!(find("svc-eu-api-80-westeurope"), Some(3), "longest prefix");
+        assert_eq!(find("svc-"), None, "a prefix alone names no backend");
+        assert_eq!(
+            find("web-api-80-eastus"),
+            None,
+            "exact names are not prefixes"
+        );
+        assert_eq!(find("other"), None);
+    }
+
+    #[test]
+    fn backend_names_filter_by_prefix_in_v3_and_v2_answers() {
+        let v3 = json!([{"name": "svc-b-80-x"}, {"name": "web"}, {"name": "svc-a-80-x"}, {"mode": "http"}]);
+        assert_eq!(
+            backend_names(&data(v3), "svc-"),
+            Some(vec!["svc-a-80-x".to_string(), "svc-b-80-x".to_string()])
+        );
+        let v2 = json!({"_version": 4, "data": [{"name": "svc-a-80-x"}, {"name": "svcx"}]});
+        assert_eq!(
+            backend_names(&data(v2), "svc-"),
+            Some(vec!["svc-a-80-x".to_string()])
+        );
+        assert_eq!(backend_names(&json!({"message": "no"}), "svc-"), None);
     }
 
     #[test]
