@@ -1672,7 +1672,7 @@ fn vm_json(ss: &ScaleSet, inst: &Instance, expand: bool) -> Value {
         "name": vm,
         "id": flex_vm_id(ss, inst),
         "type": "Microsoft.Compute/virtualMachines",
-        "location": ss.location,
+        "location": inst.location.as_deref().unwrap_or(&ss.location),
         "tags": inst.tags,
         "etag": "\"1\"",
         "properties": props,
@@ -1737,7 +1737,7 @@ fn nic_json(ss: &ScaleSet, inst: &Instance, idx: usize) -> Option<Value> {
         "name": ss.nic_name(inst, idx),
         "id": nic_id,
         "etag": etag,
-        "location": ss.location,
+        "location": inst.location.as_deref().unwrap_or(&ss.location),
         "type": "Microsoft.Network/networkInterfaces",
         "properties": {
             "provisioningState": "Succeeded",

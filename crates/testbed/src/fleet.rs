@@ -62,6 +62,8 @@ pub(crate) struct Instance {
     pub tags: BTreeMap<String, String>,
     /// Resource group of the VM's NICs when not the VM's own (Flexible and standalone).
     pub nic_rg: Option<String>,
+    /// The VM's own region when not its set's (standalone VMs: see [`Fleet::set_vm_location`]).
+    pub location: Option<String>,
     pub created: u64,
 }
 
@@ -377,6 +379,7 @@ impl FleetState {
                 health,
                 tags: BTreeMap::new(),
                 nic_rg: None,
+                location: None,
                 created: now_epoch(),
             },
         );
@@ -658,6 +661,19 @@ impl Fleet {
             ip,
             Some(name.to_string()),
         );
+    }
+
+    /// Puts a standalone VM in another region (`location`; default `eastus`).
+    pub fn set_vm_location(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        vm: &str,
+        location: &str,
+    ) {
+        lock(&self.state)
+            .instance_mut(subscription, resource_group, STANDALONE_VMS, vm)
+            .location = Some(location.to_string());
     }
 
     /// Sets (or removes) a tag on a standalone VM.

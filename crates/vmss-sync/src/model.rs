@@ -190,6 +190,10 @@ pub struct Instance {
     pub view: Option<InstanceView>,
     /// The VM's own tags (Flexible members and standalone VMs; empty for Uniform).
     pub tags: BTreeMap<String, String>,
+    /// The Azure region of a standalone VM (lower-cased, shared between the VMs of one
+    /// region); None for scale set members, which are in their set's
+    /// [`ScaleSetSnapshot::location`], and when ARM did not say.
+    pub location: Option<std::sync::Arc<str>>,
 }
 
 impl Instance {
@@ -228,6 +232,8 @@ pub struct ScaleSetSnapshot {
     pub reports_health: bool,
     /// The scale set's tags.
     pub tags: BTreeMap<String, String>,
+    /// The set's Azure region (`location`), lower-cased; empty when ARM did not say.
+    pub location: String,
     /// Instances with an address, sorted by VM id; one entry per VM.
     pub instances: Vec<Instance>,
 }
@@ -443,6 +449,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 0, n),
             view: v,
             tags: BTreeMap::new(),
+            location: None,
         }
     }
 
@@ -453,6 +460,7 @@ mod tests {
             orchestration: Orchestration::Uniform,
             reports_health,
             tags: BTreeMap::new(),
+            location: "westeurope".into(),
             instances,
         })
     }

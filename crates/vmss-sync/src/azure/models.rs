@@ -425,6 +425,8 @@ pub struct VirtualMachine {
     pub id: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub location: Option<String>,
     #[serde(deserialize_with = "lenient_tags")]
     pub tags: BTreeMap<String, String>,
     #[serde(deserialize_with = "null_default")]

@@ -216,6 +216,8 @@ struct Vm {
     /// Resource group of its primary NIC when not `rg` (lower-cased).
     nic_rg: Option<Arc<str>>,
     tags: BTreeMap<String, String>,
+    /// Region (normalised, shared by the VMs of one list); None when ARM did not say.
+    location: Option<Arc<str>>,
     provisioning: Option<Provisioning>,
     view: Option<InstanceView>,
 }
@@ -238,9 +240,16 @@ impl Vm {
             .instance_view
             .as_ref()
             .map(|iv| view_of(iv, provisioning));
+        let location = v
+            .location
+            .as_deref()
+            .map(location_name)
+            .filter(|l| !l.is_empty())
+            .map(|l| groups.get(&l));
         Some(Vm {
             rg,
             nic_rg,
+            location,
             provisioning,
             view,
             tags: v.tags,
@@ -262,7 +271,17 @@ impl Vm {
     }
 }
 
-/// Resource group names, lower-cased and shared: a list of 10,000 VMs names only a few.
+/// A region as ARM names it (`westeurope`): lower-cased, without spaces, so that a display
+/// name (`West Europe`, as some answers have it) gives the same name.
+fn location_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Resource group names and regions, lower-cased and shared: a list of 10,000 VMs names
+/// only a few.
 #[derive(Default)]
 struct Interner(Vec<Arc<str>>);
 
@@ -1108,6 +1127,7 @@ fn snapshot(
                         ip,
                         view: if p.views { state.cached(&ck, vm) } else { None },
                         tags: BTreeMap::new(),
+                        location: None,
                     });
                 }
             }
@@ -1149,6 +1169,7 @@ fn snapshot(
                     ip,
                     view,
                     tags: vm.tags.clone(),
+                    location: None,
                 });
             }
         }
@@ -1175,6 +1196,11 @@ fn snapshot(
         orchestration: p.mode,
         reports_health,
         tags: model.tags.clone(),
+        location: model
+            .location
+            .as_deref()
+            .map(location_name)
+            .unwrap_or_default(),
         instances,
     }))
 }
@@ -1237,6 +1263,7 @@ fn standalone(
                 ip,
                 view,
                 tags: vm.tags.clone(),
+                location: vm.location.clone(),
             }));
         }
     }
