@@ -14,4 +14,5 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod reconcile;
+pub mod services;
 pub mod target;
