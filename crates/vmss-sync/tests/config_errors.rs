@@ -531,3 +531,100 @@ fn unreadable_file_is_one_error_naming_the_file() {
         "{shown}"
     );
 }
+
+/// A file with a Data Plane API target `edge` (lines 1-8) and `upstreams:` at line 9, the
+/// first upstream's `- name:` at line 10.
+fn with_edge(upstreams: &str) -> String {
+    format!(
+        "subscription_id: sub\nresource_group_name: rg\ntargets:\n  edge:\n    type: haproxy_dataplane\n    \
+         url: http://127.0.0.1:5555\n    username: admin\n    password: p\nupstreams:\n{upstreams}"
+    )
+}
+
+#[test]
+fn services_take_neither_port_nor_port_tag() {
+    assert_eq!(
+        errors(&with_edge(
+            "  - name: azure\n    target: edge\n    port: 80\n    port_tag: App:Port\n    services: {}\n    kind: http\n"
+        )),
+        [
+            "cfg.yaml:12:11: upstreams[0].port: port cannot be combined with services: the port of each service comes from its service port tag (services.port_tag) (value: \"80\")",
+            "cfg.yaml:13:15: upstreams[0].port_tag: port_tag cannot be combined with services: the port comes from the service port tag (services.port_tag), and an instance's own port from services.instance_port_tag (value: \"App:Port\")",
+        ]
+    );
+}
+
+#[test]
+fn services_keys_are_checked_together() {
+    assert_eq!(
+        errors(&with_edge(
+            "  - name: azure\n    target: edge\n    services:\n      name_tag: \"\"\n      port_tag: \" \"\n      \
+             separator: \"/\"\n      name_tags: x\n      port: 80\n    kind: http\n  - name: b\n    target: edge\n    \
+             services: {separator: \"\", instance_port_tag: \"\"}\n    kind: http\n  - name: c\n    target: edge\n    \
+             services: [x]\n    kind: http\n"
+        )),
+        [
+            "cfg.yaml:13:17: upstreams[0].services.name_tag: the field name_tag must not be empty: it names a tag (leave the key out for the default HAProxy:Service:Name) (value: \"\")",
+            "cfg.yaml:14:17: upstreams[0].services.port_tag: the field port_tag must not be empty: it names a tag (leave the key out for the default HAProxy:Service:Port) (value: \" \")",
+            "cfg.yaml:15:18: upstreams[0].services.separator: invalid separator: it becomes part of HAProxy backend names, so it may hold only letters, digits and . _ : - (value: \"/\")",
+            "cfg.yaml:16:7: upstreams[0].services.name_tags: unknown key; did you mean name_tag?",
+            "cfg.yaml:17:7: upstreams[0].services.port: unknown key here: port is an upstream setting, not a services setting (services has name_tag, port_tag, instance_port_tag and separator)",
+            "cfg.yaml:21:27: upstreams[1].services.separator: the separator must not be empty: it separates the parts of backend names (leave the key out for the default -) (value: \"\")",
+            "cfg.yaml:21:50: upstreams[1].services.instance_port_tag: the field instance_port_tag must not be empty: it names a tag (leave the key out for the default HAProxy:Instance:Port) (value: \"\")",
+            "cfg.yaml:25:15: upstreams[2].services: services must be a mapping with name_tag, port_tag, instance_port_tag and separator (each optional; services: {} takes the defaults), not a list",
+        ]
+    );
+}
+
+#[test]
+fn a_template_name_must_be_a_backend_name_prefix() {
+    assert_eq!(
+        errors(&with_edge(
+            "  - name: web+blue\n    target: edge\n    services: {}\n    kind: http\n"
+        )),
+        ["cfg.yaml:10:11: upstreams[0].name: with services, the name is the prefix of every backend name ({name}{separator}{service}{separator}{port}{separator}{region}), so it may hold only letters, digits and . _ : - (value: \"web+blue\")"]
+    );
+    // Without services the same name is fine (NGINX Plus takes it).
+    valid(&file("", "port: 80\n    kind: http").replace("backend-one", "web+blue"));
+}
+
+#[test]
+fn templates_may_not_overlap_other_upstreams_on_their_target() {
+    assert_eq!(
+        errors(&with_edge(
+            "  - name: azure\n    target: edge\n    services: {}\n    kind: http\n\
+             \x20 - name: azure-web-80-eastus\n    target: edge\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n\
+             \x20 - name: azure-eu\n    target: edge\n    services: {}\n    kind: http\n\
+             \x20 - name: azure-web-x\n    target: edge\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n\
+             \x20 - name: azure\n    target: edge\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n"
+        )),
+        [
+            "cfg.yaml:14:11: upstreams[1].name: this name has the shape of a backend of the template azure (upstreams[0] at line 10: azure-{service}-{port}-{region}) on the same target, which would take it for a service that is gone and empty it; rename one of them (value: \"azure-web-80-eastus\")",
+            "cfg.yaml:19:11: upstreams[2].name: the backends of this template (azure-eu-…) and those of the template azure (upstreams[0] at line 10: azure-…) are on the same target and their names overlap, so each would empty the other's; use prefixes that do not start with one another (value: \"azure-eu\")",
+            "cfg.yaml:28:11: upstreams[4].name: duplicate upstream name: upstreams[0] at line 10 has the same name; upstream names must be unique (value: \"azure\")",
+        ]
+    );
+}
+
+#[test]
+fn a_template_needs_no_scale_set_port_or_tags() {
+    let c = valid(&with_edge(
+        "  - name: azure\n    target: edge\n    resource_group_name: \"*\"\n    services: {}\n    kind: http\n",
+    ));
+    let u = &c.upstreams[0];
+    assert_eq!(u.port, None);
+    assert!(u.source.services.is_some());
+    assert!(u
+        .source
+        .tags
+        .as_ref()
+        .is_some_and(|t| t.allow.contains_key("HAProxy:Service:Name")));
+}
+
+#[test]
+fn unknown_upstream_keys_far_from_any_list_every_upstream_key() {
+    assert_eq!(
+        errors(&file("", "port: 80\n    kind: http\n    colour: blue")),
+        ["cfg.yaml:9:5: upstreams[0].colour: unknown key; the known keys here are name, virtual_machine_scale_set, port, kind, max_conns, max_fails, fail_timeout, slow_start, target, subscription_id, resource_group_name, tags, port_tag, register_when, drain_timeout, services"]
+    );
+}

@@ -104,6 +104,7 @@ const UPSTREAM_FIELDS: &[Field<UpstreamBuilder>] = &[
     field("port_tag", |cx, n, p, b| b.source.port_tag = cx.port_tag(n, p)),
     field("register_when", |cx, n, p, b| b.source.register_when = cx.register_when(n, p)),
     field("drain_timeout", |cx, n, p, b| b.source.drain_timeout = cx.duration_or_zero(n, p)),
+    field("services", |cx, n, p, b| b.source.services = cx.services(n, p)),
 ];
 
 /// nginx-asg-sync keys that only mean something for AWS.
@@ -474,9 +475,11 @@ impl Cx<'_> {
         let mut list = Vec::with_capacity(items.len());
         // name -> (index, line) of the first upstream with that name.
         let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut name_positions = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let item_path = format!("{path}[{i}]");
             let (upstream, name) = self.upstream(item, &item_path);
+            name_positions.push(name.as_ref().map(|(_, pos)| *pos));
             if let Some((name, name_pos)) = name {
                 if let Some((first, first_line)) = names.get(&name) {
                     self.error(
@@ -495,6 +498,7 @@ impl Cx<'_> {
             }
             list.push(upstream);
         }
+        self.check_template_overlap(&list, &name_positions, path);
         Slot::Set(list, node.pos, String::new())
     }
 
@@ -529,13 +533,26 @@ impl Cx<'_> {
             Slot::Set(name, pos, _) => Some((name.clone(), *pos)),
             _ => None,
         };
+        let name_as_written = match &b.name {
+            Slot::Set(name, pos, raw) => Some((name.clone(), *pos, raw.clone())),
+            _ => None,
+        };
         let name = self.required(
             b.name,
             node.pos,
             &format!("{path}.name"),
             " for an upstream",
         );
-        let source = self.finish_source(b.source, b.port, node.pos, path, &label);
+        let source = self.finish_source(
+            b.source,
+            b.port,
+            name_as_written
+                .as_ref()
+                .map(|(n, pos, raw)| (n.as_str(), *pos, raw.as_str())),
+            node.pos,
+            path,
+            &label,
+        );
         let kind = match b.kind {
             Slot::Absent | Slot::Empty(_) => {
                 let pos = b.kind.empty_pos().unwrap_or(node.pos);
@@ -922,6 +939,7 @@ pub(crate) enum Section {
     Target,
     ServerSlots,
     Tags,
+    Services,
 }
 
 fn unknown_key_message(key: &str, own: &[&str], section: Section) -> String {
@@ -955,6 +973,12 @@ fn unknown_key_message(key: &str, own: &[&str], section: Section) -> String {
             &[],
             UPSTREAM_FIELDS.iter().map(|f| f.key).collect(),
             "an upstream setting, not a tags setting (tags has allow and deny)",
+        ),
+        Section::Services => (
+            &[],
+            UPSTREAM_FIELDS.iter().map(|f| f.key).collect(),
+            "an upstream setting, not a services setting (services has name_tag, port_tag, \
+             instance_port_tag and separator)",
         ),
     };
     if aws_keys.contains(&key) {

@@ -375,3 +375,119 @@ fn upstream_kind_names_match_the_file() {
     assert_eq!(UpstreamKind::Http.as_str(), "http");
     assert_eq!(UpstreamKind::Stream.to_string(), "stream");
 }
+
+/// A file whose upstreams are `upstreams` (indented entries), with a Data Plane API target.
+fn with_upstreams(upstreams: &str) -> String {
+    format!(
+        "subscription_id: sub\nresource_group_name: rg\ntargets:\n  edge:\n    type: haproxy_dataplane\n    \
+         url: http://127.0.0.1:5555\n    username: admin\n    password: p\nupstreams:\n{upstreams}"
+    )
+}
+
+#[test]
+fn services_are_read_with_every_key() {
+    let c = ok(&with_upstreams(
+        "  - name: azure\n    target: edge\n    resource_group_name: \"*\"\n    tags:\n      \
+         allow: {environment: production}\n      deny: {\"HAProxy:Exclude\": \"true\"}\n    \
+         services:\n      name_tag: \"App:Name\"\n      port_tag: \"App:Port\"\n      \
+         instance_port_tag: \"App:InstancePort\"\n      separator: \"__\"\n    kind: http\n",
+    ));
+    let u = &c.upstreams[0];
+    assert_eq!(u.port, None);
+    assert_eq!(u.virtual_machine_scale_set, "");
+    let svc = u.source.services.as_ref().expect("services");
+    assert_eq!(
+        svc,
+        &ServicesConfig {
+            name_tag: "App:Name".into(),
+            port_tag: "App:Port".into(),
+            instance_port_tag: "App:InstancePort".into(),
+            separator: "__".into(),
+        }
+    );
+    let tags = u.source.tags.as_ref().expect("tags");
+    let allow: Vec<(&str, &str)> = tags
+        .allow
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(allow, [("App:Name", "*"), ("environment", "production")]);
+    assert_eq!(tags.deny.len(), 1);
+}
+
+#[test]
+fn services_take_defaults_when_empty_or_null_and_select_by_the_name_tag() {
+    for services in [
+        "services: {}",
+        "services:",
+        "services: ~",
+        "services: {separator: ~}",
+    ] {
+        let c = ok(&with_upstreams(&format!(
+            "  - name: azure\n    target: edge\n    {services}\n    kind: http\n"
+        )));
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.source.services,
+            Some(ServicesConfig::default()),
+            "{services}"
+        );
+        assert_eq!(u.port, None);
+        assert!(u.source.scale_sets.is_empty());
+        let tags = u.source.tags.as_ref().expect("tags added");
+        assert_eq!(
+            tags.allow.get("HAProxy:Service:Name").map(String::as_str),
+            Some("*")
+        );
+        assert!(tags.deny.is_empty());
+    }
+}
+
+#[test]
+fn a_name_tag_already_allowed_is_kept_and_deny_alone_gets_the_name_tag() {
+    let c = ok(&with_upstreams(
+        "  - name: a\n    target: edge\n    tags: {allow: {\"haproxy:service:name\": \"web*\"}}\n    \
+         services: {}\n    kind: http\n\
+         \x20 - name: b\n    target: edge\n    tags: {deny: {\"HAProxy:Exclude\": \"true\"}}\n    \
+         services: {}\n    kind: http\n",
+    ));
+    let a = c.upstreams[0].source.tags.as_ref().expect("tags");
+    assert_eq!(a.allow.len(), 1);
+    assert_eq!(
+        a.allow.get("haproxy:service:name").map(String::as_str),
+        Some("web*")
+    );
+    let b = c.upstreams[1].source.tags.as_ref().expect("tags");
+    assert_eq!(
+        b.allow.get("HAProxy:Service:Name").map(String::as_str),
+        Some("*")
+    );
+    assert_eq!(b.deny.len(), 1);
+}
+
+#[test]
+fn a_template_over_named_scale_sets_selects_them_without_tags() {
+    let c = ok(&with_upstreams(
+        "  - name: azure\n    target: edge\n    virtual_machine_scale_set: [web, api]\n    \
+         services: {separator: \".\"}\n    kind: stream\n",
+    ));
+    let u = &c.upstreams[0];
+    assert_eq!(u.source.scale_sets, ["web", "api"]);
+    assert_eq!(u.source.tags, None);
+    assert_eq!(u.port, None);
+    assert_eq!(
+        u.source.services.as_ref().map(|s| s.separator.as_str()),
+        Some(".")
+    );
+}
+
+#[test]
+fn names_shaped_like_a_template_backend_are_fine_on_another_target() {
+    let text = with_upstreams(
+        "  - name: azure\n    target: edge\n    services: {}\n    kind: http\n\
+         \x20 - name: azure-web-80-eastus\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n",
+    )
+    .replace("targets:", "api_endpoint: http://127.0.0.1:8080/api\ntargets:");
+    let c = ok(&text);
+    assert_eq!(c.upstreams[1].target, None);
+}

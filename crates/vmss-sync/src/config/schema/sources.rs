@@ -1,15 +1,15 @@
 //! Keys that say where an upstream's servers come from and when they are registered:
 //! `virtual_machine_scale_set` (a name, a list, or globs), per-upstream `subscription_id`
-//! and `resource_group_name`, `tags`, `port_tag`, `register_when` and `drain_timeout`; and
-//! the top-level `health_interval`, `arm_read_burst` and `arm_reads_per_second`. A child
+//! and `resource_group_name`, `tags`, `port_tag`, `register_when`, `drain_timeout` and
+//! `services` (the upstream as a template of services found by tags); and the top-level `health_interval`, `arm_read_burst` and `arm_reads_per_second`. A child
 //! module of `schema`, so it parses with the same context, slots and messages.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::super::{SourceConfig, TagsConfig};
+use super::super::{ServicesConfig, SourceConfig, TagsConfig, UpstreamConfig};
 use super::yaml::{Node, NodeKind, Pos};
-use super::{field, parse_int, Cx, Field, Section, Slot};
+use super::{field, last_segment, parse_int, Cx, Field, Section, Slot};
 use super::{parse_go_duration, GoDurationError};
 use crate::model::RegisterWhen;
 
@@ -38,6 +38,7 @@ pub(super) struct SourceBuilder {
     pub port_tag: Slot<String>,
     pub register_when: Slot<RegisterWhen>,
     pub drain_timeout: Slot<Duration>,
+    pub services: Slot<ServicesConfig>,
 }
 
 /// The top-level keys of this module, as parsed.
@@ -61,11 +62,35 @@ struct TagsBuilder {
     deny: Slot<BTreeMap<String, String>>,
 }
 
+#[derive(Default)]
+struct ServicesBuilder {
+    name_tag: Slot<String>,
+    port_tag: Slot<String>,
+    instance_port_tag: Slot<String>,
+    separator: Slot<String>,
+}
+
+#[rustfmt::skip]
+const SERVICES_FIELDS: &[Field<ServicesBuilder>] = &[
+    field("name_tag", |cx, n, p, b| b.name_tag = cx.service_tag(n, p)),
+    field("port_tag", |cx, n, p, b| b.port_tag = cx.service_tag(n, p)),
+    field("instance_port_tag", |cx, n, p, b| b.instance_port_tag = cx.service_tag(n, p)),
+    field("separator", |cx, n, p, b| b.separator = cx.separator(n, p)),
+];
+
 #[rustfmt::skip]
 const TAGS_FIELDS: &[Field<TagsBuilder>] = &[
     field("allow", |cx, n, p, b| b.allow = cx.tag_map(n, p)),
     field("deny", |cx, n, p, b| b.deny = cx.tag_map(n, p)),
 ];
+
+/// The prefix of a template's backends (`{name}{separator}`) and its separator.
+fn template_prefix(u: &UpstreamConfig) -> Option<(String, &str)> {
+    u.source
+        .services
+        .as_ref()
+        .map(|s| (format!("{}{}", u.name, s.separator), s.separator.as_str()))
+}
 
 /// A scale set name or glob, a resource group or a tag name: it becomes part of an ARM
 /// path or is compared with ARM's names, so it may not hold what could change a path.
@@ -265,6 +290,116 @@ impl Cx<'_> {
         })
     }
 
+    /// `services: {name_tag, port_tag, instance_port_tag, separator}`, every key optional;
+    /// `services:` alone (null) or `services: {}` takes every default.
+    pub(super) fn services(&mut self, node: &Node, path: &str) -> Slot<ServicesConfig> {
+        if node.is_null() {
+            return Slot::Set(ServicesConfig::default(), node.pos, String::new());
+        }
+        if !matches!(node.kind, NodeKind::Map(_)) {
+            self.error(
+                node.pos,
+                path,
+                None,
+                format!(
+                    "services must be a mapping with name_tag, port_tag, instance_port_tag and \
+                     separator (each optional; services: {{}} takes the defaults), not {}",
+                    node.describe()
+                ),
+            );
+            return Slot::Invalid;
+        }
+        let mut b = ServicesBuilder::default();
+        self.mapping(node, path, SERVICES_FIELDS, &mut b, Section::Services);
+        let d = ServicesConfig::default();
+        let name_tag = b.name_tag.or_default(d.name_tag);
+        let port_tag = b.port_tag.or_default(d.port_tag);
+        let instance_port_tag = b.instance_port_tag.or_default(d.instance_port_tag);
+        let separator = b.separator.or_default(d.separator);
+        match (name_tag, port_tag, instance_port_tag, separator) {
+            (Some(name_tag), Some(port_tag), Some(instance_port_tag), Some(separator)) => {
+                Slot::Set(
+                    ServicesConfig {
+                        name_tag,
+                        port_tag,
+                        instance_port_tag,
+                        separator,
+                    },
+                    node.pos,
+                    String::new(),
+                )
+            }
+            _ => Slot::Invalid,
+        }
+    }
+
+    /// A tag name of `services`: not empty (null means the default), no control characters.
+    fn service_tag(&mut self, node: &Node, path: &str) -> Slot<String> {
+        if node.is_null() {
+            return Slot::Empty(node.pos);
+        }
+        let Some(s) = self.scalar(node, path, false) else {
+            return Slot::Invalid;
+        };
+        let field = last_segment(path);
+        let text = s.text.trim();
+        let problem = if text.is_empty() {
+            let d = ServicesConfig::default();
+            let default = match field {
+                "name_tag" => d.name_tag,
+                "port_tag" => d.port_tag,
+                _ => d.instance_port_tag,
+            };
+            Some(format!(
+                "the field {field} must not be empty: it names a tag (leave the key out for the \
+                 default {default})"
+            ))
+        } else if text.chars().any(char::is_control) {
+            Some("invalid tag name: control characters are not allowed".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                self.error(s.pos, path, Some(&s.raw), message);
+                Slot::Invalid
+            }
+            None => Slot::Set(text.to_owned(), s.pos, s.raw),
+        }
+    }
+
+    /// `services.separator`: not empty, only characters valid in an HAProxy backend name.
+    fn separator(&mut self, node: &Node, path: &str) -> Slot<String> {
+        if node.is_null() {
+            return Slot::Empty(node.pos);
+        }
+        let Some(s) = self.scalar(node, path, false) else {
+            return Slot::Invalid;
+        };
+        let problem = if s.text.is_empty() {
+            Some(
+                "the separator must not be empty: it separates the parts of backend names \
+                 (leave the key out for the default -)"
+                    .to_owned(),
+            )
+        } else if !crate::services::is_backend_part(&s.text) {
+            Some(
+                "invalid separator: it becomes part of HAProxy backend names, so it may hold \
+                 only letters, digits and . _ : -"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                self.error(s.pos, path, Some(&s.raw), message);
+                Slot::Invalid
+            }
+            None => Slot::Set(s.text, s.pos, s.raw),
+        }
+    }
+
     /// `register_when`: running, healthy or always.
     pub(super) fn register_when(&mut self, node: &Node, path: &str) -> Slot<RegisterWhen> {
         self.one_of(node, path, REGISTER_WHEN)
@@ -322,20 +457,45 @@ impl Cx<'_> {
 
     /// Checks the upstream keys together and builds the upstream's source. Returns the
     /// label kept in `virtual_machine_scale_set`, the port and the source.
+    ///
+    /// `name` is the upstream's name, its position and its text as written, when it is
+    /// good: a template (`services`) checks it as a backend-name prefix.
     pub(super) fn finish_source(
         &mut self,
         b: SourceBuilder,
         port: Slot<u16>,
+        name: Option<(&str, Pos, &str)>,
         parent: Pos,
         path: &str,
         label: &str,
     ) -> Option<(String, Option<u16>, SourceConfig)> {
         let has_tags = matches!(b.tags, Slot::Set(..) | Slot::Invalid);
         let has_port_tag = matches!(b.port_tag, Slot::Set(..) | Slot::Invalid);
+        let template = matches!(b.services, Slot::Set(..) | Slot::Invalid);
+        let services = match b.services {
+            Slot::Set(v, _, _) => Some(Some(v)),
+            Slot::Invalid => None,
+            Slot::Absent | Slot::Empty(_) => Some(None),
+        };
+        let name_ok = match name {
+            Some((name, pos, raw)) if template && !crate::services::is_backend_part(name) => {
+                self.error(
+                    pos,
+                    &format!("{path}.name"),
+                    Some(raw),
+                    "with services, the name is the prefix of every backend name \
+                     ({name}{separator}{service}{separator}{port}{separator}{region}), so it may \
+                     hold only letters, digits and . _ : -"
+                        .to_owned(),
+                );
+                false
+            }
+            _ => true,
+        };
         let scale_sets = match b.scale_sets {
             Slot::Set(v, _, _) => Some(v),
             Slot::Invalid => None,
-            Slot::Absent | Slot::Empty(_) if has_tags => Some(Vec::new()),
+            Slot::Absent | Slot::Empty(_) if has_tags || template => Some(Vec::new()),
             other => {
                 let pos = other.empty_pos().unwrap_or(parent);
                 self.error(
@@ -351,7 +511,18 @@ impl Cx<'_> {
             }
         };
         let port = match port {
-            Slot::Absent | Slot::Empty(_) if has_port_tag => Some(None),
+            Slot::Set(_, pos, raw) if template => {
+                self.error(
+                    pos,
+                    &format!("{path}.port"),
+                    Some(&raw),
+                    "port cannot be combined with services: the port of each service comes \
+                     from its service port tag (services.port_tag)"
+                        .to_owned(),
+                );
+                None
+            }
+            Slot::Absent | Slot::Empty(_) if has_port_tag || template => Some(None),
             Slot::Absent | Slot::Empty(_) => {
                 let pos = port.empty_pos().unwrap_or(parent);
                 self.error(
@@ -367,7 +538,8 @@ impl Cx<'_> {
         };
         let tags = match b.tags {
             Slot::Set(t, pos, _) => {
-                if t.allow.is_empty() && matches!(&scale_sets, Some(s) if s.is_empty()) {
+                if t.allow.is_empty() && !template && matches!(&scale_sets, Some(s) if s.is_empty())
+                {
                     self.error(
                         pos,
                         &format!("{path}.tags.allow"),
@@ -395,7 +567,21 @@ impl Cx<'_> {
             Slot::Invalid => None,
             Slot::Absent | Slot::Empty(_) => Some(None),
         };
-        let port_tag = opt(b.port_tag);
+        let port_tag = match b.port_tag {
+            Slot::Set(_, pos, raw) if template => {
+                self.error(
+                    pos,
+                    &format!("{path}.port_tag"),
+                    Some(&raw),
+                    "port_tag cannot be combined with services: the port comes from the service \
+                     port tag (services.port_tag), and an instance's own port from \
+                     services.instance_port_tag"
+                        .to_owned(),
+                );
+                None
+            }
+            other => opt(other),
+        };
         let register_when = match b.register_when {
             Slot::Set(v, _, _) => Some(Some(v)),
             Slot::Invalid => None,
@@ -403,17 +589,86 @@ impl Cx<'_> {
         };
         let drain_timeout = b.drain_timeout.or_default(DEFAULT_DRAIN_TIMEOUT);
         let scale_sets = scale_sets?;
+        let services = services?;
+        let mut tags = tags?;
+        if let (Some(svc), true) = (&services, scale_sets.is_empty()) {
+            // A template found by tags reads only what carries a service name.
+            let t = tags.get_or_insert_with(TagsConfig::default);
+            if !t
+                .allow
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(&svc.name_tag))
+            {
+                t.allow.insert(svc.name_tag.clone(), "*".to_owned());
+            }
+        }
+        if !name_ok {
+            return None;
+        }
         let source = SourceConfig {
             scale_sets: scale_sets.clone(),
             subscription_id: subscription_id?,
             resource_groups: resource_groups?,
-            tags: tags?,
+            tags,
             port_tag: port_tag?,
             register_when: register_when?,
             drain_timeout: drain_timeout?,
-            services: None,
+            services,
         };
         Some((scale_sets.join(","), port?, source))
+    }
+
+    /// A template (`services`) lists the backends whose names start with its prefix on its
+    /// target and empties those of services that are gone: on one target, no other upstream
+    /// may be named like one of its backends, and no other template may have a prefix that
+    /// starts with its own (or the reverse). Reported at the later upstream's name.
+    pub(super) fn check_template_overlap(
+        &mut self,
+        list: &[Option<UpstreamConfig>],
+        name_positions: &[Option<Pos>],
+        path: &str,
+    ) {
+        for (i, t) in list.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let Some((t_prefix, sep)) = template_prefix(t) else {
+                continue;
+            };
+            for (j, u) in list.iter().enumerate() {
+                let Some(u) = u.as_ref().filter(|u| j != i && u.target == t.target) else {
+                    continue;
+                };
+                let message = match template_prefix(u) {
+                    Some((u_prefix, _)) if j > i => {
+                        if !(u_prefix.starts_with(&t_prefix) || t_prefix.starts_with(&u_prefix)) {
+                            continue;
+                        }
+                        format!(
+                            "the backends of this template ({u_prefix}…) and those of the template \
+                             {} ({path}[{i}] at line {}: {t_prefix}…) are on the same target and \
+                             their names overlap, so each would empty the other's; use prefixes \
+                             that do not start with one another",
+                            t.name, t.line
+                        )
+                    }
+                    Some(_) => continue,
+                    None => {
+                        if !crate::services::is_service_backend(&u.name, &t.name, sep) {
+                            continue;
+                        }
+                        format!(
+                            "this name has the shape of a backend of the template {} ({path}[{i}] \
+                             at line {}: {t_prefix}{{service}}{sep}{{port}}{sep}{{region}}) on the \
+                             same target, which would take it for a service that is gone and \
+                             empty it; rename one of them",
+                            t.name, t.line
+                        )
+                    }
+                };
+                if let Some(pos) = name_positions.get(j).copied().flatten() {
+                    self.error(pos, &format!("{path}[{j}].name"), Some(&u.name), message);
+                }
+            }
+        }
     }
 
     /// Validates the top-level keys of this module.
