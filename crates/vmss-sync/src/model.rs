@@ -190,9 +190,9 @@ pub struct Instance {
     pub view: Option<InstanceView>,
     /// The VM's own tags (Flexible members and standalone VMs; empty for Uniform).
     pub tags: BTreeMap<String, String>,
-    /// The Azure region of a standalone VM (lower-cased, shared between the VMs of one
-    /// region); None for scale set members, which are in their set's
-    /// [`ScaleSetSnapshot::location`], and when ARM did not say.
+    /// The Azure region of a VM found alone ([`Found::vms`]; lower-cased, shared between
+    /// the VMs of one region); None for the instances of a [`ScaleSetSnapshot`], which are
+    /// in its [`ScaleSetSnapshot::location`], and when ARM did not say.
     pub location: Option<std::sync::Arc<str>>,
 }
 
@@ -300,7 +300,8 @@ pub struct ObservedServer {
 pub struct Found {
     /// The scale sets selected.
     pub sets: Vec<std::sync::Arc<ScaleSetSnapshot>>,
-    /// Standalone VMs selected by tags.
+    /// VMs selected alone by their tags: standalone VMs, and members of Flexible sets
+    /// the selection does not select.
     pub vms: Vec<std::sync::Arc<Instance>>,
     /// True when the selection names its scale sets exactly (no glob, no tags): then
     /// finding none of them is not possible (a missing set is an error).

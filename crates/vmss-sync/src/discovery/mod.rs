@@ -6,7 +6,9 @@
 //! 1. **Scale sets**: `VirtualMachineScaleSets_Get` for a set named alone in its
 //!    resource group; `VirtualMachineScaleSets_List` for a resource group where several
 //!    sets are named, a glob or tags select (`_ListAll` for the whole subscription).
-//!    Standalone VMs selected by tags: `VirtualMachines_List` / `_ListAll`.
+//!    Standalone VMs selected by tags: `VirtualMachines_List` / `_ListAll` (which also
+//!    hold Flexible members: a member whose own tags match is taken alone when its set
+//!    is not selected, so a member tagged by itself is found in an untagged set).
 //! 2. **Members**, once per selected set however many upstreams use it:
 //!    - Uniform: `NetworkInterfaces_ListVirtualMachineScaleSetNetworkInterfaces` (the
 //!      addresses) and, when health is due, `VirtualMachineScaleSetVMs_List` with
@@ -218,6 +220,9 @@ struct Vm {
     tags: BTreeMap<String, String>,
     /// Region (normalised, shared by the VMs of one list); None when ARM did not say.
     location: Option<Arc<str>>,
+    /// Lower-cased id of the Flexible set it belongs to, for VMs read from the VM lists
+    /// of a resource group or subscription (None in a set's own member list).
+    set: Option<Arc<str>>,
     provisioning: Option<Provisioning>,
     view: Option<InstanceView>,
 }
@@ -250,6 +255,7 @@ impl Vm {
             rg,
             nic_rg,
             location,
+            set: None,
             provisioning,
             view,
             tags: v.tags,
@@ -257,12 +263,29 @@ impl Vm {
         })
     }
 
-    /// A standalone VM (in no scale set).
-    fn standalone(v: VirtualMachine, groups: &mut Interner) -> Option<Vm> {
-        if v.scale_set_key().is_some() {
+    /// A VM of a resource group's or subscription's VM list: a standalone VM, or a member
+    /// of a Flexible set, which a tag selection takes alone when its own tags match and its
+    /// set is not selected. Members without tags of their own are dropped (no selection can
+    /// take them alone) unless `members` (the status list, read for their views).
+    fn listed(v: VirtualMachine, groups: &mut Interner, members: bool) -> Option<Vm> {
+        let set = v.scale_set_key();
+        if set.is_some() && !members && v.tags.is_empty() {
             return None;
         }
-        Vm::from_model(v, groups)
+        let mut vm = Vm::from_model(v, groups)?;
+        vm.set = set.map(|s| groups.get(&s));
+        if members && vm.set.is_some() {
+            // Only the view of a member is used from the status list.
+            vm.tags = BTreeMap::new();
+        }
+        Some(vm)
+    }
+
+    /// True when a selection takes this VM alone: its tags match and it is not a member of
+    /// a scale set the selection already takes (`sets`: their lower-cased ids).
+    fn taken_alone(&self, sel: &Selection, sets: &HashSet<String>) -> bool {
+        sel.selects_vm(&self.rg, &self.tags)
+            && self.set.as_ref().is_none_or(|s| !sets.contains(&**s))
     }
 
     /// Resource group of its primary NIC.
@@ -280,19 +303,19 @@ fn location_name(s: &str) -> String {
         .collect()
 }
 
-/// Resource group names and regions, lower-cased and shared: a list of 10,000 VMs names
-/// only a few.
+/// Resource group names, regions and set ids, lower-cased and shared: a list of 10,000
+/// VMs names only a few.
 #[derive(Default)]
-struct Interner(Vec<Arc<str>>);
+struct Interner(HashSet<Arc<str>>);
 
 impl Interner {
     fn get(&mut self, name: &str) -> Arc<str> {
         let lower = name.to_ascii_lowercase();
-        if let Some(a) = self.0.iter().find(|a| ***a == *lower) {
+        if let Some(a) = self.0.get(lower.as_str()) {
             return Arc::clone(a);
         }
         let a: Arc<str> = Arc::from(lower);
-        self.0.push(Arc::clone(&a));
+        self.0.insert(Arc::clone(&a));
         a
     }
 }
@@ -447,7 +470,7 @@ impl Op {
                 let mut groups = Interner::default();
                 Out::Vms(
                     arm.list_map(&ListRequest::vms(sub, rg.as_deref(), None, false)?, |v| {
-                        Vm::standalone(v, &mut groups)
+                        Vm::listed(v, &mut groups, false)
                     })
                     .await?,
                 )
@@ -456,7 +479,7 @@ impl Op {
                 let mut groups = Interner::default();
                 Out::Vms(
                     arm.list_map(&ListRequest::vm_statuses(sub)?, |v| {
-                        Vm::standalone(v, &mut groups).filter(|v| v.view.is_some())
+                        Vm::listed(v, &mut groups, true).filter(|v| v.view.is_some())
                     })
                     .await?,
                 )
@@ -889,9 +912,14 @@ pub async fn discover(
     }
     let mut status_subs: BTreeSet<String> = BTreeSet::new();
     for sel in sels.iter().filter(|s| s.includes_vms()) {
+        let sets = matched
+            .get(*sel)
+            .and_then(|r| r.as_ref().ok())
+            .map(|m| set_ids(m))
+            .unwrap_or_default();
         for op in vm_lists(sel) {
             if let Ok(Out::Vms(vms)) = get(&done, &op) {
-                for vm in vms.iter().filter(|v| sel.selects_vm(&v.rg, &v.tags)) {
+                for vm in vms.iter().filter(|v| v.taken_alone(sel, &sets)) {
                     ops.push(Op::Nics {
                         sub: sel.subscription.clone(),
                         rg: vm.nic_group().to_string(),
@@ -995,6 +1023,11 @@ pub async fn discover(
                 exact: sel.is_exact(),
                 ..Found::default()
             };
+            let ids = if sel.includes_vms() {
+                set_ids(&sets)
+            } else {
+                HashSet::new()
+            };
             for m in sets {
                 match snapshots.get(&m.key.to_string().to_ascii_lowercase()) {
                     Some(Ok(s)) => found.sets.push(Arc::clone(s)),
@@ -1008,7 +1041,7 @@ pub async fn discover(
                 }
             }
             if sel.includes_vms() {
-                found.vms = standalone(&sel, &done, &nics, state)?;
+                found.vms = standalone(&sel, &ids, &done, &nics, state)?;
             }
             Ok(found)
         });
@@ -1018,6 +1051,24 @@ pub async fn discover(
         results,
         operations: done.len(),
     }
+}
+
+/// Lower-cased ids of the scale sets a selection matched.
+fn set_ids(sets: &[Matched]) -> HashSet<String> {
+    sets.iter()
+        .map(|m| {
+            m.model.id.clone().map_or_else(
+                || {
+                    format!(
+                        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+                        m.key.subscription, m.key.resource_group, m.key.name
+                    )
+                },
+                |id| id.trim().to_string(),
+            )
+            .to_ascii_lowercase()
+        })
+        .collect()
 }
 
 fn vm_lists(sel: &Selection) -> Vec<Op> {
@@ -1205,8 +1256,11 @@ fn snapshot(
     }))
 }
 
+/// The VMs a selection takes alone: standalone VMs, and members of Flexible sets it does
+/// not take (`sets`) whose own tags match.
 fn standalone(
     sel: &Selection,
+    sets: &HashSet<String>,
     done: &Results,
     nics: &NicIndex<'_>,
     state: &DiscoveryState,
@@ -1243,7 +1297,7 @@ fn standalone(
                 }
             })?;
         }
-        for vm in vms.iter().filter(|v| sel.selects_vm(&v.rg, &v.tags)) {
+        for vm in vms.iter().filter(|v| v.taken_alone(sel, sets)) {
             let rg = vm.nic_group();
             let Some(ip) = nics.address(&sel.subscription, rg, &vm.id)? else {
                 continue;

@@ -105,7 +105,8 @@ impl Selection {
             && self.tags.as_ref().is_none_or(|t| t.matches(tags))
     }
 
-    /// True when a standalone VM in `rg` with these tags is selected.
+    /// True when a VM in `rg` with these tags is selected alone: a standalone VM, or a
+    /// member of a Flexible set the selection does not select.
     pub fn selects_vm(&self, rg: &str, tags: &BTreeMap<String, String>) -> bool {
         self.includes_vms()
             && self.in_groups(rg)
