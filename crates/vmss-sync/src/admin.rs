@@ -167,14 +167,28 @@ impl Health {
     pub fn record_cycle(&self, report: &CycleReport) {
         let now = Instant::now();
         let mut inner = self.lock();
+        // The services of a template count under the template's name: it succeeded when
+        // all of them did.
+        let mut errors: Vec<(&str, UpstreamKind, Option<&str>)> = Vec::new();
         for o in &report.outcomes {
+            let name = o.template.as_deref().unwrap_or(&o.upstream);
+            let error = o.error.as_deref();
+            match errors
+                .iter_mut()
+                .find(|(n, k, _)| *n == name && *k == o.kind)
+            {
+                Some((_, _, e)) => *e = e.or(error),
+                None => errors.push((name, o.kind, error)),
+            }
+        }
+        for (name, kind, error) in errors {
             if let Some(u) = inner
                 .upstreams
                 .iter_mut()
-                .find(|u| u.name == o.upstream && u.kind == o.kind)
+                .find(|u| u.name == name && u.kind == kind)
             {
                 u.ran = true;
-                match &o.error {
+                match error {
                     None => {
                         u.last_success = Some(now);
                         u.last_error = None;
@@ -423,6 +437,8 @@ mod tests {
     fn outcome(name: &str, error: Option<&str>) -> UpstreamOutcome {
         UpstreamOutcome {
             upstream: name.into(),
+            template: None,
+            target: "nginx-plus",
             kind: UpstreamKind::Http,
             group: "g".into(),
             plan: None,

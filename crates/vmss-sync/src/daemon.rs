@@ -268,13 +268,7 @@ impl Daemon {
     }
 
     fn record(&self, report: &CycleReport, mode: Mode) {
-        let upstreams = self.reconciler.upstreams();
-        let target_of = |o: &crate::reconcile::UpstreamOutcome| {
-            upstreams
-                .iter()
-                .find(|u| u.target.name == o.upstream && u.target.kind == o.kind)
-                .map_or("unknown", |u| u.sink.kind())
-        };
+        let target_of = |o: &crate::reconcile::UpstreamOutcome| o.target;
         self.metrics.record_cycle(report, mode, &target_of);
         self.metrics.record_arm(&self.reconciler.arm().stats());
         self.health.record_cycle(report);

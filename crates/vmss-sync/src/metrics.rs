@@ -649,6 +649,8 @@ mod tests {
     fn outcome(name: &str, report: Option<ApplyReport>, error: Option<&str>) -> UpstreamOutcome {
         UpstreamOutcome {
             upstream: name.into(),
+            template: None,
+            target: "nginx-plus",
             kind: UpstreamKind::Http,
             group: "set".into(),
             plan: error.is_none().then(Plan::default),

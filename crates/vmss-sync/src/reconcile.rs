@@ -6,13 +6,14 @@
 //! upstream whose discovery failed in any way is left untouched for the cycle.
 
 use crate::azure::arm::ArmClient;
-use crate::config::{Config, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, ServicesConfig, UpstreamConfig, UpstreamKind};
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
 use crate::model::{
-    desired_servers, ObservedServer, RegisterWhen, Registration, ServerParams, ServerState,
+    desired_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams, ServerState,
 };
 use crate::plan::{self, Drain, Hold, Plan};
-use crate::target::{ApplyReport, Permanence, Target, UpstreamRef};
+use crate::services;
+use crate::target::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,9 @@ pub struct UpstreamSpec {
     pub params: ServerParams,
     /// How long a leaving server drains before removal (zero: removed at once).
     pub drain_timeout: Duration,
+    /// Set on a template: every service its selection finds by tags becomes its own
+    /// upstream, named `{name}{separator}{service}{separator}{port}{separator}{region}`.
+    pub services: Option<ServicesConfig>,
 }
 
 impl std::fmt::Debug for UpstreamSpec {
@@ -108,6 +112,7 @@ impl std::fmt::Debug for UpstreamSpec {
             .field("register_when", &self.register_when)
             .field("params", &self.params)
             .field("drain_timeout", &self.drain_timeout)
+            .field("services", &self.services)
             .finish()
     }
 }
@@ -129,6 +134,7 @@ impl UpstreamSpec {
                 slow_start: u.slow_start,
             },
             drain_timeout: u.source.drain_timeout,
+            services: u.source.services.clone(),
         }
     }
 
@@ -165,8 +171,12 @@ pub fn selection_of(cfg: &Config, u: &UpstreamConfig) -> Selection {
 /// What happened to one upstream in one cycle.
 #[derive(Debug)]
 pub struct UpstreamOutcome {
-    /// Upstream name.
+    /// Upstream name (for a service of a template: its backend's name).
     pub upstream: String,
+    /// The template (configured upstream with `services`) a service comes from.
+    pub template: Option<String>,
+    /// The target kind (`Target::kind`).
+    pub target: &'static str,
     /// HTTP or stream.
     pub kind: UpstreamKind,
     /// The scale set feeding it.
@@ -193,6 +203,32 @@ pub struct UpstreamOutcome {
 }
 
 impl UpstreamOutcome {
+    fn new(up: &UpstreamSpec, template: Option<String>) -> Self {
+        Self {
+            upstream: up.target.name.clone(),
+            template,
+            target: up.sink.kind(),
+            kind: up.target.kind,
+            group: up.group(),
+            plan: None,
+            hold: None,
+            report: None,
+            error: None,
+            observed: 0,
+            desired: 0,
+            active: 0,
+            draining: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    fn failed(up: &UpstreamSpec, template: Option<String>, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::new(up, template)
+        }
+    }
+
     /// True when the upstream ended the cycle holding exactly the wanted servers.
     pub fn in_sync(&self) -> bool {
         self.error.is_none()
@@ -285,7 +321,13 @@ impl Reconciler {
         let sets =
             discovery::check(&self.arm, &self.state, &self.selections(), &self.options).await;
         for up in &self.upstreams {
-            if let Err(e) = up.sink.check(&up.target).await {
+            // A template's backends are named by what discovery finds, and created when
+            // missing: there is nothing to check before then.
+            let check = match up.services {
+                Some(_) => Ok(()),
+                None => up.sink.check(&up.target).await,
+            };
+            if let Err(e) = check {
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
                     message: format!(
@@ -366,45 +408,257 @@ impl Reconciler {
         self.apply_snapshots(snapshots, mode, started).await
     }
 
-    /// Second half of a cycle: plan and apply every upstream against the snapshots.
+    /// Second half of a cycle: every upstream (templates expanded into their services)
+    /// is observed and planned against the snapshots, then the plans are applied, each
+    /// target's in one batch when it batches (the Data Plane API: one transaction per
+    /// cycle), and the outcomes are logged.
     pub async fn apply_snapshots(
         &self,
         snapshots: Arc<Discovered>,
         mode: Mode,
         started: Instant,
     ) -> CycleReport {
-        let mut tasks = tokio::task::JoinSet::new();
+        let (jobs, mut failed) = self.expand(&snapshots).await;
         // Upstreams are independent; a bound keeps connections and buffers to the targets
         // bounded however many upstreams there are.
         let limit = Arc::new(tokio::sync::Semaphore::new(UPSTREAMS_IN_FLIGHT));
-        for (index, up) in self.upstreams.iter().enumerate() {
-            let up = up.clone();
-            let target = Arc::clone(&up.sink);
-            let snapshots = Arc::clone(&snapshots);
-            let ctx = Ctx {
-                drains: Arc::clone(&self.drains),
-                gate: self.gate.clone(),
-                mode,
-            };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, job) in jobs.into_iter().enumerate() {
+            let drains = Arc::clone(&self.drains);
             let limit = Arc::clone(&limit);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let mut outcome = sync_upstream(&up, target.as_ref(), &snapshots, &ctx).await;
-                outcome.duration = started.elapsed();
-                (index, outcome)
+                (index, prepare(job, &drains).await)
             });
         }
+        let mut prepared = join_sorted(&mut tasks).await;
+        let writes = match mode {
+            Mode::DryRun => Vec::new(),
+            Mode::Apply => self.apply_all(&mut prepared, &limit).await,
+        };
         let mut outcomes: Vec<(usize, UpstreamOutcome)> = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(o) => outcomes.push(o),
-                Err(e) => tracing::error!(error = %e, "An upstream task ended abnormally."),
-            }
+        let mut reports: BTreeMap<usize, ApplyReport> = writes.into_iter().collect();
+        for (index, p) in prepared {
+            let report = reports.remove(&index);
+            let order = p.order;
+            let mut outcome = finish(p, report, &self.drains);
+            outcome.duration = started.elapsed();
+            outcomes.push((order, outcome));
         }
-        outcomes.sort_by_key(|(i, _)| *i);
+        outcomes.append(&mut failed);
+        outcomes.sort_by_key(|(order, _)| *order);
         CycleReport {
             outcomes: outcomes.into_iter().map(|(_, o)| o).collect(),
             duration: started.elapsed(),
+        }
+    }
+
+    /// Turns the configured upstreams into this cycle's jobs: a plain upstream is one
+    /// job; a template (`services`) is one job per service its selection found, plus one
+    /// per backend of an earlier service that the target still holds (emptied, never
+    /// deleted). Upstreams whose selection failed come back as failed outcomes.
+    async fn expand(&self, snapshots: &Discovered) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
+        let mut jobs = Vec::new();
+        let mut failed = Vec::new();
+        for (index, up) in self.upstreams.iter().enumerate() {
+            let order = index * ORDER_STRIDE;
+            let found = match snapshots.get(&up.selection) {
+                Some(Ok(found)) => found,
+                Some(Err(e)) => {
+                    let group = up.group();
+                    let msg = format!("Couldn't get the IP addresses for {group}: {e}");
+                    tracing::warn!(upstream = %up.target.name, group = %group, "{msg}");
+                    failed.push((order, UpstreamOutcome::failed(up, None, msg)));
+                    continue;
+                }
+                None => {
+                    let msg = format!("{} was not read", up.group());
+                    failed.push((order, UpstreamOutcome::failed(up, None, msg)));
+                    continue;
+                }
+            };
+            let Some(services) = &up.services else {
+                jobs.push(Job {
+                    order,
+                    spec: up.clone(),
+                    template: None,
+                    found: Arc::new(found.clone()),
+                    gate: self.gate.clone(),
+                });
+                continue;
+            };
+            match self.expand_template(up, services, found).await {
+                Ok(specs) => {
+                    for (i, (spec, found)) in specs.into_iter().enumerate() {
+                        jobs.push(Job {
+                            order: order + 1 + i.min(ORDER_STRIDE - 2),
+                            spec,
+                            template: Some(up.target.name.clone()),
+                            found: Arc::new(found),
+                            gate: self.gate.clone(),
+                        });
+                    }
+                }
+                Err(msg) => {
+                    tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
+                    failed.push((order, UpstreamOutcome::failed(up, None, msg)));
+                }
+            }
+        }
+        (jobs, failed)
+    }
+
+    /// The services of one template, each with what it found.
+    async fn expand_template(
+        &self,
+        up: &UpstreamSpec,
+        cfg: &ServicesConfig,
+        found: &Found,
+    ) -> Result<Vec<(UpstreamSpec, Found)>, String> {
+        let prefix = &up.target.name;
+        let (services, unported) = services::split(found, prefix, cfg);
+        if let Some(first) = unported.first() {
+            tracing::warn!(
+                upstream = %prefix,
+                skipped = unported.len(),
+                "{} instance(s) have a service name tag but no usable service; first: {}: {}",
+                unported.len(),
+                first.vm_id,
+                first.reason
+            );
+        }
+        let mut out: Vec<(UpstreamSpec, Found)> = Vec::with_capacity(services.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for svc in services {
+            seen.insert(svc.backend.clone());
+            let spec = up.service(&svc.backend, svc.port, cfg);
+            out.push((spec, svc.found));
+        }
+        // Backends of services that are gone: emptied into maintenance, never deleted.
+        let listed = up
+            .sink
+            .list_upstreams(&format!("{prefix}{}", cfg.separator))
+            .await
+            .map_err(|e| {
+                format!(
+                    "Couldn't list the backends of {prefix} in {}: {}",
+                    target_name(up.sink.kind()),
+                    e.message
+                )
+            })?;
+        // A complete read that found other instances proves a vanished service is gone;
+        // an empty read proves nothing (the guard then holds its removals).
+        let proven = !found.sets.is_empty() || !found.vms.is_empty();
+        for backend in listed.unwrap_or_default() {
+            if seen.contains(&backend)
+                || !services::is_service_backend(&backend, prefix, &cfg.separator)
+            {
+                continue;
+            }
+            let gone = Found {
+                exact: proven,
+                ..Found::default()
+            };
+            out.push((up.service(&backend, 0, cfg), gone));
+        }
+        out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
+        Ok(out)
+    }
+
+    /// Applies every prepared plan that has writes; returns the reports by job index.
+    async fn apply_all(
+        &self,
+        prepared: &mut [(usize, Prepared)],
+        limit: &Arc<tokio::sync::Semaphore>,
+    ) -> Vec<(usize, ApplyReport)> {
+        // Group the writing jobs by target (the same `Arc`), keeping their order.
+        let mut groups: Vec<(Arc<dyn Target>, Vec<Write>)> = Vec::new();
+        for (index, p) in prepared.iter_mut() {
+            let Some(plan) = p.writes.take() else {
+                continue;
+            };
+            let sink = Arc::clone(&p.spec.sink);
+            let item = (*index, p.spec.target.clone(), plan);
+            match groups.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sink)) {
+                Some((_, items)) => items.push(item),
+                None => groups.push((sink, vec![item])),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (sink, items) in groups {
+            if sink.batches() {
+                let limit = Arc::clone(limit);
+                tasks.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let (indexes, batch): (Vec<usize>, Vec<(UpstreamRef, Plan)>) =
+                        items.into_iter().map(|(i, u, p)| (i, (u, p))).unzip();
+                    let mut reports = sink.apply_batch(&batch).await;
+                    reports.resize_with(indexes.len(), || ApplyReport {
+                        errors: vec![TargetError {
+                            message: "the target gave no report for this upstream".into(),
+                            permanence: Permanence::Transient,
+                        }],
+                        ..ApplyReport::default()
+                    });
+                    indexes.into_iter().zip(reports).collect::<Vec<_>>()
+                });
+            } else {
+                for (index, upstream, plan) in items {
+                    let sink = Arc::clone(&sink);
+                    let limit = Arc::clone(limit);
+                    tasks.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        vec![(index, sink.apply(&upstream, &plan).await)]
+                    });
+                }
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(reports) => out.extend(reports),
+                Err(e) => tracing::error!(error = %e, "A target's writes ended abnormally."),
+            }
+        }
+        out
+    }
+}
+
+/// One upstream's writes: its job index, the upstream and the plan.
+type Write = (usize, UpstreamRef, Plan);
+
+/// Orders outcomes: a configured upstream's position times this, its services after it.
+const ORDER_STRIDE: usize = 1 << 20;
+
+async fn join_sorted<T: 'static>(tasks: &mut tokio::task::JoinSet<(usize, T)>) -> Vec<(usize, T)> {
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(o) => out.push(o),
+            Err(e) => tracing::error!(error = %e, "An upstream task ended abnormally."),
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+impl UpstreamSpec {
+    /// The upstream of one service of this template.
+    fn service(&self, backend: &str, port: u16, cfg: &ServicesConfig) -> UpstreamSpec {
+        UpstreamSpec {
+            target: UpstreamRef {
+                name: backend.to_string(),
+                kind: self.target.kind,
+                create: true,
+            },
+            sink: Arc::clone(&self.sink),
+            selection: self.selection.clone(),
+            port: (port != 0).then_some(port),
+            port_tag: Some(cfg.instance_port_tag.clone()),
+            register_when: self.register_when,
+            params: self.params,
+            drain_timeout: self.drain_timeout,
+            services: None,
         }
     }
 }
@@ -431,12 +685,6 @@ fn list(v: &[String]) -> String {
     format!("[{}]", v.join(" "))
 }
 
-struct Ctx {
-    drains: Arc<DrainBook>,
-    gate: Option<WriteGate>,
-    mode: Mode,
-}
-
 fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
     let draining = servers
         .iter()
@@ -445,55 +693,66 @@ fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
     (servers.len() - draining, draining)
 }
 
-async fn sync_upstream(
-    up: &UpstreamSpec,
-    target: &dyn Target,
-    snapshots: &Discovered,
-    ctx: &Ctx,
-) -> UpstreamOutcome {
-    let mut out = UpstreamOutcome {
-        upstream: up.target.name.clone(),
-        kind: up.target.kind,
-        group: up.group(),
-        plan: None,
-        hold: None,
-        report: None,
-        error: None,
-        observed: 0,
-        desired: 0,
-        active: 0,
-        draining: 0,
-        duration: Duration::ZERO,
+/// One upstream to sync this cycle: a configured one, or one service of a template.
+struct Job {
+    /// Where its outcome goes in the report.
+    order: usize,
+    spec: UpstreamSpec,
+    /// The template it comes from, for a service.
+    template: Option<String>,
+    found: Arc<Found>,
+    gate: Option<WriteGate>,
+}
+
+/// An upstream observed and planned, before its writes.
+struct Prepared {
+    order: usize,
+    spec: UpstreamSpec,
+    outcome: UpstreamOutcome,
+    /// What to write, when there is something and this replica may write it.
+    writes: Option<Plan>,
+    /// The servers observed (for the counts after the writes).
+    observed: Vec<ObservedServer>,
+    /// When the plan was made (drain clocks start then).
+    now: Instant,
+}
+
+/// Observes the target, plans against what was found, and holds removals the guard
+/// refuses. Writes nothing.
+async fn prepare(job: Job, drains: &DrainBook) -> Prepared {
+    let Job {
+        order,
+        spec: up,
+        template,
+        found,
+        gate,
+    } = job;
+    let mut out = UpstreamOutcome::new(&up, template);
+    let now = Instant::now();
+    let prepared = |out, writes, observed| Prepared {
+        order,
+        spec: up.clone(),
+        outcome: out,
+        writes,
+        observed,
+        now,
     };
-    let found = match snapshots.get(&up.selection) {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            let msg = format!("Couldn't get the IP addresses for {}: {e}", out.group);
-            tracing::warn!(upstream = %up.target.name, group = %out.group, "{msg}");
-            out.error = Some(msg);
-            return out;
-        }
-        None => {
-            out.error = Some(format!("{} was not read", out.group));
-            return out;
-        }
-    };
-    let observed = match target.observe(&up.target).await {
+    let observed = match up.sink.observe(&up.target).await {
         Ok(o) => o,
         Err(e) => {
             let msg = format!(
                 "Couldn't update {} servers in {}: {}",
                 kind_word(up.target.kind),
-                target_name(target.kind()),
+                target_name(up.sink.kind()),
                 e.message
             );
-            tracing::warn!(upstream = %up.target.name, target = target.kind(), "{msg}");
+            tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
             out.error = Some(msg);
-            return out;
+            return prepared(out, None, Vec::new());
         }
     };
     let (desired, unported) = desired_servers(
-        found,
+        &found,
         &Registration {
             port: up.port,
             port_tag: up.port_tag.as_deref(),
@@ -515,8 +774,7 @@ async fn sync_upstream(
     out.observed = observed.len();
     out.desired = desired.len();
     (out.active, out.draining) = count_states(&observed);
-    let now = Instant::now();
-    let elapsed = ctx.drains.elapsed(&up.target.name, &observed, now);
+    let elapsed = drains.elapsed(&up.target.name, &observed, now);
     let drain = Drain {
         timeout: up.drain_timeout,
         elapsed: &elapsed,
@@ -532,25 +790,42 @@ async fn sync_upstream(
         out.hold = Some(hold);
         p = plan::without_removals(p);
     }
-    if ctx.mode == Mode::DryRun || p.is_empty() {
-        out.plan = Some(p);
-        return out;
-    }
-    if let Some(gate) = &ctx.gate {
-        if !gate() {
+    let mut writes = None;
+    if !p.is_empty() {
+        if gate.as_ref().is_some_and(|g| !g()) {
             out.error = Some("not written: this replica is not the leader".to_string());
-            out.plan = Some(p);
-            return out;
+        } else {
+            writes = Some(p.clone());
         }
     }
-    let report = target.apply(&up.target, &p).await;
-    let drained: Vec<String> = p
+    out.plan = Some(p);
+    prepared(out, writes, observed)
+}
+
+/// Completes an outcome with what the writes did (None: nothing was written), starts
+/// the drain clocks of servers set draining, and logs the changes and errors.
+fn finish(p: Prepared, report: Option<ApplyReport>, drains: &DrainBook) -> UpstreamOutcome {
+    let Prepared {
+        spec: up,
+        mut outcome,
+        observed,
+        now,
+        ..
+    } = p;
+    let Some(report) = report else {
+        return outcome;
+    };
+    let Some(plan) = &outcome.plan else {
+        return outcome;
+    };
+    let drained: Vec<String> = plan
         .drains()
         .filter(|u| report.drained.contains(&u.server))
         .map(|u| u.server.clone())
         .collect();
-    ctx.drains.started(&up.target.name, &drained, now);
-    (out.active, out.draining) = count_states(&plan::simulate(&observed, &p));
+    drains.started(&up.target.name, &drained, now);
+    (outcome.active, outcome.draining) = count_states(&plan::simulate(&observed, plan));
+    let kind = up.sink.kind();
     let changed = !(report.added.is_empty()
         && report.removed.is_empty()
         && report.updated.is_empty()
@@ -563,8 +838,8 @@ async fn sync_upstream(
         };
         tracing::info!(
             upstream = %up.target.name,
-            group = %out.group,
-            target = target.kind(),
+            group = %outcome.group,
+            target = kind,
             added = ?report.added,
             removed = ?report.removed,
             updated = ?report.updated,
@@ -572,7 +847,7 @@ async fn sync_upstream(
             "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}{draining}",
             kind_word(up.target.kind),
             up.target.name,
-            out.group,
+            outcome.group,
             list(&report.added),
             list(&report.removed),
             list(&report.updated),
@@ -581,15 +856,15 @@ async fn sync_upstream(
     for e in &report.errors {
         tracing::warn!(
             upstream = %up.target.name,
-            target = target.kind(),
+            target = kind,
             "Couldn't update {} servers in {}: {}",
             kind_word(up.target.kind),
-            target_name(target.kind()),
+            target_name(kind),
             e.message
         );
     }
     if !report.errors.is_empty() {
-        out.error = Some(
+        outcome.error = Some(
             report
                 .errors
                 .iter()
@@ -598,7 +873,6 @@ async fn sync_upstream(
                 .join("; "),
         );
     }
-    out.plan = Some(p);
-    out.report = Some(report);
-    out
+    outcome.report = Some(report);
+    outcome
 }
