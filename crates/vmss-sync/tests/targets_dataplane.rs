@@ -804,3 +804,108 @@ async fn dataplane_list_upstreams_returns_the_backend_names_starting_with_the_pr
         );
     }
 }
+
+/// Backends whose names start with `azure-`, each with the addresses it holds.
+fn service_backends(env: &Env) -> BTreeMap<String, Vec<String>> {
+    env.tb
+        .dataplane()
+        .backends()
+        .into_iter()
+        .filter(|b| b.starts_with("azure-"))
+        .map(|b| {
+            let held = held(env, &b);
+            (b, held)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_services_found_by_tags_get_backends_per_region_in_one_transaction_and_are_emptied_never_deleted(
+) {
+    let env = testbed(TestbedOptions::default()).await;
+    let f = env.tb.fleet();
+    // web:80 on a Uniform set in West Europe and on a standalone VM in East US;
+    // api:8080 on a Flexible set in East US; an untagged set that no backend gets.
+    f.add_scale_set(SUB, RG, "web", Orchestration::Uniform, "West Europe");
+    f.set_tag(SUB, RG, "web", "HAProxy:Service:Name", Some("web"));
+    f.set_tag(SUB, RG, "web", "HAProxy:Service:Port", Some("80"));
+    f.scale_to(SUB, RG, "web", 2);
+    f.add_vm(SUB, RG, "vm-east", Some("10.9.0.1".parse().unwrap()));
+    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Name", Some("web"));
+    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Port", Some("80"));
+    f.add_scale_set(SUB, RG, "api", Orchestration::Flexible, "eastus");
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Name", Some("api"));
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Port", Some("8080"));
+    f.scale_to(SUB, RG, "api", 2);
+    f.add_scale_set(SUB, RG, "plain", Orchestration::Uniform, "eastus");
+    f.scale_to(SUB, RG, "plain", 2);
+    env.tb.dataplane().add_backend("other");
+
+    let cfg = env.config(
+        &target(&env, ""),
+        "  - name: azure\n    target: remote\n    services: {}\n    kind: http\n    \
+         register_when: always\n    drain_timeout: 0s\n",
+    );
+    let args = ["once", "--config", cfg.to_str().unwrap()];
+    let secrets = env_with(&env, DATAPLANE_PASSWORD);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let want = BTreeMap::from([
+        ("azure-api-8080-eastus".to_string(), env.ips("api", 8080)),
+        (
+            "azure-web-80-eastus".to_string(),
+            vec!["10.9.0.1:80".to_string()],
+        ),
+        ("azure-web-80-westeurope".to_string(), env.ips("web", 80)),
+    ]);
+    assert_eq!(service_backends(&env), want, "{}", out.stderr);
+    assert_eq!(
+        env.tb.dataplane().transactions_committed(),
+        1,
+        "three backends created and filled in one transaction"
+    );
+
+    // Scale-out of one service and nothing else: one more transaction.
+    f.scale_to(SUB, RG, "web", 3);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        service_backends(&env)["azure-web-80-westeurope"],
+        env.ips("web", 80)
+    );
+    assert_eq!(env.tb.dataplane().transactions_committed(), 2);
+
+    // The api service goes away (its tags are removed): its backend is emptied into
+    // maintenance, never deleted, in the same kind of single transaction.
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Name", None);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let now = service_backends(&env);
+    assert_eq!(
+        now["azure-api-8080-eastus"],
+        Vec::<String>::new(),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(now["azure-web-80-westeurope"], env.ips("web", 80));
+    assert_eq!(env.tb.dataplane().transactions_committed(), 3);
+    assert!(env.tb.dataplane().backends().contains(&"other".to_string()));
+
+    // A read that finds no service at all proves nothing: every server stays.
+    for set in ["web"] {
+        f.set_tag(SUB, RG, set, "HAProxy:Service:Name", None);
+    }
+    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Name", None);
+    let out = run(&args, &secrets).await;
+    let after = service_backends(&env);
+    assert_eq!(
+        after["azure-web-80-westeurope"],
+        env.ips("web", 80),
+        "held: {}",
+        out.stderr
+    );
+    assert_eq!(after["azure-web-80-eastus"], ["10.9.0.1:80"]);
+    assert_eq!(env.tb.dataplane().transactions_committed(), 3);
+    assert!(out.stderr.contains("Holding removals"), "{}", out.stderr);
+    assert_eq!(out.code, 1, "held removals are not in sync: {}", out.stderr);
+}
