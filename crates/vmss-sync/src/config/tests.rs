@@ -491,3 +491,30 @@ fn names_shaped_like_a_template_backend_are_fine_on_another_target() {
     let c = ok(&text);
     assert_eq!(c.upstreams[1].target, None);
 }
+
+#[test]
+fn services_need_a_data_plane_target_that_can_create_backends() {
+    let text =
+        with_upstreams("  - name: azure\n    target: local\n    services: {}\n    kind: http\n")
+            .replace(
+            "upstreams:",
+            "  local:\n    type: haproxy_runtime\n    address: /run/haproxy/admin.sock\nupstreams:",
+        );
+    let e = err(&text);
+    assert!(e.contains("upstreams[0].target"), "{e}");
+    assert!(
+        e.contains("services needs a target of type haproxy_dataplane")
+            && e.contains("local is haproxy_runtime"),
+        "{e}"
+    );
+    let text = with_upstreams("  - name: azure\n    services: {}\n    kind: http\n").replace(
+        "targets:",
+        "api_endpoint: http://127.0.0.1:8080/api\ntargets:",
+    );
+    let e = err(&text);
+    assert!(e.contains("upstreams[0].services"), "{e}");
+    assert!(
+        e.contains("services needs a target of type haproxy_dataplane"),
+        "{e}"
+    );
+}

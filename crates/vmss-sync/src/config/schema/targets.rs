@@ -875,7 +875,25 @@ impl Cx<'_> {
         // Azure target name -> index of its upstream
         let mut azure_users: HashMap<&str, usize> = HashMap::new();
         for (i, r) in refs.iter().enumerate() {
-            let Some(r) = r else { continue };
+            let Some(r) = r else {
+                // The default target (NGINX Plus) cannot create backends for services.
+                if let Some(up) = upstreams
+                    .and_then(|u| u.get(i))
+                    .filter(|u| u.source.services.is_some())
+                {
+                    self.error(
+                        Pos {
+                            line: up.line,
+                            column: 1,
+                        },
+                        &format!("upstreams[{i}].services"),
+                        None,
+                        SERVICES_TARGET.to_string(),
+                    );
+                    ok = false;
+                }
+                continue;
+            };
             let key = format!("upstreams[{i}].target");
             if !names.contains(&r.name.as_str()) {
                 let message = if names.is_empty() {
@@ -902,6 +920,20 @@ impl Cx<'_> {
                 continue;
             };
             let Some(up) = ups.get(i) else { continue };
+            if up.source.services.is_some() {
+                if let Some(t) = list.iter().find(|t| {
+                    t.name == r.name && !matches!(t.spec, TargetSpec::HaproxyDataplane(_))
+                }) {
+                    self.error(
+                        r.pos,
+                        &key,
+                        Some(&r.raw),
+                        format!("{SERVICES_TARGET}; {} is {}", r.name, t.spec.type_name()),
+                    );
+                    ok = false;
+                    continue;
+                }
+            }
             let is_azure = list.iter().any(|t| {
                 t.name == r.name
                     && matches!(
@@ -970,6 +1002,10 @@ impl Cx<'_> {
         ok
     }
 }
+
+/// Why `services` needs a Data Plane API target.
+const SERVICES_TARGET: &str = "services needs a target of type haproxy_dataplane: only the \
+     HAProxy Data Plane API can create the backends of services found by tags";
 
 impl Cx<'_> {
     /// The targets of the file (empty without `targets:`), after checking the upstreams'
