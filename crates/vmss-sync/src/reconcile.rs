@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 const UPSTREAMS_IN_FLIGHT: usize = 8;
 
 /// Says whether this replica may write to targets right now (leader election). Checked
-/// before every upstream's writes; a closed gate means no write.
+/// when an upstream is planned and again just before its writes (or its target's batch);
+/// a closed gate means no write.
 pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// When each draining server started draining, per upstream. In memory only: after a
@@ -588,10 +589,14 @@ impl Reconciler {
         for (sink, items) in groups {
             if sink.batches() {
                 let limit = Arc::clone(limit);
+                let gate = self.gate.clone();
                 tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await;
                     let (indexes, batch): (Vec<usize>, Vec<(UpstreamRef, Plan)>) =
                         items.into_iter().map(|(i, u, p)| (i, (u, p))).unzip();
+                    if gate.as_ref().is_some_and(|g| !g()) {
+                        return indexes.into_iter().map(|i| (i, not_leader())).collect();
+                    }
                     let mut reports = sink.apply_batch(&batch).await;
                     reports.resize_with(indexes.len(), || ApplyReport {
                         errors: vec![TargetError {
@@ -606,8 +611,12 @@ impl Reconciler {
                 for (index, upstream, plan) in items {
                     let sink = Arc::clone(&sink);
                     let limit = Arc::clone(limit);
+                    let gate = self.gate.clone();
                     tasks.spawn(async move {
                         let _permit = limit.acquire_owned().await;
+                        if gate.as_ref().is_some_and(|g| !g()) {
+                            return vec![(index, not_leader())];
+                        }
                         vec![(index, sink.apply(&upstream, &plan).await)]
                     });
                 }
@@ -621,6 +630,17 @@ impl Reconciler {
             }
         }
         out
+    }
+}
+
+/// The report of writes the gate stopped: this replica lost the lease since planning.
+fn not_leader() -> ApplyReport {
+    ApplyReport {
+        errors: vec![TargetError {
+            message: "not written: this replica is not the leader".into(),
+            permanence: Permanence::Transient,
+        }],
+        ..ApplyReport::default()
     }
 }
 
