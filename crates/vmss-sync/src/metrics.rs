@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -159,7 +159,8 @@ pub struct Metrics {
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
     /// (upstream, kind, target) of every upstream with gauges.
-    known: Mutex<BTreeSet<(String, &'static str, &'static str)>>,
+    /// Upstreams with gauges: (name, kind, target) and the template a service comes from.
+    known: Mutex<BTreeMap<UpstreamKey, Option<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,7 +228,7 @@ impl Metrics {
             leadership_changes: Family::default(),
             lease_requests: Family::default(),
             arm_last: Mutex::new(ArmStats::default()),
-            known: Mutex::new(BTreeSet::new()),
+            known: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -391,7 +392,10 @@ impl Metrics {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for o in &report.outcomes {
             let target = target_of(o);
-            known.insert((o.upstream.clone(), o.kind.as_str(), target));
+            known.insert(
+                (o.upstream.clone(), o.kind.as_str(), target),
+                o.template.clone(),
+            );
             let up = UpstreamLabels {
                 upstream: o.upstream.clone(),
                 kind: o.kind.as_str(),
@@ -522,12 +526,18 @@ impl Metrics {
         *self.arm_last.lock().unwrap_or_else(|e| e.into_inner()) = ArmStats::default();
     }
 
-    /// After a reload: drops the gauges of upstreams that are no longer configured (their
-    /// counters stay, as counters do).
+    /// After a reload: drops the gauges of upstreams that are no longer configured, and of
+    /// services whose template is no longer configured (their counters stay, as counters
+    /// do).
     pub fn retain_upstreams(&self, keep: &[(String, UpstreamKind)]) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|(name, kind, target)| {
-            if keep.iter().any(|(n, k)| n == name && k.as_str() == *kind) {
+        known.retain(|(name, kind, target), template| {
+            // A service's backend stays while its template is configured.
+            let configured = template.as_deref().unwrap_or(name);
+            if keep
+                .iter()
+                .any(|(n, k)| n == configured && k.as_str() == *kind)
+            {
                 return true;
             }
             let up = UpstreamLabels {
@@ -639,6 +649,9 @@ impl TokenCredential for CountingCredential {
 pub fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
+
+/// An upstream's gauges: (name, kind, target).
+type UpstreamKey = (String, &'static str, &'static str);
 
 #[cfg(test)]
 mod tests {
@@ -791,13 +804,41 @@ mod tests {
     #[test]
     fn a_reload_drops_the_gauges_of_upstreams_no_longer_configured() {
         let m = Metrics::new();
+        let service = |name: &str, template: &str| UpstreamOutcome {
+            template: Some(template.into()),
+            ..outcome(name, None, None)
+        };
         let report = CycleReport {
-            outcomes: vec![outcome("web", None, None), outcome("gone", None, None)],
+            outcomes: vec![
+                outcome("web", None, None),
+                outcome("gone", None, None),
+                service("azure-api-80-eastus", "azure"),
+                service("old-api-80-eastus", "old"),
+            ],
             duration: Duration::from_millis(1),
         };
         m.record_cycle(&report, Mode::DryRun, &|_| "nginx-plus");
-        m.retain_upstreams(&[("web".to_string(), UpstreamKind::Http)]);
+        m.retain_upstreams(&[
+            ("web".to_string(), UpstreamKind::Http),
+            ("azure".to_string(), UpstreamKind::Http),
+        ]);
         let text = m.encode();
+        assert!(
+            line(
+                &text,
+                "vmss_sync_upstream_servers{upstream=\"azure-api-80-eastus\""
+            )
+            .is_some(),
+            "a service of a configured template keeps its gauges: {text}"
+        );
+        assert!(
+            line(
+                &text,
+                "vmss_sync_upstream_servers{upstream=\"old-api-80-eastus\""
+            )
+            .is_none(),
+            "{text}"
+        );
         assert!(
             line(&text, "vmss_sync_upstream_servers{upstream=\"web\"").is_some(),
             "{text}"
