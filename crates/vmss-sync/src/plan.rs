@@ -196,6 +196,14 @@ impl std::fmt::Display for Capacity {
 impl std::fmt::Display for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Hold::WouldEmpty {
+                observed,
+                capacity: None,
+            } => write!(
+                f,
+                "discovery found no instances and no scale set capacity confirms it (a glob \
+                 or tag selection that matches nothing has none); keeping all {observed} servers"
+            ),
             Hold::WouldEmpty { observed, capacity } => write!(
                 f,
                 "discovery found no instances but the scale set capacity is {}; \
@@ -402,6 +410,24 @@ mod tests {
         let late: BTreeMap<_, _> = [("10.0.0.9:80".to_string(), Duration::from_secs(30))].into();
         let p = plan(&DesiredServers::new(), &now_draining, &drain_of(30, &late));
         assert_eq!(p.remove.len(), 1);
+    }
+
+    #[test]
+    fn holds_say_why_with_and_without_a_capacity() {
+        let none = Hold::WouldEmpty {
+            observed: 3,
+            capacity: None,
+        };
+        assert_eq!(
+            none.to_string(),
+            "discovery found no instances and no scale set capacity confirms it (a glob or tag \
+             selection that matches nothing has none); keeping all 3 servers"
+        );
+        let four = Hold::WouldEmpty {
+            observed: 3,
+            capacity: Some(4),
+        };
+        assert!(four.to_string().contains("the scale set capacity is 4"));
     }
 
     #[test]
