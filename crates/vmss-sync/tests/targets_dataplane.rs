@@ -434,6 +434,7 @@ fn dataplane_target(
         },
         check: false,
         create_backends,
+        balance: "roundrobin".into(),
         timeout: Duration::from_secs(5),
     };
     HaproxyDataplane::new(&cfg, BTreeMap::new(), BTreeMap::new()).expect("target builds")
@@ -842,7 +843,7 @@ async fn dataplane_services_found_by_tags_get_backends_per_region_in_one_transac
     env.tb.dataplane().add_backend("other");
 
     let cfg = env.config(
-        &target(&env, ""),
+        &target(&env, "    balance: leastconn\n"),
         "  - name: azure\n    target: remote\n    services: {}\n    kind: http\n    \
          register_when: always\n    drain_timeout: 0s\n",
     );
@@ -863,6 +864,16 @@ async fn dataplane_services_found_by_tags_get_backends_per_region_in_one_transac
         env.tb.dataplane().transactions_committed(),
         1,
         "three backends created and filled in one transaction"
+    );
+    let created = env
+        .tb
+        .dataplane()
+        .backend("azure-web-80-eastus")
+        .expect("created through the API");
+    assert_eq!(created["mode"], "http");
+    assert_eq!(
+        created["balance"]["algorithm"], "leastconn",
+        "the target's balance"
     );
 
     // Scale-out of one service and nothing else: one more transaction.

@@ -176,6 +176,9 @@ pub struct HaproxyDataplaneTarget {
     /// Create a backend that does not exist (mode from the upstream's kind, `roundrobin`)
     /// instead of reporting it. Default false.
     pub create_backends: bool,
+    /// The balance algorithm of the backends it creates (`roundrobin`, or another that
+    /// takes no parameter).
+    pub balance: String,
     /// Bound on every request.
     pub timeout: Duration,
 }

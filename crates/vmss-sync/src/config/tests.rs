@@ -518,3 +518,26 @@ fn services_need_a_data_plane_target_that_can_create_backends() {
         "{e}"
     );
 }
+
+const UP: &str = "  - name: web\n    target: edge\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n";
+
+#[test]
+fn dataplane_balance_takes_algorithms_without_parameters() {
+    let c =
+        ok(&with_upstreams(UP).replace("password: p\n", "password: p\n    balance: leastconn\n"));
+    let Some(TargetSpec::HaproxyDataplane(t)) = c.targets.first().map(|t| &t.spec) else {
+        panic!("a Data Plane target: {:?}", c.targets);
+    };
+    assert_eq!(t.balance, "leastconn");
+    let c = ok(&with_upstreams(UP));
+    let Some(TargetSpec::HaproxyDataplane(t)) = c.targets.first().map(|t| &t.spec) else {
+        panic!("a Data Plane target");
+    };
+    assert_eq!(t.balance, "roundrobin", "the default");
+    let e = err(&with_upstreams(UP).replace("password: p\n", "password: p\n    balance: hdr\n"));
+    assert!(e.contains("targets.edge.balance"), "{e}");
+    assert!(
+        e.contains("hdr") && e.contains("roundrobin, static-rr, leastconn"),
+        "{e}"
+    );
+}

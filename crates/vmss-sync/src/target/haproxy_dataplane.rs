@@ -42,7 +42,7 @@
 //! configuration only accepts plain http to a loopback address.
 //!
 //! A backend that does not exist is created inside the batch's transaction (`mode` from the
-//! upstream's kind, `balance roundrobin`), as the HAProxy daemon does for the services it
+//! upstream's kind, `balance` of the target, `roundrobin` by default), as the HAProxy daemon does for the services it
 //! finds, when the target has `create_backends: true` or when it is the backend of a service
 //! found by tags (`UpstreamRef::create`: an upstream with `services:` is a template that
 //! becomes one backend `{name}{separator}{service}{separator}{port}{separator}{region}` per
@@ -80,6 +80,8 @@ pub struct HaproxyDataplane {
     slots: ServerSlots,
     check: bool,
     create_backends: bool,
+    /// Balance algorithm of created backends.
+    balance: String,
     /// Configured server parameters per upstream (backend) name.
     params: BTreeMap<String, ServerParams>,
     /// Configured server parameters of service templates, per backend name prefix
@@ -410,6 +412,7 @@ impl HaproxyDataplane {
             slots: cfg.server_slots,
             check: cfg.check,
             create_backends: cfg.create_backends,
+            balance: cfg.balance.clone(),
             params,
             service_params,
             serial: tokio::sync::Mutex::new(()),
@@ -949,7 +952,7 @@ impl HaproxyDataplane {
             UpstreamKind::Http => "http",
             UpstreamKind::Stream => "tcp",
         };
-        let body = json!({"name": backend, "mode": mode, "balance": {"algorithm": "roundrobin"}});
+        let body = json!({"name": backend, "mode": mode, "balance": {"algorithm": self.balance}});
         let url = self.url(&["configuration", "backends"], &[("transaction_id", tx)]);
         self.write(Method::POST, url, Some(&body), &[201, 202])
             .await?;

@@ -68,6 +68,18 @@ const API_VERSIONS: &[(&str, DataplaneApiVersion)] = &[
     ("v2", DataplaneApiVersion::V2),
 ];
 
+/// `balance` of backends created through the Data Plane API: the algorithms that take no
+/// parameter (the others need settings vmss-sync does not write).
+const BALANCE_ALGORITHMS: &[(&str, &str)] = &[
+    ("roundrobin", "roundrobin"),
+    ("static-rr", "static-rr"),
+    ("leastconn", "leastconn"),
+    ("first", "first"),
+    ("source", "source"),
+    ("uri", "uri"),
+    ("random", "random"),
+];
+
 const GROWTH_TYPES: &[(&str, SlotGrowth)] = &[
     ("linear", SlotGrowth::Linear),
     ("exponential", SlotGrowth::Exponential),
@@ -82,6 +94,7 @@ pub(super) struct TargetBuilder {
     server_prefix: Slot<String>,
     check: Slot<bool>,
     create_backends: Slot<bool>,
+    balance: Slot<&'static str>,
     timeout: Slot<Duration>,
     url: Slot<Url>,
     api_version: Slot<DataplaneApiVersion>,
@@ -134,6 +147,7 @@ const HAPROXY_DATAPLANE_FIELDS: &[Field<TargetBuilder>] = &[
     field("server_slots", |cx, n, p, b| b.server_slots = cx.server_slots(n, p)),
     field("check", |cx, n, p, b| b.check = cx.boolean(n, p)),
     field("create_backends", |cx, n, p, b| b.create_backends = cx.boolean(n, p)),
+    field("balance", |cx, n, p, b| b.balance = cx.one_of(n, p, BALANCE_ALGORITHMS)),
     field("timeout", |cx, n, p, b| b.timeout = cx.go_duration(n, p)),
 ];
 
@@ -431,6 +445,7 @@ impl Cx<'_> {
                 let password = self.required(b.password, node.pos, &key("password"), &suffix);
                 let server_slots = b.server_slots.or_default(ServerSlots::default());
                 let create_backends = b.create_backends.or_default(false);
+                let balance = b.balance.or_default("roundrobin");
                 TargetSpec::HaproxyDataplane(HaproxyDataplaneTarget {
                     url: url?,
                     api_version: api_version?,
@@ -440,6 +455,7 @@ impl Cx<'_> {
                     server_slots: server_slots?,
                     check: check?,
                     create_backends: create_backends?,
+                    balance: balance?.to_owned(),
                     timeout: timeout?,
                 })
             }
