@@ -488,34 +488,34 @@ impl Reconciler {
                 });
                 continue;
             };
-            match self.expand_template(up, services, found).await {
-                Ok(specs) => {
-                    for (i, (spec, found)) in specs.into_iter().enumerate() {
-                        jobs.push(Job {
-                            order: order + 1 + i.min(ORDER_STRIDE - 2),
-                            spec,
-                            template: Some(up.target.name.clone()),
-                            found: Arc::new(found),
-                            gate: self.gate.clone(),
-                        });
-                    }
-                }
-                Err(msg) => {
-                    tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
-                    failed.push((order, UpstreamOutcome::failed(up, None, msg)));
-                }
+            let (specs, listing) = self.expand_template(up, services, found).await;
+            for (i, (spec, found)) in specs.into_iter().enumerate() {
+                jobs.push(Job {
+                    order: order + 1 + i.min(ORDER_STRIDE - 2),
+                    spec,
+                    template: Some(up.target.name.clone()),
+                    found: Arc::new(found),
+                    gate: self.gate.clone(),
+                });
+            }
+            if let Err(msg) = listing {
+                // The services found are still synced; only the emptying of vanished
+                // ones waits for a listing that works.
+                tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
+                failed.push((order, UpstreamOutcome::failed(up, None, msg)));
             }
         }
         (jobs, failed)
     }
 
-    /// The services of one template, each with what it found.
+    /// The services of one template, each with what it found, and whether the target's
+    /// backends could be listed (without a listing, vanished services are not emptied).
     async fn expand_template(
         &self,
         up: &UpstreamSpec,
         cfg: &ServicesConfig,
         found: &Found,
-    ) -> Result<Vec<(UpstreamSpec, Found)>, String> {
+    ) -> (Vec<(UpstreamSpec, Found)>, Result<(), String>) {
         let prefix = &up.target.name;
         let (services, unported) = services::split(found, prefix, cfg);
         if let Some(first) = unported.first() {
@@ -536,17 +536,23 @@ impl Reconciler {
             out.push((spec, svc.found));
         }
         // Backends of services that are gone: emptied into maintenance, never deleted.
-        let listed = up
+        let listed = match up
             .sink
             .list_upstreams(&format!("{prefix}{}", cfg.separator))
             .await
-            .map_err(|e| {
-                format!(
-                    "Couldn't list the backends of {prefix} in {}: {}",
+        {
+            Ok(listed) => listed,
+            Err(e) => {
+                let msg = format!(
+                    "Couldn't list the backends of {prefix} in {} (services that are gone \
+                     are emptied once it works): {}",
                     target_name(up.sink.kind()),
                     e.message
-                )
-            })?;
+                );
+                out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
+                return (out, Err(msg));
+            }
+        };
         // A complete read that found other instances proves a vanished service is gone;
         // an empty read proves nothing (the guard then holds its removals).
         let proven = !found.sets.is_empty() || !found.vms.is_empty();
@@ -563,7 +569,7 @@ impl Reconciler {
             out.push((up.service(&backend, 0, cfg), gone));
         }
         out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
-        Ok(out)
+        (out, Ok(()))
     }
 
     /// Applies every prepared plan that has writes; returns the reports by job index.

@@ -806,6 +806,33 @@ async fn dataplane_list_upstreams_returns_the_backend_names_starting_with_the_pr
     }
 }
 
+/// A template over the whole resource group with the default service tags.
+const SERVICES_TEMPLATE: &str = "  - name: azure\n    target: remote\n    services: {}\n    \
+     kind: http\n    register_when: always\n    drain_timeout: 0s\n";
+
+/// web:80 on a Uniform set `web` in West Europe and on a standalone VM in East US;
+/// api:8080 on a Flexible set `api` in East US; an untagged set that no backend gets; a
+/// Data Plane API with a backend `other` of its own.
+async fn services_fleet() -> Env {
+    let env = testbed(TestbedOptions::default()).await;
+    let f = env.tb.fleet();
+    f.add_scale_set(SUB, RG, "web", Orchestration::Uniform, "West Europe");
+    f.set_tag(SUB, RG, "web", "HAProxy:Service:Name", Some("web"));
+    f.set_tag(SUB, RG, "web", "HAProxy:Service:Port", Some("80"));
+    f.scale_to(SUB, RG, "web", 2);
+    f.add_vm(SUB, RG, "vm-east", Some("10.9.0.1".parse().unwrap()));
+    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Name", Some("web"));
+    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Port", Some("80"));
+    f.add_scale_set(SUB, RG, "api", Orchestration::Flexible, "eastus");
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Name", Some("api"));
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Port", Some("8080"));
+    f.scale_to(SUB, RG, "api", 2);
+    f.add_scale_set(SUB, RG, "plain", Orchestration::Uniform, "eastus");
+    f.scale_to(SUB, RG, "plain", 2);
+    env.tb.dataplane().add_backend("other");
+    env
+}
+
 /// Backends whose names start with `azure-`, each with the addresses it holds.
 fn service_backends(env: &Env) -> BTreeMap<String, Vec<String>> {
     env.tb
@@ -823,30 +850,9 @@ fn service_backends(env: &Env) -> BTreeMap<String, Vec<String>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dataplane_services_found_by_tags_get_backends_per_region_in_one_transaction_and_are_emptied_never_deleted(
 ) {
-    let env = testbed(TestbedOptions::default()).await;
+    let env = services_fleet().await;
     let f = env.tb.fleet();
-    // web:80 on a Uniform set in West Europe and on a standalone VM in East US;
-    // api:8080 on a Flexible set in East US; an untagged set that no backend gets.
-    f.add_scale_set(SUB, RG, "web", Orchestration::Uniform, "West Europe");
-    f.set_tag(SUB, RG, "web", "HAProxy:Service:Name", Some("web"));
-    f.set_tag(SUB, RG, "web", "HAProxy:Service:Port", Some("80"));
-    f.scale_to(SUB, RG, "web", 2);
-    f.add_vm(SUB, RG, "vm-east", Some("10.9.0.1".parse().unwrap()));
-    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Name", Some("web"));
-    f.set_vm_tag(SUB, RG, "vm-east", "HAProxy:Service:Port", Some("80"));
-    f.add_scale_set(SUB, RG, "api", Orchestration::Flexible, "eastus");
-    f.set_tag(SUB, RG, "api", "HAProxy:Service:Name", Some("api"));
-    f.set_tag(SUB, RG, "api", "HAProxy:Service:Port", Some("8080"));
-    f.scale_to(SUB, RG, "api", 2);
-    f.add_scale_set(SUB, RG, "plain", Orchestration::Uniform, "eastus");
-    f.scale_to(SUB, RG, "plain", 2);
-    env.tb.dataplane().add_backend("other");
-
-    let cfg = env.config(
-        &target(&env, "    balance: leastconn\n"),
-        "  - name: azure\n    target: remote\n    services: {}\n    kind: http\n    \
-         register_when: always\n    drain_timeout: 0s\n",
-    );
+    let cfg = env.config(&target(&env, "    balance: leastconn\n"), SERVICES_TEMPLATE);
     let args = ["once", "--config", cfg.to_str().unwrap()];
     let secrets = env_with(&env, DATAPLANE_PASSWORD);
     let out = run(&args, &secrets).await;
@@ -917,4 +923,55 @@ async fn dataplane_services_found_by_tags_get_backends_per_region_in_one_transac
     assert_eq!(env.tb.dataplane().transactions_committed(), 3);
     assert!(out.stderr.contains("Holding removals"), "{}", out.stderr);
     assert_eq!(out.code, 1, "held removals are not in sync: {}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_services_are_synced_when_listing_backends_fails_and_vanished_ones_emptied_later()
+{
+    let env = services_fleet().await;
+    let f = env.tb.fleet();
+    let cfg = env.config(&target(&env, ""), SERVICES_TEMPLATE);
+    let args = ["once", "--config", cfg.to_str().unwrap()];
+    let secrets = env_with(&env, DATAPLANE_PASSWORD);
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(service_backends(&env).len(), 3);
+
+    // The api service goes and web scales out, while the backends list fails once.
+    f.set_tag(SUB, RG, "api", "HAProxy:Service:Name", None);
+    f.scale_to(SUB, RG, "web", 3);
+    env.tb.faults().inject(
+        Service::Dataplane,
+        "/configuration/backends",
+        Fault::Status {
+            status: 500,
+            code: "500".into(),
+            message: "boom".into(),
+            retry_after: None,
+        },
+        1,
+    );
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 1, "the template is not in sync: {}", out.stderr);
+    assert!(
+        out.stderr.contains("Couldn't list the backends of azure"),
+        "{}",
+        out.stderr
+    );
+    let now = service_backends(&env);
+    assert_eq!(
+        now["azure-web-80-westeurope"],
+        env.ips("web", 80),
+        "found services are still synced: {}",
+        out.stderr
+    );
+    assert_eq!(
+        now["azure-api-8080-eastus"],
+        env.ips("api", 8080),
+        "not emptied without a listing"
+    );
+
+    let out = run(&args, &secrets).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(service_backends(&env)["azure-api-8080-eastus"].is_empty());
 }
