@@ -268,8 +268,7 @@ impl Daemon {
     }
 
     fn record(&self, report: &CycleReport, mode: Mode) {
-        let target_of = |o: &crate::reconcile::UpstreamOutcome| o.target;
-        self.metrics.record_cycle(report, mode, &target_of);
+        self.metrics.record_cycle(report, mode);
         self.metrics.record_arm(&self.reconciler.arm().stats());
         self.health.record_cycle(report);
         self.metrics.set_leader(self.may_write());

@@ -377,13 +377,8 @@ impl Metrics {
         out
     }
 
-    /// Records one cycle. `target_of` names the target kind of an upstream (`nginx-plus`).
-    pub fn record_cycle(
-        &self,
-        report: &CycleReport,
-        mode: Mode,
-        target_of: &dyn Fn(&UpstreamOutcome) -> &'static str,
-    ) {
+    /// Records one cycle.
+    pub fn record_cycle(&self, report: &CycleReport, mode: Mode) {
         let now = unix_now();
         let mode_word = match mode {
             Mode::Apply => "apply",
@@ -391,7 +386,7 @@ impl Metrics {
         };
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for o in &report.outcomes {
-            let target = target_of(o);
+            let target = o.target;
             known.insert(
                 (o.upstream.clone(), o.kind.as_str(), target),
                 o.template.clone(),
@@ -703,7 +698,7 @@ mod tests {
             ],
             duration: Duration::from_millis(120),
         };
-        m.record_cycle(&report, Mode::Apply, &|_| "nginx-plus");
+        m.record_cycle(&report, Mode::Apply);
         let text = m.encode();
         assert!(line(&text, "vmss_sync_upstream_servers{upstream=\"web\",kind=\"http\",target=\"nginx-plus\",state=\"active\"} 3").is_some(), "{text}");
         assert!(line(&text, "vmss_sync_upstream_servers{upstream=\"web\",kind=\"http\",target=\"nginx-plus\",state=\"draining\"} 1").is_some(), "{text}");
@@ -817,7 +812,7 @@ mod tests {
             ],
             duration: Duration::from_millis(1),
         };
-        m.record_cycle(&report, Mode::DryRun, &|_| "nginx-plus");
+        m.record_cycle(&report, Mode::DryRun);
         m.retain_upstreams(&[
             ("web".to_string(), UpstreamKind::Http),
             ("azure".to_string(), UpstreamKind::Http),

@@ -426,16 +426,17 @@ impl Reconciler {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, job) in jobs.into_iter().enumerate() {
             let drains = Arc::clone(&self.drains);
+            let gate = self.gate.clone();
             let limit = Arc::clone(&limit);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (index, prepare(job, &drains).await)
+                (index, prepare(job, &drains, gate.as_ref()).await)
             });
         }
-        let mut prepared = join_sorted(&mut tasks).await;
+        let prepared = join_sorted(&mut tasks).await;
         let writes = match mode {
             Mode::DryRun => Vec::new(),
-            Mode::Apply => self.apply_all(&mut prepared, &limit).await,
+            Mode::Apply => self.apply_all(&prepared, &limit).await,
         };
         let mut outcomes: Vec<(usize, UpstreamOutcome)> = Vec::new();
         let mut reports: BTreeMap<usize, ApplyReport> = writes.into_iter().collect();
@@ -484,7 +485,6 @@ impl Reconciler {
                     spec: up.clone(),
                     template: None,
                     found: Arc::new(found.clone()),
-                    gate: self.gate.clone(),
                 });
                 continue;
             };
@@ -495,7 +495,6 @@ impl Reconciler {
                     spec,
                     template: Some(up.target.name.clone()),
                     found: Arc::new(found),
-                    gate: self.gate.clone(),
                 });
             }
             if let Err(msg) = listing {
@@ -536,27 +535,26 @@ impl Reconciler {
             out.push((spec, svc.found));
         }
         // Backends of services that are gone: emptied into maintenance, never deleted.
-        let listed = match up
+        let listing = up
             .sink
             .list_upstreams(&format!("{prefix}{}", cfg.separator))
             .await
-        {
-            Ok(listed) => listed,
-            Err(e) => {
-                let msg = format!(
+            .map_err(|e| {
+                format!(
                     "Couldn't list the backends of {prefix} in {} (services that are gone \
                      are emptied once it works): {}",
                     target_name(up.sink.kind()),
                     e.message
-                );
-                out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
-                return (out, Err(msg));
-            }
-        };
+                )
+            });
         // A complete read that found other instances proves a vanished service is gone;
         // an empty read proves nothing (the guard then holds its removals).
         let proven = !found.sets.is_empty() || !found.vms.is_empty();
-        for backend in listed.unwrap_or_default() {
+        let (listed, listing) = match listing {
+            Ok(listed) => (listed.unwrap_or_default(), Ok(())),
+            Err(msg) => (Vec::new(), Err(msg)),
+        };
+        for backend in listed {
             if seen.contains(&backend)
                 || !services::is_service_backend(&backend, prefix, &cfg.separator)
             {
@@ -569,19 +567,19 @@ impl Reconciler {
             out.push((up.service(&backend, 0, cfg), gone));
         }
         out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
-        (out, Ok(()))
+        (out, listing)
     }
 
     /// Applies every prepared plan that has writes; returns the reports by job index.
     async fn apply_all(
         &self,
-        prepared: &mut [(usize, Prepared)],
+        prepared: &[(usize, Prepared)],
         limit: &Arc<tokio::sync::Semaphore>,
     ) -> Vec<(usize, ApplyReport)> {
         // Group the writing jobs by target (the same `Arc`), keeping their order.
         let mut groups: Vec<(Arc<dyn Target>, Vec<Write>)> = Vec::new();
-        for (index, p) in prepared.iter_mut() {
-            let Some(plan) = p.writes.take() else {
+        for (index, p) in prepared {
+            let Some(plan) = p.outcome.plan.clone().filter(|_| p.write) else {
                 continue;
             };
             let sink = Arc::clone(&p.spec.sink);
@@ -600,16 +598,13 @@ impl Reconciler {
                     let _permit = limit.acquire_owned().await;
                     let (indexes, batch): (Vec<usize>, Vec<(UpstreamRef, Plan)>) =
                         items.into_iter().map(|(i, u, p)| (i, (u, p))).unzip();
-                    if gate.as_ref().is_some_and(|g| !g()) {
-                        return indexes.into_iter().map(|i| (i, not_leader())).collect();
+                    if !gate_open(gate.as_ref()) {
+                        let stopped = indexes.into_iter().map(|i| (i, failed_report(NOT_LEADER)));
+                        return stopped.collect();
                     }
                     let mut reports = sink.apply_batch(&batch).await;
-                    reports.resize_with(indexes.len(), || ApplyReport {
-                        errors: vec![TargetError {
-                            message: "the target gave no report for this upstream".into(),
-                            permanence: Permanence::Transient,
-                        }],
-                        ..ApplyReport::default()
+                    reports.resize_with(indexes.len(), || {
+                        failed_report("the target gave no report for this upstream")
                     });
                     indexes.into_iter().zip(reports).collect::<Vec<_>>()
                 });
@@ -620,8 +615,8 @@ impl Reconciler {
                     let gate = self.gate.clone();
                     tasks.spawn(async move {
                         let _permit = limit.acquire_owned().await;
-                        if gate.as_ref().is_some_and(|g| !g()) {
-                            return vec![(index, not_leader())];
+                        if !gate_open(gate.as_ref()) {
+                            return vec![(index, failed_report(NOT_LEADER))];
                         }
                         vec![(index, sink.apply(&upstream, &plan).await)]
                     });
@@ -639,11 +634,19 @@ impl Reconciler {
     }
 }
 
-/// The report of writes the gate stopped: this replica lost the lease since planning.
-fn not_leader() -> ApplyReport {
+/// Why writes were not made when the gate is closed.
+const NOT_LEADER: &str = "not written: this replica is not the leader";
+
+/// True when there is no gate or it is open.
+fn gate_open(gate: Option<&WriteGate>) -> bool {
+    gate.is_none_or(|g| g())
+}
+
+/// The report of writes that were not attempted, for a transient reason.
+fn failed_report(message: &str) -> ApplyReport {
     ApplyReport {
         errors: vec![TargetError {
-            message: "not written: this replica is not the leader".into(),
+            message: message.to_string(),
             permanence: Permanence::Transient,
         }],
         ..ApplyReport::default()
@@ -727,7 +730,6 @@ struct Job {
     /// The template it comes from, for a service.
     template: Option<String>,
     found: Arc<Found>,
-    gate: Option<WriteGate>,
 }
 
 /// An upstream observed and planned, before its writes.
@@ -735,8 +737,8 @@ struct Prepared {
     order: usize,
     spec: UpstreamSpec,
     outcome: UpstreamOutcome,
-    /// What to write, when there is something and this replica may write it.
-    writes: Option<Plan>,
+    /// True when the plan has something to write and this replica may write it.
+    write: bool,
     /// The servers observed (for the counts after the writes).
     observed: Vec<ObservedServer>,
     /// When the plan was made (drain clocks start then).
@@ -745,21 +747,20 @@ struct Prepared {
 
 /// Observes the target, plans against what was found, and holds removals the guard
 /// refuses. Writes nothing.
-async fn prepare(job: Job, drains: &DrainBook) -> Prepared {
+async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prepared {
     let Job {
         order,
         spec: up,
         template,
         found,
-        gate,
     } = job;
     let mut out = UpstreamOutcome::new(&up, template);
     let now = Instant::now();
-    let prepared = |out, writes, observed| Prepared {
+    let prepared = |out, write, observed| Prepared {
         order,
         spec: up.clone(),
         outcome: out,
-        writes,
+        write,
         observed,
         now,
     };
@@ -774,7 +775,7 @@ async fn prepare(job: Job, drains: &DrainBook) -> Prepared {
             );
             tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
             out.error = Some(msg);
-            return prepared(out, None, Vec::new());
+            return prepared(out, false, Vec::new());
         }
     };
     let (desired, unported) = desired_servers(
@@ -816,16 +817,12 @@ async fn prepare(job: Job, drains: &DrainBook) -> Prepared {
         out.hold = Some(hold);
         p = plan::without_removals(p);
     }
-    let mut writes = None;
-    if !p.is_empty() {
-        if gate.as_ref().is_some_and(|g| !g()) {
-            out.error = Some("not written: this replica is not the leader".to_string());
-        } else {
-            writes = Some(p.clone());
-        }
+    let write = !p.is_empty() && gate_open(gate);
+    if !p.is_empty() && !write {
+        out.error = Some(NOT_LEADER.to_string());
     }
     out.plan = Some(p);
-    prepared(out, writes, observed)
+    prepared(out, write, observed)
 }
 
 /// Completes an outcome with what the writes did (None: nothing was written), starts
