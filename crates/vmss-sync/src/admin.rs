@@ -1,5 +1,8 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
-//! (readiness), on `admin_listen` (default `127.0.0.1:9090`).
+//! (readiness), on `admin_listen` (default `127.0.0.1:8371`).
+//!
+//! `/metrics` answers in the classic Prometheus text format 0.0.4, or in OpenMetrics when
+//! the `Accept` header asks for it ([`Format::negotiate`]).
 //!
 //! - `/healthz`: 200 while the daemon's loop turns: its last iteration began less than
 //!   [`Health::liveness_max_age`] ago (10 × `sync_interval`, at least 10 minutes, so that a
@@ -15,10 +18,10 @@
 
 use crate::config::UpstreamKind;
 use crate::leader::ElectionStatus;
-use crate::metrics::{secs, Metrics, CONTENT_TYPE};
+use crate::metrics::{secs, Format, Metrics};
 use crate::reconcile::CycleReport;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -326,8 +329,22 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> axum::Router {
         .with_state(AppState { metrics, health })
 }
 
-async fn metrics_handler(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = Format::negotiate((!accept.is_empty()).then_some(accept.as_str()));
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        s.metrics.encode_as(format),
+    )
+        .into_response()
 }
 
 fn json_response(v: Verdict) -> Response {

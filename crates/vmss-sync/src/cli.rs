@@ -75,9 +75,17 @@ pub fn translate_legacy_args(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// Whether text logs on stderr get colour escape codes: only when stderr is a terminal
+/// and `NO_COLOR` is unset or empty (<https://no-color.org>). journald, `docker logs`,
+/// `kubectl logs`, pipes and files get plain text.
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Sets up `tracing`: text or JSON on stderr (and appended to `log_file` when given,
 /// created with mode 0600), level from `RUST_LOG`, else the configuration's
-/// `log_level`, else `info`.
+/// `log_level`, else `info`. Text has colours only as [`use_colour`] says (never with a
+/// log file, whose lines are the same as stderr's).
 pub fn init_logging(cfg: &Config, log_file: Option<&Path>) -> Result<(), String> {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::EnvFilter;
@@ -99,20 +107,33 @@ pub fn init_logging(cfg: &Config, log_file: Option<&Path>) -> Result<(), String>
         }
         None => None,
     };
+    use std::io::IsTerminal as _;
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
     let result = match (cfg.log_format, file) {
         (LogFormat::Json, Some(f)) => builder
+            .with_ansi(false)
             .json()
             .with_writer(std::io::stderr.and(f))
             .try_init(),
-        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).try_init(),
+        (LogFormat::Json, None) => builder
+            .with_ansi(false)
+            .json()
+            .with_writer(std::io::stderr)
+            .try_init(),
         (LogFormat::Text, Some(f)) => builder
             .with_ansi(false)
             .with_writer(std::io::stderr.and(f))
             .try_init(),
-        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).try_init(),
+        (LogFormat::Text, None) => builder
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
 }
@@ -264,6 +285,19 @@ mod tests {
                 "/l.log"
             ])
         );
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
     }
 
     #[test]

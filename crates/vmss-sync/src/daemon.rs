@@ -183,6 +183,18 @@ fn upstream_list(cfg: &Config) -> Vec<(String, UpstreamKind)> {
         .collect()
 }
 
+/// Creates the series of every configured upstream (templates' services are created by
+/// the cycle that finds them).
+fn declare_upstreams(metrics: &Metrics, reconciler: &Reconciler) {
+    metrics.declare_upstreams(
+        reconciler
+            .upstreams()
+            .iter()
+            .filter(|u| u.services.is_none())
+            .map(|u| (u.target.name.as_str(), u.target.kind, u.sink.kind())),
+    );
+}
+
 /// The daemon.
 pub struct Daemon {
     path: PathBuf,
@@ -203,6 +215,7 @@ impl Daemon {
         let config = config::load(&path, &|k| env.get(k).map(str::to_string))?;
         let metrics = Arc::new(Metrics::new());
         let reconciler = checked(build_with_metrics(&config, &env, Some(&metrics))?).await?;
+        declare_upstreams(&metrics, &reconciler);
         let health = Arc::new(Health::new(
             &upstream_list(&config),
             config.sync_interval,
@@ -305,6 +318,7 @@ impl Daemon {
                 self.metrics.arm_client_replaced();
                 let upstreams = upstream_list(&self.config);
                 self.metrics.retain_upstreams(&upstreams);
+                declare_upstreams(&self.metrics, &self.reconciler);
                 self.health.set_upstreams(
                     &upstreams,
                     self.config.sync_interval,

@@ -6,7 +6,17 @@
 //! Label values are upstream names, kinds, target kinds, ARM operation names, HTTP status
 //! codes and fixed words: never a URL, header, token or secret.
 //!
-//! The full list of names and labels is in the README ("Metrics").
+//! `/metrics` answers in the classic text format 0.0.4 unless the scraper asks for
+//! OpenMetrics ([`Format::negotiate`]); prometheus-client writes OpenMetrics and
+//! [`classic`] converts. The standard `process_*` metrics come from [`process`].
+//! Every counter, and every gauge whose value is known, has its series from the first
+//! scrape: fixed label values are created at 0 in [`Metrics::new`], an upstream's in
+//! [`Metrics::declare_upstreams`].
+//!
+//! The full list of names and labels is in `docs/observability.md`.
+
+pub mod classic;
+pub mod process;
 
 use crate::azure::auth::{AccessToken, AuthError, TokenCredential};
 use crate::azure::ArmStats;
@@ -27,6 +37,55 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The two text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format 0.0.4 (the default).
+    Classic,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Classic => classic::CONTENT_TYPE,
+            Format::OpenMetrics => CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` with a quality above 0 and at least that of
+    /// `text/plain` (or a wildcard); the classic format otherwise, and without the header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Classic;
+        };
+        let (mut om, mut other) = (0.0_f64, 0.0_f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok())
+                .filter(|q| q.is_finite())
+                .unwrap_or(0.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => other = other.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om >= other {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+}
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 type FloatCounter = Counter<f64, AtomicU64>;
@@ -105,6 +164,17 @@ struct RoleLabels {
 struct BuildLabels {
     version: &'static str,
 }
+
+/// The Blob requests `leader/blob.rs` counts (the actions of its `send` calls).
+const LEASE_ACTIONS: [&str; 7] = [
+    "acquire",
+    "renew",
+    "release",
+    "break",
+    "properties",
+    "create-container",
+    "create-blob",
+];
 
 /// How a lease request ended, for [`Metrics::lease_request`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,9 +268,11 @@ fn servers_after(o: &UpstreamOutcome) -> Option<(usize, usize)> {
 }
 
 impl Metrics {
-    /// Registers every metric under the `vmss_sync_` prefix.
+    /// Registers every metric under the `vmss_sync_` prefix, and the `process_*` metrics.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("vmss_sync");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("vmss_sync");
         let m = Metrics {
             upstream_servers: Family::default(),
             desired_servers: Family::default(),
@@ -365,16 +437,116 @@ impl Metrics {
             "Blob lease requests by action and result (ok, conflict, error)",
             m.lease_requests.clone(),
         );
-        Metrics { registry, ..m }
+        let m = Metrics {
+            registry: root,
+            ..m
+        };
+        m.create_fixed_series();
+        m
     }
 
-    /// The metrics in the OpenMetrics text format (which Prometheus reads).
+    /// Creates at 0 the series whose label values are fixed words, so that they exist
+    /// from the first scrape (`rate()` and `absent()` need them before the first event).
+    fn create_fixed_series(&self) {
+        for result in ["ok", "failed"] {
+            self.config_reloads
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
+        }
+        for role in ["leader", "standby"] {
+            self.leadership_changes
+                .get_or_create(&RoleLabels { role })
+                .inc_by(0);
+        }
+        for action in LEASE_ACTIONS {
+            for result in [LeaseResult::Ok, LeaseResult::Conflict, LeaseResult::Error] {
+                self.lease_requests
+                    .get_or_create(&LeaseLabels {
+                        action,
+                        result: result.as_str(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        for service in ["arm", "storage"] {
+            for result in ["ok", "error"] {
+                self.token_fetches
+                    .get_or_create(&TokenLabels { service, result })
+                    .inc_by(0);
+            }
+        }
+    }
+
+    /// Creates an upstream's counters at 0 (changes, write failures, reconciles by mode
+    /// and result) and its hold gauge (0), for upstreams given as (name, kind, target
+    /// kind). The daemon declares its configured upstreams at start and after a reload;
+    /// a template's services are declared by the cycle that finds them.
+    pub fn declare_upstreams<'a>(
+        &self,
+        upstreams: impl IntoIterator<Item = (&'a str, UpstreamKind, &'static str)>,
+    ) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, kind, target) in upstreams {
+            known
+                .entry((name.to_string(), kind.as_str(), target))
+                .or_insert(None);
+            self.declare(name, kind.as_str(), target);
+        }
+    }
+
+    fn declare(&self, upstream: &str, kind: &'static str, target: &'static str) {
+        for change in ["added", "removed", "updated", "drained"] {
+            self.server_changes
+                .get_or_create(&ChangeLabels {
+                    upstream: upstream.to_string(),
+                    kind,
+                    target,
+                    change,
+                })
+                .inc_by(0);
+        }
+        self.write_failures
+            .get_or_create(&TargetLabels {
+                upstream: upstream.to_string(),
+                kind,
+                target,
+            })
+            .inc_by(0);
+        for mode in ["apply", "dry_run"] {
+            for result in ["ok", "held", "failed"] {
+                self.reconciles
+                    .get_or_create(&ReconcileLabels {
+                        upstream: upstream.to_string(),
+                        kind,
+                        mode,
+                        result,
+                    })
+                    .inc_by(0);
+            }
+        }
+        let up = UpstreamLabels {
+            upstream: upstream.to_string(),
+            kind,
+        };
+        self.removals_held.get_or_create(&up).get();
+        self.last_success.get_or_create(&up).get();
+    }
+
+    /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// The metrics in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Classic => classic::from_openmetrics(&self.encode()),
+        }
     }
 
     /// Records one cycle.
@@ -387,10 +559,15 @@ impl Metrics {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for o in &report.outcomes {
             let target = o.target;
-            known.insert(
-                (o.upstream.clone(), o.kind.as_str(), target),
-                o.template.clone(),
-            );
+            let first = known
+                .insert(
+                    (o.upstream.clone(), o.kind.as_str(), target),
+                    o.template.clone(),
+                )
+                .is_none();
+            if first {
+                self.declare(&o.upstream, o.kind.as_str(), target);
+            }
             let up = UpstreamLabels {
                 upstream: o.upstream.clone(),
                 kind: o.kind.as_str(),
@@ -728,10 +905,10 @@ mod tests {
         assert!(
             line(
                 &text,
-                "vmss_sync_upstream_last_success_timestamp_seconds{upstream=\"api\""
+                "vmss_sync_upstream_last_success_timestamp_seconds{upstream=\"api\",kind=\"http\"} 0"
             )
-            .is_none(),
-            "{text}"
+            .is_some(),
+            "an upstream that never succeeded says 0: {text}"
         );
         assert!(
             line(&text, "vmss_sync_reconcile_duration_seconds_count 1").is_some(),
@@ -887,5 +1064,110 @@ mod tests {
             .is_some(),
             "{text}"
         );
+    }
+
+    #[test]
+    fn accept_picks_openmetrics_only_when_the_scraper_prefers_it() {
+        // Prometheus 2.42's header, and one that prefers the classic format.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some(
+                "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"
+            )),
+            Format::Classic
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Classic
+        );
+        for classic in [
+            None,
+            Some("*/*"),
+            Some("text/plain"),
+            Some("application/json"),
+        ] {
+            assert_eq!(Format::negotiate(classic), Format::Classic, "{classic:?}");
+        }
+        assert_eq!(
+            Format::Classic.content_type(),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(
+            Format::OpenMetrics.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn every_counter_exists_at_zero_before_any_event_and_a_declared_upstream_has_its_series() {
+        let m = Metrics::new();
+        m.declare_upstreams([("web", UpstreamKind::Http, "nginx-plus")]);
+        let text = m.encode_as(Format::Classic);
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        assert!(families.len() >= 15, "{text}");
+        for family in &families {
+            // ARM requests and responses are labelled by ARM operation (and status): they
+            // appear with the first request.
+            // appear with the first request. The process's CPU time is what it is.
+            if [
+                "vmss_sync_arm_requests_total",
+                "vmss_sync_arm_responses_total",
+            ]
+            .contains(family)
+                || family.starts_with("process_")
+            {
+                continue;
+            }
+            assert!(
+                text.lines().any(|l| l.starts_with(family)
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(0.0)),
+                "{family} has no series at 0: {text}"
+            );
+        }
+        for series in [
+            "vmss_sync_server_changes_total{upstream=\"web\",kind=\"http\",target=\"nginx-plus\",change=\"removed\"} 0",
+            "vmss_sync_target_write_failures_total{upstream=\"web\",kind=\"http\",target=\"nginx-plus\"} 0",
+            "vmss_sync_upstream_reconciles_total{upstream=\"web\",kind=\"http\",mode=\"apply\",result=\"failed\"} 0",
+            "vmss_sync_upstream_removals_held{upstream=\"web\",kind=\"http\"} 0",
+            "vmss_sync_upstream_last_success_timestamp_seconds{upstream=\"web\",kind=\"http\"} 0",
+            "vmss_sync_config_reloads_total{result=\"failed\"} 0",
+            "vmss_sync_lease_requests_total{action=\"renew\",result=\"error\"} 0",
+            "vmss_sync_leadership_changes_total{role=\"leader\"} 0",
+            "vmss_sync_arm_throttled_total 0",
+        ] {
+            assert!(line(&text, series).is_some(), "{series}: {text}");
+        }
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_virtual_memory_bytes ",
+                "process_open_fds ",
+                "process_max_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(line(&text, name).is_some(), "{name}: {text}");
+            }
+        }
+        // Declaring again (a reload) keeps what was counted.
+        m.config_reload(true);
+        m.declare_upstreams([("web", UpstreamKind::Http, "nginx-plus")]);
+        assert!(line(
+            &m.encode(),
+            "vmss_sync_config_reloads_total{result=\"ok\"} 1"
+        )
+        .is_some());
     }
 }

@@ -37,11 +37,11 @@ fn errors(extra: &str) -> Vec<String> {
 }
 
 #[test]
-fn defaults_listen_on_loopback_9090_with_a_30_s_readiness_age_and_no_election() {
+fn defaults_listen_on_loopback_8371_with_a_30_s_readiness_age_and_no_election() {
     let c = ok("");
     assert_eq!(
         c.admin_listen,
-        Some("127.0.0.1:9090".parse::<SocketAddr>().unwrap())
+        Some("127.0.0.1:8371".parse::<SocketAddr>().unwrap())
     );
     assert_eq!(c.readiness_max_age, Duration::from_secs(30));
     assert_eq!(c.leader_election, None);
@@ -61,8 +61,8 @@ fn admin_listen_takes_an_address_or_off_and_readiness_age_a_duration() {
         Some("[::1]:9100".parse().unwrap())
     );
     assert_eq!(
-        ok("admin_listen: 0.0.0.0:9090\n").admin_listen,
-        Some("0.0.0.0:9090".parse().unwrap())
+        ok("admin_listen: 0.0.0.0:8371\n").admin_listen,
+        Some("0.0.0.0:8371".parse().unwrap())
     );
     assert_eq!(
         ok("readiness_max_age: 45s\n").readiness_max_age,
@@ -71,7 +71,7 @@ fn admin_listen_takes_an_address_or_off_and_readiness_age_a_duration() {
     assert_eq!(
         errors("admin_listen: localhost\n"),
         ["cfg.yaml:5:15: admin_listen: the field admin_listen has invalid value: it must be an IP \
-          address and port such as 127.0.0.1:9090 or [::1]:9090, or off (value: \"localhost\")"]
+          address and port such as 127.0.0.1:8371 or [::1]:8371, or off (value: \"localhost\")"]
     );
 }
 

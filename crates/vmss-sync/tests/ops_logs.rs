@@ -119,3 +119,87 @@ async fn secrets_never_reach_json_logs_at_trace_level() {
     assert_clean("the JSON log", &log);
     assert_clean("/metrics", &metrics);
 }
+
+/// `vmss-sync once` against the testbed (two instances to add), text logs at info level,
+/// run by `launcher` (the binary and its arguments appended).
+async fn once_text_log(launcher: &[&str], extra_env: &[(&str, &str)]) -> (i32, String) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = env.write(
+        "config.yaml",
+        &config_text(&env, &env.tb.nginx_url(), "log_format: text\n"),
+    );
+    let bin = env!("CARGO_BIN_EXE_vmss-sync");
+    let mut cmd = std::process::Command::new(launcher.first().copied().unwrap_or(bin));
+    let args = [bin, "once", "--config", cfg.to_str().unwrap()];
+    if launcher.is_empty() {
+        cmd.args(&args[1..]);
+    } else {
+        // script -qefc "CMD" /dev/null: CMD runs on a pseudo-terminal.
+        cmd.args(&launcher[1..])
+            .arg(args.join(" "))
+            .arg("/dev/null");
+    }
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")
+        .env("RUST_LOG", "info")
+        .envs(env.sp_env())
+        .envs(extra_env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run vmss-sync once");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(env.servers(UpstreamKind::Http, "web").len(), 2, "{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `script` from util-linux (Debian's essential bsdutils) gives the command a terminal.
+fn script_available() -> bool {
+    let ok = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`script` (util-linux) is missing under CI"
+        );
+        eprintln!("SKIPPED: `script` (util-linux) is not installed");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_log_through_a_pipe_has_no_escape_byte() {
+    let (code, log) = once_text_log(&[], &[]).await;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("Updated HTTP servers of web"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape byte in a piped log:\n{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_log_on_a_terminal_is_coloured_unless_no_color_is_set() {
+    if !script_available() {
+        return;
+    }
+    let pty = ["script", "-qefc"];
+    let (code, log) = once_text_log(&pty, &[]).await;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("Updated HTTP servers of web"), "{log}");
+    assert!(log.contains("\x1b["), "a terminal gets colours:\n{log:?}");
+    let (code, log) = once_text_log(&pty, &[("NO_COLOR", "1")]).await;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("Updated HTTP servers of web"), "{log}");
+    assert!(!log.contains('\x1b'), "NO_COLOR on a terminal:\n{log:?}");
+}

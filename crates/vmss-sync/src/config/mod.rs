@@ -71,7 +71,7 @@ pub struct Config {
     /// One of `error`, `warn`, `info`, `debug`, `trace`, when set.
     pub log_level: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` with `admin_listen: off`.
-    /// Default `127.0.0.1:9090`. Read at startup only (a reload does not move it).
+    /// Default `127.0.0.1:8371`. Read at startup only (a reload does not move it).
     pub admin_listen: Option<std::net::SocketAddr>,
     /// `/readyz` says ready only while every upstream had a successful reconcile at most this
     /// long ago. Default 3 × `sync_interval`, at least 30 s.

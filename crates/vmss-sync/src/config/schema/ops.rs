@@ -16,7 +16,7 @@ use super::{field, is_loopback, redact_userinfo, Cx, Field, Section, Slot};
 /// Default address of the admin endpoint.
 pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
-    9090,
+    8371,
 ));
 /// Default lease blob name.
 pub(crate) const DEFAULT_LEASE_BLOB: &str = "vmss-sync-leader";
@@ -82,7 +82,7 @@ impl Cx<'_> {
             }
             s.parse::<SocketAddr>().map(Some).map_err(|_| {
                 "the field admin_listen has invalid value: it must be an IP address and port such \
-                 as 127.0.0.1:9090 or [::1]:9090, or off"
+                 as 127.0.0.1:8371 or [::1]:8371, or off"
                     .to_owned()
             })
         })
