@@ -21,6 +21,18 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
+# promtool and prometheus (Debian's prometheus package, 2.42 on bookworm) check /metrics in
+# both formats, the alert rules and their unit tests (tests/ops_metrics.rs,
+# packaging/prometheus). RUNLEVEL=1: the package's own prometheus service is not started.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  else
+    echo "promtool is missing: install Debian's prometheus package (as root)" >&2
+    exit 1
+  fi
+fi
+
 # Azurite (Microsoft's Azure Storage emulator, from the npm registry) for the leader
 # election tests; installed under .tools/ and found there by the tests (or through
 # $AZURITE_BLOB).

@@ -20,8 +20,9 @@ fn change_label(change: &str) -> String {
     format!("{WEB},target=\"nginx-plus\",change=\"{change}\"")
 }
 
+/// A scrape as Prometheus 2.42 asks for it (OpenMetrics preferred).
 async fn scrape(addr: &str) -> String {
-    let a = get(addr, "/metrics").await;
+    let a = get_accepting(addr, "/metrics", PROMETHEUS_ACCEPT).await;
     assert_eq!(a.status, 200);
     assert!(
         a.content_type.starts_with("application/openmetrics-text"),
@@ -453,4 +454,382 @@ async fn idle_daemon_memory_and_cpu_are_small() {
     assert!(percent < 5.0, "CPU {percent:.2} %");
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
+
+/// The repository's root (the workspace).
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Metric names (`vmss_sync_*`, `process_*`) a PromQL-bearing file refers to.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["vmss_sync_", "process_"] {
+        let mut rest = text;
+        while let Some(i) = rest.find(prefix) {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let before = rest[..i].chars().last();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// Names of every sample in a text page (`_bucket`, `_sum` and `_count` included).
+fn sample_names(page: &str) -> std::collections::BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Starts a daemon syncing `web` (2 instances) and waits for its first writes.
+async fn synced_daemon(env: &Env) -> (Daemon, String) {
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = env.write("config.yaml", &config_text(env, &env.tb.nginx_url(), ""));
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    let addr = admin_addr(&d).await;
+    assert!(
+        eventually(Duration::from_secs(15), || env
+            .servers(UpstreamKind::Http, "web")
+            .len()
+            == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    (d, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_format_by_default_passes_promtool_and_openmetrics_on_accept_has_the_same_samples()
+{
+    let env = testbed(TestbedOptions::default()).await;
+    let (mut d, addr) = synced_daemon(&env).await;
+    let (ok, _) = scrape_until(&addr, Duration::from_secs(10), |page| {
+        sample(
+            page,
+            "vmss_sync_server_changes_total",
+            &change_label("added"),
+        ) == Some(2.0)
+    })
+    .await;
+    assert!(ok);
+
+    // curl and scrapers that do not ask: the classic format.
+    let classic = get(&addr, "/metrics").await;
+    assert_eq!(classic.status, 200);
+    assert_eq!(
+        classic.content_type,
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let om = get_accepting(&addr, "/metrics", PROMETHEUS_ACCEPT).await;
+    assert_eq!(
+        om.content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
+    assert!(!classic.body.contains("# EOF"), "{}", classic.body);
+    assert!(!classic.body.contains("# UNIT"), "{}", classic.body);
+    assert!(
+        classic
+            .body
+            .contains("# TYPE vmss_sync_server_changes_total counter\n"),
+        "{}",
+        classic.body
+    );
+    assert!(
+        classic.body.contains("# TYPE vmss_sync_build_info gauge\n"),
+        "{}",
+        classic.body
+    );
+    // The same series in both (the process's figures move between scrapes, the rest
+    // only with a cycle, which may come in between).
+    assert_eq!(sample_names(&classic.body), sample_names(&om.body));
+
+    // process_* from the first scrape, with plausible values.
+    let pid = d.child.id().expect("pid");
+    let page = &classic.body;
+    let rss = sample(page, "process_resident_memory_bytes", "").expect("rss");
+    let rss_now = status_kib(pid, "VmRSS") as f64 * 1024.0;
+    assert!(
+        rss > 1e6 && (rss - rss_now).abs() < 16e6,
+        "{rss} vs {rss_now}"
+    );
+    let start = sample(page, "process_start_time_seconds", "").expect("start");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(start <= now && start > now - 60.0, "{start} vs {now}");
+    assert!(sample(page, "process_cpu_seconds_total", "").expect("cpu") >= 0.0);
+    assert!(sample(page, "process_open_fds", "").expect("fds") >= 3.0);
+    assert!(sample(page, "process_max_fds", "").expect("max fds") >= 64.0);
+    assert!(sample(page, "process_virtual_memory_bytes", "").expect("vsz") >= rss);
+    // Counters that have not moved are there, at 0.
+    for (name, labels) in [
+        ("vmss_sync_arm_throttled_total", String::new()),
+        (
+            "vmss_sync_config_reloads_total",
+            "result=\"failed\"".to_string(),
+        ),
+        ("vmss_sync_server_changes_total", change_label("removed")),
+        (
+            "vmss_sync_upstream_reconciles_total",
+            format!("{WEB},mode=\"apply\",result=\"failed\""),
+        ),
+        (
+            "vmss_sync_target_write_failures_total",
+            format!("{WEB},target=\"nginx-plus\""),
+        ),
+    ] {
+        assert_eq!(sample(page, name, &labels), Some(0.0), "{name}{{{labels}}}");
+    }
+
+    let Some(tool) = prometheus_tool("promtool") else {
+        d.signal("TERM");
+        return;
+    };
+    let (code, out) = promtool(&tool, &["check", "metrics"], &classic.body, env.dir.path());
+    println!(
+        "promtool check metrics (classic 0.0.4 scrape of {} lines): exit {code}, output {out:?}",
+        classic.body.lines().count()
+    );
+    assert_eq!((code, out.as_str()), (0, ""), "{}", classic.body);
+    // promtool 2.42 lints the classic format only: on OpenMetrics it stops at the first
+    // `info` type (a real Prometheus scrape checks OpenMetrics, below). Printed for the record.
+    let (code, out) = promtool(&tool, &["check", "metrics"], &om.body, env.dir.path());
+    println!("promtool check metrics (OpenMetrics scrape): exit {code}, output {out:?}");
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
+
+/// A Prometheus server (Debian's 2.42) on loopback, scraping `target` every second;
+/// killed by pid when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(bin: &std::path::Path, target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: vmss-sync\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("spawn prometheus");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    async fn api(&self, path: &str) -> Option<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// The value of an instant query with one result.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let v = self.api(&format!("query?query={q}")).await?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_the_openmetrics_answer_without_error() {
+    let Some(bin) = prometheus_tool("prometheus") else {
+        return;
+    };
+    let env = testbed(TestbedOptions::default()).await;
+    let (mut d, addr) = synced_daemon(&env).await;
+    let prom = Prometheus::start(&bin, &addr);
+    // The target is up once a scrape went through Prometheus's parser (OpenMetrics: its
+    // Accept header prefers it); any parse error would show as lastError.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        let t = prom
+            .api("targets")
+            .await
+            .map(|v| v["data"]["activeTargets"][0].clone())
+            .unwrap_or_default();
+        if t["health"] == "up" || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(target["health"], "up", "{target}\n{}", prom.log());
+    assert_eq!(target["lastError"], "", "{target}");
+    let ok = eventually_async(Duration::from_secs(15), || async {
+        prom.value("vmss_sync_server_changes_total{change=\"added\"}")
+            .await
+            == Some(2.0)
+    })
+    .await;
+    assert!(ok, "{}", prom.log());
+    assert_eq!(prom.value("vmss_sync_build_info").await, Some(1.0));
+    assert_eq!(prom.value("vmss_sync_leader").await, Some(1.0));
+    let scraped = prom.value("scrape_samples_scraped").await.unwrap_or(0.0);
+    let page = scrape(&addr).await;
+    let samples = page.lines().filter(|l| !l.starts_with('#')).count() as f64;
+    println!("Prometheus 2.42 scraped {scraped} samples over OpenMetrics; the page has {samples}");
+    assert!(
+        scraped >= samples - 5.0 && scraped <= samples + 5.0,
+        "{scraped} vs {samples}"
+    );
+    assert!(
+        prom.value("process_start_time_seconds")
+            .await
+            .unwrap_or(0.0)
+            > 1.6e9
+    );
+
+    // Every query of the dashboard and every alert expression is valid PromQL for this
+    // Prometheus, and those of the dashboard that should have data have it.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("packaging/grafana/vmss-sync.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .map(|e| {
+            e.replace("$__rate_interval", "1m")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+                .replace("$upstream", ".*")
+        })
+        .collect();
+    let dashboard_queries = exprs.len();
+    let rules = std::fs::read_to_string(repo().join("packaging/prometheus/alerts.yml")).unwrap();
+    exprs.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr: "))
+            .map(str::to_string),
+    );
+    let mut empty = Vec::new();
+    for e in &exprs {
+        let q: String = url::form_urlencoded::byte_serialize(e.as_bytes()).collect();
+        let v = prom
+            .api(&format!("query?query={q}"))
+            .await
+            .expect("query answer");
+        assert_eq!(v["status"], "success", "{e}: {v}");
+        if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            empty.push(e.clone());
+        }
+    }
+    println!(
+        "{dashboard_queries} dashboard queries and {} alert expressions accepted by Prometheus 2.42; without data now: {empty:?}",
+        exprs.len() - dashboard_queries
+    );
+    for e in &empty[..] {
+        // Alerts that are not firing have no result; so have failed lease requests
+        // (no election here) and, within the first minute, changes over 1m windows.
+        assert!(
+            !e.contains("vmss_sync_upstream_servers") && !e.contains("process_resident"),
+            "{e} has no data"
+        );
+    }
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alert_rules_pass_promtool_check_and_unit_tests_and_name_only_real_metrics() {
+    let rules = repo().join("packaging/prometheus/alerts.yml");
+    let tests = repo().join("packaging/prometheus/alerts.test.yml");
+    let dashboard = repo().join("packaging/grafana/vmss-sync.json");
+    let rules_text = std::fs::read_to_string(&rules).expect("alerts.yml");
+    let dashboard_text = std::fs::read_to_string(&dashboard).expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&dashboard_text).expect("dashboard JSON");
+    assert!(
+        dash["panels"].as_array().is_some_and(|p| p.len() >= 8),
+        "panels"
+    );
+
+    // Every metric the rules and the dashboard name is on a real scrape (histogram
+    // samples by their own names).
+    let env = testbed(TestbedOptions::default()).await;
+    let (mut d, addr) = synced_daemon(&env).await;
+    let page = get(&addr, "/metrics").await.body;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+    let exposed = sample_names(&page);
+    let mut used = metric_names_in(&rules_text);
+    used.extend(metric_names_in(&dashboard_text));
+    // Those labelled by ARM operation appear with the first ARM request, which has come.
+    let missing: Vec<_> = used.iter().filter(|n| !exposed.contains(*n)).collect();
+    assert!(missing.is_empty(), "not exposed: {missing:?}\n{page}");
+    assert!(used.len() >= 12, "{used:?}");
+
+    let Some(tool) = prometheus_tool("promtool") else {
+        return;
+    };
+    let dir = rules.parent().unwrap();
+    let (code, out) = promtool(&tool, &["check", "rules", "alerts.yml"], "", dir);
+    println!("promtool check rules alerts.yml: exit {code}\n{out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+    let (code, out) = promtool(&tool, &["test", "rules", "alerts.test.yml"], "", dir);
+    println!("promtool test rules alerts.test.yml: exit {code}\n{out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+    assert!(tests.exists());
 }

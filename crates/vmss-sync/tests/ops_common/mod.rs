@@ -353,3 +353,70 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// The `Accept` header Prometheus 2.42 sends when it scrapes.
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// `GET http://ADDR/PATH` with an `Accept` header.
+pub async fn get_accepting(addr: &str, path: &str, accept: &str) -> Answer {
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .header("accept", accept)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Answer {
+        status,
+        content_type,
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+/// A tool of Debian's `prometheus` package (`promtool`, `prometheus`), or `None` with a
+/// printed message when it is missing on a developer machine. Under CI (`CI` set) a
+/// missing tool fails the test: scripts/test.sh installs the package.
+pub fn prometheus_tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/local/bin", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing under CI: scripts/test.sh installs Debian's prometheus package"
+        );
+        eprintln!("SKIPPED: {name} is not installed (Debian package prometheus)");
+    }
+    found
+}
+
+/// Runs `promtool ARGS` with `stdin`; returns (exit code, stdout + stderr).
+pub fn promtool(tool: &Path, args: &[&str], stdin: &str, dir: &Path) -> (i32, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(tool)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
