@@ -55,7 +55,7 @@ pub fn parse_stat(stat: &str) -> Option<(u64, u64, u64)> {
     Some((field(14)?, field(15)?, field(22)?))
 }
 
-/// A `kB` value of `/proc/<pid>/status` (`VmRSS:	  1234 kB`), in bytes.
+/// A `kB` value of `/proc/<pid>/status` (`VmRSS: 1234 kB`), in bytes.
 pub fn parse_status_kb(status: &str, key: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.split(':').next() == Some(key))?;
     let mut words = line.split(':').nth(1)?.split_whitespace();
