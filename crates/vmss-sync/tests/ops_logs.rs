@@ -1,7 +1,9 @@
 //! Secrets never reach the log: the daemon runs with `RUST_LOG=trace` (text, then JSON),
 //! an NGINXaaS API key in `custom_headers`, a service principal's client secret, and a
 //! storage account key for leader election; none of them, no bearer token and no Shared Key
-//! signature appears in its output or on `/metrics`.
+//! signature appears in its output or on `/metrics`. Text logs have colour escape codes
+//! only on a terminal (a pseudo-terminal from util-linux's `script`) and never with
+//! `NO_COLOR`: through a pipe there is no escape byte.
 
 mod common;
 mod ops_common;
