@@ -731,10 +731,9 @@ async fn a_real_prometheus_scrapes_the_openmetrics_answer_without_error() {
     let page = scrape(&addr).await;
     let samples = page.lines().filter(|l| !l.starts_with('#')).count() as f64;
     println!("Prometheus 2.42 scraped {scraped} samples over OpenMetrics; the page has {samples}");
-    assert!(
-        scraped >= samples - 5.0 && scraped <= samples + 5.0,
-        "{scraped} vs {samples}"
-    );
+    // All of the page went in (an OpenMetrics parse error drops the whole scrape); series of
+    // ARM operations first used between the two reads may differ.
+    assert!((scraped - samples).abs() <= 10.0, "{scraped} vs {samples}");
     assert!(
         prom.value("process_start_time_seconds")
             .await
