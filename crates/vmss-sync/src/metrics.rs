@@ -45,6 +45,14 @@ struct ServerLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ConditionLabels {
+    upstream: String,
+    kind: &'static str,
+    target: &'static str,
+    condition: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
     upstream: String,
@@ -156,6 +164,9 @@ pub struct Metrics {
     leader: Gauge,
     leadership_changes: Family<RoleLabels, Counter>,
     lease_requests: Family<LeaseLabels, Counter>,
+    target_condition: Family<ConditionLabels, Gauge>,
+    /// The `target_condition` series at 1.
+    conditions_on: Mutex<std::collections::BTreeSet<ConditionLabels>>,
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
     /// (upstream, kind, target) of every upstream with gauges.
@@ -227,6 +238,8 @@ impl Metrics {
             leader: Gauge::default(),
             leadership_changes: Family::default(),
             lease_requests: Family::default(),
+            target_condition: Family::default(),
+            conditions_on: Mutex::default(),
             arm_last: Mutex::new(ArmStats::default()),
             known: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -252,6 +265,13 @@ impl Metrics {
             "upstream_removals_held",
             "1 while removals are held back because the scale set's capacity disagrees",
             m.removals_held.clone(),
+        );
+        registry.register(
+            "target_condition",
+            "1 while a condition holds an upstream's target back (unusable: it failed its \
+             startup check, checked again every cycle; hub_full: the Route Server refused a \
+             peering because it is full; max_peerings: max_peerings is reached)",
+            m.target_condition.clone(),
         );
         registry.register(
             "server_changes",
@@ -437,6 +457,7 @@ impl Metrics {
                     })
                     .inc_by(counter_value(r.errors.len()));
             }
+            self.record_conditions(o);
             let result = if o.error.is_some() {
                 "failed"
             } else if o.hold.is_some() {
@@ -461,6 +482,37 @@ impl Metrics {
         }
         self.cycle_duration.observe(report.duration.as_secs_f64());
         self.last_cycle.set(now);
+    }
+
+    /// Sets the `target_condition` series of one upstream: 1 for the conditions of this
+    /// cycle, 0 for those that held before and no longer do.
+    fn record_conditions(&self, o: &UpstreamOutcome) {
+        let mut on = self.conditions_on.lock().unwrap_or_else(|e| e.into_inner());
+        let label = |condition| ConditionLabels {
+            upstream: o.upstream.clone(),
+            kind: o.kind.as_str(),
+            target: o.target,
+            condition,
+        };
+        let gone: Vec<ConditionLabels> = on
+            .iter()
+            .filter(|l| {
+                l.upstream == o.upstream
+                    && l.kind == o.kind.as_str()
+                    && l.target == o.target
+                    && !o.conditions.contains(&l.condition)
+            })
+            .cloned()
+            .collect();
+        for l in gone {
+            self.target_condition.get_or_create(&l).set(0);
+            on.remove(&l);
+        }
+        for c in &o.conditions {
+            let l = label(c);
+            self.target_condition.get_or_create(&l).set(1);
+            on.insert(l);
+        }
     }
 
     /// Adds what the ARM client did since the last call (its statistics are cumulative).
@@ -665,6 +717,7 @@ mod tests {
             hold: None,
             report,
             error: error.map(str::to_string),
+            conditions: Vec::new(),
             observed: 2,
             desired: 3,
             active: 3,
