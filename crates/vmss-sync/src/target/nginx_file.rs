@@ -499,18 +499,18 @@ impl NginxFile {
         inner.dirty = !canonical || inner.live_text != text;
         if inner.dirty && inner.noticed != text {
             inner.noticed = text.clone();
-            if form == Form::Placeholder {
-                tracing::info!(
-                    file = %self.path.display(),
-                    "NGINX file {}: a placeholder not written by vmss-sync; adopting it: it is \
-                     rewritten and NGINX reloaded",
-                    self.path.display()
-                );
-            } else if text.is_some() && inner.live_text.is_some() {
+            if text.is_some() && inner.live_text.is_some() {
                 tracing::warn!(
                     file = %self.path.display(),
                     "NGINX file {} was changed outside vmss-sync; it is rewritten and NGINX \
                      reloaded",
+                    self.path.display()
+                );
+            } else if form == Form::Placeholder {
+                tracing::info!(
+                    file = %self.path.display(),
+                    "NGINX file {}: a placeholder not written by vmss-sync; adopting it: it is \
+                     rewritten and NGINX reloaded",
                     self.path.display()
                 );
             }
@@ -750,6 +750,7 @@ impl Target for NginxFile {
                 }
                 inner.live_text = Some(text);
                 inner.dirty = false;
+                inner.noticed = None;
                 Ok(())
             }
             Err(e) => Err(e),
