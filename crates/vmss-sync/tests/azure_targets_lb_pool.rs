@@ -181,3 +181,56 @@ async fn lb_pool_has_no_drain_so_a_drain_removes_the_address_at_once() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(puts(&env).len(), 2, "in sync: nothing more written");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_present_and_keeps_its_name(
+) {
+    let env = setup(3).await;
+    let first = env.tb.fleet().instance_ips(SUB, RG, "web")[0].to_string();
+    // A pool made by hand: it already holds one instance under a name of its own.
+    env.tb.network().add_backend_pool(
+        SUB,
+        RG,
+        LB,
+        POOL,
+        &[
+            ("legacy-vm", "10.50.0.7", PEOPLE_VNET),
+            ("web-0-by-hand", &first, &vnet()),
+        ],
+    );
+    let cfg = env.config(&target(), &upstream());
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(puts(&env), [200], "one PUT, not refused for a duplicate address");
+    let all = env.tb.network().pool_addresses(SUB, RG, LB, POOL);
+    let mut addresses: Vec<&str> = all.iter().map(|(_, ip, _)| ip.as_str()).collect();
+    addresses.sort();
+    let before = addresses.len();
+    addresses.dedup();
+    assert_eq!(addresses.len(), before, "one entry per IP: {all:?}");
+    assert!(
+        all.contains(&("web-0-by-hand".to_string(), first.clone(), vnet())),
+        "the entry keeps its name: {all:?}"
+    );
+    let mut want = wanted(&env);
+    want.retain(|(_, ip)| *ip != first);
+    assert_eq!(ours(&env), want, "the other instances are added");
+    assert_eq!(ours(&env).len(), 2);
+
+    // In sync: the next cycle writes nothing.
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(puts(&env).len(), 1, "nothing written");
+
+    // A scale-out adds the new instances and still leaves the entry alone.
+    env.tb.fleet().scale_to(SUB, RG, "web", 5);
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(puts(&env), [200, 200]);
+    assert_eq!(ours(&env).len(), 4);
+    assert!(env
+        .tb
+        .network()
+        .pool_addresses(SUB, RG, LB, POOL)
+        .contains(&("web-0-by-hand".to_string(), first, vnet())));
+}
