@@ -206,12 +206,11 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
 /// The placeholder a user writes by hand so that nginx can start (docs/targets-adoption.md).
 const HAND_WRITTEN: &str = "# Filled in by vmss-sync.\nupstream web {\n    zone web 64k;\n    server 127.0.0.1:1 down;\n}\n";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_is_repaired_within_one_interval(
-) {
-    if !have("nginx") {
-        return;
-    }
+/// Starts nginx on `initial` as the upstream file and `vmss-sync run`; checks traffic
+/// reaches the 3 instances, then overwrites the file with `overwrite` and reloads nginx
+/// (as configuration management would) and checks the file is repaired and traffic back
+/// within one interval (sync_interval 1 s).
+async fn adopted_then_repaired(initial: &str, overwrite: &str) {
     let env = testbed(TestbedOptions::default()).await;
     env.tb
         .fleet()
@@ -224,12 +223,12 @@ async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_
     let (_backends, port) = Backends::start_free(&pool).await;
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
-    std::fs::write(&file, HAND_WRITTEN).unwrap();
+    std::fs::write(&file, initial).unwrap();
     let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "web", &file).await;
     let client = fresh_client();
     assert_eq!(answered(&client, &nginx.url(), 3).await, ["<status 502>"]);
 
-    // Nobody edits the file: vmss-sync adopts it and traffic reaches the instances.
+    // Nobody edits the file: traffic reaches the instances.
     let cfg = env.config(&file_target(dir, &file), &upstream_to("web", "web", port));
     let mut daemon = Daemon::spawn(
         &["run", "--config", cfg.to_str().unwrap()],
@@ -245,10 +244,10 @@ async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_
         "{text}"
     );
 
-    // Configuration management puts its placeholder back and reloads nginx: traffic
-    // stops, and vmss-sync repairs the file and reloads within one interval (1 s).
+    // Configuration management puts a placeholder back and reloads nginx: traffic stops,
+    // and vmss-sync repairs the file and reloads within one interval.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    std::fs::write(&file, HAND_WRITTEN).unwrap();
+    std::fs::write(&file, overwrite).unwrap();
     let mut reload = std::process::Command::new(which("nginx"));
     reload.args(Nginx::flags(dir)).args(["-s", "reload"]);
     assert!(reload.status().unwrap().success());
@@ -278,6 +277,29 @@ async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_
     );
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_is_repaired_within_one_interval(
+) {
+    if !have("nginx") {
+        return;
+    }
+    adopted_then_repaired(HAND_WRITTEN, HAND_WRITTEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_file_restored_from_an_old_copy_of_its_own_while_running_is_repaired_within_one_interval(
+) {
+    if !have("nginx") {
+        return;
+    }
+    // vmss-sync's own empty file, as a backup taken before any instance existed.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.conf");
+    placeholder_upstreams(&old, &["web"]);
+    let old = std::fs::read_to_string(&old).unwrap();
+    adopted_then_repaired(&old, &old).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
