@@ -201,7 +201,11 @@ async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_prese
     let cfg = env.config(&target(), &upstream());
     let out = once(&env, &cfg).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert_eq!(puts(&env), [200], "one PUT, not refused for a duplicate address");
+    assert_eq!(
+        puts(&env),
+        [200],
+        "one PUT, not refused for a duplicate address"
+    );
     let all = env.tb.network().pool_addresses(SUB, RG, LB, POOL);
     let mut addresses: Vec<&str> = all.iter().map(|(_, ip, _)| ip.as_str()).collect();
     addresses.sort();

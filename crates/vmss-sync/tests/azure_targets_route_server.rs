@@ -334,16 +334,12 @@ async fn route_server_persons_peering_for_an_instance_ip_counts_as_its_peering_n
     let ops = env.tb.network().operations();
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert!(ops.iter().all(|o| o.name != "nva-0-by-hand"), "{ops:?}");
-    assert!(env
-        .tb
-        .network()
-        .peerings(SUB, RG, HUB)
-        .contains(&(
-            "nva-0-by-hand".to_string(),
-            first.clone(),
-            64000,
-            "Succeeded".to_string()
-        )));
+    assert!(env.tb.network().peerings(SUB, RG, HUB).contains(&(
+        "nva-0-by-hand".to_string(),
+        first.clone(),
+        64000,
+        "Succeeded".to_string()
+    )));
     // In sync: nothing more is written.
     let out = once(&env, &cfg).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -387,7 +383,8 @@ async fn route_server_full_hub_stops_creates_until_a_peering_is_removed_and_says
     let admin = admin_addr(&d).await;
     let net = env.tb.network();
     assert!(
-        eventually(Duration::from_secs(20), || net.limit_refusals(SUB, RG, HUB) == 1
+        eventually(Duration::from_secs(20), || net.limit_refusals(SUB, RG, HUB)
+            == 1
             && ready(&env) == 2)
         .await,
         "{}",
@@ -406,7 +403,8 @@ async fn route_server_full_hub_stops_creates_until_a_peering_is_removed_and_says
     assert_eq!(creates(), sent, "{}", d.log_text());
     assert_eq!(sent, 3, "two created, one refused");
     assert_eq!(net.limit_refusals(SUB, RG, HUB), 1);
-    let label = "upstream=\"nva\",kind=\"stream\",target=\"azure-route-server\",condition=\"hub_full\"";
+    let label =
+        "upstream=\"nva\",kind=\"stream\",target=\"azure-route-server\",condition=\"hub_full\"";
     let page = get(&admin, "/metrics").await.body;
     assert_eq!(
         sample(&page, "vmss_sync_target_condition", label),

@@ -23,7 +23,11 @@ async fn run_keeps_syncing_other_targets_while_one_is_unusable_and_syncs_it_once
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
     // Not a placeholder: vmss-sync must not overwrite it.
-    std::fs::write(&file, "user www-data;\nupstream app { server 127.0.0.1:1 down; }\n").unwrap();
+    std::fs::write(
+        &file,
+        "user www-data;\nupstream app { server 127.0.0.1:1 down; }\n",
+    )
+    .unwrap();
     let targets = format!(
         "targets:\n  oss:\n    type: nginx_file\n    path: {}\n    validate_command: [\"/bin/true\"]\n    reload_command: [\"/bin/true\"]\n",
         file.display()
@@ -65,7 +69,11 @@ async fn run_keeps_syncing_other_targets_while_one_is_unusable_and_syncs_it_once
         "the file is left as it is"
     );
     let page = get(&admin, "/metrics").await.body;
-    assert_eq!(sample(&page, "vmss_sync_target_condition", UNUSABLE), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, "vmss_sync_target_condition", UNUSABLE),
+        Some(1.0),
+        "{page}"
+    );
     let ready = get(&admin, "/readyz").await;
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("upstream app"), "{}", ready.body);
@@ -88,8 +96,7 @@ async fn run_keeps_syncing_other_targets_while_one_is_unusable_and_syncs_it_once
     for _ in 0..50 {
         let page = get(&admin, "/metrics").await.body;
         let ready = get(&admin, "/readyz").await;
-        if sample(&page, "vmss_sync_target_condition", UNUSABLE) == Some(0.0)
-            && ready.status == 200
+        if sample(&page, "vmss_sync_target_condition", UNUSABLE) == Some(0.0) && ready.status == 200
         {
             cleared = true;
             break;

@@ -913,13 +913,19 @@ mod tests {
             "the message shows the placeholder to write: {e}"
         );
         let e = refused("upstream other {\n    server 127.0.0.1:1 down;\n}\n");
-        assert!(e.contains("line 1") && e.contains("not one of this target's upstreams (web, api)"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("not one of this target's upstreams (web, api)"),
+            "{e}"
+        );
         let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n    keepalive 8;\n}\n");
         assert!(e.contains("line 3") && e.contains("`keepalive`"), "{e}");
         let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n");
         assert!(e.contains("is not closed"), "{e}");
         let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n}\nserver { listen 80; }\n");
-        assert!(e.contains("line 4") && e.contains("`server` is not an upstream block"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("`server` is not an upstream block"),
+            "{e}"
+        );
         assert!(parse_file(Path::new("f"), "", &ups()).unwrap().0.is_empty());
     }
 
@@ -998,8 +1004,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_placeholder_is_rewritten_and_reloaded_on_the_first_cycle_even_with_nothing_to_add()
-    {
+    async fn a_placeholder_is_rewritten_and_reloaded_on_the_first_cycle_even_with_nothing_to_add() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("upstreams.conf");
         let placeholder = "upstream web {\n    zone web 64k;\n    server 127.0.0.1:1 down;\n}\n";
@@ -1038,7 +1043,10 @@ mod tests {
         let r = t.apply(&up("web"), &add(&["10.0.0.4:80"])).await;
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), good);
-        assert_eq!(commands(dir.path()), ["validate", "reload", "validate", "reload"]);
+        assert_eq!(
+            commands(dir.path()),
+            ["validate", "reload", "validate", "reload"]
+        );
         // The same file restored by hand (identical bytes, NGINX maybe not reloaded since):
         // nothing to do only when it is exactly what NGINX was last reloaded with.
         std::fs::write(&file, &good).unwrap();
@@ -1059,11 +1067,19 @@ mod tests {
         std::fs::write(&flag, "").unwrap();
         let t = NginxFile::new(
             dir.path().join("upstreams.conf"),
-            vec!["/bin/sh".into(), "-c".into(), format!("echo validate >> {}", log.display())],
             vec![
                 "/bin/sh".into(),
                 "-c".into(),
-                format!("echo reload >> {}; test ! -e {}", log.display(), flag.display()),
+                format!("echo validate >> {}", log.display()),
+            ],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo reload >> {}; test ! -e {}",
+                    log.display(),
+                    flag.display()
+                ),
             ],
             Duration::from_secs(10),
             vec![("web".into(), UpstreamKind::Http)],
@@ -1076,7 +1092,10 @@ mod tests {
         assert!(t.needs_write(&up("web")), "NGINX never loaded this file");
         let r = t.apply(&up("web"), &Plan::default()).await;
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(commands(dir.path()), ["validate", "reload", "validate", "reload"]);
+        assert_eq!(
+            commands(dir.path()),
+            ["validate", "reload", "validate", "reload"]
+        );
         t.observe(&up("web")).await.unwrap();
         assert!(!t.needs_write(&up("web")));
     }
