@@ -165,7 +165,7 @@ pub struct Metrics {
     leadership_changes: Family<RoleLabels, Counter>,
     lease_requests: Family<LeaseLabels, Counter>,
     target_condition: Family<ConditionLabels, Gauge>,
-    /// The `target_condition` series at 1.
+    /// Every `target_condition` series (removed with their upstream).
     conditions_on: Mutex<std::collections::BTreeSet<ConditionLabels>>,
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
@@ -494,19 +494,13 @@ impl Metrics {
             target: o.target,
             condition,
         };
-        let gone: Vec<ConditionLabels> = on
-            .iter()
-            .filter(|l| {
-                l.upstream == o.upstream
-                    && l.kind == o.kind.as_str()
-                    && l.target == o.target
-                    && !o.conditions.contains(&l.condition)
-            })
-            .cloned()
-            .collect();
-        for l in gone {
-            self.target_condition.get_or_create(&l).set(0);
-            on.remove(&l);
+        for l in on.iter().filter(|l| {
+            l.upstream == o.upstream
+                && l.kind == o.kind.as_str()
+                && l.target == o.target
+                && !o.conditions.contains(&l.condition)
+        }) {
+            self.target_condition.get_or_create(l).set(0);
         }
         for c in &o.conditions {
             let l = label(c);
@@ -603,6 +597,14 @@ impl Metrics {
             self.removals_held.remove(&up);
             self.last_success.remove(&up);
             self.upstream_duration.remove(&up);
+            let mut on = self.conditions_on.lock().unwrap_or_else(|e| e.into_inner());
+            on.retain(|l| {
+                let gone = l.upstream == *name && l.kind == *kind && l.target == *target;
+                if gone {
+                    self.target_condition.remove(l);
+                }
+                !gone
+            });
             false
         });
     }
@@ -728,6 +730,31 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn target_conditions_are_1_while_they_hold_then_0_and_go_with_their_upstream() {
+        let m = Metrics::new();
+        let cycle = |conditions: Vec<&'static str>| CycleReport {
+            outcomes: vec![UpstreamOutcome {
+                conditions,
+                ..outcome("web", None, Some("cannot be used"))
+            }],
+            duration: Duration::from_millis(5),
+        };
+        let series = "vmss_sync_target_condition{upstream=\"web\",kind=\"http\",target=\"nginx-plus\",condition=\"unusable\"}";
+        m.record_cycle(&cycle(vec!["unusable"]), Mode::Apply);
+        assert_eq!(
+            line(&m.encode(), series),
+            Some(format!("{series} 1").as_str())
+        );
+        m.record_cycle(&cycle(vec![]), Mode::Apply);
+        assert_eq!(
+            line(&m.encode(), series),
+            Some(format!("{series} 0").as_str())
+        );
+        m.retain_upstreams(&[]);
+        assert_eq!(line(&m.encode(), series), None);
     }
 
     #[test]
