@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use vmss_testbed::{Orchestration, Service, TestbedOptions};
 
 const LB: &str = "lb-1";
@@ -236,5 +237,31 @@ async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_prese
         .tb
         .network()
         .pool_addresses(SUB, RG, LB, POOL)
-        .contains(&("web-0-by-hand".to_string(), first, vnet())));
+        .contains(&("web-0-by-hand".to_string(), first.clone(), vnet())));
+
+    // A daemon finds the entry once and counts it from then on; when the instances go,
+    // its own entries are removed and the hand-made ones stay.
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(puts(&env).len(), 2, "{}", d.log_text());
+    assert_eq!(
+        d.log_text().matches("counts as this instance's").count(),
+        1,
+        "found once, then reported by observe: {}",
+        d.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 0);
+    assert!(
+        eventually(Duration::from_secs(15), || ours(&env).is_empty()).await,
+        "{}",
+        d.log_text()
+    );
+    let names: Vec<String> = others(&env).into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(names, ["legacy-vm", "web-0-by-hand"]);
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
 }

@@ -345,6 +345,39 @@ async fn route_server_persons_peering_for_an_instance_ip_counts_as_its_peering_n
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(env.tb.network().operations().len(), 2);
     peoples_untouched_but(&env, "nva-0-by-hand");
+
+    // A daemon finds the person's peering once and counts it from then on; when the
+    // instances go, its own peerings are deleted and the person's stays.
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.tb.network().operations().len(), 2, "{}", d.log_text());
+    assert_eq!(
+        d.log_text().matches("counts as this instance's").count(),
+        1,
+        "found once, then reported by observe: {}",
+        d.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "nva", 0);
+    assert!(
+        eventually(Duration::from_secs(15), || ready(&env) == 0
+            && env.tb.network().peerings(SUB, RG, HUB).len() == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    assert!(env
+        .tb
+        .network()
+        .peerings(SUB, RG, HUB)
+        .iter()
+        .any(|p| p.0 == "nva-0-by-hand"));
+    peoples_untouched_but(&env, "nva-0-by-hand");
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
 }
 
 /// People's peerings other than `but` are as set up and were never written.
