@@ -9,8 +9,13 @@
 //! the fake; the resource shows `provisioningState: Updating` (or `Deleting`) until the
 //! operation ends after a configurable delay. A write to a hub or pool while another
 //! operation runs on it is answered 409 `AnotherOperationInProgress`; a pool PUT with a
-//! stale `If-Match` is answered 412 `PreconditionFailed`. Operations can be held (they
-//! never finish until released), hubs made busy, and concurrent pool writers injected.
+//! stale `If-Match` is answered 412 `PreconditionFailed`. Like Azure, a hub refuses a
+//! peering whose peer IP another of its peerings already has, and a hub given a peering
+//! limit refuses creates beyond it (400 `BgpConnectionLimitReached`); a pool PUT that
+//! names one IP address twice is refused (400 `DuplicateBackendAddressInPool`). (The two
+//! error codes are the testbed's: what matters is that Azure refuses, and vmss-sync
+//! recognises any code ending in `LimitReached`.) Operations can be held (they never
+//! finish until released), hubs made busy, and concurrent pool writers injected.
 //! Shapes follow `shared/azure-examples` (`VirtualHubBgpConnection_*`,
 //! `LoadBalancerBackendAddressPools_CreateOrUpdate`).
 
@@ -68,6 +73,10 @@ struct Hub {
     name: String,
     conns: BTreeMap<String, Conn>,
     busy_until: Option<Instant>,
+    /// Peerings the hub takes at most (None: no limit).
+    peer_limit: Option<usize>,
+    /// Creates refused because of `peer_limit`.
+    limit_refusals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -326,6 +335,34 @@ impl Network {
         self.with(|st| {
             if let Some(h) = st.hubs.get_mut(&key(&[sub, rg, hub])) {
                 h.busy_until = Some(Instant::now() + d);
+            }
+        });
+    }
+
+    /// The hub takes at most `limit` peerings (people's included): a create beyond it is
+    /// refused with 400 `BgpConnectionLimitReached`; `None` lifts the limit.
+    pub fn set_hub_peer_limit(&self, sub: &str, rg: &str, hub: &str, limit: Option<usize>) {
+        self.with(|st| {
+            if let Some(h) = st.hubs.get_mut(&key(&[sub, rg, hub])) {
+                h.peer_limit = limit;
+            }
+        });
+    }
+
+    /// Creates the hub refused because it was full.
+    pub fn limit_refusals(&self, sub: &str, rg: &str, hub: &str) -> u64 {
+        self.with(|st| {
+            st.hubs
+                .get(&key(&[sub, rg, hub]))
+                .map_or(0, |h| h.limit_refusals)
+        })
+    }
+
+    /// Deletes a peering at once (a person removing theirs in the portal).
+    pub fn remove_peering(&self, sub: &str, rg: &str, hub: &str, name: &str) {
+        self.with(|st| {
+            if let Some(h) = st.hubs.get_mut(&key(&[sub, rg, hub])) {
+                h.conns.remove(&name.to_ascii_lowercase());
             }
         });
     }
@@ -677,6 +714,35 @@ pub(crate) fn serve(
                     }
                     let name = s(9).to_string();
                     let ck = name.to_ascii_lowercase();
+                    if let Some(h) = st.hubs.get_mut(&hk) {
+                        if let Some(other) = h
+                            .conns
+                            .values()
+                            .find(|c| c.peer_ip == ip && c.name.to_ascii_lowercase() != ck)
+                        {
+                            return Some(arm_error(
+                                400,
+                                "BgpConnectionPeerIpAlreadyExists",
+                                &format!(
+                                    "Peer IP {ip} is already used by BGP connection {} of virtual hub {}. A peer IP can be used by only one BGP connection.",
+                                    other.name, h.name
+                                ),
+                            ));
+                        }
+                        let creates = !h.conns.contains_key(&ck);
+                        if creates && h.peer_limit.is_some_and(|l| h.conns.len() >= l) {
+                            h.limit_refusals += 1;
+                            return Some(arm_error(
+                                400,
+                                "BgpConnectionLimitReached",
+                                &format!(
+                                    "Virtual hub {} already has the maximum number of BGP connections ({}).",
+                                    h.name,
+                                    h.peer_limit.unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
                     let id = st.start(&hk, "PUT", &name, Effect::ConnReady(hk.clone(), ck.clone()));
                     let Some(h) = st.hubs.get_mut(&hk) else {
                         return Some(arm_error(500, "InternalServerError", "hub vanished"));
@@ -771,6 +837,20 @@ pub(crate) fn serve(
                         .is_some_and(|v| !v.is_empty());
                 if !ok {
                     return Some(arm_error(400, "InvalidLoadBalancerBackendAddress", &format!("Backend address {a} needs a name, an IPv4 ipAddress and a virtualNetwork id.")));
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for a in &addresses {
+                let ip = a
+                    .pointer("/properties/ipAddress")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !seen.insert(ip.to_string()) {
+                    return Some(arm_error(
+                        400,
+                        "DuplicateBackendAddressInPool",
+                        &format!("Backend address pool {} references IP address {ip} more than once. An IP address can be referenced by only one backend address of a pool.", s(9)),
+                    ));
                 }
             }
             if st.busy(&pk, now) {

@@ -462,6 +462,7 @@ mod tests {
             hold: None,
             report: None,
             error: error.map(str::to_string),
+            conditions: Vec::new(),
             observed: 0,
             desired: 0,
             active: 0,

@@ -107,19 +107,33 @@ pub fn build_with_metrics(
     Ok(Reconciler::new(upstreams, arm).with_intervals(cfg.sync_interval, cfg.health_interval))
 }
 
-/// Runs the startup check and fails on permanent problems; transient ones are logged
-/// and left to the cycles.
+/// Runs the startup check. A target that cannot be used does not stop the others: its
+/// upstreams are reported (log, metrics, `/readyz`) and checked again every cycle, so
+/// only permanent problems of scale sets fail, and permanent target problems when no
+/// upstream at all could be synced. Transient problems are logged and left to the cycles.
 pub async fn checked(reconciler: Reconciler) -> Result<Reconciler, DaemonError> {
     let problems = reconciler.startup_check().await;
-    let (permanent, transient): (Vec<_>, Vec<_>) = problems.into_iter().partition(|p| p.permanent);
-    for p in &transient {
-        tracing::warn!(upstream = %p.upstream, "Startup check: {} (will retry every cycle)", p.message);
+    let upstreams = reconciler.upstreams().len();
+    let stopped: std::collections::BTreeSet<&str> = problems
+        .iter()
+        .filter(|p| p.permanent)
+        .map(|p| p.upstream.as_str())
+        .collect();
+    let nothing_works = stopped.len() >= upstreams;
+    let (fatal, logged): (Vec<_>, Vec<_>) = problems
+        .into_iter()
+        .partition(|p| p.permanent && (!p.target || nothing_works));
+    if !fatal.is_empty() {
+        return Err(DaemonError::Startup(fatal));
     }
-    if permanent.is_empty() {
-        Ok(reconciler)
-    } else {
-        Err(DaemonError::Startup(permanent))
+    for p in &logged {
+        if p.permanent {
+            tracing::error!(upstream = %p.upstream, "Startup check: {} (this upstream is checked again every cycle; the others are synced meanwhile)", p.message);
+        } else {
+            tracing::warn!(upstream = %p.upstream, "Startup check: {} (will retry every cycle)", p.message);
+        }
     }
+    Ok(reconciler)
 }
 
 /// Logs a one-line summary per upstream that failed or held removals.

@@ -104,6 +104,14 @@ struct ServerLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ConditionLabels {
+    upstream: String,
+    kind: &'static str,
+    target: &'static str,
+    condition: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
     upstream: String,
@@ -226,6 +234,9 @@ pub struct Metrics {
     leader: Gauge,
     leadership_changes: Family<RoleLabels, Counter>,
     lease_requests: Family<LeaseLabels, Counter>,
+    target_condition: Family<ConditionLabels, Gauge>,
+    /// Every `target_condition` series (removed with their upstream).
+    conditions_on: Mutex<std::collections::BTreeSet<ConditionLabels>>,
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
     /// (upstream, kind, target) of every upstream with gauges.
@@ -299,6 +310,8 @@ impl Metrics {
             leader: Gauge::default(),
             leadership_changes: Family::default(),
             lease_requests: Family::default(),
+            target_condition: Family::default(),
+            conditions_on: Mutex::default(),
             arm_last: Mutex::new(ArmStats::default()),
             known: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -324,6 +337,13 @@ impl Metrics {
             "upstream_removals_held",
             "1 while removals are held back because the scale set's capacity disagrees",
             m.removals_held.clone(),
+        );
+        registry.register(
+            "target_condition",
+            "1 while a condition holds an upstream's target back (unusable: it failed its \
+             startup check, checked again every cycle; hub_full: the Route Server refused a \
+             peering because it is full; max_peerings: max_peerings is reached)",
+            m.target_condition.clone(),
         );
         registry.register(
             "server_changes",
@@ -614,6 +634,7 @@ impl Metrics {
                     })
                     .inc_by(counter_value(r.errors.len()));
             }
+            self.record_conditions(o);
             let result = if o.error.is_some() {
                 "failed"
             } else if o.hold.is_some() {
@@ -638,6 +659,31 @@ impl Metrics {
         }
         self.cycle_duration.observe(report.duration.as_secs_f64());
         self.last_cycle.set(now);
+    }
+
+    /// Sets the `target_condition` series of one upstream: 1 for the conditions of this
+    /// cycle, 0 for those that held before and no longer do.
+    fn record_conditions(&self, o: &UpstreamOutcome) {
+        let mut on = self.conditions_on.lock().unwrap_or_else(|e| e.into_inner());
+        let label = |condition| ConditionLabels {
+            upstream: o.upstream.clone(),
+            kind: o.kind.as_str(),
+            target: o.target,
+            condition,
+        };
+        for l in on.iter().filter(|l| {
+            l.upstream == o.upstream
+                && l.kind == o.kind.as_str()
+                && l.target == o.target
+                && !o.conditions.contains(&l.condition)
+        }) {
+            self.target_condition.get_or_create(l).set(0);
+        }
+        for c in &o.conditions {
+            let l = label(c);
+            self.target_condition.get_or_create(&l).set(1);
+            on.insert(l);
+        }
     }
 
     /// Adds what the ARM client did since the last call (its statistics are cumulative).
@@ -728,6 +774,14 @@ impl Metrics {
             self.removals_held.remove(&up);
             self.last_success.remove(&up);
             self.upstream_duration.remove(&up);
+            let mut on = self.conditions_on.lock().unwrap_or_else(|e| e.into_inner());
+            on.retain(|l| {
+                let gone = l.upstream == *name && l.kind == *kind && l.target == *target;
+                if gone {
+                    self.target_condition.remove(l);
+                }
+                !gone
+            });
             false
         });
     }
@@ -842,6 +896,7 @@ mod tests {
             hold: None,
             report,
             error: error.map(str::to_string),
+            conditions: Vec::new(),
             observed: 2,
             desired: 3,
             active: 3,
@@ -852,6 +907,31 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn target_conditions_are_1_while_they_hold_then_0_and_go_with_their_upstream() {
+        let m = Metrics::new();
+        let cycle = |conditions: Vec<&'static str>| CycleReport {
+            outcomes: vec![UpstreamOutcome {
+                conditions,
+                ..outcome("web", None, Some("cannot be used"))
+            }],
+            duration: Duration::from_millis(5),
+        };
+        let series = "vmss_sync_target_condition{upstream=\"web\",kind=\"http\",target=\"nginx-plus\",condition=\"unusable\"}";
+        m.record_cycle(&cycle(vec!["unusable"]), Mode::Apply);
+        assert_eq!(
+            line(&m.encode(), series),
+            Some(format!("{series} 1").as_str())
+        );
+        m.record_cycle(&cycle(vec![]), Mode::Apply);
+        assert_eq!(
+            line(&m.encode(), series),
+            Some(format!("{series} 0").as_str())
+        );
+        m.retain_upstreams(&[]);
+        assert_eq!(line(&m.encode(), series), None);
     }
 
     #[test]

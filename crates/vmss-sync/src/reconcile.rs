@@ -190,6 +190,9 @@ pub struct UpstreamOutcome {
     pub report: Option<ApplyReport>,
     /// Why the upstream failed this cycle, if it did.
     pub error: Option<String>,
+    /// Conditions that held it back this cycle (`unusable`: its target failed the startup
+    /// check, which is retried every cycle; and those its target reported).
+    pub conditions: Vec<&'static str>,
     /// Servers observed before the cycle.
     pub observed: usize,
     /// Servers wanted.
@@ -215,6 +218,7 @@ impl UpstreamOutcome {
             hold: None,
             report: None,
             error: None,
+            conditions: Vec::new(),
             observed: 0,
             desired: 0,
             active: 0,
@@ -263,6 +267,9 @@ pub struct StartupProblem {
     pub message: String,
     /// True when it will not go away without a change of configuration.
     pub permanent: bool,
+    /// True for a problem of the upstream's target (the reconciler then checks it again
+    /// every cycle before syncing the upstream); false for one of its scale sets.
+    pub target: bool,
 }
 
 /// The reconciler: discovery, planning and the targets, for one configuration.
@@ -275,6 +282,9 @@ pub struct Reconciler {
     budget_warned: AtomicBool,
     drains: Arc<DrainBook>,
     gate: Option<WriteGate>,
+    /// Upstreams whose target failed the startup check: checked again every cycle
+    /// before anything else, and synced once the check passes.
+    unusable: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Reconciler {
@@ -289,6 +299,7 @@ impl Reconciler {
             budget_warned: AtomicBool::new(false),
             drains: Arc::default(),
             gate: None,
+            unusable: Arc::default(),
         }
     }
 
@@ -329,6 +340,10 @@ impl Reconciler {
                 None => up.sink.check(&up.target).await,
             };
             if let Err(e) = check {
+                self.unusable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(up.target.name.clone(), e.message.clone());
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
                     message: format!(
@@ -337,6 +352,7 @@ impl Reconciler {
                         e.message
                     ),
                     permanent: e.permanence == Permanence::Permanent,
+                    target: true,
                 });
             }
             match sets.get(&up.selection) {
@@ -344,6 +360,7 @@ impl Reconciler {
                     upstream: up.target.name.clone(),
                     message: format!("scale set {}: {e}", up.group()),
                     permanent: e.is_permanent(),
+                    target: false,
                 }),
                 Some(Ok(found)) if found.is_empty() => tracing::warn!(
                     upstream = %up.target.name,
@@ -428,12 +445,22 @@ impl Reconciler {
             let drains = Arc::clone(&self.drains);
             let gate = self.gate.clone();
             let limit = Arc::clone(&limit);
+            let unusable = Arc::clone(&self.unusable);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (index, prepare(job, &drains, gate.as_ref()).await)
+                if let Some(failed) = recheck(&job, &unusable).await {
+                    return (index, Err(failed));
+                }
+                (index, Ok(prepare(job, &drains, gate.as_ref()).await))
             });
         }
-        let prepared = join_sorted(&mut tasks).await;
+        let mut prepared = Vec::new();
+        for (index, p) in join_sorted(&mut tasks).await {
+            match p {
+                Ok(p) => prepared.push((index, p)),
+                Err(f) => failed.push(f),
+            }
+        }
         let writes = match mode {
             Mode::DryRun => Vec::new(),
             Mode::Apply => self.apply_all(&prepared, &limit).await,
@@ -745,6 +772,50 @@ struct Prepared {
     now: Instant,
 }
 
+/// Checks again the target of an upstream that failed its startup check: `None` when it
+/// can be used (now, or all along), else the upstream's failed outcome for this cycle.
+async fn recheck(
+    job: &Job,
+    unusable: &Mutex<BTreeMap<String, String>>,
+) -> Option<(usize, UpstreamOutcome)> {
+    let up = &job.spec;
+    let name = &up.target.name;
+    if !unusable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(name)
+    {
+        return None;
+    }
+    match up.sink.check(&up.target).await {
+        Ok(()) => {
+            unusable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            tracing::info!(
+                upstream = %name,
+                target = up.sink.kind(),
+                "{} can be used now for upstream {name}: syncing it.",
+                target_name(up.sink.kind())
+            );
+            None
+        }
+        Err(e) => {
+            let msg = format!(
+                "{} cannot be used for this upstream (checked again every cycle; the other \
+                 upstreams are synced meanwhile): {}",
+                target_name(up.sink.kind()),
+                e.message
+            );
+            tracing::warn!(upstream = %name, target = up.sink.kind(), "{msg}");
+            let mut out = UpstreamOutcome::failed(up, job.template.clone(), msg);
+            out.conditions.push("unusable");
+            Some((job.order, out))
+        }
+    }
+}
+
 /// Observes the target, plans against what was found, and holds removals the guard
 /// refuses. Writes nothing.
 async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prepared {
@@ -817,8 +888,11 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
         out.hold = Some(hold);
         p = plan::without_removals(p);
     }
-    let write = !p.is_empty() && gate_open(gate);
-    if !p.is_empty() && !write {
+    // A target whose state differs from what it should hold in ways the plan does not
+    // show (a rewritten NGINX file) is written even with nothing planned.
+    let wanted = !p.is_empty() || up.sink.needs_write(&up.target);
+    let write = wanted && gate_open(gate);
+    if wanted && !write {
         out.error = Some(NOT_LEADER.to_string());
     }
     out.plan = Some(p);
@@ -896,6 +970,7 @@ fn finish(p: Prepared, report: Option<ApplyReport>, drains: &DrainBook) -> Upstr
                 .join("; "),
         );
     }
+    outcome.conditions.extend(report.conditions.iter().copied());
     outcome.report = Some(report);
     outcome
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use vmss_testbed::{Orchestration, Service, TestbedOptions};
 
 const LB: &str = "lb-1";
@@ -180,4 +181,87 @@ async fn lb_pool_has_no_drain_so_a_drain_removes_the_address_at_once() {
     let out = once(&env, &cfg).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(puts(&env).len(), 2, "in sync: nothing more written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_present_and_keeps_its_name(
+) {
+    let env = setup(3).await;
+    let first = env.tb.fleet().instance_ips(SUB, RG, "web")[0].to_string();
+    // A pool made by hand: it already holds one instance under a name of its own.
+    env.tb.network().add_backend_pool(
+        SUB,
+        RG,
+        LB,
+        POOL,
+        &[
+            ("legacy-vm", "10.50.0.7", PEOPLE_VNET),
+            ("web-0-by-hand", &first, &vnet()),
+        ],
+    );
+    let cfg = env.config(&target(), &upstream());
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        puts(&env),
+        [200],
+        "one PUT, not refused for a duplicate address"
+    );
+    let all = env.tb.network().pool_addresses(SUB, RG, LB, POOL);
+    let mut addresses: Vec<&str> = all.iter().map(|(_, ip, _)| ip.as_str()).collect();
+    addresses.sort();
+    let before = addresses.len();
+    addresses.dedup();
+    assert_eq!(addresses.len(), before, "one entry per IP: {all:?}");
+    assert!(
+        all.contains(&("web-0-by-hand".to_string(), first.clone(), vnet())),
+        "the entry keeps its name: {all:?}"
+    );
+    let mut want = wanted(&env);
+    want.retain(|(_, ip)| *ip != first);
+    assert_eq!(ours(&env), want, "the other instances are added");
+    assert_eq!(ours(&env).len(), 2);
+
+    // In sync: the next cycle writes nothing.
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(puts(&env).len(), 1, "nothing written");
+
+    // A scale-out adds the new instances and still leaves the entry alone.
+    env.tb.fleet().scale_to(SUB, RG, "web", 5);
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(puts(&env), [200, 200]);
+    assert_eq!(ours(&env).len(), 4);
+    assert!(env
+        .tb
+        .network()
+        .pool_addresses(SUB, RG, LB, POOL)
+        .contains(&("web-0-by-hand".to_string(), first.clone(), vnet())));
+
+    // A daemon finds the entry once and counts it from then on; when the instances go,
+    // its own entries are removed and the hand-made ones stay.
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(puts(&env).len(), 2, "{}", d.log_text());
+    assert_eq!(
+        d.log_text().matches("counts as this instance's").count(),
+        1,
+        "found once, then reported by observe: {}",
+        d.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 0);
+    assert!(
+        eventually(Duration::from_secs(15), || ours(&env).is_empty()).await,
+        "{}",
+        d.log_text()
+    );
+    let names: Vec<String> = others(&env).into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(names, ["legacy-vm", "web-0-by-hand"]);
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
 }

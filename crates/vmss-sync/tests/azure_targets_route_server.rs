@@ -4,8 +4,10 @@
 //! peering limit; 409 conflicts and operations that never finish, then recovery.
 
 mod common;
+mod ops_common;
 
 use common::*;
+use ops_common::{admin_addr, get, sample};
 use std::time::Duration;
 use vmss_testbed::{LroHeaders, Orchestration, Service, TestbedOptions};
 
@@ -313,4 +315,162 @@ async fn route_server_starts_nothing_while_a_persons_peering_is_updating() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(ours(&env), wanted(&env));
     peoples_untouched(&env);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_server_persons_peering_for_an_instance_ip_counts_as_its_peering_never_a_second_one()
+{
+    let env = setup(3).await;
+    let first = env.tb.fleet().instance_ips(SUB, RG, "nva")[0].to_string();
+    env.tb
+        .network()
+        .add_peering(SUB, RG, HUB, "nva-0-by-hand", &first, 64000);
+    let cfg = env.config(&target(""), &upstream());
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let mut want = wanted(&env);
+    want.retain(|(_, ip)| *ip != first);
+    assert_eq!(ours(&env), want, "no second peering for {first}");
+    let ops = env.tb.network().operations();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops.iter().all(|o| o.name != "nva-0-by-hand"), "{ops:?}");
+    assert!(env.tb.network().peerings(SUB, RG, HUB).contains(&(
+        "nva-0-by-hand".to_string(),
+        first.clone(),
+        64000,
+        "Succeeded".to_string()
+    )));
+    // In sync: nothing more is written.
+    let out = once(&env, &cfg).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(env.tb.network().operations().len(), 2);
+    peoples_untouched_but(&env, "nva-0-by-hand");
+
+    // A daemon finds the person's peering once and counts it from then on; when the
+    // instances go, its own peerings are deleted and the person's stays.
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.tb.network().operations().len(), 2, "{}", d.log_text());
+    assert_eq!(
+        d.log_text().matches("counts as this instance's").count(),
+        1,
+        "found once, then reported by observe: {}",
+        d.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "nva", 0);
+    assert!(
+        eventually(Duration::from_secs(15), || ready(&env) == 0
+            && env.tb.network().peerings(SUB, RG, HUB).len() == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    assert!(env
+        .tb
+        .network()
+        .peerings(SUB, RG, HUB)
+        .iter()
+        .any(|p| p.0 == "nva-0-by-hand"));
+    peoples_untouched_but(&env, "nva-0-by-hand");
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
+}
+
+/// People's peerings other than `but` are as set up and were never written.
+fn peoples_untouched_but(env: &Env, but: &str) {
+    let people: Vec<_> = env
+        .tb
+        .network()
+        .peerings(SUB, RG, HUB)
+        .into_iter()
+        .filter(|(n, ..)| !n.starts_with("vmss-sync-") && n != but)
+        .collect();
+    assert_eq!(people.len(), 1, "{people:?}");
+    assert!(!env
+        .tb
+        .network()
+        .operations()
+        .iter()
+        .any(|o| !o.name.starts_with("vmss-sync-")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_server_full_hub_stops_creates_until_a_peering_is_removed_and_says_so_in_metrics() {
+    let env = setup(5).await;
+    // The hub takes 3 peerings: the person's and two of ours.
+    env.tb.network().set_hub_peer_limit(SUB, RG, HUB, Some(3));
+    let cfg = env.config(&target(""), &upstream());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
+    let cfg = env.write("config.yaml", &text);
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    let admin = admin_addr(&d).await;
+    let net = env.tb.network();
+    assert!(
+        eventually(Duration::from_secs(20), || net.limit_refusals(SUB, RG, HUB)
+            == 1
+            && ready(&env) == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    let creates = || {
+        env.tb
+            .requests_to(Service::Arm)
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .count()
+    };
+    // Four more cycles (sync_interval 1 s): not one create is sent to the full hub.
+    let sent = creates();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(creates(), sent, "{}", d.log_text());
+    assert_eq!(sent, 3, "two created, one refused");
+    assert_eq!(net.limit_refusals(SUB, RG, HUB), 1);
+    let label =
+        "upstream=\"nva\",kind=\"stream\",target=\"azure-route-server\",condition=\"hub_full\"";
+    let page = get(&admin, "/metrics").await.body;
+    assert_eq!(
+        sample(&page, "vmss_sync_target_condition", label),
+        Some(1.0),
+        "{page}"
+    );
+    let log = d.log_text();
+    assert!(log.contains("because it is full"), "{log}");
+    assert!(log.contains("no new peering is requested until"), "{log}");
+
+    // The person removes their peering: the next cycle creates one in its place, and
+    // stops again at the refusal that follows.
+    net.remove_peering(SUB, RG, HUB, "onprem-firewall");
+    assert!(
+        eventually(Duration::from_secs(10), || ready(&env) == 3
+            && net.limit_refusals(SUB, RG, HUB) == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(net.limit_refusals(SUB, RG, HUB), 2, "{}", d.log_text());
+    assert_eq!(ready(&env), 3);
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
+}
+
+/// Our peerings that are Succeeded (while a daemon runs, one may still be Updating).
+fn ready(env: &Env) -> usize {
+    env.tb
+        .network()
+        .peerings(SUB, RG, HUB)
+        .iter()
+        .filter(|(n, _, _, state)| n.starts_with("vmss-sync-") && state == "Succeeded")
+        .count()
 }

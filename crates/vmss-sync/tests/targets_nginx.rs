@@ -203,6 +203,105 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
     assert_eq!(daemon.wait(Duration::from_secs(10)).await, 0);
 }
 
+/// The placeholder a user writes by hand so that nginx can start (docs/targets-adoption.md).
+const HAND_WRITTEN: &str = "# Filled in by vmss-sync.\nupstream web {\n    zone web 64k;\n    server 127.0.0.1:1 down;\n}\n";
+
+/// Starts nginx on `initial` as the upstream file and `vmss-sync run`; checks traffic
+/// reaches the 3 instances, then overwrites the file with `overwrite` and reloads nginx
+/// (as configuration management would) and checks the file is repaired and traffic back
+/// within one interval (sync_interval 1 s).
+async fn adopted_then_repaired(initial: &str, overwrite: &str) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.tb
+        .fleet()
+        .add_scale_set(SUB, RG, "web", Orchestration::Uniform, "eastus");
+    env.tb
+        .fleet()
+        .set_ip_allocator_base(Ipv4Addr::new(127, 0, 0, 2));
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let pool = ips(2, 5);
+    let (_backends, port) = Backends::start_free(&pool).await;
+    let dir = env.dir.path();
+    let file = dir.join("upstreams.conf");
+    std::fs::write(&file, initial).unwrap();
+    let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "web", &file).await;
+    let client = fresh_client();
+    assert_eq!(answered(&client, &nginx.url(), 3).await, ["<status 502>"]);
+
+    // Nobody edits the file: traffic reaches the instances.
+    let cfg = env.config(&file_target(dir, &file), &upstream_to("web", "web", port));
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &dir.join("vmss-sync.log"),
+    );
+    let want = env.ips("web", port);
+    let got = until_answered(&client, &nginx.url(), &want, WAIT).await;
+    assert_eq!(got, want, "placeholder adopted\n{}", daemon.log_text());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with(vmss_sync::target::nginx_file::HEADER),
+        "{text}"
+    );
+
+    // Configuration management puts a placeholder back and reloads nginx: traffic stops,
+    // and vmss-sync repairs the file and reloads within one interval.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&file, overwrite).unwrap();
+    let mut reload = std::process::Command::new(which("nginx"));
+    reload.args(Nginx::flags(dir)).args(["-s", "reload"]);
+    assert!(reload.status().unwrap().success());
+    let broken = std::time::Instant::now();
+    let got = until_answered(&client, &nginx.url(), &want, WAIT).await;
+    let repaired = broken.elapsed();
+    assert_eq!(got, want, "repaired\n{}", daemon.log_text());
+    eprintln!(
+        "overwritten file repaired and traffic back after {} ms (sync_interval 1 s)",
+        repaired.as_millis()
+    );
+    // One interval (1 s ± 10 %) plus the cycle and until_answered's two rounds.
+    assert!(
+        repaired < Duration::from_secs(4),
+        "repaired after {repaired:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("was changed outside vmss-sync"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !nginx.error_log().contains("[emerg]"),
+        "{}",
+        nginx.error_log()
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_file_hand_written_placeholder_is_adopted_and_an_overwritten_file_is_repaired_within_one_interval(
+) {
+    if !have("nginx") {
+        return;
+    }
+    adopted_then_repaired(HAND_WRITTEN, HAND_WRITTEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_file_restored_from_an_old_copy_of_its_own_while_running_is_repaired_within_one_interval(
+) {
+    if !have("nginx") {
+        return;
+    }
+    // vmss-sync's own empty file, as a backup taken before any instance existed.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.conf");
+    placeholder_upstreams(&old, &["web"]);
+    let old = std::fs::read_to_string(&old).unwrap();
+    adopted_then_repaired(&old, &old).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_file_rejected_by_nginx_t_is_rolled_back_and_not_reloaded() {
     if !have("nginx") {

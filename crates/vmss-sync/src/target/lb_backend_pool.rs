@@ -6,6 +6,12 @@
 //!   ports); observe reports each address as `ip:{upstream port}`.
 //! - Only addresses whose names start with the prefix are vmss-sync's; every other entry
 //!   is written back exactly as it was read.
+//! - An instance whose IP the pool already holds under another name (an entry made by
+//!   hand) counts as present: no second entry for one IP (Azure refuses a pool that
+//!   references an address twice). That entry keeps its name and is never changed or
+//!   removed; `observe` reports it for the instance from then on (remembered in memory;
+//!   after a restart the first cycle finds it again). A PUT that would change nothing is
+//!   not sent.
 //! - One apply is one PUT of the whole pool with the pool's ETag in `If-Match`; on 412 the
 //!   pool is read again and the change made again (3 attempts); the long-running operation
 //!   is followed to its end (bounded by `operation_timeout`). Writes to one pool are one at
@@ -15,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -40,6 +47,8 @@ pub struct LbBackendPool {
     pool: String,
     ports: BTreeMap<String, u16>,
     params: BTreeMap<String, ServerParams>,
+    /// Entries made by others that hold an instance's IP, by (upstream, IP): their names.
+    adopted: Mutex<BTreeMap<(String, Ipv4Addr), String>>,
 }
 
 impl std::fmt::Debug for LbBackendPool {
@@ -70,7 +79,12 @@ impl LbBackendPool {
             pool,
             ports,
             params,
+            adopted: Mutex::default(),
         }
+    }
+
+    fn adopted(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, Ipv4Addr), String>> {
+        self.adopted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn label(&self) -> String {
@@ -124,11 +138,13 @@ impl LbBackendPool {
         out
     }
 
+    /// Writes the pool; returns the wanted addresses found in it already under a name
+    /// that is not vmss-sync's (IP → that name), which were not added.
     async fn write_once(
         &self,
         leaving: &BTreeSet<u64>,
         wanted: &BTreeMap<String, Ipv4Addr>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<BTreeMap<Ipv4Addr, String>, TargetError> {
         let what = format!("{}: writing the pool", self.label());
         for attempt in 1..=ETAG_ATTEMPTS {
             let pool = self.read().await?;
@@ -140,7 +156,28 @@ impl LbBackendPool {
                     pool.provisioning_state().unwrap_or("")
                 )));
             }
-            let body = pool.with_addresses(self.next_addresses(&pool.addresses(), leaving, wanted));
+            let current = pool.addresses();
+            // One IP is one entry: an address another entry holds already is present.
+            let mut present = BTreeMap::new();
+            let mut wanted = wanted.clone();
+            wanted.retain(|_, ip| {
+                let holder = current.iter().find_map(|a| {
+                    let (name, addr, _) = address_parts(a);
+                    (addr == Some(ip.to_string().as_str())).then(|| name.unwrap_or_default())
+                });
+                match holder {
+                    Some(name) if !self.ours(Some(name)) => {
+                        present.insert(*ip, name.to_owned());
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            let next = self.next_addresses(&current, leaving, &wanted);
+            if next == current {
+                return Ok(present);
+            }
+            let body = pool.with_addresses(next);
             match self
                 .arm
                 .put_backend_pool(&self.pool, &body, pool.etag.as_deref())
@@ -158,7 +195,7 @@ impl LbBackendPool {
                             MIN_POLL,
                         )
                         .await
-                        .map(|_| ())
+                        .map(|_| present)
                         .map_err(|e| from_write(&what, &e));
                 }
                 Err(ArmWriteError::Api { status: 412, .. }) => {
@@ -204,8 +241,28 @@ impl Target for LbBackendPool {
         let port = self.ports.get(&upstream.name).copied().unwrap_or(0);
         let params = self.params.get(&upstream.name).copied();
         let pool = self.read().await?;
-        Ok(pool
-            .addresses()
+        let addresses = pool.addresses();
+        let mut adopted = self.adopted();
+        // An entry of someone else's found for an instance is reported while it is there.
+        adopted.retain(|(up, ip), name| {
+            up != &upstream.name
+                || addresses.iter().any(|a| {
+                    let (n, addr, _) = address_parts(a);
+                    n == Some(name.as_str()) && addr == Some(ip.to_string().as_str())
+                })
+        });
+        let theirs: Vec<ObservedServer> = adopted
+            .iter()
+            .filter(|((up, _), _)| up == &upstream.name)
+            .map(|((_, ip), name)| ObservedServer {
+                id: id_of(name),
+                server: format!("{ip}:{port}"),
+                params,
+                state: ServerState::Active,
+            })
+            .collect();
+        drop(adopted);
+        Ok(addresses
             .iter()
             .filter_map(|a| {
                 let (name, ip, vnet) = address_parts(a);
@@ -221,14 +278,23 @@ impl Target for LbBackendPool {
                     state: ServerState::Active,
                 })
             })
+            .chain(theirs)
             .collect())
     }
 
-    async fn apply(&self, _upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
+    async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
         if plan.is_empty() {
             return report;
         }
+        // Entries of others counted as instances': never written, only no longer counted.
+        let theirs: BTreeMap<u64, Ipv4Addr> = self
+            .adopted()
+            .iter()
+            .filter(|((up, _), _)| up == &upstream.name)
+            .map(|((_, ip), name)| (id_of(name), *ip))
+            .collect();
+        let mut released = Vec::new();
         let mut wanted: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
         let mut leaving: BTreeSet<u64> = BTreeSet::new();
         let (mut added, mut updated, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -245,6 +311,12 @@ impl Target for LbBackendPool {
             }
         }
         for u in &plan.update {
+            if let Some(ip) = theirs.get(&u.id) {
+                if u.state == ServerState::Draining {
+                    released.push(*ip);
+                }
+                continue;
+            }
             if u.state == ServerState::Draining {
                 // No drain on a pool: leaving means the address goes.
                 leaving.insert(u.id);
@@ -255,13 +327,37 @@ impl Target for LbBackendPool {
             }
         }
         for r in &plan.remove {
+            if let Some(ip) = theirs.get(&r.id) {
+                released.push(*ip);
+                continue;
+            }
             leaving.insert(r.id);
             removed.push(r.server.clone());
+        }
+        {
+            let mut adopted = self.adopted();
+            for ip in released {
+                adopted.remove(&(upstream.name.clone(), ip));
+            }
         }
         let lock = resource_lock(&self.pool);
         let _held = lock.lock().await;
         match self.write_once(&leaving, &wanted).await {
-            Ok(()) => {
+            Ok(present) => {
+                if !present.is_empty() {
+                    let mut adopted = self.adopted();
+                    for (ip, name) in &present {
+                        tracing::info!(
+                            upstream = %upstream.name,
+                            entry = %name,
+                            "{}: entry {name} already holds {ip}; it counts as this \
+                             instance's (kept as it is, never changed or removed)",
+                            self.label()
+                        );
+                        adopted.insert((upstream.name.clone(), *ip), name.clone());
+                    }
+                }
+                added.retain(|s| ip_of(s).is_none_or(|ip| !present.contains_key(&ip)));
                 report.added = added;
                 report.updated = updated;
                 report.removed = removed;

@@ -73,6 +73,9 @@ pub struct ApplyReport {
     pub drained: Vec<String>,
     /// Writes that failed.
     pub errors: Vec<TargetError>,
+    /// Conditions of the target that held writes back this time (`hub_full`,
+    /// `max_peerings`), shown by the `target_condition` metric.
+    pub conditions: Vec<&'static str>,
 }
 
 /// A component that holds servers for upstreams.
@@ -87,6 +90,14 @@ pub trait Target: Send + Sync {
     /// Applies a plan: adds first, then updates (parameters, drains, restores), then
     /// removals. Continues past a failed item.
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport;
+
+    /// True when the target must be written although the plan of `upstream` is empty:
+    /// what it holds was changed behind vmss-sync's back in a way that `observe` cannot
+    /// show as servers (an NGINX file rewritten by someone else). Asked after `observe`.
+    fn needs_write(&self, upstream: &UpstreamRef) -> bool {
+        let _ = upstream;
+        false
+    }
 
     /// True when [`Target::apply_batch`] writes the plans of several upstreams at once
     /// (the Data Plane API: one transaction per cycle); the reconciler then hands it every

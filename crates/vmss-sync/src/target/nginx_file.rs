@@ -22,18 +22,29 @@
 //! The file is written atomically (a temporary file in the same directory, fsync, rename,
 //! fsync of the directory) and only when its content changes; then the validation command
 //! (default `nginx -t`) runs, and the reload command (default `nginx -s reload`) only when
-//! the validation passes. When it fails, the last good file is put back (or the new file
-//! removed when there was none), nothing is reloaded and the error is reported. Nothing is
-//! reloaded when nothing changed. A file that exists without vmss-sync's header line is
-//! never overwritten.
+//! the validation passes. When it fails, the last good file is put back (the file NGINX
+//! last ran, else the file found there, or the new file removed when there was none),
+//! nothing is reloaded and the error is reported.
+//!
+//! **Adoption.** A file without vmss-sync's header line is taken over only when it holds
+//! nothing but `upstream` blocks named after upstreams of this target, each with nothing
+//! but `zone` and `server` lines and comments: the placeholder a user writes so that NGINX
+//! can start before vmss-sync first runs. Its servers are not reported (they are
+//! placeholders); the file is rewritten on the first cycle. Any other file is refused, with
+//! a message saying what to put there instead.
+//!
+//! **Read back every cycle.** `observe` reads the file each time, like every other
+//! target's state. When the file differs from what vmss-sync wrote and NGINX was last
+//! reloaded with (rewritten by configuration management, restored from a backup, a reload
+//! that failed), [`Target::needs_write`] says so and the next apply rewrites it (if needed)
+//! and validates and reloads, even with nothing else to change. Nothing is reloaded when
+//! nothing changed. At startup, a file in vmss-sync's exact form is taken to be what NGINX
+//! runs.
 //!
 //! The upstreams of one file are planned and applied concurrently by the reconciler; their
 //! applies are **group-committed**: each apply records its upstream's new servers, and one
 //! render-validate-reload covers every change recorded before it started, so a cycle that
 //! changes several upstreams of a file usually reloads NGINX once (at most twice).
-//!
-//! What NGINX runs is taken to be the file found at startup; after that the target keeps
-//! what it last loaded in memory, so a failed reload is retried by the next cycle.
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use crate::config::{format_nginx_time, parse_nginx_time, UpstreamKind};
@@ -64,11 +75,18 @@ struct Entry {
 type Servers = BTreeMap<String, Vec<Entry>>;
 
 struct Inner {
+    /// True once the file was read.
     loaded: bool,
-    /// Servers per upstream as NGINX runs them (as far as vmss-sync knows).
+    /// Servers per upstream as the file holds them (last read or written).
     live: Servers,
-    /// The file content NGINX runs; `None` when there was no file.
+    /// The file content NGINX was last reloaded with (or found at startup in vmss-sync's
+    /// exact form); `None` before that.
     live_text: Option<String>,
+    /// True when the file must be written (and NGINX reloaded) although no server changes:
+    /// it differs from `live_text` or from vmss-sync's form of it, or it is missing.
+    dirty: bool,
+    /// The last file content warned about, so that a change is logged once.
+    noticed: Option<String>,
     /// Changes recorded by applies, not yet committed: upstream → (servers, generation).
     pending: BTreeMap<String, (Vec<Entry>, u64)>,
     /// Last generation handed out.
@@ -104,8 +122,13 @@ impl std::fmt::Debug for NginxFile {
 /// Why a file could not be read back.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
-    #[error("{0} exists but was not written by vmss-sync (its first line is not vmss-sync's header); refusing to overwrite it: remove it or choose another path")]
-    Foreign(String),
+    #[error("{path} was not written by vmss-sync and holds more than a placeholder (line {line}: {reason}); refusing to overwrite it. Put only the upstream blocks of this target's upstreams there (each with nothing but zone and server lines and comments), for example:\n{example}or remove the file, or choose another path")]
+    Foreign {
+        path: String,
+        line: usize,
+        reason: String,
+        example: String,
+    },
     #[error("{path}:{line}: cannot read back {text:?}")]
     Line {
         path: String,
@@ -114,14 +137,140 @@ enum ReadError {
     },
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<Servers, ReadError> {
-    let mut out = Servers::new();
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        None => return Ok(out),
-        Some((_, first)) if first.trim() == HEADER => {}
-        Some(_) => return Err(ReadError::Foreign(path.display().to_string())),
+/// How a file was read.
+#[derive(Debug, PartialEq, Eq)]
+enum Form {
+    /// Written by vmss-sync: its servers are reported.
+    Ours,
+    /// A placeholder someone wrote (or an edited file of ours made of placeholders only):
+    /// adopted, its servers not reported.
+    Placeholder,
+}
+
+/// The placeholder file to start from for `upstreams`, as the error message shows it.
+pub fn placeholder_example(upstreams: &[(String, UpstreamKind)]) -> String {
+    let mut out = String::new();
+    for (name, _) in upstreams {
+        out.push_str(&format!(
+            "upstream {name} {{\n    server 127.0.0.1:1 down;\n}}\n"
+        ));
     }
+    out
+}
+
+/// Reads a file: vmss-sync's own, or a placeholder that may be adopted.
+fn parse_file(
+    path: &Path,
+    text: &str,
+    upstreams: &[(String, UpstreamKind)],
+) -> Result<(Servers, Form), ReadError> {
+    match text.lines().next() {
+        None => Ok((Servers::new(), Form::Ours)),
+        Some(first) if first.trim() == HEADER => match parse_ours(path, text) {
+            Ok(servers) => Ok((servers, Form::Ours)),
+            // An edited file of ours is adopted like a placeholder when it is one.
+            Err(e) => parse_placeholder(path, text, upstreams)
+                .map(|s| (s, Form::Placeholder))
+                .map_err(|_| e),
+        },
+        Some(_) => parse_placeholder(path, text, upstreams).map(|s| (s, Form::Placeholder)),
+    }
+}
+
+/// Reads a placeholder: only `upstream NAME { … }` blocks of this target's upstreams, with
+/// only `zone …;` and `server …;` statements and comments inside. Returns the upstreams
+/// it names, without servers.
+fn parse_placeholder(
+    path: &Path,
+    text: &str,
+    upstreams: &[(String, UpstreamKind)],
+) -> Result<Servers, ReadError> {
+    let foreign = |line: usize, reason: String| ReadError::Foreign {
+        path: path.display().to_string(),
+        line,
+        reason,
+        example: placeholder_example(upstreams),
+    };
+    // Tokens: words, `{`, `}` and `;`, with their line numbers; comments dropped.
+    let mut tokens: Vec<(usize, String)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or_default();
+        let mut word = String::new();
+        for c in line.chars() {
+            if c.is_whitespace() || matches!(c, '{' | '}' | ';') {
+                if !word.is_empty() {
+                    tokens.push((i + 1, std::mem::take(&mut word)));
+                }
+                if !c.is_whitespace() {
+                    tokens.push((i + 1, c.to_string()));
+                }
+            } else {
+                word.push(c);
+            }
+        }
+        if !word.is_empty() {
+            tokens.push((i + 1, word));
+        }
+    }
+    let mut out = Servers::new();
+    let mut it = tokens.into_iter();
+    while let Some((line, word)) = it.next() {
+        if word != "upstream" {
+            return Err(foreign(line, format!("`{word}` is not an upstream block")));
+        }
+        let name = match it.next() {
+            Some((_, n)) if !matches!(n.as_str(), "{" | "}" | ";") => n,
+            _ => return Err(foreign(line, "an upstream block without a name".into())),
+        };
+        if !upstreams.iter().any(|(u, _)| *u == name) {
+            let ours: Vec<&str> = upstreams.iter().map(|(u, _)| u.as_str()).collect();
+            return Err(foreign(
+                line,
+                format!(
+                    "upstream {name} is not one of this target's upstreams ({})",
+                    ours.join(", ")
+                ),
+            ));
+        }
+        if !matches!(it.next(), Some((_, b)) if b == "{") {
+            return Err(foreign(line, format!("upstream {name}: `{{` expected")));
+        }
+        loop {
+            let Some((line, word)) = it.next() else {
+                return Err(foreign(line, format!("upstream {name} is not closed")));
+            };
+            match word.as_str() {
+                "}" => break,
+                "zone" | "server" => loop {
+                    match it.next() {
+                        Some((_, t)) if t == ";" => break,
+                        Some((l, t)) if t == "{" || t == "}" => {
+                            return Err(foreign(l, format!("`{word}` without `;`")))
+                        }
+                        Some(_) => {}
+                        None => return Err(foreign(line, format!("`{word}` without `;`"))),
+                    }
+                },
+                other => {
+                    return Err(foreign(
+                        line,
+                        format!(
+                            "`{other}` in upstream {name} (vmss-sync writes only server lines, \
+                             so it would be lost)"
+                        ),
+                    ))
+                }
+            }
+        }
+        out.entry(name).or_default();
+    }
+    Ok(out)
+}
+
+/// Reads a file of vmss-sync's (after its header line).
+fn parse_ours(path: &Path, text: &str) -> Result<Servers, ReadError> {
+    let mut out = Servers::new();
+    let lines = text.lines().enumerate().skip(1);
     let bad = |line: usize, text: &str| ReadError::Line {
         path: path.display().to_string(),
         line: line + 1,
@@ -294,6 +443,8 @@ impl NginxFile {
                 loaded: false,
                 live: Servers::new(),
                 live_text: None,
+                dirty: false,
+                noticed: None,
                 pending: BTreeMap::new(),
                 generation: 0,
                 committed: 0,
@@ -314,29 +465,57 @@ impl NginxFile {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads the file once: what NGINX runs when vmss-sync starts.
+    /// Reads the file unless it was read already (an apply without an observe first).
     async fn load(&self) -> Result<(), TargetError> {
         if self.lock().loaded {
             return Ok(());
         }
+        self.refresh().await
+    }
+
+    /// Reads the file back: its servers, and whether it must be rewritten and NGINX
+    /// reloaded (it differs from what NGINX was last reloaded with, or from vmss-sync's
+    /// form of it, or it is missing).
+    async fn refresh(&self) -> Result<(), TargetError> {
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(t) => Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(self.error(format!("cannot read it: {e}"), Permanence::Transient)),
         };
-        let servers = match &text {
-            Some(t) => parse_file(&self.path, t).map_err(|e| TargetError {
+        let (servers, form) = match &text {
+            Some(t) => parse_file(&self.path, t, &self.upstreams).map_err(|e| TargetError {
                 message: e.to_string(),
                 permanence: Permanence::Permanent,
             })?,
-            None => Servers::new(),
+            None => (Servers::new(), Form::Ours),
         };
+        let canonical = text.as_deref() == Some(render(&self.upstreams, &servers).as_str());
         let mut inner = self.lock();
-        if !inner.loaded {
-            inner.loaded = true;
-            inner.live = servers;
-            inner.live_text = text;
+        if !inner.loaded && canonical {
+            // Found in vmss-sync's exact form at startup: taken to be what NGINX runs.
+            inner.live_text = text.clone();
         }
+        inner.loaded = true;
+        inner.dirty = !canonical || inner.live_text != text;
+        if inner.dirty && inner.noticed != text {
+            inner.noticed = text.clone();
+            if text.is_some() && inner.live_text.is_some() {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "NGINX file {} was changed outside vmss-sync; it is rewritten and NGINX \
+                     reloaded",
+                    self.path.display()
+                );
+            } else if form == Form::Placeholder {
+                tracing::info!(
+                    file = %self.path.display(),
+                    "NGINX file {}: a placeholder not written by vmss-sync; adopting it: it is \
+                     rewritten and NGINX reloaded",
+                    self.path.display()
+                );
+            }
+        }
+        inner.live = servers;
         Ok(())
     }
 
@@ -399,24 +578,18 @@ impl NginxFile {
         live_text: Option<&str>,
     ) -> Result<String, String> {
         let text = render(&self.upstreams, servers);
-        if live_text == Some(text.as_str()) {
-            // NGINX runs this already; put the file back if someone changed it.
-            let disk = tokio::fs::read_to_string(&self.path).await.ok();
-            if disk.as_deref() != Some(text.as_str()) {
-                write_atomic(&self.path, text.as_bytes())
-                    .await
-                    .map_err(|e| format!("cannot write it: {e}"))?;
-            }
+        let disk = tokio::fs::read_to_string(&self.path).await.ok();
+        if live_text == Some(text.as_str()) && disk.as_deref() == Some(text.as_str()) {
+            // NGINX runs this already.
             return Ok(text);
         }
-        let disk = tokio::fs::read_to_string(&self.path).await.ok();
         if disk.as_deref() != Some(text.as_str()) {
             write_atomic(&self.path, text.as_bytes())
                 .await
                 .map_err(|e| format!("cannot write it: {e}"))?;
         }
         if let Err(e) = self.run("validation", &self.validate).await {
-            let restored = match live_text {
+            let restored = match live_text.or(disk.as_deref()) {
                 Some(good) => write_atomic(&self.path, good.as_bytes()).await,
                 None => tokio::fs::remove_file(&self.path).await,
             };
@@ -439,7 +612,7 @@ impl Target for NginxFile {
 
     async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
         self.known(upstream)?;
-        self.load().await?;
+        self.refresh().await?;
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         match tokio::fs::metadata(dir).await {
             Ok(m) if m.is_dir() => Ok(()),
@@ -452,7 +625,7 @@ impl Target for NginxFile {
 
     async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
         self.known(upstream)?;
-        self.load().await?;
+        self.refresh().await?;
         let configured = self.params.get(&upstream.name);
         let inner = self.lock();
         let list = inner
@@ -479,6 +652,10 @@ impl Target for NginxFile {
                 },
             })
             .collect())
+    }
+
+    fn needs_write(&self, upstream: &UpstreamRef) -> bool {
+        self.known(upstream).is_ok() && self.lock().dirty
     }
 
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
@@ -572,6 +749,8 @@ impl Target for NginxFile {
                     inner.live.insert(name, list);
                 }
                 inner.live_text = Some(text);
+                inner.dirty = false;
+                inner.noticed = None;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -707,16 +886,58 @@ mod tests {
             ),
             "{text}"
         );
-        let back = parse_file(Path::new("f"), &text).unwrap();
+        let (back, form) = parse_file(Path::new("f"), &text, &ups).unwrap();
+        assert_eq!(form, Form::Ours);
         assert_eq!(back["web"], servers["web"]);
         assert!(back["empty"].is_empty(), "the placeholder is not a server");
     }
 
+    fn ups() -> Vec<(String, UpstreamKind)> {
+        vec![
+            ("web".into(), UpstreamKind::Http),
+            ("api".into(), UpstreamKind::Http),
+        ]
+    }
+
     #[test]
-    fn a_file_not_written_by_vmss_sync_is_refused() {
-        let e = parse_file(Path::new("/etc/nginx/nginx.conf"), "user www-data;\n").unwrap_err();
-        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
-        assert!(parse_file(Path::new("f"), "").unwrap().is_empty());
+    fn a_file_with_more_than_placeholders_is_refused_saying_what_to_put_there() {
+        let refused = |text: &str| {
+            parse_file(Path::new("/etc/nginx/conf.d/up.conf"), text, &ups())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused("user www-data;\n");
+        assert!(e.contains("refusing to overwrite"), "{e}");
+        assert!(
+            e.contains("upstream web {\n    server 127.0.0.1:1 down;\n}\nupstream api {"),
+            "the message shows the placeholder to write: {e}"
+        );
+        let e = refused("upstream other {\n    server 127.0.0.1:1 down;\n}\n");
+        assert!(
+            e.contains("line 1") && e.contains("not one of this target's upstreams (web, api)"),
+            "{e}"
+        );
+        let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n    keepalive 8;\n}\n");
+        assert!(e.contains("line 3") && e.contains("`keepalive`"), "{e}");
+        let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n");
+        assert!(e.contains("is not closed"), "{e}");
+        let e = refused("upstream web {\n    server 127.0.0.1:1 down;\n}\nserver { listen 80; }\n");
+        assert!(
+            e.contains("line 4") && e.contains("`server` is not an upstream block"),
+            "{e}"
+        );
+        assert!(parse_file(Path::new("f"), "", &ups()).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_placeholder_file_of_this_targets_upstreams_is_adopted_without_its_servers() {
+        let text = "# placeholder until vmss-sync runs\n\
+                    upstream web {\n    zone web 64k;\n    server 127.0.0.1:1 down; # none yet\n}\n\n\
+                    upstream api { server 10.9.9.9:80 max_fails=3; }\n";
+        let (servers, form) = parse_file(Path::new("f"), text, &ups()).unwrap();
+        assert_eq!(form, Form::Placeholder);
+        assert_eq!(servers.len(), 2);
+        assert!(servers.values().all(Vec::is_empty), "{servers:?}");
     }
 
     #[tokio::test]
@@ -780,6 +1001,103 @@ mod tests {
         // What NGINX runs is unchanged, so the next cycle plans the add again.
         assert_eq!(bad.observe(&up("web")).await.unwrap().len(), 1);
         assert!(!dir.path().join(".upstreams.conf.vmss-sync.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn a_placeholder_is_rewritten_and_reloaded_on_the_first_cycle_even_with_nothing_to_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("upstreams.conf");
+        let placeholder = "upstream web {\n    zone web 64k;\n    server 127.0.0.1:1 down;\n}\n";
+        std::fs::write(&file, placeholder).unwrap();
+        let t = target(dir.path(), true);
+        t.check(&up("web")).await.unwrap();
+        assert!(t.observe(&up("web")).await.unwrap().is_empty());
+        assert!(t.needs_write(&up("web")), "a placeholder must be rewritten");
+        let r = t.apply(&up("web"), &Plan::default()).await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        assert!(text.contains("upstream api {"), "{text}");
+        assert_eq!(commands(dir.path()), ["validate", "reload"]);
+        t.observe(&up("web")).await.unwrap();
+        assert!(!t.needs_write(&up("web")), "in sync once rewritten");
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_behind_vmss_syncs_back_is_rewritten_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("upstreams.conf");
+        let t = target(dir.path(), true);
+        assert!(t
+            .apply(&up("web"), &add(&["10.0.0.4:80"]))
+            .await
+            .errors
+            .is_empty());
+        let good = std::fs::read_to_string(&file).unwrap();
+        t.observe(&up("web")).await.unwrap();
+        assert!(!t.needs_write(&up("web")));
+        // Configuration management puts its placeholder back.
+        std::fs::write(&file, "upstream web {\n    server 127.0.0.1:1 down;\n}\n").unwrap();
+        assert!(t.observe(&up("web")).await.unwrap().is_empty());
+        assert!(t.needs_write(&up("web")));
+        let r = t.apply(&up("web"), &add(&["10.0.0.4:80"])).await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), good);
+        assert_eq!(
+            commands(dir.path()),
+            ["validate", "reload", "validate", "reload"]
+        );
+        // The same file restored by hand (identical bytes, NGINX maybe not reloaded since):
+        // nothing to do only when it is exactly what NGINX was last reloaded with.
+        std::fs::write(&file, &good).unwrap();
+        t.observe(&up("web")).await.unwrap();
+        assert!(!t.needs_write(&up("web")));
+        // A hand-edited file of ours with another server: reported as it is, and rewritten.
+        std::fs::write(&file, good.replace("10.0.0.4:80", "10.0.0.7:80")).unwrap();
+        let seen = t.observe(&up("web")).await.unwrap();
+        assert_eq!(seen[0].server, "10.0.0.7:80");
+        assert!(t.needs_write(&up("web")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_retried_by_the_next_cycle_with_nothing_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("commands.log");
+        let flag = dir.path().join("reload-fails");
+        std::fs::write(&flag, "").unwrap();
+        let t = NginxFile::new(
+            dir.path().join("upstreams.conf"),
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo validate >> {}", log.display()),
+            ],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo reload >> {}; test ! -e {}",
+                    log.display(),
+                    flag.display()
+                ),
+            ],
+            Duration::from_secs(10),
+            vec![("web".into(), UpstreamKind::Http)],
+            BTreeMap::from([("web".into(), params())]),
+        );
+        let r = t.apply(&up("web"), &add(&["10.0.0.4:80"])).await;
+        assert_eq!(r.errors.len(), 1, "the reload failed");
+        std::fs::remove_file(&flag).unwrap();
+        assert_eq!(t.observe(&up("web")).await.unwrap().len(), 1);
+        assert!(t.needs_write(&up("web")), "NGINX never loaded this file");
+        let r = t.apply(&up("web"), &Plan::default()).await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            commands(dir.path()),
+            ["validate", "reload", "validate", "reload"]
+        );
+        t.observe(&up("web")).await.unwrap();
+        assert!(!t.needs_write(&up("web")));
     }
 
     #[tokio::test]

@@ -12,6 +12,16 @@
 //!   in time stops the cycle's writes, and the next cycle retries.
 //! - Order: adds first, then removals one at a time, each removal followed by an add that
 //!   it made room for, so at least one peering stays up while any appliance is healthy.
+//! - A peering whose peer IP is an instance's, whoever made it, is that instance's
+//!   peering: no second one is requested (Azure refuses one IP twice). A person's peering
+//!   found this way keeps its name, is never changed or deleted, and is reported by
+//!   `observe` from then on (remembered in memory; after a restart the first cycle finds it
+//!   again).
+//! - When the hub refuses a create because it is full (an error code ending in
+//!   `LimitReached`), no other create is sent that cycle, and later cycles send creates
+//!   again only once the hub holds fewer peerings than it did then (anyone removed one), or
+//!   [`LIMIT_RETRY`] has passed (the limit may have been raised), or after a restart or a
+//!   configuration reload. Meanwhile the upstream reports the condition `hub_full`.
 //! - BGP has no drain: a server that the plan drains is deleted at once (use
 //!   `drain_timeout: 0s` to say so in the configuration). Observe reports every peering as
 //!   active; a peering of ours with the wrong ASN or in state Failed is written again.
@@ -19,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -30,6 +40,10 @@ use crate::azure::{ArmClient, ArmError};
 use crate::config::RouteServerTarget;
 use crate::model::{ObservedServer, ServerParams, ServerState};
 use crate::plan::Plan;
+
+/// How long after the hub refused a create because it was full one is tried again
+/// although nobody removed a peering (the limit may have been raised).
+pub const LIMIT_RETRY: Duration = Duration::from_secs(600);
 
 /// Shortest wait between polls of a long-running operation (ARM's `Retry-After` is used
 /// when it says more).
@@ -99,6 +113,11 @@ pub struct RouteServer {
     hub: String,
     ports: BTreeMap<String, u16>,
     params: BTreeMap<String, ServerParams>,
+    /// People's peerings that hold an instance's IP, by (upstream, IP): their names.
+    adopted: Mutex<BTreeMap<(String, Ipv4Addr), String>>,
+    /// Set when the hub refused a create because it was full: how many peerings it held
+    /// then and when.
+    full: Mutex<Option<(usize, Instant)>>,
 }
 
 impl std::fmt::Debug for RouteServer {
@@ -130,6 +149,26 @@ impl RouteServer {
             hub,
             ports,
             params,
+            adopted: Mutex::default(),
+            full: Mutex::default(),
+        }
+    }
+
+    fn adopted(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, Ipv4Addr), String>> {
+        self.adopted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while creates wait because the hub said it was full with at least `total`
+    /// peerings, less than [`LIMIT_RETRY`] ago.
+    fn held_full(&self, total: usize) -> Option<usize> {
+        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        match *full {
+            Some((was, at)) if total >= was && at.elapsed() < LIMIT_RETRY => Some(was),
+            Some(_) => {
+                *full = None;
+                None
+            }
+            None => None,
         }
     }
 
@@ -172,6 +211,11 @@ impl RouteServer {
     }
 }
 
+/// True when the hub refused a create because it is full.
+fn limit_reached(e: &ArmWriteError) -> bool {
+    e.code().is_some_and(|c| c.ends_with("LimitReached"))
+}
+
 /// True when an error means the hub is busy and this cycle must stop writing.
 fn stops_cycle(e: &ArmWriteError) -> bool {
     matches!(e, ArmWriteError::OperationTimeout { .. })
@@ -203,6 +247,25 @@ impl Target for RouteServer {
         let port = self.ports.get(&upstream.name).copied().unwrap_or(0);
         let params = self.params.get(&upstream.name).copied();
         let list = self.list().await?;
+        let mut adopted = self.adopted();
+        // A person's peering found for an instance is reported as long as it is there.
+        adopted.retain(|(up, ip), name| {
+            up != &upstream.name
+                || list.iter().any(|c| {
+                    c.name == *name && c.properties.peer_ip.as_deref() == Some(&ip.to_string())
+                })
+        });
+        let theirs: Vec<ObservedServer> = adopted
+            .iter()
+            .filter(|((up, _), _)| up == &upstream.name)
+            .map(|((_, ip), name)| ObservedServer {
+                id: id_of(name),
+                server: format!("{ip}:{port}"),
+                params,
+                state: ServerState::Active,
+            })
+            .collect();
+        drop(adopted);
         Ok(list
             .iter()
             .filter(|c| self.ours(c))
@@ -217,6 +280,7 @@ impl Target for RouteServer {
                     state: ServerState::Active,
                 })
             })
+            .chain(theirs)
             .collect())
     }
 
@@ -256,10 +320,39 @@ impl Target for RouteServer {
         let mut total = list.len();
         let max = usize::try_from(self.cfg.max_peerings).unwrap_or(usize::MAX);
 
+        // People's peerings this upstream counts as its instances': never touched.
+        let theirs: HashMap<u64, Ipv4Addr> = self
+            .adopted()
+            .iter()
+            .filter(|((up, _), _)| up == &upstream.name)
+            .map(|((_, ip), name)| (id_of(name), *ip))
+            .collect();
         let mut adds: VecDeque<Step> = VecDeque::new();
         for (server, _) in &plan.add {
             match ip_of(server) {
-                Some(ip) => adds.push_back(Step::Add(name_for(&self.cfg.name_prefix, ip), ip)),
+                Some(ip) => {
+                    let holder = list
+                        .iter()
+                        .find(|c| c.properties.peer_ip.as_deref() == Some(&ip.to_string()));
+                    match holder {
+                        // Azure takes one peering per peer IP: whoever made it, it is this
+                        // instance's.
+                        Some(c) if !self.ours(c) => {
+                            tracing::info!(
+                                upstream = %upstream.name,
+                                peering = %c.name,
+                                "{}: peering {} already peers with {ip}; it counts as this \
+                                 instance's (kept as it is, never changed or deleted)",
+                                self.label(),
+                                c.name
+                            );
+                            self.adopted()
+                                .insert((upstream.name.clone(), ip), c.name.clone());
+                        }
+                        Some(_) => {}
+                        None => adds.push_back(Step::Add(name_for(&self.cfg.name_prefix, ip), ip)),
+                    }
+                }
                 None => report.errors.push(TargetError {
                     message: format!("{}: {server} is not an IPv4 address", self.label()),
                     permanence: Permanence::Permanent,
@@ -274,6 +367,14 @@ impl Target for RouteServer {
                 .map(|n| (*n).to_owned())
                 .or_else(|| ip_of(&u.server).map(|ip| name_for(&self.cfg.name_prefix, ip)));
             let Some(name) = name else { continue };
+            if let Some(ip) = theirs.get(&u.id) {
+                // A person's peering: no longer counted once the instance leaves, never
+                // deleted or rewritten.
+                if u.state == ServerState::Draining {
+                    self.adopted().remove(&(upstream.name.clone(), *ip));
+                }
+                continue;
+            }
             if u.state == ServerState::Draining {
                 // BGP has no drain: leaving means the peering goes.
                 removals.push_back(Step::Remove(name, u.server.clone()));
@@ -286,6 +387,10 @@ impl Target for RouteServer {
             }
         }
         for r in &plan.remove {
+            if let Some(ip) = theirs.get(&r.id) {
+                self.adopted().remove(&(upstream.name.clone(), *ip));
+                continue;
+            }
             match by_id.get(&r.id) {
                 Some(name) => {
                     removals.push_back(Step::Remove((*name).to_owned(), r.server.clone()))
@@ -296,8 +401,9 @@ impl Target for RouteServer {
         }
 
         let mut stopped: Option<String> = None;
+        let mut refused: Option<String> = None;
         loop {
-            let step = if total < max && !adds.is_empty() {
+            let step = if total < max && !adds.is_empty() && self.held_full(total).is_none() {
                 adds.pop_front()
             } else if let Some(s) = rewrites.pop_front() {
                 Some(s)
@@ -319,12 +425,32 @@ impl Target for RouteServer {
             match (&step, result) {
                 (Step::Add(..), Ok(())) => {
                     total += 1;
+                    *self.full.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     report.added.push(server_of(plan, &server));
                 }
                 (Step::Rewrite(..), Ok(())) => report.updated.push(server_of(plan, &server)),
                 (Step::Remove(..), Ok(())) => {
                     total = total.saturating_sub(1);
                     report.removed.push(server);
+                }
+                (Step::Add(..), Err(e)) if limit_reached(&e) => {
+                    // The hub is full: no more creates this cycle, nor in the next ones
+                    // until a peering goes or the limit may have changed.
+                    tracing::warn!(
+                        upstream = %upstream.name,
+                        peerings = total,
+                        "{}: the hub refused peering {name} because it is full ({}); no \
+                         new peering is requested until one is removed or {} s have passed",
+                        self.label(),
+                        e,
+                        LIMIT_RETRY.as_secs()
+                    );
+                    *self.full.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((total, Instant::now()));
+                    refused = Some(e.to_string());
+                    if let Step::Add(n, ip) = step {
+                        adds.push_front(Step::Add(n, ip));
+                    }
                 }
                 (_, Err(e)) => {
                     let verb = match step {
@@ -361,6 +487,26 @@ impl Target for RouteServer {
                     _ => None,
                 })
                 .collect();
+            if let Some(was) = self.held_full(total) {
+                report.conditions.push("hub_full");
+                let why = match refused {
+                    Some(e) => format!("it refused a new peering: {e}"),
+                    None => format!("it refused a new peering earlier, holding {was}"),
+                };
+                report.errors.push(TargetError {
+                    message: format!(
+                        "{}: the hub is full ({why}); no new peering is requested until one \
+                         of its {total} peerings is removed or {} s have passed; these \
+                         instances got no peering: {}",
+                        self.label(),
+                        LIMIT_RETRY.as_secs(),
+                        ips.join(", ")
+                    ),
+                    permanence: Permanence::Transient,
+                });
+                return report;
+            }
+            report.conditions.push("max_peerings");
             report.errors.push(TargetError {
                 message: format!(
                     "{}: peering limit reached: it holds {total} of max_peerings {max} \

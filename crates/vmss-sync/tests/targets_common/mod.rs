@@ -494,7 +494,8 @@ pub fn addrs(ips: &[Ipv4Addr], port: u16) -> Vec<String> {
 }
 
 /// An upstream file as vmss-sync writes it, every upstream holding only the placeholder
-/// (nginx needs the file to start; vmss-sync only overwrites files with its header).
+/// (nginx needs the file to start; a hand-written placeholder without the header is
+/// adopted too: see `targets_nginx.rs`).
 pub fn placeholder_upstreams(path: &Path, names: &[&str]) {
     let mut text = format!("{}\n", vmss_sync::target::nginx_file::HEADER);
     for n in names {
