@@ -9,8 +9,8 @@ use crate::azure::arm::ArmClient;
 use crate::config::{Config, ServicesConfig, UpstreamConfig, UpstreamKind};
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
 use crate::model::{
-    desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration,
-    ServerParams, ServerState,
+    desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams,
+    ServerState,
 };
 use crate::plan::{self, Drain, Hold, Plan};
 use crate::services;
