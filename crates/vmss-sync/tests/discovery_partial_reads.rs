@@ -286,3 +286,60 @@ async fn an_instance_that_leaves_after_a_failed_read_drains_for_the_whole_drain_
     assert!(env.draining(HTTP, "pool").is_empty());
     stop(d).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave_later_drains_for_the_whole_drain_timeout(
+) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 3);
+    let d = synced(&env, &cfg, &["web"]).await;
+    // One NIC missing from the list: 9 of 10 is a plausible read, so the server drains.
+    let wrong = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "3"));
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/3/".into(),
+        },
+        usize::MAX,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
+            == vec![wrong.clone()])
+        .await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The read proves wrong: the instance is there and ready. The drain is cancelled.
+    env.tb.faults().clear();
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .draining(HTTP, "pool")
+            .is_empty()
+            && env.servers(HTTP, "pool").contains(&wrong))
+        .await,
+        "never restored\n{}",
+        d.log_text()
+    );
+    // It really leaves now: a whole drain_timeout from now, not from the first drain.
+    env.tb.fleet().remove_instance(SUB, RG, "web", "3");
+    let left = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || !env
+            .all_servers(HTTP, "pool")
+            .contains(&wrong))
+        .await,
+        "never removed\n{}",
+        d.log_text()
+    );
+    assert!(
+        left.elapsed() >= Duration::from_secs(3),
+        "removed {:?} after its instance left, drain_timeout 3s\n{}",
+        left.elapsed(),
+        d.log_text()
+    );
+    stop(d).await;
+}
