@@ -343,3 +343,40 @@ async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave
     );
     stop(d).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flexible_members_listed_without_their_instance_view_keep_the_sets_servers() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    flexible(&env, "flex", 6);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 2);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::DropField {
+            field: "instanceView".into(),
+        },
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): 6 of its 6 members came without an instance view",
+    )
+    .await;
+    // The Uniform set of the same upstream goes on.
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let want = all_ips(&env, &["web", "flex"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "{:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(3)).await;
+    stop(d).await;
+}
