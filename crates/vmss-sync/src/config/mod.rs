@@ -279,8 +279,9 @@ pub mod limits {
     pub const MAX_FILE_BYTES: usize = 1 << 20;
     /// Deepest nesting of lists and mappings (the deepest real configuration needs about 6).
     pub const MAX_DEPTH: usize = 32;
-    /// Most YAML nodes (values, lists, mappings) in the document, alias copies included.
-    pub const MAX_NODES: usize = 200_000;
+    /// Most YAML nodes (values, lists, mappings) in the document, alias copies included
+    /// (a file with 1,000 upstreams has about 10,000).
+    pub const MAX_NODES: usize = 100_000;
     /// Most bytes that anchors and aliases may copy, counted as the memory the copies
     /// take: every copied value's and key's text plus the size of each copied node
     /// (1 MiB). An anchored 100 KB string aliased ten times reaches it.
@@ -351,9 +352,24 @@ impl ConfigErrors {
 pub(crate) struct ErrorList {
     errors: Vec<ConfigError>,
     omitted: usize,
+    /// Once the list has been full: the position of the last problem kept. A problem at
+    /// or after it would not be kept.
+    cutoff: Option<(usize, usize)>,
 }
 
 impl ErrorList {
+    /// False when a problem at `line`, `column` would not be listed (enough problems
+    /// come before it): the caller may count it with [`ErrorList::skip`] instead of
+    /// composing its message.
+    pub(crate) fn wants(&self, line: usize, column: usize) -> bool {
+        self.cutoff.is_none_or(|c| (line, column) < c)
+    }
+
+    /// Counts a problem that is not listed.
+    pub(crate) fn skip(&mut self) {
+        self.omitted += 1;
+    }
+
     pub(crate) fn push(&mut self, mut error: ConfigError) {
         shorten(&mut error.key);
         if let Some(v) = error.value.as_mut() {
@@ -374,6 +390,9 @@ impl ErrorList {
         if self.errors.len() > limits::MAX_ERRORS {
             self.omitted += self.errors.len() - limits::MAX_ERRORS;
             self.errors.truncate(limits::MAX_ERRORS);
+        }
+        if self.errors.len() == limits::MAX_ERRORS {
+            self.cutoff = self.errors.last().map(|e| (e.line, e.column));
         }
     }
 

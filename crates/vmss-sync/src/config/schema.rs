@@ -626,6 +626,7 @@ impl Cx<'_> {
             seen.insert(&key.text, key.pos);
             match fields.iter().find(|f| f.key == key.text) {
                 Some(field) => (field.parse)(self, value, &key_path, builder),
+                None if !self.errors.wants(key.pos.line, key.pos.column) => self.errors.skip(),
                 None => {
                     let own: Vec<&str> = fields.iter().map(|f| f.key).collect();
                     let message = unknown_key_message(&key.text, &own, section);
