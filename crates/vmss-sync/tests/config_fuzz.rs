@@ -461,6 +461,7 @@ fn worker() {
     let mut largest = 0usize;
     let started = Instant::now();
     let (mut in_load, mut in_binary) = (Duration::ZERO, Duration::ZERO);
+    let cpu_start = cpu_time();
     // FUZZ_CASE=N replays case N alone (to study a failure).
     let only: Option<usize> = std::env::var("FUZZ_CASE").ok().and_then(|v| v.parse().ok());
     for (i, case) in cases().enumerate() {
@@ -558,10 +559,11 @@ fn worker() {
     }
     eprintln!(
         "config fuzz: {CASES} cases ({valid} valid, {invalid} refused; largest file {largest} bytes) \
-         in {:.1?} ({:.1?} loading in-process), {binary_runs} also through `vmss-sync validate` \
+         in {:.1?} ({:.1?} loading in-process; {:?} of CPU in all), {binary_runs} also through `vmss-sync validate` \
          under a 256 MiB address-space limit ({:.1?})",
         started.elapsed(),
         in_load,
+        cpu_time().saturating_sub(cpu_start),
         in_binary
     );
     eprintln!(

@@ -422,16 +422,16 @@ mod tests {
 
     #[test]
     fn aliases_are_measured_in_bytes_not_nodes() {
-        // One 60,000-byte string aliased: 16 copies fit in 1 MiB, 20 do not, though they
-        // are only 20 nodes.
+        // One 60,000-byte string: the anchor's copy and 16 aliases fit in 1 MiB, the 17th
+        // alias does not, though they are only 17 nodes.
         let long = "x".repeat(60_000);
         let doc = |n: usize| format!("a: &s {long}\nb: [{}]\n", vec!["*s"; n].join(", "));
-        let root = parse(&doc(15)).unwrap().unwrap();
+        let root = parse(&doc(16)).unwrap().unwrap();
         let NodeKind::Seq(items) = &map(&root)[1].1.kind else {
             panic!()
         };
-        assert_eq!(items.len(), 15);
-        let err = parse(&doc(20)).unwrap_err();
+        assert_eq!(items.len(), 16);
+        let err = parse(&doc(17)).unwrap_err();
         assert_eq!(err.pos.line, 2);
         assert!(
             err.message.contains("node of line 1 holding"),
