@@ -244,10 +244,7 @@ fn mutate(rng: &mut fastrand::Rng, b: &mut Vec<u8>) -> &'static str {
             let mut t = String::from("\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
             for i in 1..rng.usize(2..12) {
                 let p = format!("*l{}", i - 1);
-                t.push_str(&format!(
-                    "l{i}: &l{i} [{}]\n",
-                    vec![p.as_str(); 9].join(", ")
-                ));
+                t.push_str(&format!("l{i}: &l{i} [{}]\n", [p.as_str(); 9].join(", ")));
             }
             b.extend(t.bytes());
             "billion laughs"
