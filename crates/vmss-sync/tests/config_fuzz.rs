@@ -1,11 +1,13 @@
 //! Fuzz-style test of configuration parsing: thousands of deterministically mutated files
 //! (byte flips, truncations, duplicated blocks, deep nesting, alias bombs, invalid UTF-8,
 //! huge environment values, huge files, floods of mistakes) made from valid
-//! configurations. Each is loaded in-process, and every 30th also by the real binary
-//! (`vmss-sync validate`) under a 256 MiB address-space limit. Asserted for every case: no
-//! panic, no abort, exit 0 or 2 (the binary agreeing with the library), under 1 s, the
-//! process's peak resident memory (VmHWM, reset before each case through
-//! /proc/self/clear_refs) under 64 MiB, and at most 64 KiB of messages.
+//! configurations. They are loaded with `config::load` in a child process (this test
+//! binary again) running under a 1 GiB address-space limit, and every 30th also by the real
+//! binary (`vmss-sync validate`) under a 256 MiB limit. Asserted for every case: no panic,
+//! no abort, exit 0 or 2 (the binary agreeing with the library), under 1 s of CPU (and 5 s
+//! of wall time), the process's peak resident memory (VmHWM, reset before each case through
+//! /proc/self/clear_refs) under 64 MiB, and at most 64 KiB of messages. It prints the case
+//! count, the slowest case and the peak memory. `FUZZ_CASE=N` replays case N alone.
 //!
 //! This file holds a single test so that the peak memory measured is its own.
 
