@@ -59,7 +59,8 @@ fn a_file_over_1_mib_is_refused_at_the_line_where_it_crosses_the_limit() {
 fn invalid_utf8_is_refused_with_its_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = format!("{HEAD}{UPSTREAMS}").into_bytes();
-    bytes.extend_from_slice(b"log_level: de\xffbug\n");
+    bytes.extend_from_slice("log_level: dé".as_bytes());
+    bytes.extend_from_slice(b"\xffbug\n");
     let p = write(&dir, "latin1.yaml", &bytes);
     let e = config::load(&p, &no_env).unwrap_err();
     assert_eq!(
@@ -68,7 +69,8 @@ fn invalid_utf8_is_refused_with_its_line_and_column() {
             "{}:10:14: the file is not valid UTF-8: byte 0xff at offset {} (save it as UTF-8)",
             p.display(),
             bytes.len() - 5
-        )
+        ),
+        "the column counts characters, like the parser's"
     );
 }
 
