@@ -75,7 +75,7 @@ fn invalid_utf8_is_refused_with_its_line_and_column() {
 }
 
 #[test]
-fn a_large_environment_value_used_many_times_is_refused_once_1_mib_is_inserted() {
+fn a_large_environment_value_used_many_times_is_refused_once_1_mib_is_read() {
     let big = "v".repeat(50_000);
     let env = |name: &str| (name == "BIG").then(|| big.clone());
     // 12 lines of YAML: one anchored reference aliased 40 times, each substituted.
@@ -89,8 +89,8 @@ fn a_large_environment_value_used_many_times_is_refused_once_1_mib_is_inserted()
     let shown = e.to_string();
     assert!(
         shown.contains(
-            "${BIG}: ${VAR} substitution would insert more than 1048576 bytes (1 MiB) into \
-             this file, the most it may"
+            "${BIG}: ${VAR} substitution would read more than 1048576 bytes (1 MiB) from the \
+             environment for this file, the most it may"
         ),
         "{shown}"
     );
@@ -155,6 +155,10 @@ fn prlimit() -> Option<&'static str> {
 /// Runs `vmss-sync validate FILE` with at most `as_mib` MiB of address space: (exit code
 /// or -signal, stderr).
 fn validate_limited(file: &Path, as_mib: u64) -> Option<(i32, String)> {
+    validate_limited_with(file, as_mib, &[])
+}
+
+fn validate_limited_with(file: &Path, as_mib: u64, vars: &[(&str, &str)]) -> Option<(i32, String)> {
     let prlimit = prlimit()?;
     let out = Command::new(prlimit)
         .arg(format!("--as={}", as_mib << 20))
@@ -165,6 +169,7 @@ fn validate_limited(file: &Path, as_mib: u64) -> Option<(i32, String)> {
         .arg(file)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
+        .envs(vars.iter().copied())
         .output()
         .expect("run vmss-sync validate");
     use std::os::unix::process::ExitStatusExt;
@@ -239,5 +244,34 @@ fn validate_prints_at_most_50_problems_for_a_300_kb_file_of_mistakes() {
         "{} KB file with {i} bad upstreams: {} bytes of messages",
         text.len() / 1000,
         stderr.len()
+    );
+}
+
+#[test]
+fn validate_refuses_a_12_kb_file_that_substitutes_a_100_kb_variable_3000_times_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // The issue's shape: a small file whose ${VAR}, aliased, would expand to 300 MB.
+    let text = format!(
+        "{HEAD}x: &v \"${{BIG}}\"\nupstreams:\n  - name: web\n    virtual_machine_scale_set: [{}]\n    \
+         port: 80\n    kind: http\n",
+        vec!["*v"; 3_000].join(", ")
+    );
+    assert!(text.len() < 13_000, "{} bytes", text.len());
+    let p = write(&dir, "expand.yaml", text.as_bytes());
+    let big = "b".repeat(100_000);
+    let Some((code, stderr)) = validate_limited_with(&p, 256, &[("BIG", &big)]) else {
+        return;
+    };
+    assert_eq!(code, 2, "exit 2, neither accepted nor aborted: {stderr}");
+    assert!(
+        stderr.contains(
+            "upstreams[0].virtual_machine_scale_set[10]: ${BIG}: ${VAR} substitution would \
+             read more than 1048576 bytes (1 MiB) from the environment for this file"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&big[..100]),
+        "the variable's value is not shown"
     );
 }

@@ -17,7 +17,7 @@ pub(crate) enum SubstError {
     BadName(String),
     /// The value would be longer than [`MAX_EXPANDED_VALUE_BYTES`] once `${NAME}` is in.
     ValueTooLong(String),
-    /// The file's substitutions would insert more than [`MAX_EXPANSION_BYTES`].
+    /// The file's substitutions would read more than [`MAX_EXPANSION_BYTES`].
     FileTooLong(String),
 }
 
@@ -37,8 +37,8 @@ impl SubstError {
                  bytes (64 KiB), the most a value may be"
             ),
             SubstError::FileTooLong(name) => format!(
-                "${{{name}}}: ${{VAR}} substitution would insert more than {MAX_EXPANSION_BYTES} \
-                 bytes (1 MiB) into this file, the most it may"
+                "${{{name}}}: ${{VAR}} substitution would read more than {MAX_EXPANSION_BYTES} \
+                 bytes (1 MiB) from the environment for this file, the most it may"
             ),
         }
     }
@@ -62,8 +62,8 @@ impl<'e> Expander<'e> {
 
 /// Replaces every `${NAME}` in `raw` with the variable's value; `$${` stands for a literal
 /// `${`. Every problem is reported, not only the first; after a size limit is reached the
-/// rest of the value is not substituted (once the file's budget is spent, no variable is
-/// even looked up).
+/// rest of the value is not substituted. Every value looked up is charged to the file's
+/// budget, inserted or not; once it is spent, no variable is even looked up.
 pub(crate) fn substitute(raw: &str, env: &Expander<'_>) -> Result<String, Vec<SubstError>> {
     if !raw.contains("${") {
         return Ok(raw.to_owned());
@@ -93,22 +93,23 @@ pub(crate) fn substitute(raw: &str, env: &Expander<'_>) -> Result<String, Vec<Su
                 errors.push(SubstError::FileTooLong(name.to_owned()));
                 break;
             }
-            match (env.env)(name) {
-                Some(value) if value.len() > env.left.get() => {
-                    env.left.set(0);
-                    errors.push(SubstError::FileTooLong(name.to_owned()));
-                    break;
-                }
-                Some(value) if out.len() + value.len() + rest.len() > MAX_EXPANDED_VALUE_BYTES => {
-                    errors.push(SubstError::ValueTooLong(name.to_owned()));
-                    break;
-                }
-                Some(value) => {
-                    env.left.set(env.left.get() - value.len());
-                    out.push_str(&value);
-                }
-                None => errors.push(SubstError::Unset(name.to_owned())),
+            let Some(value) = (env.env)(name) else {
+                errors.push(SubstError::Unset(name.to_owned()));
+                continue;
+            };
+            // Every value looked up counts, inserted or not: a file cannot make the
+            // process copy more than the budget out of the environment.
+            let left = env.left.get();
+            env.left.set(left.saturating_sub(value.len()));
+            if value.len() > left {
+                errors.push(SubstError::FileTooLong(name.to_owned()));
+                break;
             }
+            if out.len() + value.len() + rest.len() > MAX_EXPANDED_VALUE_BYTES {
+                errors.push(SubstError::ValueTooLong(name.to_owned()));
+                break;
+            }
+            out.push_str(&value);
         } else {
             out.push('$');
             rest = &rest[1..];
@@ -210,6 +211,15 @@ mod tests {
         // 40 KiB a time: 25 values fit in 1 MiB, the 26th does not.
         for _ in 0..25 {
             assert!(substitute("${BIG}", &e).is_ok());
+        }
+        assert_eq!(
+            substitute("${BIG}", &e).unwrap_err(),
+            vec![SubstError::FileTooLong("BIG".to_owned())]
+        );
+        // Values refused as too long count too.
+        let e = Expander::new(&lookup);
+        for _ in 0..13 {
+            assert!(substitute("${BIG}${BIG}", &e).is_err());
         }
         assert_eq!(
             substitute("${BIG}", &e).unwrap_err(),

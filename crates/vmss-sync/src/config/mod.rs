@@ -292,7 +292,8 @@ pub mod limits {
     pub const MAX_KEY_BYTES: usize = 1 << 10;
     /// Longest value after `${VAR}` substitution, in bytes (64 KiB).
     pub const MAX_EXPANDED_VALUE_BYTES: usize = 64 << 10;
-    /// Most bytes `${VAR}` substitution may insert in the whole file (1 MiB).
+    /// Most bytes `${VAR}` substitution may read from the environment for the whole file,
+    /// inserted or refused (1 MiB).
     pub const MAX_EXPANSION_BYTES: usize = 1 << 20;
     /// Most problems reported; the rest are counted ("… and N more problems").
     pub const MAX_ERRORS: usize = 50;
