@@ -174,14 +174,14 @@ async fn run(path: PathBuf, env: Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Type=notify: started once the configuration is loaded and checked (no-op outside
-    // systemd: NOTIFY_SOCKET unset).
-    daemon::notify_systemd(&[sd_notify::NotifyState::Ready]);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     if let Err(e) = cli::forward_signals(tx) {
         tracing::error!("Cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    // Type=notify: ready once the configuration is loaded and checked and SIGHUP is
+    // handled (no-op outside systemd: NOTIFY_SOCKET unset).
+    daemon::notify_systemd(&[sd_notify::NotifyState::Ready]);
     daemon.run(rx).await;
     ExitCode::SUCCESS
 }

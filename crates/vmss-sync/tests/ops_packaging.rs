@@ -7,8 +7,11 @@
 //! Tools that are absent (`systemd-analyze`, `cargo deb`, `lintian`) make a test fail
 //! under `CI=true` and skip it, with a message, elsewhere.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -511,4 +514,52 @@ fn the_packaged_binary_from_a_scratch_root_validates_the_packaged_example_config
     let unit = std::fs::read_to_string(scratch.join("usr/lib/systemd/system/vmss-sync.service"))
         .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/vmss-sync run --config /etc/vmss-sync/config.yaml"));
+}
+
+/// `Type=notify`: with `NOTIFY_SOCKET` set, as systemd sets it, the daemon says READY=1
+/// once the configuration is loaded and checked, RELOADING=1 (with MONOTONIC_USEC) then
+/// READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM. Here a datagram socket of
+/// the test stands in for systemd's.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_type_notify_it_reports_ready_reloading_and_stopping_on_the_notify_socket() {
+    use common::*;
+    let env = testbed(vmss_testbed::TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(vmss_testbed::UpstreamKind::Http, "web");
+    let cfg = env.config("", &upstream_yaml("web", "web", 80, "http"));
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut vars = env.sp_env();
+    vars.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &vars,
+        &env.dir.path().join("daemon.log"),
+    );
+    let log = daemon.log.clone();
+    let mut buf = vec![0u8; 4096];
+    let mut next = async || -> String {
+        let n = tokio::time::timeout(Duration::from_secs(30), sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no notification within 30 s; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    assert_eq!(next().await, "READY=1", "{}", daemon.log_text());
+    daemon.signal("HUP");
+    let reloading = next().await;
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(next().await, "READY=1", "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("Configuration reloaded."));
+    daemon.signal("TERM");
+    assert_eq!(next().await, "STOPPING=1");
+    assert_eq!(daemon.wait(Duration::from_secs(30)).await, 0);
 }
