@@ -56,7 +56,12 @@ enum Generated {
 #[derive(clap::Args, Debug)]
 struct Common {
     /// Configuration file (nginx-asg-sync's format).
-    #[arg(long, short = 'c', value_name = "FILE", default_value = "/etc/nginx/config.yaml")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/nginx/config.yaml"
+    )]
     config: PathBuf,
     /// Also append logs to this file (as nginx-asg-sync's -log_path).
     #[arg(long, value_name = "FILE")]

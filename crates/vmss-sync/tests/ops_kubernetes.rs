@@ -92,7 +92,10 @@ fn the_manifests_validate_strictly_against_the_kubernetes_schemas_and_a_broken_o
     let dir = tempfile::tempdir().unwrap();
     for (from, to) in [
         ("replicas: 2", "replicas: two"),
-        ("readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true"),
+        (
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFileSystem: true",
+        ),
     ] {
         let broken = dir.path().join("deployment.yaml");
         let text = read("deployment.yaml");
@@ -154,14 +157,19 @@ fn the_security_context_matches_the_systemd_units_hardening() {
 #[test]
 fn the_configmaps_configuration_is_valid_and_elects_a_leader_on_a_blob_lease() {
     let cm = read("configmap.yaml");
-    let (_, body) = cm.split_once("  config.yaml: |\n").expect("config.yaml key");
+    let (_, body) = cm
+        .split_once("  config.yaml: |\n")
+        .expect("config.yaml key");
     let config: String = body
         .lines()
         .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(config.contains("leader_election:") && config.contains("auth: token"));
-    assert!(config.contains("admin_listen: 0.0.0.0:9090"), "probes reach the pod");
+    assert!(
+        config.contains("admin_listen: 0.0.0.0:9090"),
+        "probes reach the pod"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, config).unwrap();

@@ -200,7 +200,11 @@ fn rust_version_is_the_newest_any_locked_dependency_needs() {
         .iter()
         .filter_map(|n| n["id"].as_str())
         .collect();
-    assert!(resolved.len() > 100, "the resolve graph: {}", resolved.len());
+    assert!(
+        resolved.len() > 100,
+        "the resolve graph: {}",
+        resolved.len()
+    );
     let ours: std::collections::HashSet<&str> = meta["workspace_members"]
         .as_array()
         .unwrap()
@@ -361,7 +365,11 @@ fn debian_package() -> Option<PathBuf> {
 }
 
 fn build_debian_package(out_dir: &Path) -> Option<PathBuf> {
-    if !tool("cargo", &["deb", "--version"], "building the Debian package") {
+    if !tool(
+        "cargo",
+        &["deb", "--version"],
+        "building the Debian package",
+    ) {
         return None;
     }
     // The assets name target/release/vmss-sync; --profile dev takes target/debug's.
@@ -390,7 +398,11 @@ fn the_debian_package_holds_the_unit_example_config_man_page_and_completions_and
     let size = std::fs::metadata(&deb).unwrap().len();
     println!("{}: {size} bytes", deb.display());
 
-    let info = Command::new("dpkg-deb").arg("--info").arg(&deb).output().unwrap();
+    let info = Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(&deb)
+        .output()
+        .unwrap();
     assert!(info.status.success(), "{}", text(&info));
     let info = text(&info);
     for field in [
@@ -402,7 +414,10 @@ fn the_debian_package_holds_the_unit_example_config_man_page_and_completions_and
         " postinst",
         " postrm",
     ] {
-        assert!(info.contains(field), "dpkg-deb --info lacks {field:?}:\n{info}");
+        assert!(
+            info.contains(field),
+            "dpkg-deb --info lacks {field:?}:\n{info}"
+        );
     }
     let conffiles = Command::new("dpkg-deb")
         .args(["--info"])
@@ -511,8 +526,8 @@ fn the_packaged_binary_from_a_scratch_root_validates_the_packaged_example_config
         text(&out)
     );
     // The packaged unit runs the packaged binary on the packaged configuration.
-    let unit = std::fs::read_to_string(scratch.join("usr/lib/systemd/system/vmss-sync.service"))
-        .unwrap();
+    let unit =
+        std::fs::read_to_string(scratch.join("usr/lib/systemd/system/vmss-sync.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/vmss-sync run --config /etc/vmss-sync/config.yaml"));
 }
 

@@ -187,7 +187,10 @@ async fn every_arm_request_of_every_feature_maps_to_an_action_of_its_custom_role
         .chain(operations)
         .cloned()
         .collect();
-    assert_eq!(rs, want, "route server role: discovery + peerings + operations");
+    assert_eq!(
+        rs, want,
+        "route server role: discovery + peerings + operations"
+    );
 
     let (lb, lb_data) = role("vmss-sync-lb-pool.json");
     assert!(lb_data.is_empty());
@@ -199,7 +202,10 @@ async fn every_arm_request_of_every_feature_maps_to_an_action_of_its_custom_role
         .collect();
     // Writing an address in a VNet is checked as a linked access on that VNet.
     want.insert("microsoft.network/virtualnetworks/joinloadbalancer/action".into());
-    assert_eq!(lb, want, "lb pool role: discovery + pool + operations + join");
+    assert_eq!(
+        lb, want,
+        "lb pool role: discovery + pool + operations + join"
+    );
 }
 
 /// The Blob lease client's storage operations (each `send("name", Method::..)` in
