@@ -365,16 +365,19 @@ fn debian_package() -> Option<PathBuf> {
 }
 
 fn build_debian_package(out_dir: &Path) -> Option<PathBuf> {
-    if !tool(
-        "cargo",
-        &["deb", "--version"],
-        "building the Debian package",
-    ) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !tool(&cargo, &["deb", "--version"], "building the Debian package") {
         return None;
     }
-    // The assets name target/release/vmss-sync; --profile dev takes target/debug's.
-    let out = Command::new("cargo")
-        .args(["deb", "-p", "vmss-sync", "--no-build", "--profile", "dev"])
+    // The assets name target/release/vmss-sync; --profile takes the directory of the
+    // profile this test was built with (target/debug for `cargo test`).
+    let profile = if env!("CARGO_BIN_EXE_vmss-sync").contains("/release/") {
+        "release"
+    } else {
+        "dev"
+    };
+    let out = Command::new(&cargo)
+        .args(["deb", "-p", "vmss-sync", "--no-build", "--profile", profile])
         .arg("--output")
         .arg(out_dir)
         .current_dir(root())
