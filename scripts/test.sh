@@ -12,12 +12,13 @@ for prog in haproxy nginx; do
   command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || need_pkgs+=("$prog")
 done
 # Packaging checks (tests/ops_packaging.rs): lintian on the .deb, systemd-analyze on the
-# unit, man to render the man page, xz for cargo-deb (built without its own lzma), the
-# python3 venv module for kubernetes-validate below.
+# unit, man to render the man page, xz for cargo-deb (built without its own lzma),
+# rpmbuild for the RPM, the python3 venv module for kubernetes-validate below.
 command -v lintian >/dev/null || need_pkgs+=(lintian)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v man >/dev/null || need_pkgs+=(man-db)
 command -v xz >/dev/null || need_pkgs+=(xz-utils)
+command -v rpmbuild >/dev/null || need_pkgs+=(rpm)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -581,3 +581,93 @@ async fn under_type_notify_it_reports_ready_reloading_and_stopping_on_the_notify
     assert_eq!(next().await, "STOPPING=1");
     assert_eq!(daemon.wait(Duration::from_secs(30)).await, 0);
 }
+
+/// The RPM: packaging/rpm/vmss-sync.spec built with `rpmbuild` around this test's binary
+/// has the Debian package's files, marks the configuration `%config(noreplace)`, creates
+/// the system user before install, and its unpacked binary validates its example.
+#[test]
+fn the_rpm_from_the_spec_holds_the_same_files_and_its_binary_validates_the_packaged_example() {
+    if !tool("rpmbuild", &["--version"], "building the RPM") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("rpmbuild");
+    let out = Command::new("rpmbuild")
+        .arg("-bb")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("--define")
+        .arg(format!(
+            "srcroot {}",
+            root().canonicalize().unwrap().display()
+        ))
+        .arg("--define")
+        .arg(format!("binary {}", env!("CARGO_BIN_EXE_vmss-sync")))
+        .arg(packaging().join("rpm/vmss-sync.spec"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rpmbuild: {}", text(&out));
+    let rpm = text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("Wrote: "))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_else(|| panic!("no RPM written: {}", text(&out)));
+    println!(
+        "{}: {} bytes",
+        rpm.display(),
+        std::fs::metadata(&rpm).unwrap().len()
+    );
+    let query = |args: &[&str]| -> String {
+        let out = Command::new("rpm").args(args).arg(&rpm).output().unwrap();
+        assert!(out.status.success(), "rpm {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let files = query(&["-qpl"]);
+    for path in [
+        "/usr/bin/vmss-sync",
+        "/usr/lib/systemd/system/vmss-sync.service",
+        "/etc/vmss-sync/config.yaml",
+        "/usr/share/doc/vmss-sync/examples/vmss-sync.env.example",
+        "/usr/share/man/man1/vmss-sync.1",
+        "/usr/share/bash-completion/completions/vmss-sync",
+        "/usr/share/zsh/site-functions/_vmss-sync",
+        "/usr/share/fish/vendor_completions.d/vmss-sync.fish",
+        "/usr/share/licenses/vmss-sync/LICENSE",
+        "/usr/share/doc/vmss-sync/CHANGELOG.md",
+        "/usr/share/doc/vmss-sync/migrating-from-nginx-asg-sync.md",
+    ] {
+        assert!(
+            files.lines().any(|l| l.starts_with(path)),
+            "{path} not in the RPM:\n{files}"
+        );
+    }
+    assert_eq!(
+        query(&["-qp", "--configfiles"]).trim(),
+        "/etc/vmss-sync/config.yaml"
+    );
+    let scripts = query(&["-qp", "--scripts"]);
+    assert!(scripts.contains("useradd -r -g vmss-sync"), "{scripts}");
+
+    let scratch = dir.path().join("root");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg("rpm2archive - < \"$1\" | tar -xz -C \"$2\"")
+        .arg("sh")
+        .arg(&rpm)
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(
+        unpacked.status.success(),
+        "rpm2archive: {}",
+        text(&unpacked)
+    );
+    let out = Command::new(scratch.join("usr/bin/vmss-sync"))
+        .arg("validate")
+        .arg("--config")
+        .arg(scratch.join("etc/vmss-sync/config.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "validate: {}", text(&out));
+}
