@@ -82,7 +82,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # dpkg-deb and lintian, and run from a scratch root.
 rm -f target/debian/vmss-sync_*.deb
 cargo deb -p vmss-sync --output target/debian/
-VMSS_SYNC_DEB="$(ls target/debian/vmss-sync_*.deb)"
+VMSS_SYNC_DEB="$(ls "$PWD"/target/debian/vmss-sync_*.deb)"
 export VMSS_SYNC_DEB
 echo "Debian package: $VMSS_SYNC_DEB ($(stat -c %s "$VMSS_SYNC_DEB") bytes)"
 

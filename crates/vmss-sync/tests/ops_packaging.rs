@@ -355,7 +355,8 @@ fn debian_package() -> Option<PathBuf> {
     static DEB: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DEB.get_or_init(|| {
         if let Ok(p) = std::env::var("VMSS_SYNC_DEB") {
-            return Some(PathBuf::from(p));
+            // Relative to the workspace root (tests run in the package's directory).
+            return Some(root().join(p));
         }
         let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops_packaging-deb");
         let _ = std::fs::remove_dir_all(&out_dir);
