@@ -11,6 +11,16 @@ need_pkgs=()
 for prog in haproxy nginx; do
   command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || need_pkgs+=("$prog")
 done
+# Packaging checks (tests/ops_packaging.rs): lintian on the .deb, systemd-analyze on the
+# unit, man to render the man page, xz for cargo-deb (built without its own lzma),
+# rpmbuild for the RPM, the python3 venv module for kubernetes-validate below.
+command -v lintian >/dev/null || need_pkgs+=(lintian)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+command -v rpmbuild >/dev/null || need_pkgs+=(rpm)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     # RUNLEVEL=1: the packages' own services (the system nginx and haproxy) are not started.
@@ -53,6 +63,24 @@ if [ -z "${AZURITE_BLOB:-}" ]; then
 fi
 export AZURITE_BLOB
 
+# cargo-deb (crates.io), pinned, without its bundled lzma (the system xz compresses).
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+  echo "Installing cargo-deb $CARGO_DEB_VERSION ..."
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --no-default-features
+fi
+
+# kubernetes-validate (PyPI; schemas bundled, works offline) in its own venv under .tools/.
+if [ -z "${KUBERNETES_VALIDATE:-}" ]; then
+  KUBERNETES_VALIDATE="$PWD/.tools/kubernetes-validate/bin/kubernetes-validate"
+  if [ ! -x "$KUBERNETES_VALIDATE" ]; then
+    echo "Installing kubernetes-validate into .tools/kubernetes-validate ..."
+    python3 -m venv .tools/kubernetes-validate
+    .tools/kubernetes-validate/bin/pip install -q kubernetes-validate==1.37.0
+  fi
+fi
+export KUBERNETES_VALIDATE
+
 if [ -d ../shared ]; then
   echo "../shared is present: tests also check the official Azure examples and specs."
 else
@@ -61,4 +89,13 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# The release .deb (a release build of the binary): checked by tests/ops_packaging.rs with
+# dpkg-deb and lintian, and run from a scratch root.
+rm -f target/debian/vmss-sync_*.deb
+cargo deb -p vmss-sync --output target/debian/
+VMSS_SYNC_DEB="$(ls "$PWD"/target/debian/vmss-sync_*.deb)"
+export VMSS_SYNC_DEB
+echo "Debian package: $VMSS_SYNC_DEB ($(stat -c %s "$VMSS_SYNC_DEB") bytes)"
+
 cargo test --workspace --all-targets --no-fail-fast

@@ -15,11 +15,20 @@ pub const LEGACY_DEFAULT_CONFIG: &str = "/etc/nginx/config.yaml";
 
 /// Turns nginx-asg-sync's command line (`-config_path=FILE -log_path=FILE`, Go flag
 /// syntax: one or two dashes, `=value` or a separate value) into `run --config FILE
-/// --log-file FILE`. Any other command line is returned unchanged.
+/// --log-file FILE`, and no arguments at all into `run --config /etc/nginx/config.yaml`
+/// (nginx-asg-sync run with none). Any other command line is returned unchanged.
 pub fn translate_legacy_args(args: Vec<OsString>) -> Vec<OsString> {
     let Some((program, rest)) = args.split_first() else {
         return args;
     };
+    if rest.is_empty() {
+        return vec![
+            program.clone(),
+            "run".into(),
+            "--config".into(),
+            LEGACY_DEFAULT_CONFIG.into(),
+        ];
+    }
     let is_legacy = |a: &str| {
         let a = a.trim_start_matches('-');
         a.starts_with("config_path") || a.starts_with("log_path")
@@ -298,6 +307,14 @@ mod tests {
         assert!(!use_colour(true, Some(OsStr::new("1"))));
         assert!(!use_colour(false, None));
         assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn no_arguments_run_with_nginx_asg_sync_default_config() {
+        assert_eq!(
+            translate_legacy_args(args(&["x"])),
+            args(&["x", "run", "--config", LEGACY_DEFAULT_CONFIG])
+        );
     }
 
     #[test]

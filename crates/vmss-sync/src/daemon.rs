@@ -341,7 +341,16 @@ impl Daemon {
         self.metrics.set_leader(self.may_write());
     }
 
+    /// Reloads the configuration, telling systemd (Type=notify) when it starts and ends.
     async fn reload(&mut self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+        notify_systemd(&states);
+        self.reload_config().await;
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn reload_config(&mut self) {
         let loaded = config::load(&self.path, &|k| self.env.get(k).map(str::to_string));
         let config = match loaded {
             Ok(c) => c,
@@ -436,6 +445,7 @@ impl Daemon {
             }
         }
         tracing::info!("Terminating...");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         self.health.stopping();
         if let Some(e) = self.elector.take() {
             e.shutdown().await;
@@ -443,6 +453,14 @@ impl Daemon {
         if let Some(a) = self.admin.take() {
             a.shutdown().await;
         }
+    }
+}
+
+/// Tells systemd the service's state when it runs the daemon as `Type=notify`
+/// (`NOTIFY_SOCKET` set); does nothing otherwise. A failed send is logged at debug level.
+pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod leader;
+pub mod man;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -34,15 +34,37 @@ enum Command {
     Plan(Common),
     /// Check the configuration file without network access.
     Validate(Common),
+    /// Write the man page or a shell completion script to standard output (packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Generated {
+    /// The man page, vmss-sync(1), in roff.
+    Man,
+    /// The completion script for a shell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
 struct Common {
     /// Configuration file (nginx-asg-sync's format).
-    #[arg(long, short = 'c', default_value = "/etc/nginx/config.yaml")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/nginx/config.yaml"
+    )]
     config: PathBuf,
     /// Also append logs to this file (as nginx-asg-sync's -log_path).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
 }
 
@@ -54,6 +76,7 @@ fn main() -> ExitCode {
         Command::Once(c) => ("once", c),
         Command::Plan(c) => ("plan", c),
         Command::Validate(c) => ("validate", c),
+        Command::Generate { what } => return generate(what),
     };
     let env = Env::from_process();
     let cfg = match config::load(&common.config, &|k| env.get(k).map(str::to_string)) {
@@ -95,6 +118,27 @@ fn main() -> ExitCode {
             _ => once(&cfg, &env, Mode::DryRun).await,
         }
     })
+}
+
+/// Writes the man page or a completion script, both made from the clap definition above.
+fn generate(what: &Generated) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let written = match what {
+        Generated::Man => vmss_sync::man::render(cmd, &mut out),
+        Generated::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "vmss-sync", &mut out);
+            Ok(())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmss-sync: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn once(cfg: &config::Config, env: &Env, mode: Mode) -> ExitCode {
@@ -143,6 +187,9 @@ async fn run(path: PathBuf, env: Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Type=notify: ready once the configuration is loaded and checked and SIGHUP is
+    // handled (no-op outside systemd: NOTIFY_SOCKET unset).
+    daemon::notify_systemd(&[sd_notify::NotifyState::Ready]);
     daemon.run(rx).await;
     ExitCode::SUCCESS
 }
