@@ -329,14 +329,22 @@ impl Reconciler {
                 None => up.sink.check(&up.target).await,
             };
             if let Err(e) = check {
+                let permanent = e.permanence == Permanence::Permanent;
+                // Only a refusal by the target is a problem with its configuration; a
+                // target that could not be reached says so in its own words.
+                let message = if permanent {
+                    format!(
+                        "Problem with the {} configuration: {}",
+                        target_name(up.sink.kind()).trim_start_matches("the "),
+                        e.message
+                    )
+                } else {
+                    e.message
+                };
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
-                    message: format!(
-                        "Problem with the {} configuration: {}",
-                        target_name(up.sink.kind()),
-                        e.message
-                    ),
-                    permanent: e.permanence == Permanence::Permanent,
+                    message,
+                    permanent,
                 });
             }
             match sets.get(&up.selection) {
@@ -430,7 +438,7 @@ impl Reconciler {
             let limit = Arc::clone(&limit);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (index, prepare(job, &drains, gate.as_ref()).await)
+                (index, prepare(job, &drains, gate.as_ref(), mode).await)
             });
         }
         let prepared = join_sorted(&mut tasks).await;
@@ -747,7 +755,7 @@ struct Prepared {
 
 /// Observes the target, plans against what was found, and holds removals the guard
 /// refuses. Writes nothing.
-async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prepared {
+async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: Mode) -> Prepared {
     let Job {
         order,
         spec: up,
@@ -767,12 +775,23 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
     let observed = match up.sink.observe(&up.target).await {
         Ok(o) => o,
         Err(e) => {
-            let msg = format!(
-                "Couldn't update {} servers in {}: {}",
-                kind_word(up.target.kind),
-                target_name(up.sink.kind()),
-                e.message
-            );
+            // nginx-asg-sync's words when a cycle writes; a dry run never updates, so it
+            // says what it could not do: read the servers.
+            let msg = match mode {
+                Mode::Apply => format!(
+                    "Couldn't update {} servers in {}: {}",
+                    kind_word(up.target.kind),
+                    target_name(up.sink.kind()),
+                    e.message
+                ),
+                Mode::DryRun => format!(
+                    "Couldn't read the {} servers of {} in {}, so no plan: {}",
+                    kind_word(up.target.kind),
+                    up.target.name,
+                    target_name(up.sink.kind()),
+                    e.message
+                ),
+            };
             tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
             out.error = Some(msg);
             return prepared(out, false, Vec::new());
