@@ -43,6 +43,9 @@ fn two_upstreams() -> String {
 }
 
 fn assert_names(text: &str, wanted: &[&str]) {
+    if std::env::var_os("SHOW").is_some() {
+        eprintln!("----\n{text}");
+    }
     for w in wanted {
         assert!(text.contains(w), "{w:?} missing from:\n{text}");
     }
