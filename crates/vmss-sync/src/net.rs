@@ -61,11 +61,17 @@ pub fn transport_detail(e: &reqwest::Error) -> String {
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             tls = Some(tls_detail(t));
-        } else if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        }
+        // An io::Error hides what it wraps from `source()`: look inside, through io::Errors
+        // wrapping io::Errors (hyper-rustls wraps rustls's error twice).
+        let mut io = err.downcast_ref::<std::io::Error>();
+        while let Some(e) = io {
+            refused |= e.kind() == std::io::ErrorKind::ConnectionRefused;
+            let inner = e.get_ref();
+            if let Some(t) = inner.and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 tls = Some(tls_detail(t));
             }
+            io = inner.and_then(|i| i.downcast_ref::<std::io::Error>());
         }
         // hyper-util's connector says "dns error" around the resolver's own message.
         dns |= err.to_string().starts_with("dns error");
