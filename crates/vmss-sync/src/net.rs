@@ -220,6 +220,62 @@ mod tests {
         }
     }
 
+    /// A resolver that knows no name, as a DNS server answering NXDOMAIN.
+    struct NoSuchHost;
+
+    impl reqwest::dns::Resolve for NoSuchHost {
+        fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            let name = name.as_str().to_string();
+            Box::pin(async move {
+                Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "failed to lookup address information: {name}: Name or service not known"
+                    ),
+                ))
+                    as Box<dyn std::error::Error + Send + Sync>)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_dns_lookup_is_named_as_such() {
+        let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(NoSuchHost))
+            .build()
+            .expect("client");
+        let e = http
+            .get("http://nginx-plus.example.invalid:8080/api")
+            .send()
+            .await
+            .expect_err("no such host");
+        let d = transport_detail(&e);
+        assert!(d.starts_with("DNS lookup failed: "), "{d}");
+        assert!(d.contains("Name or service not known"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named_as_such() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let e = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("refused");
+        assert_eq!(transport_detail(&e), "connection refused");
+    }
+
+    #[test]
+    fn origin_names_scheme_host_and_port_without_credentials() {
+        let u = Url::parse("https://user:pw@example.com/api/9?x=1").expect("url");
+        assert_eq!(origin(&u), "https://example.com:443");
+        let u = Url::parse("http://127.0.0.1:8080/api").expect("url");
+        assert_eq!(origin(&u), "http://127.0.0.1:8080");
+    }
+
     #[test]
     fn secrets_go_only_over_https_or_to_loopback() {
         let ok = |s: &str| check_secure(&Url::parse(s).expect("url")).is_ok();
