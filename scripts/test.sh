@@ -11,6 +11,9 @@ need_pkgs=()
 for prog in haproxy nginx; do
   command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || need_pkgs+=("$prog")
 done
+# The openssl CLI makes the private CA and server certificate of the TLS trust tests
+# (tests/tls_trust.rs).
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     # RUNLEVEL=1: the packages' own services (the system nginx and haproxy) are not started.
