@@ -276,7 +276,7 @@ async fn a_refused_nginx_plus_api_is_named_refused_with_its_endpoint_not_a_confi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_server_error_and_a_timeout_at_the_target_are_named_with_the_endpoint() {
+async fn a_server_error_at_the_target_is_named_with_its_status_and_endpoint() {
     let env = testbed(TestbedOptions::default()).await;
     env.uniform("web", 2);
     env.upstream(UpstreamKind::Http, "web");
@@ -336,4 +336,26 @@ async fn a_target_that_never_answers_is_reported_as_timed_out() {
         e.message
     );
     hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_problem_with_the_nginx_upstream_file_reads_without_a_doubled_article() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    let missing = env.dir.path().join("no-such-dir/upstreams.conf");
+    let targets = format!(
+        "targets:\n  oss:\n    type: nginx_file\n    path: {}\n",
+        missing.display()
+    );
+    let cfg = env.config(
+        &targets,
+        "  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    kind: http\n    target: oss\n",
+    );
+    let out = run(&["plan", "--config", cfg.to_str().unwrap()], &env.sp_env()).await;
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("Problem with the NGINX upstream file configuration"),
+        "{all}"
+    );
+    assert!(!all.contains("the the"), "{all}");
 }
