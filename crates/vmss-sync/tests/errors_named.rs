@@ -359,3 +359,36 @@ async fn a_problem_with_the_nginx_upstream_file_reads_without_a_doubled_article(
     );
     assert!(!all.contains("the the"), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_speaks_in_the_conditional() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    env.tb.nginx().insert_server(
+        UpstreamKind::Http,
+        "web",
+        serde_json::json!({"server": "10.200.0.1:80"}),
+    );
+    let cfg = env.config("", &upstream_yaml("web", "web", 80, "http"));
+    let out = run(&["plan", "--config", cfg.to_str().unwrap()], &env.sp_env()).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for ip in env.ips("web", 80) {
+        assert!(
+            out.stdout.contains(&format!("would add     {ip}")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout.contains("would drain   10.200.0.1:80"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("Couldn't update"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("Updated HTTP servers"),
+        "{}",
+        out.stderr
+    );
+}

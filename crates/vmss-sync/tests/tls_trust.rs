@@ -2,9 +2,11 @@
 //! test time (openssl CLI). Refused without the CA (and the error says TLS and the
 //! unknown issuer), accepted with it: per endpoint through `api_ca_file`,
 //! `resource_manager_ca_file` and a target's `ca_file`, and through the system trust
-//! store when `SSL_CERT_FILE` names the CA. Real binary over real sockets.
+//! store when `SSL_CERT_FILE` names the CA; the lease blob (Azurite behind the same TLS
+//! front) through `leader_election.ca_file`. Real binary over real sockets.
 
 mod common;
+mod ops_common;
 
 use common::*;
 use std::net::SocketAddr;
@@ -342,4 +344,60 @@ async fn a_ca_file_that_is_missing_or_not_pem_is_an_invalid_configuration() {
             out.stderr
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_blob_behind_a_private_ca_needs_the_leader_election_ca_file() {
+    const LEADER: &str = "this replica is now the leader";
+    let env = testbed(TestbedOptions::default()).await;
+    let Some(pki) = pki(env.dir.path()) else {
+        return;
+    };
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let azurite = ops_common::Azurite::start();
+    let account = https_of(&pki, &azurite.account_url()).await;
+    let le = |ca: &str| {
+        format!(
+            "leader_election:\n  account_url: {account}\n  container: tls\n  blob: leader\n  \
+             lease_duration: 15s\n  auth: shared_key\n  account_key: ${{LEASE_KEY}}\n{ca}"
+        )
+    };
+    let cfg = env.write(
+        "without.yaml",
+        &ops_common::config_text(&env, &env.tb.nginx_url(), &le("")),
+    );
+    let log = env.dir.path().join("without.log");
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &ops_common::replica_env(&env),
+        &log,
+    );
+    let refused = eventually(std::time::Duration::from_secs(20), || {
+        let t = d.log_text();
+        t.contains("TLS failed") && t.contains("UnknownIssuer")
+    })
+    .await;
+    assert!(refused, "{}", d.log_text());
+    assert!(!d.log_text().contains(LEADER), "{}", d.log_text());
+    assert!(env.servers(UpstreamKind::Http, "web").is_empty());
+    drop(d);
+
+    let ca = format!("  ca_file: {}\n", pki.ca.display());
+    let cfg = env.write(
+        "with.yaml",
+        &ops_common::config_text(&env, &env.tb.nginx_url(), &le(&ca)),
+    );
+    let log = env.dir.path().join("with.log");
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &ops_common::replica_env(&env),
+        &log,
+    );
+    let synced = eventually(std::time::Duration::from_secs(30), || {
+        env.servers(UpstreamKind::Http, "web") == env.ips("web", 80)
+    })
+    .await;
+    assert!(synced, "{}", d.log_text());
+    assert!(d.log_text().contains(LEADER), "{}", d.log_text());
 }
