@@ -52,7 +52,7 @@ pub fn origin(url: &Url) -> String {
 /// `connection refused`, `DNS lookup failed: …`, `TLS failed: …` (with a hint when the
 /// server's certificate authority is not trusted), `connection failed: …`, or
 /// `request failed: …`. HTTP error statuses are answers, not failed exchanges: each
-/// client reports those itself ("answered 503: …").
+/// client reports those itself ("answered HTTP 503: …").
 pub fn transport_detail(e: &reqwest::Error) -> String {
     let mut refused = false;
     let mut dns = false;
@@ -130,9 +130,6 @@ pub enum TlsError {
         /// The parser's message, if any.
         detail: String,
     },
-    /// reqwest refused the configuration.
-    #[error("cannot build the HTTP client: {0}")]
-    Build(String),
 }
 
 /// The system's trust store (rustls-native-certs: `SSL_CERT_FILE` and `SSL_CERT_DIR` when
@@ -152,8 +149,8 @@ fn system_roots() -> &'static [reqwest::Certificate] {
             .collect();
         if roots.is_empty() {
             tracing::warn!(
-                "The system trust store holds no certificate (no CA bundle installed, and \
-                 SSL_CERT_FILE / SSL_CERT_DIR unset or empty): using the built-in Mozilla roots."
+                "The system trust store holds no certificate (no CA bundle found, or \
+                 SSL_CERT_FILE / SSL_CERT_DIR name none): using the built-in Mozilla roots."
             );
         }
         roots
