@@ -56,23 +56,10 @@ pub fn origin(url: &Url) -> String {
 pub fn transport_detail(e: &reqwest::Error) -> String {
     let mut refused = false;
     let mut dns = false;
-    let mut tls: Option<String> = None;
+    let tls = tls_failure(e).map(tls_detail);
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            tls = Some(tls_detail(t));
-        }
-        // An io::Error hides what it wraps from `source()`: look inside, through io::Errors
-        // wrapping io::Errors (hyper-rustls wraps rustls's error twice).
-        let mut io = err.downcast_ref::<std::io::Error>();
-        while let Some(e) = io {
-            refused |= e.kind() == std::io::ErrorKind::ConnectionRefused;
-            let inner = e.get_ref();
-            if let Some(t) = inner.and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                tls = Some(tls_detail(t));
-            }
-            io = inner.and_then(|i| i.downcast_ref::<std::io::Error>());
-        }
+        refused |= io_chain(err).any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
         // hyper-util's connector says "dns error" around the resolver's own message.
         dns |= err.to_string().starts_with("dns error");
         cur = err.source();
@@ -98,6 +85,40 @@ pub fn transport_detail(e: &reqwest::Error) -> String {
             None => "request failed".to_string(),
         }
     }
+}
+
+/// The io::Errors an error is or wraps: an io::Error hides what it wraps from `source()`,
+/// and hyper-rustls wraps rustls's error in two of them.
+fn io_chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a std::io::Error> + 'a {
+    std::iter::successors(err.downcast_ref::<std::io::Error>(), |io| {
+        io.get_ref()
+            .and_then(|i| i.downcast_ref::<std::io::Error>())
+    })
+}
+
+/// The TLS error behind a failed exchange, if the handshake is what failed.
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        let wrapped = io_chain(err)
+            .find_map(|io| io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()));
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// True when the TLS handshake failed (an untrusted, expired or misnamed certificate, a
+/// protocol mismatch): retrying at once will not help.
+pub fn is_tls_failure(e: &reqwest::Error) -> bool {
+    tls_failure(e).is_some()
 }
 
 fn tls_detail(e: &rustls::Error) -> String {

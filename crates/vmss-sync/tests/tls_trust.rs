@@ -257,6 +257,10 @@ async fn arm_behind_a_private_ca_needs_resource_manager_ca_file() {
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("TLS failed"), "{all}");
     assert!(all.contains("UnknownIssuer"), "{all}");
+    assert!(
+        !all.contains("retrying"),
+        "a certificate does not change in seconds: not retried within the cycle:\n{all}"
+    );
 
     let extra = format!("resource_manager_ca_file: {}\n", pki.ca.display());
     let cfg = env.write(

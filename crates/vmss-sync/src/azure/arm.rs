@@ -403,8 +403,11 @@ fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Worth retrying within the cycle: not a failed TLS handshake (a certificate does not
+/// change in seconds; the next cycle tries again).
 fn is_transient(e: &reqwest::Error) -> bool {
-    e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
+    !crate::net::is_tls_failure(e)
+        && (e.is_timeout() || e.is_connect() || e.is_request() || e.is_body())
 }
 
 use crate::net::transport_detail as error_detail;
