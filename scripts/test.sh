@@ -21,6 +21,9 @@ command -v xz >/dev/null || need_pkgs+=(xz-utils)
 command -v rpmbuild >/dev/null || need_pkgs+=(rpm)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# The openssl CLI makes the private CA and server certificate of the TLS trust tests
+# (tests/tls_trust.rs).
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     # RUNLEVEL=1: the packages' own services (the system nginx and haproxy) are not started.

@@ -196,10 +196,14 @@ pub fn render_plan(report: &CycleReport, problems: &[StartupProblem]) -> String 
         }
         let Some(plan) = &o.plan else { continue };
         if plan.is_empty() && o.hold.is_none() {
-            let _ = writeln!(s, "  in sync ({} servers)", o.observed);
+            let _ = writeln!(
+                s,
+                "  in sync ({} servers): would change nothing",
+                o.observed
+            );
         }
         for (server, _) in &plan.add {
-            let _ = writeln!(s, "  add     {server}");
+            let _ = writeln!(s, "  would add     {server}");
         }
         for u in &plan.update {
             let word = match (u.was, u.state) {
@@ -207,13 +211,13 @@ pub fn render_plan(report: &CycleReport, problems: &[StartupProblem]) -> String 
                 (ServerState::Draining, ServerState::Active) => "restore",
                 _ => "update ",
             };
-            let _ = writeln!(s, "  {word} {} (id {})", u.server, u.id);
+            let _ = writeln!(s, "  would {word} {} (id {})", u.server, u.id);
         }
         for r in &plan.remove {
-            let _ = writeln!(s, "  remove  {} (id {})", r.server, r.id);
+            let _ = writeln!(s, "  would remove  {} (id {})", r.server, r.id);
         }
         if let Some(h) = &o.hold {
-            let _ = writeln!(s, "  hold    {h}");
+            let _ = writeln!(s, "  would hold removals: {h}");
         }
     }
     s

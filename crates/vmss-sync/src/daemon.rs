@@ -70,7 +70,8 @@ pub fn build_with_metrics(
     env: &Env,
     metrics: Option<&Arc<Metrics>>,
 ) -> Result<Reconciler, DaemonError> {
-    let http = reqwest::Client::builder()
+    let http = crate::net::client_builder(cfg.resource_manager_ca_file.as_deref())
+        .map_err(|e| DaemonError::Build(format!("resource_manager_ca_file: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
@@ -156,7 +157,8 @@ pub fn start_elector(
     metrics: &Arc<Metrics>,
 ) -> Result<Elector, DaemonError> {
     let timing = Timing::for_lease(le.lease_duration);
-    let http = reqwest::Client::builder()
+    let http = crate::net::client_builder(le.ca_file.as_deref())
+        .map_err(|e| DaemonError::Build(format!("leader_election.ca_file: {e}")))?
         .connect_timeout(timing.request_timeout)
         .build()
         .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;

@@ -38,19 +38,186 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// A short description of a failed HTTP exchange: what kind of failure, and its cause.
-pub fn transport_detail(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(e) {
-        Some(source) => format!("{kind}: {}", root_cause(source)),
-        None => kind.to_string(),
+/// `scheme://host:port` of a URL, without user information or path: how an error names
+/// the endpoint it could not reach.
+pub fn origin(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{}://{h}:{p}", url.scheme()),
+        (Some(h), None) => format!("{}://{h}", url.scheme()),
+        _ => url.scheme().to_string(),
     }
+}
+
+/// What went wrong in a failed HTTP exchange, named for a person: `timed out`,
+/// `connection refused`, `DNS lookup failed: …`, `TLS failed: …` (with a hint when the
+/// server's certificate authority is not trusted), `connection failed: …`, or
+/// `request failed: …`. HTTP error statuses are answers, not failed exchanges: each
+/// client reports those itself ("answered HTTP 503: …").
+pub fn transport_detail(e: &reqwest::Error) -> String {
+    let mut refused = false;
+    let mut dns = false;
+    let tls = tls_failure(e).map(tls_detail);
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        refused |= io_chain(err).any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        // hyper-util's connector says "dns error" around the resolver's own message.
+        dns |= err.to_string().starts_with("dns error");
+        cur = err.source();
+    }
+    let cause = || {
+        std::error::Error::source(e)
+            .map(root_cause)
+            .unwrap_or_default()
+    };
+    if let Some(t) = tls {
+        format!("TLS failed: {t}")
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else if refused {
+        "connection refused".to_string()
+    } else if dns {
+        format!("DNS lookup failed: {}", cause())
+    } else if e.is_connect() {
+        format!("connection failed: {}", cause())
+    } else {
+        match std::error::Error::source(e) {
+            Some(_) => format!("request failed: {}", cause()),
+            None => "request failed".to_string(),
+        }
+    }
+}
+
+/// The io::Errors an error is or wraps: an io::Error hides what it wraps from `source()`,
+/// and hyper-rustls wraps rustls's error in two of them.
+fn io_chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a std::io::Error> + 'a {
+    std::iter::successors(err.downcast_ref::<std::io::Error>(), |io| {
+        io.get_ref()
+            .and_then(|i| i.downcast_ref::<std::io::Error>())
+    })
+}
+
+/// The TLS error behind a failed exchange, if the handshake is what failed.
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        let wrapped = io_chain(err)
+            .find_map(|io| io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()));
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// True when the TLS handshake failed (an untrusted, expired or misnamed certificate, a
+/// protocol mismatch): retrying at once will not help.
+pub fn is_tls_failure(e: &reqwest::Error) -> bool {
+    tls_failure(e).is_some()
+}
+
+fn tls_detail(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error};
+    match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "{e} (the server's certificate is not signed by a trusted authority: add its CA to \
+             the system trust store, SSL_CERT_FILE, or this endpoint's ca_file)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Why an HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A `ca_file` could not be read.
+    #[error("cannot read ca_file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A `ca_file` holds no usable PEM certificate.
+    #[error("ca_file {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----){detail}")]
+    NoCertificate {
+        /// The file.
+        path: String,
+        /// The parser's message, if any.
+        detail: String,
+    },
+}
+
+/// The system's trust store (rustls-native-certs: `SSL_CERT_FILE` and `SSL_CERT_DIR` when
+/// set, else the distribution's bundle), read once per process. Empty when the system
+/// has none; then the built-in Mozilla roots are used instead.
+fn system_roots() -> &'static [reqwest::Certificate] {
+    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "A certificate of the system trust store could not be read.");
+        }
+        let roots: Vec<reqwest::Certificate> = found
+            .certs
+            .iter()
+            .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+            .collect();
+        if roots.is_empty() {
+            tracing::warn!(
+                "The system trust store holds no certificate (no CA bundle found, or \
+                 SSL_CERT_FILE / SSL_CERT_DIR name none): using the built-in Mozilla roots."
+            );
+        }
+        roots
+    })
+}
+
+/// Reads the PEM certificates of a `ca_file`.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(TlsError::NoCertificate {
+            path: shown,
+            detail: String::new(),
+        }),
+        Err(e) => Err(TlsError::NoCertificate {
+            path: shown,
+            detail: format!(": {}", root_cause(&e)),
+        }),
+    }
+}
+
+/// An HTTP client builder that trusts the system trust store (or, when the system has
+/// none, the built-in Mozilla roots) plus the certificates of `ca_file`. Every client
+/// of vmss-sync starts here; TLS is always verified.
+pub fn client_builder(
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, TlsError> {
+    let mut b = reqwest::Client::builder();
+    let roots = system_roots();
+    if !roots.is_empty() {
+        b = b.tls_built_in_root_certs(false);
+        for c in roots {
+            b = b.add_root_certificate(c.clone());
+        }
+    }
+    if let Some(path) = ca_file {
+        for c in read_ca_file(path)? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
 }
 
 #[cfg(test)]
@@ -69,6 +236,62 @@ mod tests {
         ] {
             assert_eq!(is_loopback(&Url::parse(u).expect("url")), want, "{u}");
         }
+    }
+
+    /// A resolver that knows no name, as a DNS server answering NXDOMAIN.
+    struct NoSuchHost;
+
+    impl reqwest::dns::Resolve for NoSuchHost {
+        fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            let name = name.as_str().to_string();
+            Box::pin(async move {
+                Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "failed to lookup address information: {name}: Name or service not known"
+                    ),
+                ))
+                    as Box<dyn std::error::Error + Send + Sync>)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_dns_lookup_is_named_as_such() {
+        let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(NoSuchHost))
+            .build()
+            .expect("client");
+        let e = http
+            .get("http://nginx-plus.example.invalid:8080/api")
+            .send()
+            .await
+            .expect_err("no such host");
+        let d = transport_detail(&e);
+        assert!(d.starts_with("DNS lookup failed: "), "{d}");
+        assert!(d.contains("Name or service not known"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named_as_such() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let e = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("refused");
+        assert_eq!(transport_detail(&e), "connection refused");
+    }
+
+    #[test]
+    fn origin_names_scheme_host_and_port_without_credentials() {
+        let u = Url::parse("https://user:pw@example.com/api/9?x=1").expect("url");
+        assert_eq!(origin(&u), "https://example.com:443");
+        let u = Url::parse("http://127.0.0.1:8080/api").expect("url");
+        assert_eq!(origin(&u), "http://127.0.0.1:8080");
     }
 
     #[test]

@@ -352,18 +352,26 @@ impl Reconciler {
                 None => up.sink.check(&up.target).await,
             };
             if let Err(e) = check {
+                let permanent = e.permanence == Permanence::Permanent;
+                // Only a refusal by the target is a problem with its configuration; a
+                // target that could not be reached says so in its own words.
+                let message = if permanent {
+                    format!(
+                        "Problem with the {} configuration: {}",
+                        target_name(up.sink.kind()).trim_start_matches("the "),
+                        e.message
+                    )
+                } else {
+                    e.message.clone()
+                };
                 self.unusable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(up.target.name.clone(), e.message.clone());
                 problems.push(StartupProblem {
                     upstream: up.target.name.clone(),
-                    message: format!(
-                        "Problem with the {} configuration: {}",
-                        target_name(up.sink.kind()),
-                        e.message
-                    ),
-                    permanent: e.permanence == Permanence::Permanent,
+                    message,
+                    permanent,
                     target: true,
                 });
             }
@@ -463,7 +471,7 @@ impl Reconciler {
                 if let Some(failed) = recheck(&job, &unusable).await {
                     return (index, Err(failed));
                 }
-                (index, Ok(prepare(job, &drains, gate.as_ref()).await))
+                (index, Ok(prepare(job, &drains, gate.as_ref(), mode).await))
             });
         }
         let mut prepared = Vec::new();
@@ -832,7 +840,7 @@ async fn recheck(
 
 /// Observes the target, plans against what was found, and holds removals the guard
 /// refuses. Writes nothing.
-async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prepared {
+async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: Mode) -> Prepared {
     let Job {
         order,
         spec: up,
@@ -852,12 +860,23 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
     let observed = match up.sink.observe(&up.target).await {
         Ok(o) => o,
         Err(e) => {
-            let msg = format!(
-                "Couldn't update {} servers in {}: {}",
-                kind_word(up.target.kind),
-                target_name(up.sink.kind()),
-                e.message
-            );
+            // nginx-asg-sync's words when a cycle writes; a dry run never updates, so it
+            // says what it could not do: read the servers.
+            let msg = match mode {
+                Mode::Apply => format!(
+                    "Couldn't update {} servers in {}: {}",
+                    kind_word(up.target.kind),
+                    target_name(up.sink.kind()),
+                    e.message
+                ),
+                Mode::DryRun => format!(
+                    "Couldn't read the {} servers of {} in {}, so no plan: {}",
+                    kind_word(up.target.kind),
+                    up.target.name,
+                    target_name(up.sink.kind()),
+                    e.message
+                ),
+            };
             tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
             out.error = Some(msg);
             return prepared(out, false, Vec::new());

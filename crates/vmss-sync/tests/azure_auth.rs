@@ -358,7 +358,8 @@ async fn azure_cli_flow_runs_az_from_the_env_path() {
         ),
         "{args}"
     );
-    assert!(args.contains("TZ=UTC"), "{args}");
+    // The child gets the environment as it is: no TZ forced on it.
+    assert!(args.contains("TZ=\n"), "{args}");
     assert_eq!(tb.tokens_issued(), 0, "no token endpoint involved");
 }
 
@@ -376,7 +377,7 @@ async fn azure_cli_legacy_expires_on_local_time_is_parsed() {
         ),
     );
     let path = dir.path().display().to_string();
-    let cred = default_credential(&env(&[("PATH", &path)]), http());
+    let cred = default_credential(&env(&[("PATH", &path), ("TZ", "UTC0")]), http());
     let got = cred.get_token(SCOPE).await.expect("token from az");
     assert_eq!(
         got.expires_at
@@ -384,7 +385,40 @@ async fn azure_cli_legacy_expires_on_local_time_is_parsed() {
             .expect("epoch")
             .as_secs(),
         exp,
-        "az runs with TZ=UTC so expiresOn is UTC"
+        "expiresOn is read in the zone az ran in (TZ=UTC0)"
+    );
+    assert_token_works(&tb, cred).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_cli_expires_on_is_read_in_a_fixed_non_utc_time_zone() {
+    let tb = testbed().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = tb.issue_token();
+    let exp = epoch_in(1800);
+    // India is UTC+5:30 all year: the CLI prints the expiry 5 h 30 min ahead of UTC.
+    write_fake_az(
+        dir.path(),
+        &format!(
+            r#"{{"accessToken":"{token}","expiresOn":"{}","tokenType":"Bearer"}}"#,
+            cli_time(exp + 5 * 3600 + 1800)
+        ),
+    );
+    let path = dir.path().display().to_string();
+    let cred = default_credential(&env(&[("PATH", &path), ("TZ", "IST-5:30")]), http());
+    let got = cred.get_token(SCOPE).await.expect("token from az");
+    assert_eq!(
+        got.expires_at
+            .duration_since(UNIX_EPOCH)
+            .expect("epoch")
+            .as_secs(),
+        exp,
+        "17:30 in India is 12:00 UTC"
+    );
+    let args = az_args(dir.path()).expect("az ran");
+    assert!(
+        args.contains("TZ=IST-5:30"),
+        "az runs in the caller's zone: {args}"
     );
     assert_token_works(&tb, cred).await;
 }

@@ -436,6 +436,7 @@ fn dataplane_target(
         create_backends,
         balance: "roundrobin".into(),
         timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     HaproxyDataplane::new(&cfg, BTreeMap::new(), BTreeMap::new()).expect("target builds")
 }

@@ -179,7 +179,7 @@ pub enum ArmError {
         message: String,
         request_id: Option<String>,
     },
-    #[error("{operation} GET {path}: throttled (HTTP {status} {code}) after {attempts} attempts: {message}{}", fmt_request_id(.request_id))]
+    #[error("{operation} GET {path}: throttled (HTTP {status} {code}) after {}: {message}{}", fmt_attempts(*.attempts), fmt_request_id(.request_id))]
     Throttled {
         operation: &'static str,
         path: String,
@@ -189,7 +189,7 @@ pub enum ArmError {
         attempts: u32,
         request_id: Option<String>,
     },
-    #[error("{operation} GET {path}: transport error after {attempts} attempts: {detail}")]
+    #[error("{operation} GET {path}: transport error after {}: {detail}", fmt_attempts(*.attempts))]
     Transport {
         operation: &'static str,
         path: String,
@@ -198,7 +198,7 @@ pub enum ArmError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("{operation} GET {path}: timed out after {attempts} attempts ({timeout:?} each)")]
+    #[error("{operation} GET {path}: timed out after {} ({timeout:?} each)", fmt_attempts(*.attempts))]
     Timeout {
         operation: &'static str,
         path: String,
@@ -230,6 +230,14 @@ pub enum ArmError {
     },
     #[error("ARM authentication failed: {0}")]
     Auth(#[from] AuthError),
+}
+
+fn fmt_attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{n} attempts")
+    }
 }
 
 fn fmt_request_id(id: &Option<String>) -> String {
@@ -403,8 +411,11 @@ fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Worth retrying within the cycle: not a failed TLS handshake (a certificate does not
+/// change in seconds; the next cycle tries again).
 fn is_transient(e: &reqwest::Error) -> bool {
-    e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
+    !crate::net::is_tls_failure(e)
+        && (e.is_timeout() || e.is_connect() || e.is_request() || e.is_body())
 }
 
 use crate::net::transport_detail as error_detail;

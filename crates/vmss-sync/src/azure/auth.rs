@@ -891,8 +891,9 @@ impl TokenCredential for ImdsManagedIdentityCredential {
 
 /// Runs `az account get-access-token --output json --resource <resource>`.
 /// `az` is looked up on the `PATH` of the given [`Env`], and the child runs with
-/// exactly that environment (plus `TZ=UTC`, so the legacy `expiresOn` field,
-/// printed in local time, is UTC).
+/// exactly that environment. Its `expires_on` (epoch seconds, newer CLIs) is preferred;
+/// the legacy `expiresOn` is a local date-time of the zone `az` ran in (`TZ` of that
+/// environment, else the system's zone) and is read in that zone.
 #[derive(Clone)]
 pub struct AzureCliCredential {
     env: Env,
@@ -954,8 +955,54 @@ fn find_on_path(env: &Env, name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// Parses the JSON printed by `az account get-access-token`.
-fn parse_cli_output(stdout: &[u8]) -> Result<AccessToken, String> {
+/// The zone the CLI prints `expiresOn` in: `TZ` of its environment (an IANA name,
+/// `:name`, or a POSIX rule such as `IST-5:30`), else the system's zone; UTC when neither
+/// can be read.
+fn cli_time_zone(tz: Option<&str>) -> jiff::tz::TimeZone {
+    use jiff::tz::TimeZone;
+    if let Some(tz) = tz.map(str::trim).filter(|t| !t.is_empty()) {
+        let name = tz.strip_prefix(':').unwrap_or(tz);
+        let zone = if name.starts_with('/') {
+            std::fs::read(name)
+                .ok()
+                .and_then(|data| TimeZone::tzif(name, &data).ok())
+        } else {
+            TimeZone::get(name).ok()
+        };
+        match zone.or_else(|| TimeZone::posix(name).ok()) {
+            Some(z) => return z,
+            None => tracing::warn!(
+                tz = name,
+                "TZ names no time zone known here; reading the Azure CLI's expiresOn in the \
+                 system time zone."
+            ),
+        }
+    }
+    TimeZone::try_system().unwrap_or(TimeZone::UTC)
+}
+
+/// Reads the CLI's legacy `expiresOn` (`2024-01-01 12:00:00.000000`), a local date-time
+/// of `zone`. A time skipped or repeated by a daylight-saving change takes the earlier
+/// instant (the token is then refreshed early rather than used late).
+fn cli_local_expiry(s: &str, zone: &jiff::tz::TimeZone) -> Option<SystemTime> {
+    // The civil fields, read as if UTC, then placed in the zone.
+    let naive = retry::parse_naive_datetime_utc(s)?;
+    let since = naive.duration_since(UNIX_EPOCH).ok()?;
+    let as_utc = jiff::Timestamp::new(i64::try_from(since.as_secs()).ok()?, 0).ok()?;
+    let civil = jiff::tz::TimeZone::UTC.to_datetime(as_utc);
+    let ts = match zone.to_ambiguous_timestamp(civil).earlier() {
+        Ok(ts) => ts,
+        Err(_) => return None,
+    };
+    let secs = u64::try_from(ts.as_second()).ok()?;
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))?
+        .checked_add(Duration::from_nanos(u64::from(since.subsec_nanos())))
+}
+
+/// Parses the JSON printed by `az account get-access-token`; `zone` is the one `az`
+/// ran in (for the legacy `expiresOn`).
+fn parse_cli_output(stdout: &[u8], zone: &jiff::tz::TimeZone) -> Result<AccessToken, String> {
     let v: serde_json::Value =
         serde_json::from_slice(stdout).map_err(|e| format!("output is not JSON ({e})"))?;
     let token = json_str(&v, &["accessToken", "access_token"])
@@ -963,7 +1010,7 @@ fn parse_cli_output(stdout: &[u8]) -> Result<AccessToken, String> {
     let expires_at = if let Some(epoch) = json_u64(v.get("expires_on")) {
         UNIX_EPOCH.checked_add(Duration::from_secs(epoch))
     } else if let Some(s) = json_str(&v, &["expiresOn"]) {
-        retry::parse_naive_datetime_utc(s)
+        cli_local_expiry(s, zone)
     } else {
         None
     }
@@ -1006,7 +1053,6 @@ impl TokenCredential for AzureCliCredential {
         ])
         .env_clear()
         .envs(self.env.iter())
-        .env("TZ", "UTC")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1066,7 +1112,7 @@ impl TokenCredential for AzureCliCredential {
                 description,
             });
         }
-        parse_cli_output(&output.stdout)
+        parse_cli_output(&output.stdout, &cli_time_zone(self.env.get("TZ")))
             .map_err(|detail| AuthError::InvalidResponse { credential, detail })
     }
 
@@ -1458,24 +1504,75 @@ mod tests {
 
     #[test]
     fn cli_output_formats() {
-        let t = parse_cli_output(br#"{"accessToken":"a","expires_on":1704110400}"#).expect("ok");
-        assert_eq!(
-            t.expires_at,
-            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
-        );
-        let t = parse_cli_output(br#"{"accessToken":"a","expires_on":"1704110400"}"#).expect("ok");
-        assert_eq!(
-            t.expires_at,
-            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
-        );
+        let utc = jiff::tz::TimeZone::UTC;
         let t =
-            parse_cli_output(br#"{"accessToken":"a","expiresOn":"2024-01-01 12:00:00.000000"}"#)
-                .expect("ok");
+            parse_cli_output(br#"{"accessToken":"a","expires_on":1704110400}"#, &utc).expect("ok");
         assert_eq!(
             t.expires_at,
             UNIX_EPOCH + Duration::from_secs(1_704_110_400)
         );
-        assert!(parse_cli_output(br#"{"accessToken":"a"}"#).is_err());
+        let t = parse_cli_output(br#"{"accessToken":"a","expires_on":"1704110400"}"#, &utc)
+            .expect("ok");
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
+        );
+        let t = parse_cli_output(
+            br#"{"accessToken":"a","expiresOn":"2024-01-01 12:00:00.000000"}"#,
+            &utc,
+        )
+        .expect("ok");
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
+        );
+        assert!(parse_cli_output(br#"{"accessToken":"a"}"#, &utc).is_err());
+    }
+
+    #[test]
+    fn cli_expires_on_is_local_time_of_the_zone_az_ran_in() {
+        // 2024-01-01 12:00:00 UTC is 17:30 in India (UTC+5:30, no daylight saving).
+        let india = cli_time_zone(Some("IST-5:30"));
+        let t = parse_cli_output(
+            br#"{"accessToken":"a","expiresOn":"2024-01-01 17:30:00.000000"}"#,
+            &india,
+        )
+        .expect("ok");
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
+        );
+        // Central Europe: UTC+1 in winter, UTC+2 in summer (a POSIX rule, no tz database).
+        let cet = cli_time_zone(Some("CET-1CEST,M3.5.0,M10.5.0/3"));
+        let winter = parse_cli_output(
+            br#"{"accessToken":"a","expiresOn":"2024-01-01 13:00:00.000000"}"#,
+            &cet,
+        )
+        .expect("ok");
+        assert_eq!(
+            winter.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
+        );
+        // 2024-07-01 12:00:00 UTC = 1719835200 is 14:00 CEST.
+        let summer = parse_cli_output(
+            br#"{"accessToken":"a","expiresOn":"2024-07-01 14:00:00.000000"}"#,
+            &cet,
+        )
+        .expect("ok");
+        assert_eq!(
+            summer.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_719_835_200)
+        );
+        // The epoch field wins over the local one when both are there.
+        let both = parse_cli_output(
+            br#"{"accessToken":"a","expires_on":1704110400,"expiresOn":"1999-01-01 00:00:00.000000"}"#,
+            &cet,
+        )
+        .expect("ok");
+        assert_eq!(
+            both.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_704_110_400)
+        );
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub struct Config {
     /// Extra headers sent with every NGINX Plus API request: (name, value), in file order.
     /// Names are HTTP tokens, values visible ASCII plus space and tab.
     pub custom_headers: Vec<(String, Secret)>,
+    /// `api_ca_file`: PEM certificates trusted, besides the system trust store, for the
+    /// NGINX Plus API of `api_endpoint` (an internal CA).
+    pub api_ca_file: Option<std::path::PathBuf>,
+    /// `resource_manager_ca_file`: PEM certificates trusted, besides the system trust
+    /// store, for ARM and the token endpoints (Azure Stack Hub, on-premises clouds).
+    pub resource_manager_ca_file: Option<std::path::PathBuf>,
     /// Azure Resource Manager base URL; default `https://management.azure.com`. https, or plain
     /// http to a loopback host (127.0.0.0/8, ::1, localhost). Trailing slashes of a non-root
     /// path are removed.
@@ -193,6 +199,9 @@ pub struct LeaderElectionConfig {
     pub lease_duration: Duration,
     /// How requests to the Blob service are authorised.
     pub auth: StorageAuth,
+    /// `ca_file`: PEM certificates trusted, besides the system trust store, for the Blob
+    /// service (an emulator or a private endpoint behind an internal CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Authorisation of Blob service requests.

@@ -76,6 +76,8 @@ const TOP_FIELDS: &[Field<TopBuilder>] = &[
     field("targets", |cx, n, p, b| b.targets = cx.targets(n, p)),
     field("resource_manager_endpoint", |cx, n, p, b| b.resource_manager_endpoint = cx.url(n, p)),
     field("resource_manager_audience", |cx, n, p, b| b.resource_manager_audience = cx.string(n, p)),
+    field("api_ca_file", |cx, n, p, b| b.api_ca_file = cx.ca_file(n, p)),
+    field("resource_manager_ca_file", |cx, n, p, b| b.resource_manager_ca_file = cx.ca_file(n, p)),
     field("log_format", |cx, n, p, b| b.log_format = cx.one_of(n, p, LOG_FORMATS)),
     field("log_level", |cx, n, p, b| b.log_level = cx.one_of(n, p, LOG_LEVELS)),
     field("admin_listen", |cx, n, p, b| b.admin_listen = cx.admin_listen(n, p)),
@@ -133,6 +135,15 @@ impl<T> Slot<T> {
         }
     }
 
+    /// The value when set, `Some(None)` when absent or empty; `None` when invalid.
+    fn optional(self) -> Option<Option<T>> {
+        match self {
+            Slot::Absent | Slot::Empty(_) => Some(None),
+            Slot::Invalid => None,
+            Slot::Set(v, _, _) => Some(Some(v)),
+        }
+    }
+
     /// The value, or `default` when the key is absent or empty; `None` when invalid.
     fn or_default(self, default: T) -> Option<T> {
         match self {
@@ -154,6 +165,8 @@ pub(crate) struct TopBuilder {
     upstreams: Slot<Vec<Option<UpstreamConfig>>>,
     resource_manager_endpoint: Slot<Url>,
     resource_manager_audience: Slot<String>,
+    api_ca_file: Slot<std::path::PathBuf>,
+    resource_manager_ca_file: Slot<std::path::PathBuf>,
     log_format: Slot<LogFormat>,
     log_level: Slot<&'static str>,
     admin_listen: Slot<Option<std::net::SocketAddr>>,
@@ -421,6 +434,8 @@ impl Cx<'_> {
             custom_headers: custom_headers?,
             resource_manager_endpoint: resource_manager_endpoint?,
             resource_manager_audience: resource_manager_audience?,
+            api_ca_file: b.api_ca_file.optional()?,
+            resource_manager_ca_file: b.resource_manager_ca_file.optional()?,
             log_format: log_format?,
             log_level: log_level?,
             admin_listen: admin_listen?,
@@ -711,6 +726,24 @@ impl Cx<'_> {
                 Slot::Invalid
             }
         }
+    }
+
+    /// A `ca_file`: an absolute path to a readable file of PEM certificates (read here, so
+    /// that a wrong file is an invalid configuration, not a failure at the first request).
+    fn ca_file(&mut self, node: &Node, path: &str) -> Slot<std::path::PathBuf> {
+        self.typed(node, path, |s| {
+            let p = std::path::PathBuf::from(s);
+            if !p.is_absolute() {
+                return Err(format!(
+                    "the field {} has invalid value: it must be an absolute path to a file of \
+                     PEM certificates, such as /etc/ssl/certs/internal-ca.pem",
+                    last_segment(path)
+                ));
+            }
+            crate::net::read_ca_file(&p)
+                .map(|_| p)
+                .map_err(|e| format!("the field {} has invalid value: {e}", last_segment(path)))
+        })
     }
 
     fn string(&mut self, node: &Node, path: &str) -> Slot<String> {

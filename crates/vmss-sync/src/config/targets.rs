@@ -70,6 +70,8 @@ pub struct NginxPlusTarget {
     pub api_endpoint: url::Url,
     /// Headers sent with every request (secrets).
     pub custom_headers: Vec<(String, Secret)>,
+    /// `ca_file`: PEM certificates trusted, besides the system trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where HAProxy's stats socket listens.
@@ -180,6 +182,8 @@ pub struct HaproxyDataplaneTarget {
     /// takes no parameter).
     pub balance: String,
     /// Bound on every request.
+    /// `ca_file`: PEM certificates trusted, besides the system trust store.
+    pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
 }
 

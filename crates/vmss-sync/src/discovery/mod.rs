@@ -718,12 +718,17 @@ fn sets_of(sel: &Selection, done: &Results) -> Result<Vec<Matched>, DiscoveryErr
                         })?;
                     push(m, rg)?;
                 }
-                _ => {
+                listed => {
                     let op = Op::SetGet {
                         sub: sub.clone(),
                         rg: rg.clone(),
                         name: name.clone(),
                     };
+                    // A group list that failed, and was not replaced by GETs (only a
+                    // refusal is), carries the cause to every set it was to name.
+                    if let (Some(Err(e)), None) = (listed, done.get(&op.key())) {
+                        return Err(e.clone());
+                    }
                     if let Out::Set(m) = get(done, &op)? {
                         push(m, rg)?;
                     }

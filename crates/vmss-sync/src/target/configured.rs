@@ -104,9 +104,12 @@ pub fn sinks(
             .map(|u| (u.name.clone(), params_of(u)))
             .collect();
         let target: Arc<dyn Target> = match &t.spec {
-            TargetSpec::NginxPlus(p) => {
-                Arc::new(NginxPlus::new(&p.api_endpoint, &p.custom_headers, timeout)?)
-            }
+            TargetSpec::NginxPlus(p) => Arc::new(NginxPlus::new(
+                &p.api_endpoint,
+                &p.custom_headers,
+                timeout,
+                p.ca_file.as_deref(),
+            )?),
             TargetSpec::HaproxyRuntime(h) => Arc::new(HaproxyRuntime::new(
                 h.address.clone(),
                 h.mode,
@@ -163,8 +166,12 @@ pub fn sinks(
                         ),
                         permanence: Permanence::Permanent,
                     })?;
-                    let d: Arc<dyn Target> =
-                        Arc::new(NginxPlus::new(endpoint, &cfg.custom_headers, timeout)?);
+                    let d: Arc<dyn Target> = Arc::new(NginxPlus::new(
+                        endpoint,
+                        &cfg.custom_headers,
+                        timeout,
+                        cfg.api_ca_file.as_deref(),
+                    )?);
                     default = Some(Arc::clone(&d));
                     d
                 }

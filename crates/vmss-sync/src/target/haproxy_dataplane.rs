@@ -394,7 +394,11 @@ impl HaproxyDataplane {
         params: BTreeMap<String, ServerParams>,
         service_params: BTreeMap<String, ServerParams>,
     ) -> Result<Self, TargetError> {
-        let http = reqwest::Client::builder()
+        let http = crate::net::client_builder(cfg.ca_file.as_deref())
+            .map_err(|e| TargetError {
+                message: format!("HAProxy Data Plane API {}: {e}", cfg.url),
+                permanence: Permanence::Permanent,
+            })?
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
             .build()
@@ -498,14 +502,7 @@ impl HaproxyDataplane {
         let what = format!("{method} {}", url.path());
         let resp = req.send().await.map_err(|e| {
             self.error(
-                format!(
-                    "{what}: {}",
-                    if e.is_timeout() {
-                        "timed out".to_string()
-                    } else {
-                        format!("request failed: {}", root_cause(&e))
-                    }
-                ),
+                format!("{what}: {}", transport_detail(&e)),
                 Permanence::Transient,
             )
         })?;
@@ -965,7 +962,7 @@ impl HaproxyDataplane {
     }
 }
 
-use crate::net::root_cause;
+use crate::net::transport_detail;
 
 #[async_trait]
 impl Target for HaproxyDataplane {

@@ -391,7 +391,13 @@ impl HaproxyRuntime {
         let stream = match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return Err(self.error(format!("cannot connect: {e}"), Permanence::Transient))
+                let why = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                    std::io::ErrorKind::NotFound => "no such socket".to_string(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                    _ => e.to_string(),
+                };
+                return Err(self.error(format!("cannot connect: {why}"), Permanence::Transient));
             }
             Err(_) => {
                 return Err(self.error("cannot connect: timed out".into(), Permanence::Transient))

@@ -88,11 +88,13 @@ struct NginxErrorInner {
 }
 
 impl NginxPlus {
-    /// Builds a client. `timeout` bounds every request.
+    /// Builds a client. `timeout` bounds every request; `ca_file` adds trusted roots to
+    /// the system trust store.
     pub fn new(
         endpoint: &Url,
         custom_headers: &[(String, Secret)],
         timeout: Duration,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<Self, TargetError> {
         let mut headers = HeaderMap::new();
         for (name, value) in custom_headers {
@@ -109,7 +111,11 @@ impl NginxPlus {
             value.set_sensitive(true);
             headers.append(name, value);
         }
-        let http = reqwest::Client::builder()
+        let http = crate::net::client_builder(ca_file)
+            .map_err(|e| TargetError {
+                message: format!("NGINX Plus API at {}: {e}", origin(endpoint)),
+                permanence: Permanence::Permanent,
+            })?
             .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -221,13 +227,10 @@ impl NginxPlus {
         }
         req.send().await.map_err(|e| TargetError {
             message: format!(
-                "NGINX Plus API {method} {}: {}",
+                "NGINX Plus API at {}: {method} {}: {}",
+                origin(&url),
                 url.path(),
-                if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("request failed: {}", root_cause(&e))
-                }
+                transport_detail(&e)
             ),
             permanence: Permanence::Transient,
         })
@@ -258,7 +261,7 @@ impl NginxPlus {
     }
 }
 
-use crate::net::root_cause;
+use crate::net::{origin, transport_detail};
 
 fn kind_path(kind: UpstreamKind) -> &'static str {
     match kind {
@@ -283,7 +286,8 @@ fn error_from(method: &Method, url: &Url, status: StatusCode, body: &str) -> Tar
         "UpstreamNotFound" | "UpstreamStatic" | "UnknownVersion" | "MethodDisabled"
     ) || matches!(status.as_u16(), 401 | 403);
     let mut message = format!(
-        "NGINX Plus API {method} {} answered {}: {text}",
+        "NGINX Plus API at {}: {method} {} answered HTTP {}: {text}",
+        origin(url),
         url.path(),
         status.as_u16()
     );
@@ -369,12 +373,23 @@ impl Target for NginxPlus {
             .await
             .map(|_| ())
             .map_err(|e| TargetError {
-                message: format!(
-                    "upstream {} ({}) cannot take dynamic servers: {}",
-                    upstream.name,
-                    kind_path(upstream.kind),
-                    e.message
-                ),
+                // Only an answer of the API says something about the upstream; a failed
+                // exchange (refused, DNS, TLS, timeout) or a server error says nothing.
+                message: if e.permanence == Permanence::Permanent {
+                    format!(
+                        "upstream {} ({}) cannot take dynamic servers: {}",
+                        upstream.name,
+                        kind_path(upstream.kind),
+                        e.message
+                    )
+                } else {
+                    format!(
+                        "upstream {} ({}) could not be checked: {}",
+                        upstream.name,
+                        kind_path(upstream.kind),
+                        e.message
+                    )
+                },
                 permanence: e.permanence,
             })
     }

@@ -58,6 +58,7 @@ pub(super) struct LeaderBuilder {
     lease_duration: Slot<Duration>,
     auth: Slot<AuthKind>,
     account_key: Slot<Secret>,
+    ca_file: Slot<std::path::PathBuf>,
 }
 
 /// Keys of `leader_election`.
@@ -70,6 +71,7 @@ pub(super) const LEADER_FIELDS: &[Field<LeaderBuilder>] = &[
     field("lease_duration", |cx, n, p, b| b.lease_duration = cx.lease_duration(n, p)),
     field("auth", |cx, n, p, b| b.auth = cx.one_of(n, p, AUTH_KINDS)),
     field("account_key", |cx, n, p, b| b.account_key = cx.account_key(n, p)),
+    field("ca_file", |cx, n, p, b| b.ca_file = cx.ca_file(n, p)),
 ];
 
 impl Cx<'_> {
@@ -201,20 +203,27 @@ impl Cx<'_> {
                 }
             }
         };
-        match (account_url, container, blob, lease_duration, auth) {
-            (Some(account_url), Some(container), Some(blob), Some(lease_duration), Some(auth)) => {
-                Slot::Set(
-                    LeaderElectionConfig {
-                        account_url,
-                        container,
-                        blob,
-                        lease_duration,
-                        auth,
-                    },
-                    node.pos,
-                    String::new(),
-                )
-            }
+        let ca_file = b.ca_file.optional();
+        match (account_url, container, blob, lease_duration, auth, ca_file) {
+            (
+                Some(account_url),
+                Some(container),
+                Some(blob),
+                Some(lease_duration),
+                Some(auth),
+                Some(ca_file),
+            ) => Slot::Set(
+                LeaderElectionConfig {
+                    account_url,
+                    container,
+                    blob,
+                    lease_duration,
+                    auth,
+                    ca_file,
+                },
+                node.pos,
+                String::new(),
+            ),
             _ => Slot::Invalid,
         }
     }

@@ -114,6 +114,7 @@ pub(super) struct TargetBuilder {
     load_balancer: Slot<String>,
     backend_pool: Slot<String>,
     virtual_network: Slot<String>,
+    ca_file: Slot<PathBuf>,
 }
 
 /// `type` is read before the table is chosen.
@@ -124,6 +125,7 @@ const NGINX_PLUS_FIELDS: &[Field<TargetBuilder>] = &[
     field("type", type_key),
     field("api_endpoint", |cx, n, p, b| b.api_endpoint = cx.url(n, p)),
     field("custom_headers", |cx, n, p, b| b.custom_headers = cx.headers(n, p)),
+    field("ca_file", |cx, n, p, b| b.ca_file = cx.ca_file(n, p)),
 ];
 
 #[rustfmt::skip]
@@ -149,6 +151,7 @@ const HAPROXY_DATAPLANE_FIELDS: &[Field<TargetBuilder>] = &[
     field("create_backends", |cx, n, p, b| b.create_backends = cx.boolean(n, p)),
     field("balance", |cx, n, p, b| b.balance = cx.one_of(n, p, BALANCE_ALGORITHMS)),
     field("timeout", |cx, n, p, b| b.timeout = cx.go_duration(n, p)),
+    field("ca_file", |cx, n, p, b| b.ca_file = cx.ca_file(n, p)),
 ];
 
 #[rustfmt::skip]
@@ -400,6 +403,7 @@ impl Cx<'_> {
                 TargetSpec::NginxPlus(NginxPlusTarget {
                     api_endpoint: api_endpoint?,
                     custom_headers: custom_headers?,
+                    ca_file: b.ca_file.optional()?,
                 })
             }
             TargetType::HaproxyRuntime => {
@@ -456,6 +460,7 @@ impl Cx<'_> {
                     check: check?,
                     create_backends: create_backends?,
                     balance: balance?.to_owned(),
+                    ca_file: b.ca_file.optional()?,
                     timeout: timeout?,
                 })
             }
