@@ -106,7 +106,10 @@ fn every_configuration_key_is_in_the_reference_and_every_documented_key_exists()
         .into_iter()
         .map(|(s, k)| (s, k.to_owned()))
         .collect();
-    assert!(accepted.len() > 50, "too few keys from the parser: {accepted:?}");
+    assert!(
+        accepted.len() > 50,
+        "too few keys from the parser: {accepted:?}"
+    );
     let missing: Vec<String> = accepted
         .difference(&documented)
         .map(|(s, k)| format!("{s}: {k}"))
@@ -146,7 +149,10 @@ fn complete_configs(file: &Path, text: &str) -> Vec<(String, String)> {
             .take_while(|l| l.trim() != "```")
             .copied()
             .collect();
-        out.push((format!("{}:{}", file.display(), i + 2), body.join("\n") + "\n"));
+        out.push((
+            format!("{}:{}", file.display(), i + 2),
+            body.join("\n") + "\n",
+        ));
     }
     out
 }
@@ -194,13 +200,19 @@ fn every_complete_configuration_in_the_docs_passes_validate() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The reference, the quick start and every target page carry one at least.
-    assert!(checked >= 10, "only {checked} complete configurations found");
+    assert!(
+        checked >= 10,
+        "only {checked} complete configurations found"
+    );
 }
 
 #[test]
 fn readme_is_under_12_kb() {
     let size = read(&repo_root().join("README.md")).len();
-    assert!(size < 12_000, "README.md is {size} bytes; move detail into docs/");
+    assert!(
+        size < 12_000,
+        "README.md is {size} bytes; move detail into docs/"
+    );
 }
 
 /// GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces to
@@ -209,7 +221,9 @@ fn anchors(text: &str) -> BTreeSet<String> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = BTreeSet::new();
     for (_, line) in prose_lines(text) {
-        let Some(heading) = line.strip_prefix('#') else { continue };
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
         let heading = heading.trim_start_matches('#').trim();
         let slug: String = heading
             .to_lowercase()
@@ -218,7 +232,11 @@ fn anchors(text: &str) -> BTreeSet<String> {
             .map(|c| if c == ' ' { '-' } else { c })
             .collect();
         let n = seen.entry(slug.clone()).or_insert(0);
-        out.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+        out.insert(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
         *n += 1;
     }
     out

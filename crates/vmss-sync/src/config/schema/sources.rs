@@ -689,7 +689,9 @@ impl Cx<'_> {
 /// The keys of `upstreams[].tags` and `upstreams[].services`, as `(section, key)` (for
 /// [`super::all_keys`]).
 pub(super) fn doc_keys() -> Vec<(String, &'static str)> {
-    let tags = TAGS_FIELDS.iter().map(|f| ("upstreams.tags".to_owned(), f.key));
+    let tags = TAGS_FIELDS
+        .iter()
+        .map(|f| ("upstreams.tags".to_owned(), f.key));
     let services = SERVICES_FIELDS
         .iter()
         .map(|f| ("upstreams.services".to_owned(), f.key));
