@@ -13,7 +13,7 @@ use super::{field, last_segment, parse_int, Cx, Field, Section, Slot};
 use super::{parse_go_duration, GoDurationError};
 use crate::model::RegisterWhen;
 
-/// Default `drain_timeout` (see the README for why).
+/// Default `drain_timeout` (docs/scale-sets-health-draining.md says why).
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `health_interval`.
 pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = crate::discovery::DEFAULT_HEALTH_INTERVAL;
