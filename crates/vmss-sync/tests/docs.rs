@@ -129,8 +129,9 @@ fn every_configuration_key_is_in_the_reference_and_every_documented_key_exists()
     );
 }
 
-/// Every fenced block right after the complete-config marker, with where it starts.
-fn complete_configs(file: &Path, text: &str) -> Vec<(String, String)> {
+/// Every fenced block right after the complete-config marker: the line of its fence (from 1)
+/// and its text.
+fn complete_configs(file: &Path, text: &str) -> Vec<(usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -149,12 +150,28 @@ fn complete_configs(file: &Path, text: &str) -> Vec<(String, String)> {
             .take_while(|l| l.trim() != "```")
             .copied()
             .collect();
-        out.push((
-            format!("{}:{}", file.display(), i + 2),
-            body.join("\n") + "\n",
-        ));
+        out.push((i + 2, body.join("\n") + "\n"));
     }
     out
+}
+
+/// `validate`'s messages with the temporary file's `path:line:` turned into the page's own
+/// `page:line:`, so that a failure points at the line to fix.
+fn in_page_terms(output: &str, temp: &Path, page: &Path, fence: usize) -> String {
+    let prefix = format!("{}:", temp.display());
+    output
+        .lines()
+        .map(|l| {
+            let Some(rest) = l.strip_prefix(&prefix) else {
+                return l.to_owned();
+            };
+            match rest.split_once(':').map(|(n, r)| (n.parse::<usize>(), r)) {
+                Some((Ok(n), r)) => format!("{}:{}:{r}", page.display(), fence + n),
+                _ => l.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The names of the `${VAR}`s of a block (given a placeholder value when validating).
@@ -178,7 +195,7 @@ fn every_complete_configuration_in_the_docs_passes_validate() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for file in doc_files() {
-        for (at, yaml) in complete_configs(&file, &read(&root.join(&file))) {
+        for (fence, yaml) in complete_configs(&file, &read(&root.join(&file))) {
             let path = dir.path().join(format!("config-{checked}.yaml"));
             fs::write(&path, &yaml).expect("write config");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmss-sync"));
@@ -188,11 +205,16 @@ fn every_complete_configuration_in_the_docs_passes_validate() {
             }
             let out = cmd.output().expect("run vmss-sync validate");
             if !out.status.success() {
-                failures.push(format!(
-                    "{at}: vmss-sync validate exited {:?}:\n{}{}",
-                    out.status.code(),
+                let said = format!(
+                    "{}{}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
+                );
+                failures.push(format!(
+                    "{}:{fence}: the block does not validate (exit {:?}):\n{}",
+                    file.display(),
+                    out.status.code(),
+                    in_page_terms(&said, &path, &file, fence)
                 ));
             }
             checked += 1;
