@@ -1,10 +1,13 @@
 //! vmss-testbed: strict local fakes of the services vmss-sync talks to.
 //!
-//! * a fake **Azure Resource Manager** (Compute + Network reads for VM Scale Sets),
+//! * a fake **Azure Resource Manager** (Compute + Network reads for VM Scale Sets, and
+//!   the Network writes of Route Server `bgpConnections` and IP-based Load Balancer
+//!   backend pools, with long-running operations),
 //! * a fake **Entra ID** token endpoint (client secret and workload identity),
 //! * a fake **IMDS** managed-identity endpoint,
 //! * a fake **App Service / Container Apps** managed-identity endpoint,
-//! * a fake **NGINX Plus REST API** (upstream servers, also under `/nplus` like NGINXaaS).
+//! * a fake **NGINX Plus REST API** (upstream servers, also under `/nplus` like NGINXaaS),
+//! * a fake **HAProxy Data Plane API** (v3 and v2: backends, servers, transactions).
 //!
 //! Each fake listens on its own `127.0.0.1:0` port, is as strict as the real service
 //! (authentication, api-versions, error bodies, paging) and records every request.

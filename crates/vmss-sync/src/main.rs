@@ -17,7 +17,9 @@ const EXIT_CONFIG: u8 = 2;
 #[command(
     name = "vmss-sync",
     version,
-    about = "Keeps NGINX Plus upstreams in sync with Azure Virtual Machine Scale Sets"
+    about = "Keeps NGINX Plus, HAProxy and open-source NGINX upstreams, Azure Route Server \
+             peerings and Azure Load Balancer backend pools in sync with Azure Virtual Machine \
+             Scale Sets"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -148,18 +148,37 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-/// The valid configurations mutated: the ones above and the README's YAML examples.
+/// The valid configurations mutated: the ones above and the YAML examples of the README and
+/// of every page under docs/.
 fn corpus() -> Vec<String> {
     let mut v = vec![
         NGINX_ASG_SYNC.to_string(),
         NGINXAAS.to_string(),
         EVERYTHING.to_string(),
     ];
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    if let Ok(text) = std::fs::read_to_string(readme) {
-        for block in text.split("```yaml\n").skip(1) {
-            if let Some((yaml, _)) = block.split_once("```") {
-                v.push(yaml.to_string());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut pages = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "md") {
+                pages.push(p);
+            }
+        }
+    }
+    for page in pages {
+        if let Ok(text) = std::fs::read_to_string(page) {
+            for block in text.split("```yaml\n").skip(1) {
+                if let Some((yaml, _)) = block.split_once("```") {
+                    v.push(yaml.to_string());
+                }
             }
         }
     }

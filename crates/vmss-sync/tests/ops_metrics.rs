@@ -3,7 +3,7 @@
 //! `promtool check metrics`) and OpenMetrics when asked (scraped by a real Prometheus);
 //! the alert rules pass `promtool check rules` and `promtool test rules`, and they and the
 //! Grafana dashboard name only metrics a scrape has and are valid PromQL; `/healthz` and
-//! `/readyz` answer as the README says; and the idle cost of the daemon (RSS, CPU) is
+//! `/readyz` answer as docs/operations.md says; and the idle cost of the daemon (RSS, CPU) is
 //! measured and printed. promtool and prometheus come from Debian's `prometheus` package
 //! (scripts/test.sh installs it); without them the tests that need them say so and skip,
 //! except under CI, where they fail.

@@ -33,6 +33,15 @@ pub use self::targets::{
 };
 pub use self::time::{format_nginx_time, parse_nginx_time};
 
+/// Every key the configuration file accepts, as `(section, key)` pairs read from the
+/// parser's own key tables (sections: `top`, `upstreams`, `upstreams.tags`,
+/// `upstreams.services`, `leader_election`, `targets.{type}`,
+/// `targets.haproxy_dataplane.server_slots`). Used by the documentation test.
+#[doc(hidden)]
+pub fn all_keys() -> Vec<(String, &'static str)> {
+    schema::all_keys()
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -1202,6 +1202,28 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
+/// Every key the parser accepts, as `(section, key)`, read from the key tables: section
+/// `top`, `upstreams`, `upstreams.tags`, `upstreams.services`, `leader_election`,
+/// `targets.{type}` and `targets.haproxy_dataplane.server_slots`. The documentation test
+/// checks each against `docs/configuration.md`; a new table belongs here too.
+pub(crate) fn all_keys() -> Vec<(String, &'static str)> {
+    let mut keys: Vec<(String, &'static str)> = Vec::new();
+    keys.extend(TOP_FIELDS.iter().map(|f| ("top".to_owned(), f.key)));
+    keys.extend(
+        UPSTREAM_FIELDS
+            .iter()
+            .map(|f| ("upstreams".to_owned(), f.key)),
+    );
+    keys.extend(sources::doc_keys());
+    keys.extend(
+        ops::LEADER_FIELDS
+            .iter()
+            .map(|f| ("leader_election".to_owned(), f.key)),
+    );
+    keys.extend(targets::doc_keys());
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

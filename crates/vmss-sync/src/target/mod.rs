@@ -1,8 +1,10 @@
 //! Targets: the components that must hold the instance list.
 //!
 //! Each target implements [`Target`]: a startup `check` of one upstream, `observe` of
-//! what it holds, and `apply` of a [`Plan`]. Targets know their own wire protocol and
-//! nothing about Azure; the reconciler knows nothing about wire protocols.
+//! what it holds, and `apply` of a [`Plan`]. Each target knows its own wire protocol; the
+//! load-balancer targets (NGINX Plus, HAProxy, nginx file) know nothing about Azure, while
+//! the Azure targets (`route_server`, `lb_backend_pool`) write Network resources through
+//! the discovery's ARM client. The reconciler knows nothing about wire protocols.
 
 pub mod configured;
 pub mod haproxy_dataplane;

@@ -13,7 +13,7 @@ use super::{field, last_segment, parse_int, Cx, Field, Section, Slot};
 use super::{parse_go_duration, GoDurationError};
 use crate::model::RegisterWhen;
 
-/// Default `drain_timeout` (see the README for why).
+/// Default `drain_timeout` (docs/scale-sets-health-draining.md says why).
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `health_interval`.
 pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = crate::discovery::DEFAULT_HEALTH_INTERVAL;
@@ -684,4 +684,16 @@ impl Cx<'_> {
             arm_reads_per_second: arm_reads_per_second?,
         })
     }
+}
+
+/// The keys of `upstreams[].tags` and `upstreams[].services`, as `(section, key)` (for
+/// [`super::all_keys`]).
+pub(super) fn doc_keys() -> Vec<(String, &'static str)> {
+    let tags = TAGS_FIELDS
+        .iter()
+        .map(|f| ("upstreams.tags".to_owned(), f.key));
+    let services = SERVICES_FIELDS
+        .iter()
+        .map(|f| ("upstreams.services".to_owned(), f.key));
+    tags.chain(services).collect()
 }

@@ -1077,3 +1077,22 @@ fn type_words() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Every key of `targets:` entries, as `(section, key)`: `targets.{type}` per target type and
+/// `targets.haproxy_dataplane.server_slots` (for [`super::all_keys`]).
+pub(super) fn doc_keys() -> Vec<(String, &'static str)> {
+    let mut keys: Vec<(String, &'static str)> = TARGET_TYPES
+        .iter()
+        .flat_map(|&(name, t)| {
+            fields_of(t)
+                .iter()
+                .map(move |f| (format!("targets.{name}"), f.key))
+        })
+        .collect();
+    keys.extend(
+        SLOTS_FIELDS
+            .iter()
+            .map(|f| ("targets.haproxy_dataplane.server_slots".to_owned(), f.key)),
+    );
+    keys
+}
