@@ -92,6 +92,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The API docs, public and private items, build without a warning (broken intra-doc links,
+# bare URLs, stray HTML).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
 
 # The release .deb (a release build of the binary): checked by tests/ops_packaging.rs with
 # dpkg-deb and lintian, and run from a scratch root.

@@ -62,6 +62,8 @@ pub struct ArmOptions {
 impl Default for ArmOptions {
     fn default() -> Self {
         ArmOptions {
+            // A constant, well-formed URL: parsing it cannot fail (the unit test
+            // `default_options_point_at_the_public_cloud` runs this very line).
             #[allow(clippy::expect_used)]
             endpoint: Url::parse(DEFAULT_ARM_ENDPOINT).expect("constant URL parses"),
             audience: DEFAULT_ARM_ENDPOINT.to_string(),
@@ -1773,6 +1775,13 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9/prefix/subscriptions/sub/resourceGroups/my%20rg(1)/providers/Microsoft.Compute/virtualMachineScaleSets/set.a?api-version=2024-07-01&$filter=a%20eq%20%27b%27"
         );
+    }
+
+    #[test]
+    fn default_options_point_at_the_public_cloud() {
+        let o = ArmOptions::default();
+        assert_eq!(o.endpoint.as_str(), "https://management.azure.com/");
+        assert_eq!(o.scope(), "https://management.azure.com/.default");
     }
 
     #[test]
