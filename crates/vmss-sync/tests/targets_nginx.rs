@@ -34,21 +34,7 @@ fn yaml_list(words: &[String]) -> String {
 
 /// `nginx … -t`, and a reload that also appends a line to `reloads.log`.
 fn commands(dir: &Path) -> (Vec<String>, Vec<String>) {
-    let flags = Nginx::flags(dir);
-    let nginx = which("nginx");
-    let mut validate = vec![nginx.clone()];
-    validate.extend(flags.iter().cloned());
-    validate.push("-t".into());
-    let reload = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        format!(
-            "echo reload >> {}/reloads.log && exec {nginx} {} -s reload",
-            dir.display(),
-            flags.join(" ")
-        ),
-    ];
-    (validate, reload)
+    nginx_commands(dir)
 }
 
 fn reloads(dir: &Path) -> usize {
