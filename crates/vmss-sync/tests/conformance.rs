@@ -176,7 +176,11 @@ pub mod checks {
         for o in &seen {
             assert_eq!(o.params, Some(h.params()), "parameters read back: {o:?}");
         }
-        assert_eq!(sorted_held(h).await, not_draining(&all), "held by the process");
+        assert_eq!(
+            sorted_held(h).await,
+            not_draining(&all),
+            "held by the process"
+        );
         if let Some(got) = h.serving(&all).await {
             assert_eq!(got, all, "traffic reaches every server");
         }
@@ -195,7 +199,10 @@ pub mod checks {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.updated, vec![all[0].clone()]);
         let seen = t.observe(&h.upstream()).await.expect("observe");
-        let o = seen.iter().find(|o| o.server == all[0]).expect("still there");
+        let o = seen
+            .iter()
+            .find(|o| o.server == all[0])
+            .expect("still there");
         assert_eq!(o.params, Some(changed), "new parameters read back: {o:?}");
         assert!(plan(&want, &seen, &Drain::NONE).is_empty());
     }
@@ -224,7 +231,11 @@ pub mod checks {
         let seen = restarted.observe(&h.upstream()).await.expect("observe");
         assert!(plan(&desired(h, &all), &seen, &Drain::NONE).is_empty());
         assert!(!restarted.needs_write(&h.upstream()));
-        assert_eq!(sorted_held(h).await, before, "nothing changed in the process");
+        assert_eq!(
+            sorted_held(h).await,
+            before,
+            "nothing changed in the process"
+        );
     }
 
     /// (4) People's entries are never changed or removed, nor reported as ours, through
@@ -293,7 +304,11 @@ pub mod checks {
                 let mut want = active(&rest);
                 want.push((leaving.clone(), ServerState::Draining));
                 want.sort();
-                assert_eq!(states(&seen), want, "the drain is read back after a restart");
+                assert_eq!(
+                    states(&seen),
+                    want,
+                    "the drain is read back after a restart"
+                );
                 let mut held = not_draining(&rest);
                 held.push((leaving.clone(), true));
                 held.sort();
@@ -410,7 +425,11 @@ pub mod checks {
                 "a message shows the secret: {m}"
             );
         }
-        eprintln!("{} messages checked, e.g. {:?}", messages.len(), messages.first());
+        eprintln!(
+            "{} messages checked, e.g. {:?}",
+            messages.len(),
+            messages.first()
+        );
     }
 }
 

@@ -330,7 +330,11 @@ impl Harness for NginxPlusHarness {
         upstream("nope", UpstreamKind::Http)
     }
     fn servers(&self) -> Vec<String> {
-        vec!["10.0.0.11:80".into(), "10.0.0.12:80".into(), "10.0.0.13:80".into()]
+        vec![
+            "10.0.0.11:80".into(),
+            "10.0.0.12:80".into(),
+            "10.0.0.13:80".into(),
+        ]
     }
     fn params(&self) -> ServerParams {
         params()
@@ -365,7 +369,8 @@ const DATAPLANE_SECRET: &str = "dp-S3cret-pass-0815";
 impl Harness for DataplaneHarness {
     async fn start() -> Option<Self> {
         let tb = testbed().await;
-        tb.dataplane().set_credentials(DATAPLANE_USER, DATAPLANE_SECRET);
+        tb.dataplane()
+            .set_credentials(DATAPLANE_USER, DATAPLANE_SECRET);
         tb.dataplane().add_backend("be");
         tb.dataplane()
             .insert_server("be", dataplane_server("static1", "192.0.2.10", 80));
@@ -408,7 +413,11 @@ impl Harness for DataplaneHarness {
         upstream("nope", UpstreamKind::Http)
     }
     fn servers(&self) -> Vec<String> {
-        vec!["10.0.0.21:80".into(), "10.0.0.22:80".into(), "10.0.0.23:80".into()]
+        vec![
+            "10.0.0.21:80".into(),
+            "10.0.0.22:80".into(),
+            "10.0.0.23:80".into(),
+        ]
     }
     fn params(&self) -> ServerParams {
         params()
@@ -517,7 +526,11 @@ impl Harness for RouteServerHarness {
         upstream("nope", UpstreamKind::Stream)
     }
     fn servers(&self) -> Vec<String> {
-        vec!["10.0.1.4:179".into(), "10.0.1.5:179".into(), "10.0.1.6:179".into()]
+        vec![
+            "10.0.1.4:179".into(),
+            "10.0.1.5:179".into(),
+            "10.0.1.6:179".into(),
+        ]
     }
     fn params(&self) -> ServerParams {
         params()
@@ -609,7 +622,11 @@ impl Harness for LbPoolHarness {
         upstream("nope", UpstreamKind::Http)
     }
     fn servers(&self) -> Vec<String> {
-        vec!["10.0.2.4:80".into(), "10.0.2.5:80".into(), "10.0.2.6:80".into()]
+        vec![
+            "10.0.2.4:80".into(),
+            "10.0.2.5:80".into(),
+            "10.0.2.6:80".into(),
+        ]
     }
     fn params(&self) -> ServerParams {
         params()
