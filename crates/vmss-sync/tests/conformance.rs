@@ -70,6 +70,12 @@ pub trait Harness: Sized + Send + Sync + 'static {
     async fn foreign(&self) -> String;
     /// Our entries as the process or fake holds them: (address, takes no new traffic).
     async fn held(&self) -> Vec<(String, bool)>;
+    /// What shows the writes the process or fake has received so far (the count of
+    /// requests other than GET; nginx's reloads and the file's inode), or `None` when it
+    /// keeps no trace of them (HAProxy's stats socket).
+    async fn writes(&self) -> Option<String> {
+        None
+    }
     /// Who answers real requests through the load balancer, polled until `want` or a
     /// timeout; `None` when no traffic flows through the target in the test.
     async fn serving(&self, want: &[String]) -> Option<Vec<String>> {
@@ -212,9 +218,14 @@ pub mod checks {
         let t = h.target();
         let all = h.servers();
         t.check(&h.upstream()).await.expect("check passes");
+        let fresh = h.writes().await;
         let (_, report) = cycle(h, &*t, &all, &Drain::NONE).await;
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let before = sorted_held(h).await;
+        let writes = h.writes().await;
+        if writes.is_some() {
+            assert_ne!(writes, fresh, "the first cycle's writes are seen");
+        }
         let (p, report) = cycle(h, &*t, &all, &Drain::NONE).await;
         assert!(p.is_empty(), "second plan: {p:?}");
         assert!(!t.needs_write(&h.upstream()));
@@ -236,6 +247,7 @@ pub mod checks {
             before,
             "nothing changed in the process"
         );
+        assert_eq!(h.writes().await, writes, "nothing was sent to the process");
     }
 
     /// (4) People's entries are never changed or removed, nor reported as ours, through

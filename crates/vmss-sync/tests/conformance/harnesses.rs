@@ -216,6 +216,21 @@ impl Harness for NginxFileHarness {
             BTreeMap::from([("be".to_string(), params())]),
         ))
     }
+    /// Reloads of nginx (the reload command logs each one) and the file's inode and
+    /// modification time (a rewrite replaces the file by a rename).
+    async fn writes(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let reloads = std::fs::read_to_string(self.nginx.dir.join("reloads.log"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let meta = std::fs::metadata(&self.file).expect("upstream file");
+        Some(format!(
+            "{reloads} reloads, file inode {} modified {:?}",
+            meta.ino(),
+            meta.modified().ok()
+        ))
+    }
     fn upstream(&self) -> UpstreamRef {
         upstream("be", UpstreamKind::Http)
     }
@@ -276,6 +291,12 @@ async fn testbed() -> Testbed {
         .expect("testbed starts")
 }
 
+/// Requests other than GET the testbed has received, every service together.
+fn writes(tb: &Testbed) -> String {
+    let n = tb.requests().iter().filter(|r| r.method != "GET").count();
+    format!("{n} requests other than GET")
+}
+
 fn tb_http() -> vmss_testbed::UpstreamKind {
     vmss_testbed::UpstreamKind::Http
 }
@@ -322,6 +343,9 @@ impl Harness for NginxPlusHarness {
     }
     fn secret(&self) -> Option<String> {
         Some(HEADER_SECRET.into())
+    }
+    async fn writes(&self) -> Option<String> {
+        Some(writes(&self.tb))
     }
     fn upstream(&self) -> UpstreamRef {
         upstream("be", UpstreamKind::Http)
@@ -405,6 +429,9 @@ impl Harness for DataplaneHarness {
     }
     fn secret(&self) -> Option<String> {
         Some(DATAPLANE_SECRET.into())
+    }
+    async fn writes(&self) -> Option<String> {
+        Some(writes(&self.tb))
     }
     fn upstream(&self) -> UpstreamRef {
         upstream("be", UpstreamKind::Http)
@@ -519,6 +546,9 @@ impl Harness for RouteServerHarness {
     fn secret(&self) -> Option<String> {
         Some(self.token.clone())
     }
+    async fn writes(&self) -> Option<String> {
+        Some(writes(&self.tb))
+    }
     fn upstream(&self) -> UpstreamRef {
         upstream("nva", UpstreamKind::Stream)
     }
@@ -614,6 +644,9 @@ impl Harness for LbPoolHarness {
     }
     fn secret(&self) -> Option<String> {
         Some(self.token.clone())
+    }
+    async fn writes(&self) -> Option<String> {
+        Some(writes(&self.tb))
     }
     fn upstream(&self) -> UpstreamRef {
         upstream("web", UpstreamKind::Http)
