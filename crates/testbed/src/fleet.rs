@@ -84,6 +84,10 @@ pub(crate) struct ScaleSet {
     pub health_extension: bool,
     /// The hidden container of a group's standalone VMs (never listed as a scale set).
     pub standalone: bool,
+    /// The terminate notification (`scheduledEventsProfile.terminateNotificationProfile`):
+    /// its delay when enabled. A scale-in then keeps leaving instances `Deleting` (still
+    /// running) for the delay before they disappear.
+    pub terminate_notification: Option<Duration>,
 }
 
 impl ScaleSet {
@@ -511,6 +515,7 @@ impl Fleet {
                 instances: BTreeMap::new(),
                 health_extension: false,
                 standalone: false,
+                terminate_notification: None,
             },
         );
     }
@@ -650,6 +655,7 @@ impl Fleet {
                     instances: BTreeMap::new(),
                     health_extension: false,
                     standalone: true,
+                    terminate_notification: None,
                 },
             );
         }
@@ -698,22 +704,128 @@ impl Fleet {
         capacity: usize,
     ) {
         let mut st = lock(&self.state);
-        let current: Vec<u64> = match st.set(subscription, resource_group, scale_set) {
-            Some(s) => s.instances.keys().copied().collect(),
-            None => panic!(
-                "vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}; call add_scale_set first"
-            ),
-        };
+        st.advance(Instant::now());
+        // Instances already leaving (`Deleting` inside a terminate window) do not count.
+        let (current, window): (Vec<u64>, Option<Duration>) =
+            match st.set(subscription, resource_group, scale_set) {
+                Some(s) => (
+                    s.instances
+                        .values()
+                        .filter(|i| !i.provisioning_state.eq_ignore_ascii_case("Deleting"))
+                        .map(|i| i.id)
+                        .collect(),
+                    s.terminate_notification,
+                ),
+                None => panic!(
+                    "vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}; call add_scale_set first"
+                ),
+            };
         if current.len() < capacity {
             for _ in current.len()..capacity {
                 let ip = st.alloc_ip();
                 st.add_instance(subscription, resource_group, scale_set, ip);
             }
         } else {
-            for id in current.iter().rev().take(current.len() - capacity) {
-                st.remove_instance(subscription, resource_group, scale_set, *id);
+            let leaving: Vec<u64> = current
+                .iter()
+                .rev()
+                .take(current.len() - capacity)
+                .copied()
+                .collect();
+            match window {
+                None => {
+                    for id in leaving {
+                        st.remove_instance(subscription, resource_group, scale_set, id);
+                    }
+                }
+                Some(delay) => {
+                    // As Azure with a terminate notification: the VM keeps running (its
+                    // Terminate scheduled event is pending) and ARM shows it `Deleting`
+                    // until the delay is over; `sku.capacity` says the new count at once.
+                    let at = Instant::now() + delay;
+                    for id in leaving {
+                        if let Some(inst) = st
+                            .set_mut(subscription, resource_group, scale_set)
+                            .and_then(|s| s.instances.get_mut(&id))
+                        {
+                            inst.provisioning_state = "Deleting".into();
+                        }
+                        st.timeline.push(Scheduled {
+                            at,
+                            sub: subscription.to_string(),
+                            rg: resource_group.to_string(),
+                            set: scale_set.to_string(),
+                            id,
+                            change: Change {
+                                remove: true,
+                                ..Change::default()
+                            },
+                        });
+                    }
+                    if let Some(s) = st.set_mut(subscription, resource_group, scale_set) {
+                        s.capacity = capacity as u64;
+                    }
+                }
             }
         }
+    }
+
+    /// Gives the scale set a terminate notification with this delay (`notBeforeTimeout`,
+    /// served in the model as ARM does), or with None takes it away. Azure allows 5 to 15
+    /// minutes; tests use seconds (the model then says e.g. `PT4S`).
+    pub fn set_terminate_notification(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        delay: Option<Duration>,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(ss) = st.set_mut(subscription, resource_group, scale_set) else {
+            panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
+        };
+        ss.terminate_notification = delay;
+    }
+
+    /// Ends the terminate window of the set's leaving instances early (as approving their
+    /// Terminate scheduled event does): they disappear at most `within` from now.
+    pub fn shorten_terminate_window(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        within: Duration,
+    ) {
+        let mut st = lock(&self.state);
+        let at = Instant::now() + within;
+        for s in st.timeline.iter_mut().filter(|s| {
+            s.change.remove
+                && s.sub.eq_ignore_ascii_case(subscription)
+                && s.rg.eq_ignore_ascii_case(resource_group)
+                && s.set.eq_ignore_ascii_case(scale_set)
+        }) {
+            s.at = s.at.min(at);
+        }
+    }
+
+    /// Instance ids of the set that are leaving (`Deleting`), in increasing order.
+    pub fn leaving_instance_ids(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+    ) -> Vec<String> {
+        let mut st = lock(&self.state);
+        st.advance(Instant::now());
+        st.set(subscription, resource_group, scale_set)
+            .map(|s| {
+                s.instances
+                    .values()
+                    .filter(|i| i.provisioning_state.eq_ignore_ascii_case("Deleting"))
+                    .map(|i| i.id.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Removes one instance (no-op if it does not exist). Accepts "3" or a VM name.

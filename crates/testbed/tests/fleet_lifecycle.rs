@@ -136,6 +136,89 @@ async fn instances_change_over_time_as_on_azure() {
 }
 
 #[tokio::test]
+async fn a_scale_in_keeps_leaving_instances_deleting_for_the_terminate_notification_delay() {
+    let e = env().await;
+    e.set("win", Orchestration::Uniform, 4);
+    e.set("flexwin", Orchestration::Flexible, 3);
+    e.set("nowin", Orchestration::Uniform, 4);
+    let f = e.tb.fleet();
+    let delay = Duration::from_millis(1500);
+    f.set_terminate_notification(SUB, RG, "win", Some(Duration::from_secs(4)));
+    f.set_terminate_notification(SUB, RG, "flexwin", Some(Duration::from_secs(600)));
+    let model = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("win")))
+        .await
+        .json();
+    assert_eq!(
+        model["properties"]["virtualMachineProfile"]["scheduledEventsProfile"],
+        serde_json::json!({"terminateNotificationProfile": {"notBeforeTimeout": "PT4S", "enable": true}})
+    );
+    let plain = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("nowin")))
+        .await
+        .json();
+    assert!(plain["properties"]["virtualMachineProfile"]
+        .get("scheduledEventsProfile")
+        .is_none());
+    f.set_terminate_notification(SUB, RG, "win", Some(delay));
+
+    f.scale_to(SUB, RG, "win", 2);
+    f.scale_to(SUB, RG, "flexwin", 2);
+    f.scale_to(SUB, RG, "nowin", 2);
+    // Without a terminate notification the leaving instances vanish at once.
+    assert_eq!(f.instance_ids(SUB, RG, "nowin"), ["0", "1"]);
+    // With one they stay, listed as `Deleting` and still running, capacity already new.
+    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0", "1", "2", "3"]);
+    assert_eq!(f.leaving_instance_ids(SUB, RG, "win"), ["2", "3"]);
+    let (vms, _) = e
+        .arm_all(&format!(
+            "{}/virtualMachines?api-version={COMPUTE}&$expand=instanceView",
+            vmss_path("win")
+        ))
+        .await;
+    assert_eq!(vms.len(), 4);
+    for v in &vms[2..] {
+        assert_eq!(v["properties"]["provisioningState"], "Deleting");
+        let c = codes(&v["properties"]["instanceView"]);
+        assert!(c.contains(&"ProvisioningState/deleting".to_string()), "{c:?}");
+        assert!(c.contains(&"PowerState/running".to_string()), "{c:?}");
+    }
+    let set = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("win")))
+        .await
+        .json();
+    assert_eq!(set["sku"]["capacity"], 2);
+    let (flex, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines?{}",
+            flex_filter_query("flexwin", true)
+        ))
+        .await;
+    let states: Vec<&str> = flex
+        .iter()
+        .map(|v| v["properties"]["provisioningState"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["Succeeded", "Succeeded", "Deleting"]);
+    // A second scale-in counts only the instances that are not leaving yet.
+    f.scale_to(SUB, RG, "win", 1);
+    assert_eq!(f.leaving_instance_ids(SUB, RG, "win"), ["1", "2", "3"]);
+
+    tokio::time::sleep(delay + Duration::from_millis(200)).await;
+    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0"], "gone after the delay");
+    let view = e
+        .arm(&format!(
+            "{}/virtualMachines/3/instanceView?api-version={COMPUTE}",
+            vmss_path("win")
+        ))
+        .await;
+    assert_eq!(view.status, 404);
+    // The window can be cut short (the Terminate event approved).
+    assert_eq!(f.instance_ids(SUB, RG, "flexwin"), ["0", "1", "2"]);
+    f.shorten_terminate_window(SUB, RG, "flexwin", Duration::ZERO);
+    assert_eq!(f.instance_ids(SUB, RG, "flexwin"), ["0", "1"]);
+}
+
+#[tokio::test]
 async fn standalone_vms_and_nics_in_other_groups_are_ordinary_resources() {
     let e = env().await;
     e.set("flex", Orchestration::Flexible, 2);

@@ -16,3 +16,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod services;
 pub mod target;
+pub mod window;

@@ -275,6 +275,7 @@ pub struct Reconciler {
     budget_warned: AtomicBool,
     drains: Arc<DrainBook>,
     gate: Option<WriteGate>,
+    window: crate::window::Warnings,
 }
 
 impl Reconciler {
@@ -289,6 +290,7 @@ impl Reconciler {
             budget_warned: AtomicBool::new(false),
             drains: Arc::default(),
             gate: None,
+            window: crate::window::Warnings::default(),
         }
     }
 
@@ -370,7 +372,23 @@ impl Reconciler {
         let found =
             discovery::discover(&self.arm, &self.state, &self.selections(), &self.options).await;
         self.check_budget(&before, started.elapsed());
+        self.check_window(&found);
         found
+    }
+
+    /// Says once per scale set when a scale-in cannot be drained inside Azure's
+    /// terminate window (no terminate notification, or a delay shorter than the drain).
+    fn check_window(&self, found: &Discovered) {
+        let health = self.options.health_interval;
+        let sets = self.upstreams.iter().flat_map(|up| {
+            let need = crate::window::needs(up.drain_timeout, health, self.sync_interval);
+            let sets = match found.get(&up.selection) {
+                Some(Ok(f)) => f.sets.as_slice(),
+                _ => &[],
+            };
+            sets.iter().map(move |s| (s.as_ref(), need))
+        });
+        self.window.check(sets);
     }
 
     /// Says once, clearly, when the read budget cannot sustain `sync_interval`: cycles

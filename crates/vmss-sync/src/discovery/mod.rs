@@ -1252,6 +1252,7 @@ fn snapshot(
             .as_deref()
             .map(location_name)
             .unwrap_or_default(),
+        terminate_delay: model.terminate_delay(),
         instances,
     }))
 }
