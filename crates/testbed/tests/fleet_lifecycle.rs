@@ -180,7 +180,10 @@ async fn a_scale_in_keeps_leaving_instances_deleting_for_the_terminate_notificat
     for v in &vms[2..] {
         assert_eq!(v["properties"]["provisioningState"], "Deleting");
         let c = codes(&v["properties"]["instanceView"]);
-        assert!(c.contains(&"ProvisioningState/deleting".to_string()), "{c:?}");
+        assert!(
+            c.contains(&"ProvisioningState/deleting".to_string()),
+            "{c:?}"
+        );
         assert!(c.contains(&"PowerState/running".to_string()), "{c:?}");
     }
     let set = e
@@ -204,7 +207,11 @@ async fn a_scale_in_keeps_leaving_instances_deleting_for_the_terminate_notificat
     assert_eq!(f.leaving_instance_ids(SUB, RG, "win"), ["1", "2", "3"]);
 
     tokio::time::sleep(delay + Duration::from_millis(200)).await;
-    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0"], "gone after the delay");
+    assert_eq!(
+        f.instance_ids(SUB, RG, "win"),
+        ["0"],
+        "gone after the delay"
+    );
     let view = e
         .arm(&format!(
             "{}/virtualMachines/3/instanceView?api-version={COMPUTE}",

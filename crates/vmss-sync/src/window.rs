@@ -16,7 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// What one upstream's drain of a leaving instance needs from the terminate window.
-pub fn needs(drain_timeout: Duration, health_interval: Duration, sync_interval: Duration) -> Duration {
+pub fn needs(
+    drain_timeout: Duration,
+    health_interval: Duration,
+    sync_interval: Duration,
+) -> Duration {
     drain_timeout + health_interval + sync_interval
 }
 
@@ -159,7 +163,10 @@ mod tests {
                 needs: Duration::from_secs(330),
             },
         );
-        assert!(short.contains("300 s") && short.contains("330 s"), "{short}");
+        assert!(
+            short.contains("300 s") && short.contains("330 s"),
+            "{short}"
+        );
     }
 
     #[test]

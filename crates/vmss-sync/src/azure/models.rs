@@ -1133,7 +1133,9 @@ mod tests {
         assert_eq!(secs("P1DT2S"), Some(86_402.0));
         assert_eq!(secs("PT7.5S"), Some(7.5));
         assert_eq!(secs(" PT0S "), Some(0.0));
-        for bad in ["", "P", "PT", "5M", "PT5", "PTM", "PT5S5M", "P1M", "P1W", "PT-5M", "PTxM"] {
+        for bad in [
+            "", "P", "PT", "5M", "PT5", "PTM", "PT5S5M", "P1M", "P1W", "PT-5M", "PTxM",
+        ] {
             assert_eq!(secs(bad), None, "{bad:?}");
         }
     }
@@ -1149,9 +1151,15 @@ mod tests {
         let on = set(serde_json::json!({
             "terminateNotificationProfile": {"notBeforeTimeout": "PT10M", "enable": true}
         }));
-        assert_eq!(on.terminate_delay(), Some(std::time::Duration::from_secs(600)));
+        assert_eq!(
+            on.terminate_delay(),
+            Some(std::time::Duration::from_secs(600))
+        );
         let default = set(serde_json::json!({"terminateNotificationProfile": {"enable": "true"}}));
-        assert_eq!(default.terminate_delay(), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(
+            default.terminate_delay(),
+            Some(std::time::Duration::from_secs(300))
+        );
         let off = set(serde_json::json!({
             "terminateNotificationProfile": {"notBeforeTimeout": "PT10M", "enable": false}
         }));
