@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod model;

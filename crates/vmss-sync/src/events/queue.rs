@@ -1,0 +1,1 @@
+//! The Storage Queue REST client (see below).
