@@ -52,6 +52,8 @@ if [ -z "${AZURITE_BLOB:-}" ]; then
   fi
 fi
 export AZURITE_BLOB
+# The same package's queue service, for the event queue tests.
+export AZURITE_QUEUE="${AZURITE_QUEUE:-$(dirname "$AZURITE_BLOB")/azurite-queue}"
 
 if [ -d ../shared ]; then
   echo "../shared is present: tests also check the official Azure examples and specs."

@@ -164,7 +164,7 @@ fn subjects_name_sets_members_vms_nics_and_health_extension_resources() {
         &format!("/subscriptions/{SUB}"),
         &format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa"),
         &format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets"),
-        &format!("/subscriptions//resourceGroups/rg"),
+        "/subscriptions//resourceGroups/rg",
     ] {
         assert_eq!(p(other), Resource::Other, "{other:?}");
     }
