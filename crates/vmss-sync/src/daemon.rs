@@ -176,6 +176,58 @@ pub fn start_elector(
     Ok(Elector::start(client, timing, Some(Arc::clone(metrics))))
 }
 
+/// Starts the consumer of an `events` section: a Queue client authorised by a token from
+/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS;
+/// it reads only while `may_consume` (this replica may write).
+pub fn start_events(
+    ev: &crate::config::EventsConfig,
+    env: &Env,
+    metrics: &Arc<Metrics>,
+    may_consume: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Result<crate::events::consumer::Consumer, DaemonError> {
+    use crate::config::QueueAuthConfig;
+    use crate::events::queue::{QueueAuth, QueueClient};
+    let timeout = Duration::from_secs(10);
+    let http = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
+    let mut url = ev.queue_url.clone();
+    let auth = match &ev.auth {
+        QueueAuthConfig::Token => {
+            let chain = Arc::new(default_chain(env, http.clone()));
+            QueueAuth::Token(cached(Arc::new(CountingCredential::new(
+                chain,
+                "storage",
+                Arc::clone(metrics),
+            ))))
+        }
+        QueueAuthConfig::SharedKey {
+            account_name,
+            account_key,
+        } => QueueAuth::SharedKey(
+            SharedKey::new(account_name, account_key.expose())
+                .map_err(|e| DaemonError::Build(format!("events.account_key: {e}")))?,
+        ),
+        QueueAuthConfig::Sas(sas) => {
+            url.set_query(Some(sas.expose()));
+            QueueAuth::Sas
+        }
+    };
+    let client = QueueClient::new(&url, auth, http, timeout)
+        .map_err(|e| DaemonError::Build(e.to_string()))?;
+    Ok(crate::events::consumer::Consumer::start(
+        client,
+        crate::events::consumer::ConsumerOptions {
+            visibility_timeout: ev.visibility_timeout,
+            max_dequeue_count: ev.max_dequeue_count,
+            poll_interval: ev.poll_interval,
+            coalesce: Duration::from_millis(100),
+        },
+        may_consume,
+    ))
+}
+
 fn upstream_list(cfg: &Config) -> Vec<(String, UpstreamKind)> {
     cfg.upstreams
         .iter()
@@ -205,6 +257,8 @@ pub struct Daemon {
     health: Arc<Health>,
     elector: Option<Elector>,
     admin: Option<AdminServer>,
+    events: Option<crate::events::consumer::Consumer>,
+    follow_ups: crate::events::FollowUps,
 }
 
 impl Daemon {
@@ -235,6 +289,16 @@ impl Daemon {
         let admin = config
             .admin_listen
             .map(|addr| AdminServer::start(addr, Arc::clone(&metrics), Arc::clone(&health)));
+        let events = match &config.events {
+            Some(ev) => {
+                let may_consume: Arc<dyn Fn() -> bool + Send + Sync> = match &elector {
+                    Some(e) => e.write_gate(),
+                    None => Arc::new(|| true),
+                };
+                Some(start_events(ev, &env, &metrics, may_consume)?)
+            }
+            None => None,
+        };
         let mut daemon = Self {
             path,
             env,
@@ -244,6 +308,8 @@ impl Daemon {
             health,
             elector,
             admin,
+            events,
+            follow_ups: crate::events::FollowUps::default(),
         };
         daemon.gate_writes();
         Ok(daemon)
@@ -344,7 +410,7 @@ impl Daemon {
             "vmss-sync started."
         );
         let mut became_leader = self.elector.as_ref().map(Elector::became_leader);
-        loop {
+        'cycles: loop {
             self.health.heartbeat();
             let started = std::time::Instant::now();
             let discovered = tokio::select! {
@@ -366,26 +432,114 @@ impl Daemon {
                 .await;
             log_cycle(&report);
             self.record(&report, mode);
-            let wait = jittered(self.config.sync_interval);
-            tokio::select! {
-                msg = control.recv() => match msg {
-                    Some(Control::Reload) => self.reload().await,
-                    Some(Control::Shutdown) | None => break,
-                },
-                _ = tokio::time::sleep(wait) => {}
-                _ = leadership_gained(&mut became_leader) => {
-                    tracing::debug!("This replica became the leader: reconciling now.");
+            let next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+            // Between cycles, events and their follow-ups reconcile the upstreams they
+            // concern; the timer's full cycle stays the safety net.
+            loop {
+                let follow_up = self.follow_ups.next();
+                tokio::select! {
+                    msg = control.recv() => match msg {
+                        Some(Control::Reload) => { self.reload().await; break; }
+                        Some(Control::Shutdown) | None => break 'cycles,
+                    },
+                    _ = tokio::time::sleep_until(next_cycle) => break,
+                    _ = leadership_gained(&mut became_leader) => {
+                        tracing::debug!("This replica became the leader: reconciling now.");
+                        break;
+                    }
+                    Some(batch) = next_batch(&mut self.events) => self.on_events(batch).await,
+                    _ = sleep_until_opt(follow_up) => self.on_follow_up().await,
                 }
             }
         }
         tracing::info!("Terminating...");
         self.health.stopping();
+        if let Some(c) = self.events.take() {
+            c.stop();
+        }
         if let Some(e) = self.elector.take() {
             e.shutdown().await;
         }
         if let Some(a) = self.admin.take() {
             a.shutdown().await;
         }
+    }
+}
+
+impl Daemon {
+    /// Reconciles the upstreams a burst of events concerns, then lets the consumer delete
+    /// the messages. Events for nothing selected are only counted.
+    async fn on_events(&mut self, batch: crate::events::consumer::Batch) {
+        let selections = self.reconciler.selection_list();
+        let routed = crate::events::route_all(&batch.events, &selections);
+        for e in &batch.events {
+            tracing::debug!(event = %e, "Event received.");
+        }
+        if routed.selections.is_empty() {
+            tracing::debug!(
+                events = batch.events.len(),
+                "Events concern no configured upstream; deleting them."
+            );
+        } else {
+            let mode = if self.may_write() {
+                Mode::Apply
+            } else {
+                Mode::DryRun
+            };
+            let report = self
+                .reconciler
+                .reconcile_selected(&routed.selections, mode)
+                .await;
+            log_cycle(&report);
+            self.record(&report, mode);
+            let now = std::time::SystemTime::now();
+            for t in &batch.enqueued {
+                if let Ok(d) = now.duration_since(*t) {
+                    tracing::debug!(
+                        delay_ms = d.as_millis() as u64,
+                        "Event reconciled {} ms after it was enqueued.",
+                        d.as_millis()
+                    );
+                }
+            }
+            if routed.scale {
+                self.follow_ups
+                    .schedule(tokio::time::Instant::now(), &routed.selections);
+            }
+        }
+        let _ = batch.done.send(());
+    }
+
+    /// A follow-up read after a scale event (new instances boot and turn healthy).
+    async fn on_follow_up(&mut self) {
+        let Some(selections) = self.follow_ups.take_due(tokio::time::Instant::now()) else {
+            return;
+        };
+        let mode = if self.may_write() {
+            Mode::Apply
+        } else {
+            Mode::DryRun
+        };
+        let report = self.reconciler.reconcile_selected(&selections, mode).await;
+        log_cycle(&report);
+        self.record(&report, mode);
+    }
+}
+
+/// The next batch of events; never without an event queue.
+async fn next_batch(
+    events: &mut Option<crate::events::consumer::Consumer>,
+) -> Option<crate::events::consumer::Batch> {
+    match events {
+        Some(c) => c.batches.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

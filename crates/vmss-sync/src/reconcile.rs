@@ -307,6 +307,11 @@ impl Reconciler {
         self.gate = Some(gate);
     }
 
+    /// The distinct selections of the configured upstreams (what events are routed to).
+    pub fn selection_list(&self) -> Vec<Selection> {
+        self.selections()
+    }
+
     /// The configured upstreams.
     pub fn upstreams(&self) -> &[UpstreamSpec] {
         &self.upstreams
@@ -437,7 +442,37 @@ impl Reconciler {
         mode: Mode,
         started: Instant,
     ) -> CycleReport {
-        let (jobs, mut failed) = self.expand(&snapshots).await;
+        self.apply_snapshots_of(snapshots, mode, started, None)
+            .await
+    }
+
+    /// A reconcile of the upstreams whose selection is in `only` (an event's), with their
+    /// instance views read now, whatever `health_interval` says.
+    pub async fn reconcile_selected(
+        &self,
+        only: &std::collections::BTreeSet<Selection>,
+        mode: Mode,
+    ) -> CycleReport {
+        let started = Instant::now();
+        let selections: Vec<Selection> = only.iter().cloned().collect();
+        let fresh = discovery::Options {
+            health_interval: Duration::ZERO,
+            ..self.options
+        };
+        let found = discovery::discover(&self.arm, &self.state, &selections, &fresh).await;
+        self.check_window(&found);
+        self.apply_snapshots_of(Arc::new(found), mode, started, Some(only))
+            .await
+    }
+
+    async fn apply_snapshots_of(
+        &self,
+        snapshots: Arc<Discovered>,
+        mode: Mode,
+        started: Instant,
+        only: Option<&std::collections::BTreeSet<Selection>>,
+    ) -> CycleReport {
+        let (jobs, mut failed) = self.expand(&snapshots, only).await;
         // Upstreams are independent; a bound keeps connections and buffers to the targets
         // bounded however many upstreams there are.
         let limit = Arc::new(tokio::sync::Semaphore::new(UPSTREAMS_IN_FLIGHT));
@@ -477,10 +512,17 @@ impl Reconciler {
     /// job; a template (`services`) is one job per service its selection found, plus one
     /// per backend of an earlier service that the target still holds (emptied, never
     /// deleted). Upstreams whose selection failed come back as failed outcomes.
-    async fn expand(&self, snapshots: &Discovered) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
+    async fn expand(
+        &self,
+        snapshots: &Discovered,
+        only: Option<&std::collections::BTreeSet<Selection>>,
+    ) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
         let mut jobs = Vec::new();
         let mut failed = Vec::new();
         for (index, up) in self.upstreams.iter().enumerate() {
+            if only.is_some_and(|o| !o.contains(&up.selection)) {
+                continue;
+            }
             let order = index * ORDER_STRIDE;
             let found = match snapshots.get(&up.selection) {
                 Some(Ok(found)) => found,

@@ -3,135 +3,13 @@
 //! messages put, got with a visibility timeout, deleted by pop receipt, handed out again
 //! when not deleted in time, and Event Grid messages read back and routed.
 
+mod events_common;
+
 use base64::Engine;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use url::Url;
+use events_common::*;
+use std::time::Duration;
 use vmss_sync::discovery::{Groups, Selection};
-use vmss_sync::events::queue::{QueueAuth, QueueClient};
 use vmss_sync::events::{parse_message, route, EventType};
-use vmss_sync::leader::shared_key::SharedKey;
-
-/// The emulator's account and its well-known development key (public, documented by
-/// Microsoft; not a secret anywhere).
-const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Where `azurite-queue` is: `$AZURITE_QUEUE`, next to `$AZURITE_BLOB` (both set by
-/// scripts/test.sh), the repository's `.tools/azurite`, or `PATH`.
-fn azurite_queue_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AZURITE_QUEUE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(blob) = std::env::var_os("AZURITE_BLOB").filter(|p| !p.is_empty()) {
-        if let Some(dir) = Path::new(&blob).parent() {
-            let p = dir.join("azurite-queue");
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.tools/azurite/node_modules/.bin/azurite-queue");
-    if local.exists() {
-        return local;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("azurite-queue");
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "Azurite is not installed: run ./scripts/test.sh (it installs it), or \
-         `npm install --prefix .tools/azurite azurite@3`, or set AZURITE_QUEUE"
-    );
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// Azurite's queue service on loopback, in memory; killed by pid when dropped.
-struct AzuriteQueue {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl AzuriteQueue {
-    fn start() -> AzuriteQueue {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("azurite dir");
-        let log = std::fs::File::create(dir.path().join("azurite.out")).expect("azurite log");
-        let child = Command::new(azurite_queue_bin())
-            .args([
-                "--queueHost",
-                "127.0.0.1",
-                "--queuePort",
-                &port.to_string(),
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-            ])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn azurite-queue");
-        let mut a = AzuriteQueue { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = a.child.try_wait() {
-                panic!("azurite-queue exited: {status}\n{}", a.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Azurite did not start:\n{}",
-                a.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        a
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("azurite.out")).unwrap_or_default()
-    }
-
-    fn queue_url(&self, queue: &str) -> Url {
-        Url::parse(&format!(
-            "http://127.0.0.1:{}/{DEV_ACCOUNT}/{queue}",
-            self.port
-        ))
-        .unwrap()
-    }
-
-    fn client(&self, queue: &str, key: &str) -> QueueClient {
-        QueueClient::new(
-            &self.queue_url(queue),
-            QueueAuth::SharedKey(SharedKey::new(DEV_ACCOUNT, key).expect("key")),
-            reqwest::Client::new(),
-            Duration::from_secs(5),
-        )
-        .expect("queue client")
-    }
-}
-
-impl Drop for AzuriteQueue {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn messages_are_hidden_while_handled_deleted_by_pop_receipt_and_return_when_not_deleted() {

@@ -10,6 +10,7 @@
 //! subscription turned that off; both the Event Grid schema (`eventType`, `subject`,
 //! `eventTime`) and CloudEvents 1.0 (`specversion`, `type`, `subject`, `time`) are read.
 
+pub mod consumer;
 pub mod queue;
 
 use crate::discovery::Selection;
@@ -323,6 +324,91 @@ pub fn route(event: &Event, selections: &[Selection]) -> Vec<usize> {
         .filter(|(_, s)| event.resource.may_concern(s))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Where a burst of events goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// The selections to reconcile.
+    pub selections: std::collections::BTreeSet<Selection>,
+    /// True when one of the events changed a scale set's membership (follow-ups due).
+    pub scale: bool,
+    /// Events that concern nothing selected (or of an unknown type).
+    pub ignored: usize,
+}
+
+/// Routes every event of a burst.
+pub fn route_all(events: &[Event], selections: &[Selection]) -> Routed {
+    let mut out = Routed::default();
+    for e in events {
+        let to = route(e, selections);
+        if to.is_empty() {
+            out.ignored += 1;
+            continue;
+        }
+        out.scale |= e.is_scale_event();
+        out.selections
+            .extend(to.into_iter().map(|i| selections[i].clone()));
+    }
+    out
+}
+
+/// After a scale event, new instances take minutes to boot and turn healthy: reads at
+/// these delays after the event follow them without waiting for the timer.
+pub const FOLLOW_UP_AFTER: [std::time::Duration; 5] = [
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(15),
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(60),
+    std::time::Duration::from_secs(120),
+];
+
+/// Pending follow-up reads: at most one per delay after the latest scale event (a new
+/// event replaces the older schedule, merging the selections), so the series is bounded.
+#[derive(Debug, Default)]
+pub struct FollowUps {
+    due: Vec<(tokio::time::Instant, std::collections::BTreeSet<Selection>)>,
+}
+
+impl FollowUps {
+    /// Schedules the series for `selections` from `now`.
+    pub fn schedule(
+        &mut self,
+        now: tokio::time::Instant,
+        selections: &std::collections::BTreeSet<Selection>,
+    ) {
+        let mut all = selections.clone();
+        for (_, s) in self.due.drain(..) {
+            all.extend(s);
+        }
+        self.due = FOLLOW_UP_AFTER
+            .iter()
+            .map(|d| (now + *d, all.clone()))
+            .collect();
+    }
+
+    /// When the next one is due.
+    pub fn next(&self) -> Option<tokio::time::Instant> {
+        self.due.iter().map(|(t, _)| *t).min()
+    }
+
+    /// The selections of every follow-up due at `now` (merged), removed from the list.
+    pub fn take_due(
+        &mut self,
+        now: tokio::time::Instant,
+    ) -> Option<std::collections::BTreeSet<Selection>> {
+        let mut out: Option<std::collections::BTreeSet<Selection>> = None;
+        self.due.retain(|(t, s)| {
+            if *t <= now {
+                out.get_or_insert_with(Default::default)
+                    .extend(s.iter().cloned());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
 }
 
 impl fmt::Display for Event {
