@@ -47,7 +47,7 @@ pub(super) struct EventsBuilder {
 /// Keys of `events`.
 #[rustfmt::skip]
 pub(super) const EVENTS_FIELDS: &[Field<EventsBuilder>] = &[
-    field("queue_url", |cx, n, p, b| b.queue_url = cx.url(n, p)),
+    field("queue_url", |cx, n, p, b| b.queue_url = cx.queue_url(n, p)),
     field("auth", |cx, n, p, b| b.auth = cx.one_of(n, p, AUTH_KINDS)),
     field("account_name", |cx, n, p, b| b.account_name = cx.string(n, p)),
     field("account_key", |cx, n, p, b| b.account_key = cx.queue_secret(n, p, true)),
@@ -81,7 +81,7 @@ impl Cx<'_> {
         let suffix = " for events";
 
         let queue_url = match b.queue_url {
-            Slot::Set(url, pos, raw) => {
+            Slot::Set(url, pos, shown) => {
                 let problem = if url.scheme() == "http" && !is_loopback(&url) {
                     Some(
                         "must use https: plain http is allowed only to a loopback address \
@@ -98,7 +98,6 @@ impl Cx<'_> {
                 };
                 match problem {
                     Some(p) => {
-                        let shown = redact_userinfo(raw.split('?').next().unwrap_or_default());
                         self.error(pos, &key("queue_url"), Some(&shown), p.to_owned());
                         None
                     }
@@ -209,6 +208,33 @@ impl Cx<'_> {
         }
     }
 
+    /// An http(s) URL; a query (a SAS, secret) is never shown in a message.
+    fn queue_url(&mut self, node: &Node, path: &str) -> Slot<Url> {
+        let Some(s) = self.scalar(node, path, true) else {
+            return Slot::Invalid;
+        };
+        let text = s.text.trim();
+        if text.is_empty() {
+            return Slot::Empty(s.pos);
+        }
+        let shown = redact_userinfo(text.split(['?', '#']).next().unwrap_or_default());
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Slot::Set(url, s.pos, shown)
+            }
+            _ => {
+                self.error(
+                    s.pos,
+                    path,
+                    Some(&shown),
+                    "the field queue_url has invalid value: it must be an http or https URL                      such as https://ACCOUNT.queue.core.windows.net/QUEUE"
+                        .to_owned(),
+                );
+                Slot::Invalid
+            }
+        }
+    }
+
     /// A secret (never in a message): the account key (base64) or a SAS token.
     fn queue_secret(&mut self, node: &Node, path: &str, base64_key: bool) -> Slot<Secret> {
         let Some(s) = self.scalar(node, path, true) else {
@@ -253,4 +279,105 @@ fn account_from_queue_url(url: &Url) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     ok.then(|| candidate.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{parse, Config, QueueAuthConfig};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "KEY" => Some(KEY.to_string()),
+            "SAS" => Some("sv=2022-11-02&sp=rp&sig=c2VjcmV0".to_string()),
+            _ => None,
+        }
+    }
+
+    fn with(events: &str) -> Result<Config, String> {
+        let text = format!(
+            "subscription_id: sub\nresource_group_name: rg\napi_endpoint: http://127.0.0.1:8080/api\n\
+             events:\n{events}upstreams:\n  - name: u\n    virtual_machine_scale_set: v\n    port: 80\n    kind: http\n"
+        );
+        parse(&text, Path::new("test.yaml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn events_default_to_token_auth_and_read_the_account_from_the_url() {
+        let c = with("  queue_url: https://acct1.queue.core.windows.net/vmss-events\n").unwrap();
+        let ev = c.events.expect("events");
+        assert_eq!(ev.auth, QueueAuthConfig::Token);
+        assert_eq!(ev.visibility_timeout, Duration::from_secs(120));
+        assert_eq!(ev.max_dequeue_count, 5);
+        assert_eq!(ev.poll_interval, Duration::from_secs(1));
+        let c = with(
+            "  queue_url: http://127.0.0.1:10001/devstoreaccount1/q\n  account_key: ${KEY}\n  \
+             visibility_timeout: 30s\n  max_dequeue_count: 3\n  poll_interval: 200ms\n",
+        )
+        .unwrap();
+        let ev = c.events.expect("events");
+        assert!(matches!(
+            ev.auth,
+            QueueAuthConfig::SharedKey { ref account_name, .. } if account_name == "devstoreaccount1"
+        ));
+        assert_eq!(
+            (ev.visibility_timeout, ev.max_dequeue_count),
+            (Duration::from_secs(30), 3)
+        );
+        let c = with("  queue_url: https://acct1.queue.core.windows.net/q\n  auth: sas\n  sas_token: ${SAS}\n")
+            .unwrap();
+        assert!(matches!(c.events.unwrap().auth, QueueAuthConfig::Sas(_)));
+        assert!(
+            with("").unwrap().events.is_none(),
+            "an empty section is none"
+        );
+    }
+
+    #[test]
+    fn bad_events_settings_are_named_and_secrets_never_shown() {
+        let e = with("  queue_url: http://10.0.0.5/acct/q\n").unwrap_err();
+        assert!(
+            e.contains("events.queue_url") && e.contains("must use https"),
+            "{e}"
+        );
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q?sig=SECRETSIG\n")
+            .unwrap_err();
+        assert!(e.contains("must not have a query"), "{e}");
+        assert!(!e.contains("SECRETSIG"), "{e}");
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/\n").unwrap_err();
+        assert!(e.contains("must name the queue"), "{e}");
+        let e = with("  auth: token\n").unwrap_err();
+        assert!(
+            e.contains("queue_url is either empty or missing for events"),
+            "{e}"
+        );
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q\n  auth: token\n  account_key: ${KEY}\n")
+            .unwrap_err();
+        assert!(e.contains("account_key is set but auth is token"), "{e}");
+        assert!(!e.contains(KEY), "{e}");
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q\n  auth: shared_key\n")
+            .unwrap_err();
+        assert!(
+            e.contains("account_key is either empty or missing for events"),
+            "{e}"
+        );
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q\n  auth: sas\n  sas_token: nosignature\n")
+            .unwrap_err();
+        assert!(
+            e.contains("sas_token has invalid value") && !e.contains("nosignature"),
+            "{e}"
+        );
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q\n  auth: magic\n")
+            .unwrap_err();
+        assert!(e.contains("events.auth"), "{e}");
+        let e = with("  queue_url: https://acct1.queue.core.windows.net/q\n  sync_interval: 5s\n")
+            .unwrap_err();
+        assert!(e.contains("not an events setting"), "{e}");
+        let e = with("  - queue_url\n").unwrap_err();
+        assert!(e.contains("events must be a mapping"), "{e}");
+    }
 }
