@@ -2,15 +2,18 @@
 //! `events` queue in Azurite's queue service, the testbed's ARM and NGINX Plus. A scale-out
 //! and a scale-in reach NGINX Plus within 2 s of their event being enqueued (the timer
 //! alone would take up to a minute); messages are deleted once handled; a malformed
-//! message is deleted; an event for nothing selected changes nothing.
+//! message is deleted; an event for nothing selected changes nothing; a daemon killed
+//! between receiving and deleting a message loses nothing; of two replicas, only the
+//! leader consumes.
 
 mod common;
 mod events_common;
+mod ops_common;
 
 use common::*;
 use events_common::*;
 use std::time::{Duration, Instant};
-use vmss_testbed::{TestbedOptions, UpstreamKind};
+use vmss_testbed::{Fault, Service, TestbedOptions, UpstreamKind};
 
 fn set_id(set: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{set}")
@@ -41,6 +44,200 @@ async fn queue_empty(q: &vmss_sync::events::queue::QueueClient, within: Duration
             _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
+}
+
+/// A configuration with `sync_interval: 60s` and the event queue.
+fn events_config(
+    env: &Env,
+    az: &AzuriteQueue,
+    queue: &str,
+    visibility: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
+         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
+         health_interval: 60s\nadmin_listen: off\nlog_level: debug\n\
+         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
+         poll_interval: 200ms\n  visibility_timeout: {visibility}\n\
+         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
+         kind: http\n    drain_timeout: 0s\n",
+        env.tb.nginx_url(),
+        env.tb.arm_url(),
+        az.queue_url(queue),
+    );
+    env.write("config.yaml", &text)
+}
+
+fn daemon_env(env: &Env) -> Vec<(String, String)> {
+    let mut envs = env.sp_env();
+    envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
+    envs
+}
+
+async fn logged(d: &Daemon, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if d.log_text().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing() {
+    let az = AzuriteQueue::start();
+    let q = az.client("crash", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = events_config(&env, &az, "crash", "2s");
+    let first = env.ips("web", 80);
+    let a = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("a.log"),
+    );
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        a.log_text()
+    );
+    // ARM answers slowly: the event's reconcile is still reading when the daemon dies.
+    env.tb.faults().inject(
+        Service::Arm,
+        "",
+        Fault::Delay(Duration::from_secs(5)),
+        usize::MAX,
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 4);
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("web"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    assert!(
+        logged(&a, "Event received.", Duration::from_secs(10)).await,
+        "{}",
+        a.log_text()
+    );
+    a.signal("KILL");
+    env.tb.faults().clear();
+    assert_eq!(
+        env.all_servers(UpstreamKind::Http, "web"),
+        first,
+        "not applied before the crash"
+    );
+
+    // The message was not deleted: it comes back after its visibility timeout...
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let back = q
+        .get_messages(32, Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!(back.len(), 1, "the event survived the crash");
+    assert_eq!(back[0].dequeue_count, 2, "handed out once before the crash");
+    // ... and the next daemon handles it and deletes it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let b = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("b.log"),
+    );
+    let out = env.ips("web", 80);
+    assert!(
+        reached(&env, &out, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        logged(&b, "Event received.", Duration::from_secs(10)).await,
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        queue_empty(&q, Duration::from_secs(10)).await,
+        "deleted once handled\n{}",
+        b.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_replicas_only_the_leader_consumes_events() {
+    use ops_common::{config_text, leader_yaml, replica_env, Azurite};
+    let az = AzuriteQueue::start();
+    let q = az.client("replicas", DEV_KEY);
+    q.create().await.expect("create queue");
+    let blob = Azurite::start();
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let extra = format!(
+        "log_level: debug\n{}events:\n  queue_url: {}\n  auth: shared_key\n  \
+         account_key: ${{LEASE_KEY}}\n  poll_interval: 200ms\n",
+        leader_yaml(&blob, "events", 15),
+        az.queue_url("replicas"),
+    );
+    let a_cfg = env.write("a.yaml", &config_text(&env, &env.tb.nginx_url(), &extra));
+    let b_cfg = env.write(
+        "b.yaml",
+        &config_text(&env, &env.tb.nginx_nplus_url(), &extra),
+    );
+    let a = Daemon::spawn(
+        &["run", "--config", a_cfg.to_str().unwrap()],
+        &replica_env(&env),
+        &env.dir.path().join("a.log"),
+    );
+    assert!(
+        logged(
+            &a,
+            "this replica is now the leader",
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        a.log_text()
+    );
+    let b = Daemon::spawn(
+        &["run", "--config", b_cfg.to_str().unwrap()],
+        &replica_env(&env),
+        &env.dir.path().join("b.log"),
+    );
+    assert!(
+        logged(
+            &b,
+            "another replica holds the lease",
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        b.log_text()
+    );
+    for _ in 0..5 {
+        q.put_message(&event_message(
+            "Microsoft.Resources.ResourceWriteSuccess",
+            &set_id("web"),
+            false,
+        ))
+        .await
+        .expect("enqueue");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(queue_empty(&q, Duration::from_secs(10)).await, "consumed");
+    let (la, lb) = (a.log_text(), b.log_text());
+    assert!(la.contains("Event received."), "the leader consumed\n{la}");
+    assert!(
+        !lb.contains("Event received."),
+        "the standby never consumes\n{lb}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
