@@ -225,6 +225,7 @@ pub fn start_events(
             coalesce: Duration::from_millis(100),
         },
         may_consume,
+        Some(metrics.events.clone()),
     ))
 }
 
@@ -410,13 +411,14 @@ impl Daemon {
             "vmss-sync started."
         );
         let mut became_leader = self.elector.as_ref().map(Elector::became_leader);
+        let mut trigger = "timer";
         'cycles: loop {
             self.health.heartbeat();
             let started = std::time::Instant::now();
             let discovered = tokio::select! {
                 biased;
                 msg = control.recv() => match msg {
-                    Some(Control::Reload) => { self.reload().await; continue; }
+                    Some(Control::Reload) => { self.reload().await; trigger = "reload"; continue; }
                     Some(Control::Shutdown) | None => break,
                 },
                 d = self.reconciler.discover() => d,
@@ -432,6 +434,8 @@ impl Daemon {
                 .await;
             log_cycle(&report);
             self.record(&report, mode);
+            self.metrics.events.cycle(trigger);
+            trigger = "timer";
             let next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
             // Between cycles, events and their follow-ups reconcile the upstreams they
             // concern; the timer's full cycle stays the safety net.
@@ -439,12 +443,13 @@ impl Daemon {
                 let follow_up = self.follow_ups.next();
                 tokio::select! {
                     msg = control.recv() => match msg {
-                        Some(Control::Reload) => { self.reload().await; break; }
+                        Some(Control::Reload) => { self.reload().await; trigger = "reload"; break; }
                         Some(Control::Shutdown) | None => break 'cycles,
                     },
                     _ = tokio::time::sleep_until(next_cycle) => break,
                     _ = leadership_gained(&mut became_leader) => {
                         tracing::debug!("This replica became the leader: reconciling now.");
+                        trigger = "leadership";
                         break;
                     }
                     Some(batch) = next_batch(&mut self.events) => self.on_events(batch).await,
@@ -474,6 +479,12 @@ impl Daemon {
         let routed = crate::events::route_all(&batch.events, &selections);
         for e in &batch.events {
             tracing::debug!(event = %e, "Event received.");
+            let outcome = if crate::events::route(e, &selections).is_empty() {
+                "ignored"
+            } else {
+                "reconciled"
+            };
+            self.metrics.events.event(e.kind.label(), outcome);
         }
         if routed.selections.is_empty() {
             tracing::debug!(
@@ -492,9 +503,15 @@ impl Daemon {
                 .await;
             log_cycle(&report);
             self.record(&report, mode);
+            self.metrics.events.cycle("event");
+            let wrote = report
+                .outcomes
+                .iter()
+                .any(|o| o.report.is_some() && o.plan.as_ref().is_some_and(|p| !p.is_empty()));
             let now = std::time::SystemTime::now();
-            for t in &batch.enqueued {
+            for t in batch.enqueued.iter().filter(|_| wrote) {
                 if let Ok(d) = now.duration_since(*t) {
+                    self.metrics.events.delay(d);
                     tracing::debug!(
                         delay_ms = d.as_millis() as u64,
                         "Event reconciled {} ms after it was enqueued.",
@@ -523,6 +540,7 @@ impl Daemon {
         let report = self.reconciler.reconcile_selected(&selections, mode).await;
         log_cycle(&report);
         self.record(&report, mode);
+        self.metrics.events.cycle("follow_up");
     }
 }
 

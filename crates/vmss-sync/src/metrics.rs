@@ -16,6 +16,7 @@
 //! The full list of names and labels is in `docs/observability.md`.
 
 pub mod classic;
+pub mod events;
 pub mod process;
 
 use crate::azure::auth::{AccessToken, AuthError, TokenCredential};
@@ -226,6 +227,8 @@ pub struct Metrics {
     leader: Gauge,
     leadership_changes: Family<RoleLabels, Counter>,
     lease_requests: Family<LeaseLabels, Counter>,
+    /// Event-driven reconciles (`metrics/events.rs`).
+    pub events: events::EventMetrics,
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
     /// (upstream, kind, target) of every upstream with gauges.
@@ -299,6 +302,7 @@ impl Metrics {
             leader: Gauge::default(),
             leadership_changes: Family::default(),
             lease_requests: Family::default(),
+            events: events::EventMetrics::default(),
             arm_last: Mutex::new(ArmStats::default()),
             known: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -437,6 +441,7 @@ impl Metrics {
             "Blob lease requests by action and result (ok, conflict, error)",
             m.lease_requests.clone(),
         );
+        m.events.register(registry);
         let m = Metrics {
             registry: root,
             ..m

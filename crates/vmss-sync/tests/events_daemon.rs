@@ -252,7 +252,7 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
     let text = format!(
         "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
          api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
-         health_interval: 60s\nadmin_listen: off\nlog_level: debug\n\
+         health_interval: 60s\nadmin_listen: 127.0.0.1:0\nlog_level: debug\n\
          events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
          poll_interval: 200ms\n\
          upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
@@ -347,4 +347,44 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
         "{log}"
     );
     assert!(log.contains("concern no configured upstream"), "{log}");
+
+    // What the metrics say.
+    let page = ops_common::get(&ops_common::admin_addr(&daemon).await, "/metrics")
+        .await
+        .body;
+    let events = |t: &str, o: &str| {
+        ops_common::sample(
+            &page,
+            "vmss_sync_events_total",
+            &format!("type=\"{t}\",outcome=\"{o}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(events("resource_write", "reconciled"), 1.0, "{page}");
+    assert_eq!(events("created_or_updated", "reconciled"), 1.0, "{page}");
+    assert_eq!(events("resource_write", "ignored"), 1.0, "{page}");
+    assert_eq!(events("unreadable", "malformed"), 1.0, "{page}");
+    assert_eq!(events("deleted", "reconciled"), 0.0, "{page}");
+    let cycles = |t: &str| {
+        ops_common::sample(
+            &page,
+            "vmss_sync_cycles_by_trigger_total",
+            &format!("trigger=\"{t}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        cycles("timer"),
+        1.0,
+        "one full cycle at start, none since\n{page}"
+    );
+    assert!(cycles("event") >= 2.0, "{page}");
+    let delays = ops_common::sample(&page, "vmss_sync_event_to_write_delay_seconds_count", "")
+        .unwrap_or(0.0);
+    assert_eq!(delays, 2.0, "two events wrote\n{page}");
+    assert_eq!(
+        ops_common::sample(&page, "vmss_sync_event_queue_up", ""),
+        Some(1.0),
+        "{page}"
+    );
 }

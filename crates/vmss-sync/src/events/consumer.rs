@@ -9,6 +9,7 @@
 
 use super::queue::{QueueClient, QueueMessage, MAX_BATCH};
 use super::{parse_message, Event};
+use crate::metrics::events::EventMetrics;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -66,10 +67,18 @@ impl Consumer {
         client: QueueClient,
         opts: ConsumerOptions,
         may_consume: Arc<dyn Fn() -> bool + Send + Sync>,
+        metrics: Option<EventMetrics>,
     ) -> Consumer {
         let (tx, rx) = mpsc::channel(1);
         let stats = Arc::new(Mutex::new(ConsumerStats::default()));
-        let task = tokio::spawn(run(client, opts, may_consume, tx, Arc::clone(&stats)));
+        let task = tokio::spawn(run(
+            client,
+            opts,
+            may_consume,
+            tx,
+            Arc::clone(&stats),
+            metrics,
+        ));
         Consumer {
             batches: rx,
             stats,
@@ -99,7 +108,12 @@ fn note(stats: &Mutex<ConsumerStats>, f: impl FnOnce(&mut ConsumerStats)) {
     f(&mut stats.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
-async fn delete_all(client: &QueueClient, msgs: &[QueueMessage], stats: &Mutex<ConsumerStats>) {
+async fn delete_all(
+    client: &QueueClient,
+    msgs: &[QueueMessage],
+    stats: &Mutex<ConsumerStats>,
+    metrics: Option<&EventMetrics>,
+) {
     for m in msgs {
         match client.delete_message(m).await {
             Ok(()) => note(stats, |s| s.deleted += 1),
@@ -109,6 +123,9 @@ async fn delete_all(client: &QueueClient, msgs: &[QueueMessage], stats: &Mutex<C
             }
             Err(e) => {
                 note(stats, |s| s.errors += 1);
+                if let Some(m) = metrics {
+                    m.queue_error();
+                }
                 tracing::warn!(queue = client.name(), message = %m.id, "Could not delete an event message (it comes back after the visibility timeout and triggers one more reconcile): {e}");
             }
         }
@@ -121,7 +138,9 @@ async fn run(
     may_consume: Arc<dyn Fn() -> bool + Send + Sync>,
     tx: mpsc::Sender<Batch>,
     stats: Arc<Mutex<ConsumerStats>>,
+    metrics: Option<EventMetrics>,
 ) {
+    let metrics = metrics.as_ref();
     let mut failures: u32 = 0;
     loop {
         if !may_consume() {
@@ -138,6 +157,9 @@ async fn run(
                 }
                 failures = 0;
                 note(&stats, |s| s.last_error = None);
+                if let Some(mx) = metrics {
+                    mx.queue_read(true);
+                }
                 m
             }
             Err(e) => {
@@ -156,6 +178,9 @@ async fn run(
                     s.errors += 1;
                     s.last_error = Some(text);
                 });
+                if let Some(mx) = metrics {
+                    mx.queue_read(false);
+                }
                 let backoff = opts
                     .poll_interval
                     .saturating_mul(failures.min(30))
@@ -188,6 +213,13 @@ async fn run(
                 note(&stats, |s| {
                     *s.messages.entry("dequeued_too_often").or_default() += 1
                 });
+                if let Some(mx) = metrics {
+                    let kind = parse_message(&m.text)
+                        .ok()
+                        .and_then(|e| e.first().map(|e| e.kind.label()))
+                        .unwrap_or("unreadable");
+                    mx.event(kind, "dequeued_too_often");
+                }
                 drop_now.push(m);
                 continue;
             }
@@ -203,11 +235,14 @@ async fn run(
                 Err(e) => {
                     tracing::warn!(queue = client.name(), message = %m.id, "Deleting an event message that cannot be read: {e}");
                     note(&stats, |s| *s.messages.entry("malformed").or_default() += 1);
+                    if let Some(mx) = metrics {
+                        mx.event("unreadable", "malformed");
+                    }
                     drop_now.push(m);
                 }
             }
         }
-        delete_all(&client, &drop_now, &stats).await;
+        delete_all(&client, &drop_now, &stats, metrics).await;
         if handled.is_empty() {
             continue;
         }
@@ -221,7 +256,7 @@ async fn run(
             return;
         }
         if done_rx.await.is_ok() {
-            delete_all(&client, &handled, &stats).await;
+            delete_all(&client, &handled, &stats, metrics).await;
         }
     }
 }
