@@ -218,11 +218,75 @@ struct Scheduled {
     change: Change,
 }
 
+/// A resource event Event Grid would raise for a change of the fleet, at the moment it
+/// would raise it: when the operation has succeeded (a scale-out once its instances
+/// exist, a scale-in once its instances are gone, after the terminate window if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetEvent {
+    /// `Microsoft.Resources.ResourceWriteSuccess` or `...ResourceDeleteSuccess`.
+    pub event_type: &'static str,
+    /// The resource id (the scale set, or a deleted instance's VM).
+    pub subject: String,
+    /// The subscription (the topic's).
+    pub subscription: String,
+    /// A unique id.
+    pub id: String,
+}
+
+impl FleetEvent {
+    /// The event as Event Grid writes it into a queue message, before base64: the Event
+    /// Grid schema, or CloudEvents 1.0 with `cloud`.
+    pub fn json(&self, cloud: bool) -> serde_json::Value {
+        let time = crate::util::rfc3339_now();
+        let data = serde_json::json!({
+            "resourceUri": self.subject,
+            "resourceProvider": "Microsoft.Compute",
+            "operationName": if self.event_type.ends_with("DeleteSuccess") {
+                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete"
+            } else {
+                "Microsoft.Compute/virtualMachineScaleSets/write"
+            },
+            "status": "Succeeded",
+            "subscriptionId": self.subscription,
+        });
+        if cloud {
+            serde_json::json!({
+                "source": format!("/subscriptions/{}", self.subscription),
+                "subject": self.subject, "type": self.event_type, "time": time,
+                "id": self.id, "data": data, "specversion": "1.0",
+            })
+        } else {
+            serde_json::json!({
+                "subject": self.subject, "eventType": self.event_type, "eventTime": time,
+                "id": self.id, "data": data, "dataVersion": "2", "metadataVersion": "1",
+                "topic": format!("/subscriptions/{}", self.subscription),
+            })
+        }
+    }
+}
+
+/// Receives the fleet's events ([`Fleet::set_event_sink`]); called with the fleet locked,
+/// so it must only hand the event on (a channel), never call the fleet.
+pub type EventSink = Arc<dyn Fn(FleetEvent) + Send + Sync>;
+
+struct Sink(Option<EventSink>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Sink(set)"
+        } else {
+            "Sink(none)"
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct FleetState {
     pub subs: HashMap<String, Subscription>,
     next_ip: u32,
     timeline: Vec<Scheduled>,
+    sink: Sink,
 }
 
 impl Default for FleetState {
@@ -231,6 +295,7 @@ impl Default for FleetState {
             subs: HashMap::new(),
             next_ip: u32::from(Ipv4Addr::new(10, 0, 0, 4)),
             timeline: Vec::new(),
+            sink: Sink(None),
         }
     }
 }
@@ -434,9 +499,40 @@ impl FleetState {
         }
     }
 
+    /// Hands an event for the set (and, with `deleted`, that instance) to the sink.
+    fn emit(&self, sub: &str, rg: &str, set: &str, deleted: Option<u64>) {
+        let Some(sink) = &self.sink.0 else {
+            return;
+        };
+        let Some(ss) = self.set(sub, rg, set) else {
+            return;
+        };
+        let (event_type, subject) = match deleted {
+            None => ("Microsoft.Resources.ResourceWriteSuccess", ss.id()),
+            Some(id) => (
+                "Microsoft.Resources.ResourceDeleteSuccess",
+                format!("{}/virtualMachines/{id}", ss.id()),
+            ),
+        };
+        sink(FleetEvent {
+            event_type,
+            subject,
+            subscription: ss.sub.clone(),
+            id: guid(),
+        });
+    }
+
     fn apply(&mut self, s: &Scheduled) {
         if s.change.remove {
+            let existed = self
+                .set(&s.sub, &s.rg, &s.set)
+                .is_some_and(|ss| ss.instances.contains_key(&s.id));
             self.remove_instance(&s.sub, &s.rg, &s.set, s.id);
+            if existed {
+                // The scale-in's operation succeeds when its instances are gone.
+                self.emit(&s.sub, &s.rg, &s.set, Some(s.id));
+                self.emit(&s.sub, &s.rg, &s.set, None);
+            }
             return;
         }
         let Some(inst) = self
@@ -725,7 +821,8 @@ impl Fleet {
                 let ip = st.alloc_ip();
                 st.add_instance(subscription, resource_group, scale_set, ip);
             }
-        } else {
+            st.emit(subscription, resource_group, scale_set, None);
+        } else if current.len() > capacity {
             let leaving: Vec<u64> = current
                 .iter()
                 .rev()
@@ -734,9 +831,11 @@ impl Fleet {
                 .collect();
             match window {
                 None => {
-                    for id in leaving {
-                        st.remove_instance(subscription, resource_group, scale_set, id);
+                    for id in &leaving {
+                        st.remove_instance(subscription, resource_group, scale_set, *id);
+                        st.emit(subscription, resource_group, scale_set, Some(*id));
                     }
+                    st.emit(subscription, resource_group, scale_set, None);
                 }
                 Some(delay) => {
                     // As Azure with a terminate notification: the VM keeps running (its
@@ -768,6 +867,13 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// Hands every later event of the fleet (scale-outs and scale-ins by [`Fleet::scale_to`],
+    /// and the end of a terminate window) to `sink`, as Event Grid would raise them: when
+    /// the operation has succeeded. `None` stops it.
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        lock(&self.state).sink = Sink(sink);
     }
 
     /// Gives the scale set a terminate notification with this delay (`notBeforeTimeout`,

@@ -325,3 +325,79 @@ async fn compute_reports_its_throttling_policies_and_enforces_them_when_asked() 
         .await;
     assert!(r.header("x-ms-ratelimit-remaining-resource").is_none());
 }
+
+#[tokio::test]
+async fn the_fleet_raises_the_resource_events_event_grid_would_when_operations_succeed() {
+    use std::sync::{Arc, Mutex};
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 2);
+    e.set("win", Orchestration::Uniform, 2);
+    let f = e.tb.fleet();
+    f.set_terminate_notification(SUB, RG, "win", Some(Duration::from_millis(400)));
+    let seen: Arc<Mutex<Vec<vmss_testbed::FleetEvent>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    f.set_event_sink(Some(Arc::new(move |ev| sink.lock().unwrap().push(ev))));
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+    let short = |evs: &[vmss_testbed::FleetEvent]| -> Vec<(String, String)> {
+        evs.iter()
+            .map(|ev| {
+                let kind = ev.event_type.rsplit('.').next().unwrap().to_string();
+                let tail: Vec<&str> = ev.subject.rsplit('/').take(3).collect();
+                (kind, tail.into_iter().rev().collect::<Vec<_>>().join("/"))
+            })
+            .collect()
+    };
+
+    f.scale_to(SUB, RG, "web", 3);
+    let out = take();
+    assert_eq!(
+        short(&out),
+        [(
+            "ResourceWriteSuccess".into(),
+            "Microsoft.Compute/virtualMachineScaleSets/web".into()
+        )]
+    );
+    assert_eq!(out[0].subject, vmss_path("web").split('?').next().unwrap());
+    let eg = out[0].json(false);
+    assert_eq!(eg["eventType"], "Microsoft.Resources.ResourceWriteSuccess");
+    assert_eq!(eg["data"]["status"], "Succeeded");
+    let ce = out[0].json(true);
+    assert_eq!(ce["specversion"], "1.0");
+    assert_eq!(ce["type"], "Microsoft.Resources.ResourceWriteSuccess");
+
+    f.scale_to(SUB, RG, "web", 2);
+    assert_eq!(
+        short(&take()),
+        [
+            (
+                "ResourceDeleteSuccess".into(),
+                "web/virtualMachines/2".into()
+            ),
+            (
+                "ResourceWriteSuccess".into(),
+                "Microsoft.Compute/virtualMachineScaleSets/web".into()
+            ),
+        ]
+    );
+    // Inside a terminate window nothing is raised until the instances are gone.
+    f.scale_to(SUB, RG, "win", 1);
+    assert!(take().is_empty(), "the scale-in has not succeeded yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0"]);
+    assert_eq!(
+        short(&take()),
+        [
+            (
+                "ResourceDeleteSuccess".into(),
+                "win/virtualMachines/1".into()
+            ),
+            (
+                "ResourceWriteSuccess".into(),
+                "Microsoft.Compute/virtualMachineScaleSets/win".into()
+            ),
+        ]
+    );
+    f.set_event_sink(None);
+    f.scale_to(SUB, RG, "web", 4);
+    assert!(take().is_empty());
+}
