@@ -497,7 +497,7 @@ impl Daemon {
             } else {
                 Mode::DryRun
             };
-            let report = self
+            let (report, changing) = self
                 .reconciler
                 .reconcile_selected(&routed.selections, mode)
                 .await;
@@ -519,7 +519,7 @@ impl Daemon {
                     );
                 }
             }
-            if routed.scale {
+            if routed.scale && changing {
                 self.follow_ups
                     .schedule(tokio::time::Instant::now(), &routed.selections);
             }
@@ -527,7 +527,8 @@ impl Daemon {
         let _ = batch.done.send(());
     }
 
-    /// A follow-up read after a scale event (new instances boot and turn healthy).
+    /// A follow-up read after a scale event (new instances boot and turn healthy); the
+    /// series stops once nothing is coming up any more.
     async fn on_follow_up(&mut self) {
         let Some(selections) = self.follow_ups.take_due(tokio::time::Instant::now()) else {
             return;
@@ -537,10 +538,14 @@ impl Daemon {
         } else {
             Mode::DryRun
         };
-        let report = self.reconciler.reconcile_selected(&selections, mode).await;
+        let (report, changing) = self.reconciler.reconcile_selected(&selections, mode).await;
         log_cycle(&report);
         self.record(&report, mode);
         self.metrics.events.cycle("follow_up");
+        if !changing {
+            // Everything has come up: the timer is enough again.
+            self.follow_ups.clear();
+        }
     }
 }
 

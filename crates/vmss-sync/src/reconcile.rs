@@ -447,12 +447,13 @@ impl Reconciler {
     }
 
     /// A reconcile of the upstreams whose selection is in `only` (an event's), with their
-    /// instance views read now, whatever `health_interval` says.
+    /// instance views read now, whatever `health_interval` says. Also says whether what
+    /// was found is still coming up ([`crate::events::still_changing`]).
     pub async fn reconcile_selected(
         &self,
         only: &std::collections::BTreeSet<Selection>,
         mode: Mode,
-    ) -> CycleReport {
+    ) -> (CycleReport, bool) {
         let started = Instant::now();
         let selections: Vec<Selection> = only.iter().cloned().collect();
         let fresh = discovery::Options {
@@ -461,8 +462,11 @@ impl Reconciler {
         };
         let found = discovery::discover(&self.arm, &self.state, &selections, &fresh).await;
         self.check_window(&found);
-        self.apply_snapshots_of(Arc::new(found), mode, started, Some(only))
-            .await
+        let changing = crate::events::still_changing(&found);
+        let report = self
+            .apply_snapshots_of(Arc::new(found), mode, started, Some(only))
+            .await;
+        (report, changing)
     }
 
     async fn apply_snapshots_of(

@@ -388,3 +388,63 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booting() {
+    let az = AzuriteQueue::start();
+    let q = az.client("boot", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = events_config(&env, &az, "boot", "30s");
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("d.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    // A new instance that is still starting when the event arrives: not registered by the
+    // event's reconcile, but by a follow-up once it runs (3 s), long before the 60 s timer.
+    env.tb.fleet().boot_instance(
+        SUB,
+        RG,
+        "web",
+        Duration::from_secs(3),
+        Duration::from_secs(3),
+    );
+    let sent = Instant::now();
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("web"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    assert!(
+        logged(&d, "Event received.", Duration::from_secs(5)).await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.all_servers(UpstreamKind::Http, "web"),
+        first,
+        "still booting"
+    );
+    let all = env.ips("web", 80);
+    let took = reached(&env, &all, sent, Duration::from_secs(20)).await;
+    println!("booting instance registered {took:?} after its event (follow-up at 5 s)");
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(10)),
+        "registered by a follow-up, not the 60 s timer: {took:?}\n{}",
+        d.log_text()
+    );
+}

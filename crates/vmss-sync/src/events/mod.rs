@@ -363,6 +363,33 @@ pub const FOLLOW_UP_AFTER: [std::time::Duration; 5] = [
     std::time::Duration::from_secs(120),
 ];
 
+/// True when what a read found is still coming up: a set whose capacity is not its
+/// instance count yet, or an instance being created or updated, starting, with health
+/// still unknown, or without an instance view. Follow-ups go on only while it is.
+pub fn still_changing(found: &crate::discovery::Discovered) -> bool {
+    use crate::model::{Health, Instance, Power, Provisioning};
+    let booting = |i: &Instance| match i.view {
+        None => true,
+        Some(v) => {
+            matches!(
+                v.provisioning,
+                Some(Provisioning::Creating | Provisioning::Updating)
+            ) || v.power == Some(Power::Starting)
+                || v.health == Some(Health::Unknown)
+        }
+    };
+    found
+        .results
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .any(|f| {
+            f.sets.iter().any(|s| {
+                s.capacity.is_some_and(|c| c != s.instances.len() as u64)
+                    || s.instances.iter().any(booting)
+            }) || f.vms.iter().any(|v| booting(v))
+        })
+}
+
 /// Pending follow-up reads: at most one per delay after the latest scale event (a new
 /// event replaces the older schedule, merging the selections), so the series is bounded.
 #[derive(Debug, Default)]
@@ -385,6 +412,11 @@ impl FollowUps {
             .iter()
             .map(|d| (now + *d, all.clone()))
             .collect();
+    }
+
+    /// Drops every pending follow-up (what they waited for has come up).
+    pub fn clear(&mut self) {
+        self.due.clear();
     }
 
     /// When the next one is due.

@@ -1,6 +1,7 @@
 use super::*;
 use crate::discovery::{Groups, TagFilter};
 use proptest::prelude::*;
+use std::time::Duration;
 
 const SUB: &str = "5f2ae4a1-7a6c-4b43-9c0e-1f7c0d3b2e11";
 
@@ -272,4 +273,31 @@ proptest! {
         prop_assert_eq!(got.contains(&1), other.eq_ignore_ascii_case(&name));
         prop_assert_eq!(got.contains(&2), other.eq_ignore_ascii_case(&rg));
     }
+}
+
+#[test]
+fn follow_ups_are_a_bounded_series_restarted_by_a_new_event_and_merged() {
+    let t0 = tokio::time::Instant::now();
+    let a: std::collections::BTreeSet<Selection> = [sel(Some("a"), &["x"], false)].into();
+    let b: std::collections::BTreeSet<Selection> = [sel(Some("b"), &["y"], false)].into();
+    let mut f = FollowUps::default();
+    assert_eq!(f.next(), None);
+    f.schedule(t0, &a);
+    assert_eq!(f.next(), Some(t0 + FOLLOW_UP_AFTER[0]));
+    assert_eq!(f.take_due(t0), None, "nothing due yet");
+    assert_eq!(f.take_due(t0 + FOLLOW_UP_AFTER[0]), Some(a.clone()));
+    // A second event restarts the series with both selections.
+    let t1 = t0 + Duration::from_secs(7);
+    f.schedule(t1, &b);
+    let both: std::collections::BTreeSet<Selection> = a.union(&b).cloned().collect();
+    let mut fired = 0;
+    for d in FOLLOW_UP_AFTER {
+        assert_eq!(f.take_due(t1 + d), Some(both.clone()));
+        fired += 1;
+    }
+    assert_eq!(fired, FOLLOW_UP_AFTER.len());
+    assert_eq!(f.next(), None, "bounded");
+    f.schedule(t1, &a);
+    f.clear();
+    assert_eq!(f.next(), None);
 }
