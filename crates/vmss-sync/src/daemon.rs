@@ -296,7 +296,9 @@ impl Daemon {
                     Some(e) => e.write_gate(),
                     None => Arc::new(|| true),
                 };
-                Some(start_events(ev, &env, &metrics, may_consume)?)
+                let consumer = start_events(ev, &env, &metrics, may_consume)?;
+                health.set_event_queue(Some(consumer.error_probe()));
+                Some(consumer)
             }
             None => None,
         };

@@ -387,6 +387,10 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
         Some(1.0),
         "{page}"
     );
+    let ready = ops_common::get(&ops_common::admin_addr(&daemon).await, "/readyz")
+        .await
+        .json();
+    assert_eq!(ready["event_queue"]["readable"], true, "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -446,5 +450,72 @@ async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booti
         took.is_some_and(|t| t < Duration::from_secs(10)),
         "registered by a follow-up, not the 60 s timer: {took:?}\n{}",
         d.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
+    let az = AzuriteQueue::start();
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    // The queue was never created: every read answers 404 QueueNotFound.
+    let cfg = events_config(&env, &az, "missing", "30s");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("sync_interval: 60s", "sync_interval: 1s")
+        .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("d.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        logged(&d, "Cannot read the event queue", Duration::from_secs(10)).await,
+        "{}",
+        d.log_text()
+    );
+    // The timer's cycles go on: a scale-out without any event is followed.
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let out = env.ips("web", 80);
+    assert!(
+        reached(&env, &out, Instant::now(), Duration::from_secs(10))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    let addr = ops_common::admin_addr(&d).await;
+    let ready = ops_common::get(&addr, "/readyz").await;
+    let body = ready.json();
+    assert_eq!(
+        ready.status, 200,
+        "an unreadable queue does not make it unready: {body}"
+    );
+    assert_eq!(body["event_queue"]["readable"], false, "{body}");
+    let err = body["event_queue"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        err.contains("QueueNotFound") && !err.contains(DEV_KEY),
+        "{err}"
+    );
+    let page = ops_common::get(&addr, "/metrics").await.body;
+    assert_eq!(
+        ops_common::sample(&page, "vmss_sync_event_queue_up", ""),
+        Some(0.0)
+    );
+    assert!(
+        ops_common::sample(&page, "vmss_sync_event_queue_errors_total", "").unwrap_or(0.0) >= 1.0,
+        "{page}"
     );
 }

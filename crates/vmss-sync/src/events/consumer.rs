@@ -86,6 +86,18 @@ impl Consumer {
         }
     }
 
+    /// The last read's error (None while reads work), for `/readyz`.
+    pub fn error_probe(&self) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+        let stats = Arc::clone(&self.stats);
+        Arc::new(move || {
+            stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_error
+                .clone()
+        })
+    }
+
     /// What it has done so far.
     pub fn stats(&self) -> ConsumerStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
