@@ -65,6 +65,8 @@ if [ -z "${AZURITE_BLOB:-}" ]; then
   fi
 fi
 export AZURITE_BLOB
+# The same package's queue service, for the event queue tests.
+export AZURITE_QUEUE="${AZURITE_QUEUE:-$(dirname "$AZURITE_BLOB")/azurite-queue}"
 
 # cargo-deb (crates.io), pinned, without its bundled lzma (the system xz compresses).
 CARGO_DEB_VERSION=3.8.0

@@ -25,7 +25,7 @@ use crate::fleet::{Instance, Orchestration, ResourceGroup, ScaleSet, Subscriptio
 use crate::tokens::{self, TokenCheck};
 use crate::util::{compute_time, dotnet_time, guid, hex, lock, now_epoch, unhex, Reply, Req};
 use crate::{Service, Shared};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// api-versions accepted by the Compute operations (newest first, as ARM lists them).
 pub const COMPUTE_API_VERSIONS: &[&str] = &[
@@ -1328,6 +1328,17 @@ fn computer_name(ss: &ScaleSet, id: u64) -> String {
     )
 }
 
+/// An ISO 8601 duration as ARM writes `notBeforeTimeout` (`PT5M`; `PT4S` for tests'
+/// short windows).
+fn iso_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 60, s % 60) {
+        (0, s) => format!("PT{s}S"),
+        (m, 0) => format!("PT{m}M"),
+        (m, s) => format!("PT{m}M{s}S"),
+    }
+}
+
 /// VirtualMachineScaleSets_Get shape (keys as in the official example).
 fn vmss_json(ss: &ScaleSet) -> Value {
     let mut props = json!({
@@ -1378,6 +1389,15 @@ fn vmss_json(ss: &ScaleSet) -> Value {
     });
     if ss.mode == Orchestration::Flexible {
         props["virtualMachineProfile"]["networkProfile"]["networkApiVersion"] = json!("2020-11-01");
+    }
+    if let Some(delay) = ss.terminate_notification {
+        // As `az vmss update --enable-terminate-notification true` sets it.
+        props["virtualMachineProfile"]["scheduledEventsProfile"] = json!({
+            "terminateNotificationProfile": {
+                "notBeforeTimeout": iso_duration(delay),
+                "enable": true,
+            },
+        });
     }
     if ss.health_extension {
         // The Application Health extension as `az vmss extension set` adds it.
@@ -1820,6 +1840,7 @@ mod tests {
             tags: BTreeMap::new(),
             instances: BTreeMap::new(),
             health_extension: false,
+            terminate_notification: None,
             standalone: false,
         };
         assert_eq!(computer_name(&ss, 0), "webset000000");

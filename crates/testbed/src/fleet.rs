@@ -84,6 +84,10 @@ pub(crate) struct ScaleSet {
     pub health_extension: bool,
     /// The hidden container of a group's standalone VMs (never listed as a scale set).
     pub standalone: bool,
+    /// The terminate notification (`scheduledEventsProfile.terminateNotificationProfile`):
+    /// its delay when enabled. A scale-in then keeps leaving instances `Deleting` (still
+    /// running) for the delay before they disappear.
+    pub terminate_notification: Option<Duration>,
 }
 
 impl ScaleSet {
@@ -214,11 +218,75 @@ struct Scheduled {
     change: Change,
 }
 
+/// A resource event Event Grid would raise for a change of the fleet, at the moment it
+/// would raise it: when the operation has succeeded (a scale-out once its instances
+/// exist, a scale-in once its instances are gone, after the terminate window if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetEvent {
+    /// `Microsoft.Resources.ResourceWriteSuccess` or `...ResourceDeleteSuccess`.
+    pub event_type: &'static str,
+    /// The resource id (the scale set, or a deleted instance's VM).
+    pub subject: String,
+    /// The subscription (the topic's).
+    pub subscription: String,
+    /// A unique id.
+    pub id: String,
+}
+
+impl FleetEvent {
+    /// The event as Event Grid writes it into a queue message, before base64: the Event
+    /// Grid schema, or CloudEvents 1.0 with `cloud`.
+    pub fn json(&self, cloud: bool) -> serde_json::Value {
+        let time = crate::util::rfc3339_now();
+        let data = serde_json::json!({
+            "resourceUri": self.subject,
+            "resourceProvider": "Microsoft.Compute",
+            "operationName": if self.event_type.ends_with("DeleteSuccess") {
+                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete"
+            } else {
+                "Microsoft.Compute/virtualMachineScaleSets/write"
+            },
+            "status": "Succeeded",
+            "subscriptionId": self.subscription,
+        });
+        if cloud {
+            serde_json::json!({
+                "source": format!("/subscriptions/{}", self.subscription),
+                "subject": self.subject, "type": self.event_type, "time": time,
+                "id": self.id, "data": data, "specversion": "1.0",
+            })
+        } else {
+            serde_json::json!({
+                "subject": self.subject, "eventType": self.event_type, "eventTime": time,
+                "id": self.id, "data": data, "dataVersion": "2", "metadataVersion": "1",
+                "topic": format!("/subscriptions/{}", self.subscription),
+            })
+        }
+    }
+}
+
+/// Receives the fleet's events ([`Fleet::set_event_sink`]); called with the fleet locked,
+/// so it must only hand the event on (a channel), never call the fleet.
+pub type EventSink = Arc<dyn Fn(FleetEvent) + Send + Sync>;
+
+struct Sink(Option<EventSink>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Sink(set)"
+        } else {
+            "Sink(none)"
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct FleetState {
     pub subs: HashMap<String, Subscription>,
     next_ip: u32,
     timeline: Vec<Scheduled>,
+    sink: Sink,
 }
 
 impl Default for FleetState {
@@ -227,6 +295,7 @@ impl Default for FleetState {
             subs: HashMap::new(),
             next_ip: u32::from(Ipv4Addr::new(10, 0, 0, 4)),
             timeline: Vec::new(),
+            sink: Sink(None),
         }
     }
 }
@@ -430,9 +499,40 @@ impl FleetState {
         }
     }
 
+    /// Hands an event for the set (and, with `deleted`, that instance) to the sink.
+    fn emit(&self, sub: &str, rg: &str, set: &str, deleted: Option<u64>) {
+        let Some(sink) = &self.sink.0 else {
+            return;
+        };
+        let Some(ss) = self.set(sub, rg, set) else {
+            return;
+        };
+        let (event_type, subject) = match deleted {
+            None => ("Microsoft.Resources.ResourceWriteSuccess", ss.id()),
+            Some(id) => (
+                "Microsoft.Resources.ResourceDeleteSuccess",
+                format!("{}/virtualMachines/{id}", ss.id()),
+            ),
+        };
+        sink(FleetEvent {
+            event_type,
+            subject,
+            subscription: ss.sub.clone(),
+            id: guid(),
+        });
+    }
+
     fn apply(&mut self, s: &Scheduled) {
         if s.change.remove {
+            let existed = self
+                .set(&s.sub, &s.rg, &s.set)
+                .is_some_and(|ss| ss.instances.contains_key(&s.id));
             self.remove_instance(&s.sub, &s.rg, &s.set, s.id);
+            if existed {
+                // The scale-in's operation succeeds when its instances are gone.
+                self.emit(&s.sub, &s.rg, &s.set, Some(s.id));
+                self.emit(&s.sub, &s.rg, &s.set, None);
+            }
             return;
         }
         let Some(inst) = self
@@ -511,6 +611,7 @@ impl Fleet {
                 instances: BTreeMap::new(),
                 health_extension: false,
                 standalone: false,
+                terminate_notification: None,
             },
         );
     }
@@ -650,6 +751,7 @@ impl Fleet {
                     instances: BTreeMap::new(),
                     health_extension: false,
                     standalone: true,
+                    terminate_notification: None,
                 },
             );
         }
@@ -698,22 +800,138 @@ impl Fleet {
         capacity: usize,
     ) {
         let mut st = lock(&self.state);
-        let current: Vec<u64> = match st.set(subscription, resource_group, scale_set) {
-            Some(s) => s.instances.keys().copied().collect(),
-            None => panic!(
-                "vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}; call add_scale_set first"
-            ),
-        };
+        st.advance(Instant::now());
+        // Instances already leaving (`Deleting` inside a terminate window) do not count.
+        let (current, window): (Vec<u64>, Option<Duration>) =
+            match st.set(subscription, resource_group, scale_set) {
+                Some(s) => (
+                    s.instances
+                        .values()
+                        .filter(|i| !i.provisioning_state.eq_ignore_ascii_case("Deleting"))
+                        .map(|i| i.id)
+                        .collect(),
+                    s.terminate_notification,
+                ),
+                None => panic!(
+                    "vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}; call add_scale_set first"
+                ),
+            };
         if current.len() < capacity {
             for _ in current.len()..capacity {
                 let ip = st.alloc_ip();
                 st.add_instance(subscription, resource_group, scale_set, ip);
             }
-        } else {
-            for id in current.iter().rev().take(current.len() - capacity) {
-                st.remove_instance(subscription, resource_group, scale_set, *id);
+            st.emit(subscription, resource_group, scale_set, None);
+        } else if current.len() > capacity {
+            let leaving: Vec<u64> = current
+                .iter()
+                .rev()
+                .take(current.len() - capacity)
+                .copied()
+                .collect();
+            match window {
+                None => {
+                    for id in &leaving {
+                        st.remove_instance(subscription, resource_group, scale_set, *id);
+                        st.emit(subscription, resource_group, scale_set, Some(*id));
+                    }
+                    st.emit(subscription, resource_group, scale_set, None);
+                }
+                Some(delay) => {
+                    // As Azure with a terminate notification: the VM keeps running (its
+                    // Terminate scheduled event is pending) and ARM shows it `Deleting`
+                    // until the delay is over; `sku.capacity` says the new count at once.
+                    let at = Instant::now() + delay;
+                    for id in leaving {
+                        if let Some(inst) = st
+                            .set_mut(subscription, resource_group, scale_set)
+                            .and_then(|s| s.instances.get_mut(&id))
+                        {
+                            inst.provisioning_state = "Deleting".into();
+                        }
+                        st.timeline.push(Scheduled {
+                            at,
+                            sub: subscription.to_string(),
+                            rg: resource_group.to_string(),
+                            set: scale_set.to_string(),
+                            id,
+                            change: Change {
+                                remove: true,
+                                ..Change::default()
+                            },
+                        });
+                    }
+                    if let Some(s) = st.set_mut(subscription, resource_group, scale_set) {
+                        s.capacity = capacity as u64;
+                    }
+                }
             }
         }
+    }
+
+    /// Hands every later event of the fleet (scale-outs and scale-ins by [`Fleet::scale_to`],
+    /// and the end of a terminate window) to `sink`, as Event Grid would raise them: when
+    /// the operation has succeeded. `None` stops it.
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        lock(&self.state).sink = Sink(sink);
+    }
+
+    /// Gives the scale set a terminate notification with this delay (`notBeforeTimeout`,
+    /// served in the model as ARM does), or with None takes it away. Azure allows 5 to 15
+    /// minutes; tests use seconds (the model then says e.g. `PT4S`).
+    pub fn set_terminate_notification(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        delay: Option<Duration>,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(ss) = st.set_mut(subscription, resource_group, scale_set) else {
+            panic!("vmss-testbed: no scale set {subscription}/{resource_group}/{scale_set}");
+        };
+        ss.terminate_notification = delay;
+    }
+
+    /// Ends the terminate window of the set's leaving instances early (as approving their
+    /// Terminate scheduled event does): they disappear at most `within` from now.
+    pub fn shorten_terminate_window(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        within: Duration,
+    ) {
+        let mut st = lock(&self.state);
+        let at = Instant::now() + within;
+        for s in st.timeline.iter_mut().filter(|s| {
+            s.change.remove
+                && s.sub.eq_ignore_ascii_case(subscription)
+                && s.rg.eq_ignore_ascii_case(resource_group)
+                && s.set.eq_ignore_ascii_case(scale_set)
+        }) {
+            s.at = s.at.min(at);
+        }
+    }
+
+    /// Instance ids of the set that are leaving (`Deleting`), in increasing order.
+    pub fn leaving_instance_ids(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+    ) -> Vec<String> {
+        let mut st = lock(&self.state);
+        st.advance(Instant::now());
+        st.set(subscription, resource_group, scale_set)
+            .map(|s| {
+                s.instances
+                    .values()
+                    .filter(|i| i.provisioning_state.eq_ignore_ascii_case("Deleting"))
+                    .map(|i| i.id.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Removes one instance (no-op if it does not exist). Accepts "3" or a VM name.

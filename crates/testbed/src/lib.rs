@@ -48,7 +48,7 @@ pub use arm::ComputeLimits;
 pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
-pub use fleet::{Change, Fleet, Orchestration, STANDALONE_VMS};
+pub use fleet::{Change, EventSink, Fleet, FleetEvent, Orchestration, STANDALONE_VMS};
 pub use network::{LroHeaders, Network, NetworkOperation};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;

@@ -177,6 +177,15 @@ pub(crate) fn compute_time(epoch: u64) -> String {
     )
 }
 
+/// `2024-05-01T10:20:30Z`, now (Event Grid's `eventTime`).
+pub(crate) fn rfc3339_now() -> String {
+    let c = civil(now_epoch());
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.y, c.mo, c.d, c.h, c.mi, c.s
+    )
+}
+
 /// `2024-05-01 10:20:30Z`, the form Entra ID uses in error bodies.
 pub(crate) fn aad_time(epoch: u64) -> String {
     let c = civil(epoch);

@@ -136,6 +136,96 @@ async fn instances_change_over_time_as_on_azure() {
 }
 
 #[tokio::test]
+async fn a_scale_in_keeps_leaving_instances_deleting_for_the_terminate_notification_delay() {
+    let e = env().await;
+    e.set("win", Orchestration::Uniform, 4);
+    e.set("flexwin", Orchestration::Flexible, 3);
+    e.set("nowin", Orchestration::Uniform, 4);
+    let f = e.tb.fleet();
+    let delay = Duration::from_millis(1500);
+    f.set_terminate_notification(SUB, RG, "win", Some(Duration::from_secs(4)));
+    f.set_terminate_notification(SUB, RG, "flexwin", Some(Duration::from_secs(600)));
+    let model = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("win")))
+        .await
+        .json();
+    assert_eq!(
+        model["properties"]["virtualMachineProfile"]["scheduledEventsProfile"],
+        serde_json::json!({"terminateNotificationProfile": {"notBeforeTimeout": "PT4S", "enable": true}})
+    );
+    let plain = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("nowin")))
+        .await
+        .json();
+    assert!(plain["properties"]["virtualMachineProfile"]
+        .get("scheduledEventsProfile")
+        .is_none());
+    f.set_terminate_notification(SUB, RG, "win", Some(delay));
+
+    f.scale_to(SUB, RG, "win", 2);
+    f.scale_to(SUB, RG, "flexwin", 2);
+    f.scale_to(SUB, RG, "nowin", 2);
+    // Without a terminate notification the leaving instances vanish at once.
+    assert_eq!(f.instance_ids(SUB, RG, "nowin"), ["0", "1"]);
+    // With one they stay, listed as `Deleting` and still running, capacity already new.
+    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0", "1", "2", "3"]);
+    assert_eq!(f.leaving_instance_ids(SUB, RG, "win"), ["2", "3"]);
+    let (vms, _) = e
+        .arm_all(&format!(
+            "{}/virtualMachines?api-version={COMPUTE}&$expand=instanceView",
+            vmss_path("win")
+        ))
+        .await;
+    assert_eq!(vms.len(), 4);
+    for v in &vms[2..] {
+        assert_eq!(v["properties"]["provisioningState"], "Deleting");
+        let c = codes(&v["properties"]["instanceView"]);
+        assert!(
+            c.contains(&"ProvisioningState/deleting".to_string()),
+            "{c:?}"
+        );
+        assert!(c.contains(&"PowerState/running".to_string()), "{c:?}");
+    }
+    let set = e
+        .arm(&format!("{}?api-version={COMPUTE}", vmss_path("win")))
+        .await
+        .json();
+    assert_eq!(set["sku"]["capacity"], 2);
+    let (flex, _) = e
+        .arm_all(&format!(
+            "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines?{}",
+            flex_filter_query("flexwin", true)
+        ))
+        .await;
+    let states: Vec<&str> = flex
+        .iter()
+        .map(|v| v["properties"]["provisioningState"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["Succeeded", "Succeeded", "Deleting"]);
+    // A second scale-in counts only the instances that are not leaving yet.
+    f.scale_to(SUB, RG, "win", 1);
+    assert_eq!(f.leaving_instance_ids(SUB, RG, "win"), ["1", "2", "3"]);
+
+    tokio::time::sleep(delay + Duration::from_millis(200)).await;
+    assert_eq!(
+        f.instance_ids(SUB, RG, "win"),
+        ["0"],
+        "gone after the delay"
+    );
+    let view = e
+        .arm(&format!(
+            "{}/virtualMachines/3/instanceView?api-version={COMPUTE}",
+            vmss_path("win")
+        ))
+        .await;
+    assert_eq!(view.status, 404);
+    // The window can be cut short (the Terminate event approved).
+    assert_eq!(f.instance_ids(SUB, RG, "flexwin"), ["0", "1", "2"]);
+    f.shorten_terminate_window(SUB, RG, "flexwin", Duration::ZERO);
+    assert_eq!(f.instance_ids(SUB, RG, "flexwin"), ["0", "1"]);
+}
+
+#[tokio::test]
 async fn standalone_vms_and_nics_in_other_groups_are_ordinary_resources() {
     let e = env().await;
     e.set("flex", Orchestration::Flexible, 2);
@@ -234,4 +324,80 @@ async fn compute_reports_its_throttling_policies_and_enforces_them_when_asked() 
         ))
         .await;
     assert!(r.header("x-ms-ratelimit-remaining-resource").is_none());
+}
+
+#[tokio::test]
+async fn the_fleet_raises_the_resource_events_event_grid_would_when_operations_succeed() {
+    use std::sync::{Arc, Mutex};
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 2);
+    e.set("win", Orchestration::Uniform, 2);
+    let f = e.tb.fleet();
+    f.set_terminate_notification(SUB, RG, "win", Some(Duration::from_millis(400)));
+    let seen: Arc<Mutex<Vec<vmss_testbed::FleetEvent>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    f.set_event_sink(Some(Arc::new(move |ev| sink.lock().unwrap().push(ev))));
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+    let short = |evs: &[vmss_testbed::FleetEvent]| -> Vec<(String, String)> {
+        evs.iter()
+            .map(|ev| {
+                let kind = ev.event_type.rsplit('.').next().unwrap().to_string();
+                let tail: Vec<&str> = ev.subject.rsplit('/').take(3).collect();
+                (kind, tail.into_iter().rev().collect::<Vec<_>>().join("/"))
+            })
+            .collect()
+    };
+
+    f.scale_to(SUB, RG, "web", 3);
+    let out = take();
+    assert_eq!(
+        short(&out),
+        [(
+            "ResourceWriteSuccess".into(),
+            "Microsoft.Compute/virtualMachineScaleSets/web".into()
+        )]
+    );
+    assert_eq!(out[0].subject, vmss_path("web").split('?').next().unwrap());
+    let eg = out[0].json(false);
+    assert_eq!(eg["eventType"], "Microsoft.Resources.ResourceWriteSuccess");
+    assert_eq!(eg["data"]["status"], "Succeeded");
+    let ce = out[0].json(true);
+    assert_eq!(ce["specversion"], "1.0");
+    assert_eq!(ce["type"], "Microsoft.Resources.ResourceWriteSuccess");
+
+    f.scale_to(SUB, RG, "web", 2);
+    assert_eq!(
+        short(&take()),
+        [
+            (
+                "ResourceDeleteSuccess".into(),
+                "web/virtualMachines/2".into()
+            ),
+            (
+                "ResourceWriteSuccess".into(),
+                "Microsoft.Compute/virtualMachineScaleSets/web".into()
+            ),
+        ]
+    );
+    // Inside a terminate window nothing is raised until the instances are gone.
+    f.scale_to(SUB, RG, "win", 1);
+    assert!(take().is_empty(), "the scale-in has not succeeded yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.instance_ids(SUB, RG, "win"), ["0"]);
+    assert_eq!(
+        short(&take()),
+        [
+            (
+                "ResourceDeleteSuccess".into(),
+                "win/virtualMachines/1".into()
+            ),
+            (
+                "ResourceWriteSuccess".into(),
+                "Microsoft.Compute/virtualMachineScaleSets/win".into()
+            ),
+        ]
+    );
+    f.set_event_sink(None);
+    f.scale_to(SUB, RG, "web", 4);
+    assert!(take().is_empty());
 }

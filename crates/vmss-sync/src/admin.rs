@@ -64,7 +64,11 @@ struct Inner {
 pub struct Health {
     inner: Mutex<Inner>,
     election: Mutex<Option<ElectionProbe>>,
+    events: Mutex<Option<EventQueueProbe>>,
 }
+
+/// The event queue's last read error (None while reads work), for `/readyz`'s detail.
+pub type EventQueueProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +117,7 @@ impl Health {
                 upstreams: Vec::new(),
             }),
             election: Mutex::new(None),
+            events: Mutex::new(None),
         };
         h.set_upstreams(upstreams, sync_interval, readiness_max_age);
         h
@@ -120,6 +125,12 @@ impl Health {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the event queue whose state `/readyz` shows (a detail: a queue that cannot be
+    /// read does not make the replica unready, the timer's cycles go on).
+    pub fn set_event_queue(&self, probe: Option<EventQueueProbe>) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = probe;
     }
 
     /// Sets the election whose status readiness reports (none: the only replica).
@@ -301,16 +312,23 @@ impl Health {
             }
         }
         let ok = reasons.is_empty();
-        Verdict {
-            ok,
-            body: json!({
-                "status": if ok { "ready" } else { "not ready" },
-                "role": role,
-                "reasons": reasons,
-                "readiness_max_age_seconds": max_age.as_secs(),
-                "upstreams": upstreams,
-            }),
+        let mut body = json!({
+            "status": if ok { "ready" } else { "not ready" },
+            "role": role,
+            "reasons": reasons,
+            "readiness_max_age_seconds": max_age.as_secs(),
+            "upstreams": upstreams,
+        });
+        if let Some(probe) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let error = probe();
+            body["event_queue"] = json!({"readable": error.is_none(), "last_error": error});
         }
+        Verdict { ok, body }
     }
 }
 
@@ -503,6 +521,30 @@ mod tests {
         assert!(v.body["reason"].as_str().unwrap().contains("limit 600 s"));
         h.stopping();
         assert!(!h.liveness(Instant::now()).ok);
+    }
+
+    #[test]
+    fn readyz_shows_an_unreadable_event_queue_without_failing() {
+        let h = health();
+        h.record_cycle(&report(vec![outcome("web", None), outcome("db", None)]));
+        assert!(h
+            .readiness(Instant::now())
+            .body
+            .get("event_queue")
+            .is_none());
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let e2 = Arc::clone(&error);
+        h.set_event_queue(Some(Arc::new(move || e2.lock().unwrap().clone())));
+        let v = h.readiness(Instant::now());
+        assert_eq!(v.body["event_queue"]["readable"], true);
+        *error.lock().unwrap() = Some("queue get messages on q: HTTP 403".into());
+        let v = h.readiness(Instant::now());
+        assert_eq!(v.body["event_queue"]["readable"], false);
+        assert_eq!(
+            v.body["event_queue"]["last_error"],
+            "queue get messages on q: HTTP 403"
+        );
+        assert_eq!(v.ok, h.readiness(Instant::now()).ok);
     }
 
     #[test]

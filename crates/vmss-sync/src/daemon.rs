@@ -192,6 +192,59 @@ pub fn start_elector(
     Ok(Elector::start(client, timing, Some(Arc::clone(metrics))))
 }
 
+/// Starts the consumer of an `events` section: a Queue client authorised by a token from
+/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS;
+/// it reads only while `may_consume` (this replica may write).
+pub fn start_events(
+    ev: &crate::config::EventsConfig,
+    env: &Env,
+    metrics: &Arc<Metrics>,
+    may_consume: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Result<crate::events::consumer::Consumer, DaemonError> {
+    use crate::config::QueueAuthConfig;
+    use crate::events::queue::{QueueAuth, QueueClient};
+    let timeout = Duration::from_secs(10);
+    let http = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
+    let mut url = ev.queue_url.clone();
+    let auth = match &ev.auth {
+        QueueAuthConfig::Token => {
+            let chain = Arc::new(default_chain(env, http.clone()));
+            QueueAuth::Token(cached(Arc::new(CountingCredential::new(
+                chain,
+                "storage",
+                Arc::clone(metrics),
+            ))))
+        }
+        QueueAuthConfig::SharedKey {
+            account_name,
+            account_key,
+        } => QueueAuth::SharedKey(
+            SharedKey::new(account_name, account_key.expose())
+                .map_err(|e| DaemonError::Build(format!("events.account_key: {e}")))?,
+        ),
+        QueueAuthConfig::Sas(sas) => {
+            url.set_query(Some(sas.expose()));
+            QueueAuth::Sas
+        }
+    };
+    let client = QueueClient::new(&url, auth, http, timeout)
+        .map_err(|e| DaemonError::Build(e.to_string()))?;
+    Ok(crate::events::consumer::Consumer::start(
+        client,
+        crate::events::consumer::ConsumerOptions {
+            visibility_timeout: ev.visibility_timeout,
+            max_dequeue_count: ev.max_dequeue_count,
+            poll_interval: ev.poll_interval,
+            coalesce: Duration::from_millis(100),
+        },
+        may_consume,
+        Some(metrics.events.clone()),
+    ))
+}
+
 fn upstream_list(cfg: &Config) -> Vec<(String, UpstreamKind)> {
     cfg.upstreams
         .iter()
@@ -223,6 +276,8 @@ pub struct Daemon {
     admin: Option<AdminServer>,
     /// A reload asked for during start-up, applied as soon as the loop runs.
     pending_reload: bool,
+    events: Option<crate::events::consumer::Consumer>,
+    follow_ups: crate::events::FollowUps,
 }
 
 impl Daemon {
@@ -253,6 +308,18 @@ impl Daemon {
         let admin = config
             .admin_listen
             .map(|addr| AdminServer::start(addr, Arc::clone(&metrics), Arc::clone(&health)));
+        let events = match &config.events {
+            Some(ev) => {
+                let may_consume: Arc<dyn Fn() -> bool + Send + Sync> = match &elector {
+                    Some(e) => e.write_gate(),
+                    None => Arc::new(|| true),
+                };
+                let consumer = start_events(ev, &env, &metrics, may_consume)?;
+                health.set_event_queue(Some(consumer.error_probe()));
+                Some(consumer)
+            }
+            None => None,
+        };
         let mut daemon = Self {
             path,
             env,
@@ -263,6 +330,8 @@ impl Daemon {
             elector,
             admin,
             pending_reload: false,
+            events,
+            follow_ups: crate::events::FollowUps::default(),
         };
         daemon.gate_writes();
         Ok(daemon)
@@ -412,13 +481,14 @@ impl Daemon {
         if std::mem::take(&mut self.pending_reload) {
             self.reload().await;
         }
-        loop {
+        let mut trigger = "timer";
+        'cycles: loop {
             self.health.heartbeat();
             let started = std::time::Instant::now();
             let discovered = tokio::select! {
                 biased;
                 msg = control.recv() => match msg {
-                    Some(Control::Reload) => { self.reload().await; continue; }
+                    Some(Control::Reload) => { self.reload().await; trigger = "reload"; continue; }
                     Some(Control::Shutdown) | None => break,
                 },
                 d = self.reconciler.discover() => d,
@@ -434,21 +504,35 @@ impl Daemon {
                 .await;
             log_cycle(&report);
             self.record(&report, mode);
-            let wait = jittered(self.config.sync_interval);
-            tokio::select! {
-                msg = control.recv() => match msg {
-                    Some(Control::Reload) => self.reload().await,
-                    Some(Control::Shutdown) | None => break,
-                },
-                _ = tokio::time::sleep(wait) => {}
-                _ = leadership_gained(&mut became_leader) => {
-                    tracing::debug!("This replica became the leader: reconciling now.");
+            self.metrics.events.cycle(trigger);
+            trigger = "timer";
+            let next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+            // Between cycles, events and their follow-ups reconcile the upstreams they
+            // concern; the timer's full cycle stays the safety net.
+            loop {
+                let follow_up = self.follow_ups.next();
+                tokio::select! {
+                    msg = control.recv() => match msg {
+                        Some(Control::Reload) => { self.reload().await; trigger = "reload"; break; }
+                        Some(Control::Shutdown) | None => break 'cycles,
+                    },
+                    _ = tokio::time::sleep_until(next_cycle) => break,
+                    _ = leadership_gained(&mut became_leader) => {
+                        tracing::debug!("This replica became the leader: reconciling now.");
+                        trigger = "leadership";
+                        break;
+                    }
+                    Some(batch) = next_batch(&mut self.events) => self.on_events(batch).await,
+                    _ = sleep_until_opt(follow_up) => self.on_follow_up().await,
                 }
             }
         }
         tracing::info!("Terminating...");
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         self.health.stopping();
+        if let Some(c) = self.events.take() {
+            c.stop();
+        }
         if let Some(e) = self.elector.take() {
             e.shutdown().await;
         }
@@ -463,6 +547,101 @@ impl Daemon {
 pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!("sd_notify: {e}");
+    }
+}
+
+impl Daemon {
+    /// Reconciles the upstreams a burst of events concerns, then lets the consumer delete
+    /// the messages. Events for nothing selected are only counted.
+    async fn on_events(&mut self, batch: crate::events::consumer::Batch) {
+        let selections = self.reconciler.selection_list();
+        let routed = crate::events::route_all(&batch.events, &selections);
+        for e in &batch.events {
+            tracing::debug!(event = %e, "Event received.");
+            let outcome = if crate::events::route(e, &selections).is_empty() {
+                "ignored"
+            } else {
+                "reconciled"
+            };
+            self.metrics.events.event(e.kind.label(), outcome);
+        }
+        if routed.selections.is_empty() {
+            tracing::debug!(
+                events = batch.events.len(),
+                "Events concern no configured upstream; deleting them."
+            );
+        } else {
+            let mode = if self.may_write() {
+                Mode::Apply
+            } else {
+                Mode::DryRun
+            };
+            let (report, changing) = self
+                .reconciler
+                .reconcile_selected(&routed.selections, mode)
+                .await;
+            log_cycle(&report);
+            self.record(&report, mode);
+            self.metrics.events.cycle("event");
+            let wrote = report
+                .outcomes
+                .iter()
+                .any(|o| o.report.is_some() && o.plan.as_ref().is_some_and(|p| !p.is_empty()));
+            let now = std::time::SystemTime::now();
+            for t in batch.enqueued.iter().filter(|_| wrote) {
+                if let Ok(d) = now.duration_since(*t) {
+                    self.metrics.events.delay(d);
+                    tracing::debug!(
+                        delay_ms = d.as_millis() as u64,
+                        "Event reconciled {} ms after it was enqueued.",
+                        d.as_millis()
+                    );
+                }
+            }
+            if routed.scale && changing {
+                self.follow_ups
+                    .schedule(tokio::time::Instant::now(), &routed.selections);
+            }
+        }
+        let _ = batch.done.send(());
+    }
+
+    /// A follow-up read after a scale event (new instances boot and turn healthy); the
+    /// series stops once nothing is coming up any more.
+    async fn on_follow_up(&mut self) {
+        let Some(selections) = self.follow_ups.take_due(tokio::time::Instant::now()) else {
+            return;
+        };
+        let mode = if self.may_write() {
+            Mode::Apply
+        } else {
+            Mode::DryRun
+        };
+        let (report, changing) = self.reconciler.reconcile_selected(&selections, mode).await;
+        log_cycle(&report);
+        self.record(&report, mode);
+        self.metrics.events.cycle("follow_up");
+        if !changing {
+            // Everything has come up: the timer is enough again.
+            self.follow_ups.clear();
+        }
+    }
+}
+
+/// The next batch of events; never without an event queue.
+async fn next_batch(
+    events: &mut Option<crate::events::consumer::Consumer>,
+) -> Option<crate::events::consumer::Batch> {
+    match events {
+        Some(c) => c.batches.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@
 //! The full list of names and labels is in `docs/observability.md`.
 
 pub mod classic;
+pub mod events;
 pub mod process;
 
 use crate::azure::auth::{AccessToken, AuthError, TokenCredential};
@@ -237,6 +238,8 @@ pub struct Metrics {
     target_condition: Family<ConditionLabels, Gauge>,
     /// Every `target_condition` series (removed with their upstream).
     conditions_on: Mutex<std::collections::BTreeSet<ConditionLabels>>,
+    /// Event-driven reconciles (`metrics/events.rs`).
+    pub events: events::EventMetrics,
     /// The ARM statistics seen last (to turn cumulative stats into counter increments).
     arm_last: Mutex<ArmStats>,
     /// (upstream, kind, target) of every upstream with gauges.
@@ -312,6 +315,7 @@ impl Metrics {
             lease_requests: Family::default(),
             target_condition: Family::default(),
             conditions_on: Mutex::default(),
+            events: events::EventMetrics::default(),
             arm_last: Mutex::new(ArmStats::default()),
             known: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -457,6 +461,7 @@ impl Metrics {
             "Blob lease requests by action and result (ok, conflict, error)",
             m.lease_requests.clone(),
         );
+        m.events.register(registry);
         let m = Metrics {
             registry: root,
             ..m

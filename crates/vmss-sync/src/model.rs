@@ -234,6 +234,9 @@ pub struct ScaleSetSnapshot {
     pub tags: BTreeMap<String, String>,
     /// The set's Azure region (`location`), lower-cased; empty when ARM did not say.
     pub location: String,
+    /// How long Azure keeps a leaving instance (in `Deleting`, still serving) before
+    /// deleting it: the terminate notification's `notBeforeTimeout`; None without one.
+    pub terminate_delay: Option<std::time::Duration>,
     /// Instances with an address, sorted by VM id; one entry per VM. For a held set
     /// ([`ScaleSetSnapshot::held`]): its members at the last read that was used.
     pub instances: Vec<Instance>,
@@ -597,6 +600,7 @@ mod tests {
             reports_health,
             tags: BTreeMap::new(),
             location: "westeurope".into(),
+            terminate_delay: None,
             instances,
             held: None,
         })

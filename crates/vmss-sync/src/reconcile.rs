@@ -297,6 +297,7 @@ pub struct Reconciler {
     /// Upstreams whose target failed the startup check: checked again every cycle
     /// before anything else, and synced once the check passes.
     unusable: Arc<Mutex<BTreeMap<String, String>>>,
+    window: crate::window::Warnings,
 }
 
 impl Reconciler {
@@ -312,6 +313,7 @@ impl Reconciler {
             drains: Arc::default(),
             gate: None,
             unusable: Arc::default(),
+            window: crate::window::Warnings::default(),
         }
     }
 
@@ -326,6 +328,11 @@ impl Reconciler {
     /// Makes every write wait for `gate` to be open (leader election).
     pub fn set_write_gate(&mut self, gate: WriteGate) {
         self.gate = Some(gate);
+    }
+
+    /// The distinct selections of the configured upstreams (what events are routed to).
+    pub fn selection_list(&self) -> Vec<Selection> {
+        self.selections()
     }
 
     /// The configured upstreams.
@@ -407,7 +414,23 @@ impl Reconciler {
         let found =
             discovery::discover(&self.arm, &self.state, &self.selections(), &self.options).await;
         self.check_budget(&before, started.elapsed());
+        self.check_window(&found);
         found
+    }
+
+    /// Says once per scale set when a scale-in cannot be drained inside Azure's
+    /// terminate window (no terminate notification, or a delay shorter than the drain).
+    fn check_window(&self, found: &Discovered) {
+        let health = self.options.health_interval;
+        let sets = self.upstreams.iter().flat_map(|up| {
+            let need = crate::window::needs(up.drain_timeout, health, self.sync_interval);
+            let sets = match found.get(&up.selection) {
+                Some(Ok(f)) => f.sets.as_slice(),
+                _ => &[],
+            };
+            sets.iter().map(move |s| (s.as_ref(), need))
+        });
+        self.window.check(sets);
     }
 
     /// Says once, clearly, when the read budget cannot sustain `sync_interval`: cycles
@@ -456,7 +479,41 @@ impl Reconciler {
         mode: Mode,
         started: Instant,
     ) -> CycleReport {
-        let (jobs, mut failed) = self.expand(&snapshots).await;
+        self.apply_snapshots_of(snapshots, mode, started, None)
+            .await
+    }
+
+    /// A reconcile of the upstreams whose selection is in `only` (an event's), with their
+    /// instance views read now, whatever `health_interval` says. Also says whether what
+    /// was found is still coming up ([`crate::events::still_changing`]).
+    pub async fn reconcile_selected(
+        &self,
+        only: &std::collections::BTreeSet<Selection>,
+        mode: Mode,
+    ) -> (CycleReport, bool) {
+        let started = Instant::now();
+        let selections: Vec<Selection> = only.iter().cloned().collect();
+        let fresh = discovery::Options {
+            health_interval: Duration::ZERO,
+            ..self.options
+        };
+        let found = discovery::discover(&self.arm, &self.state, &selections, &fresh).await;
+        self.check_window(&found);
+        let changing = crate::events::still_changing(&found);
+        let report = self
+            .apply_snapshots_of(Arc::new(found), mode, started, Some(only))
+            .await;
+        (report, changing)
+    }
+
+    async fn apply_snapshots_of(
+        &self,
+        snapshots: Arc<Discovered>,
+        mode: Mode,
+        started: Instant,
+        only: Option<&std::collections::BTreeSet<Selection>>,
+    ) -> CycleReport {
+        let (jobs, mut failed) = self.expand(&snapshots, only).await;
         // Upstreams are independent; a bound keeps connections and buffers to the targets
         // bounded however many upstreams there are.
         let limit = Arc::new(tokio::sync::Semaphore::new(UPSTREAMS_IN_FLIGHT));
@@ -506,10 +563,17 @@ impl Reconciler {
     /// job; a template (`services`) is one job per service its selection found, plus one
     /// per backend of an earlier service that the target still holds (emptied, never
     /// deleted). Upstreams whose selection failed come back as failed outcomes.
-    async fn expand(&self, snapshots: &Discovered) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
+    async fn expand(
+        &self,
+        snapshots: &Discovered,
+        only: Option<&std::collections::BTreeSet<Selection>>,
+    ) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
         let mut jobs = Vec::new();
         let mut failed = Vec::new();
         for (index, up) in self.upstreams.iter().enumerate() {
+            if only.is_some_and(|o| !o.contains(&up.selection)) {
+                continue;
+            }
             let order = index * ORDER_STRIDE;
             let found = match snapshots.get(&up.selection) {
                 Some(Ok(found)) => found,

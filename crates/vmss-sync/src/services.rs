@@ -208,6 +208,7 @@ pub fn split(found: &Found, prefix: &str, cfg: &ServicesConfig) -> (Vec<Service>
                     reports_health: set.reports_health,
                     tags: set.tags.clone(),
                     location: set.location.clone(),
+                    terminate_delay: set.terminate_delay,
                     instances: members.iter().map(|&i| set.instances[i].clone()).collect(),
                     held: set.held.clone(),
                 })
@@ -305,6 +306,7 @@ mod tests {
             reports_health: false,
             tags: tags(t),
             location: region.to_string(),
+            terminate_delay: None,
             instances,
             held: None,
         })
@@ -628,6 +630,7 @@ mod tests {
                         reports_health: false,
                         tags: t,
                         location: region.to_string(),
+                        terminate_delay: None,
                         instances,
                         held: None,
                     }));

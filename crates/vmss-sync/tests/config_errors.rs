@@ -327,7 +327,7 @@ fn unknown_keys_get_a_did_you_mean() {
 fn unknown_keys_far_from_any_known_key_list_the_known_keys() {
     assert_eq!(
         errors(&file("colour: blue\n", "port: 80\n    kind: http")),
-        ["cfg.yaml:4:1: colour: unknown key; the known keys here are cloud_provider, subscription_id, resource_group_name, api_endpoint, sync_interval, custom_headers, upstreams, targets, resource_manager_endpoint, resource_manager_audience, api_ca_file, resource_manager_ca_file, log_format, log_level, admin_listen, readiness_max_age, leader_election, health_interval, arm_read_burst, arm_reads_per_second"]
+        ["cfg.yaml:4:1: colour: unknown key; the known keys here are cloud_provider, subscription_id, resource_group_name, api_endpoint, sync_interval, custom_headers, upstreams, targets, resource_manager_endpoint, resource_manager_audience, api_ca_file, resource_manager_ca_file, log_format, log_level, admin_listen, readiness_max_age, leader_election, events, health_interval, arm_read_burst, arm_reads_per_second"]
     );
 }
 

@@ -334,7 +334,8 @@ pub struct VirtualMachineScaleSetProperties {
     pub virtual_machine_profile: ScaleSetVmProfile,
 }
 
-/// `properties.virtualMachineProfile`, reduced to the health sources.
+/// `properties.virtualMachineProfile`, reduced to the health sources and the terminate
+/// notification.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ScaleSetVmProfile {
@@ -342,6 +343,27 @@ pub struct ScaleSetVmProfile {
     pub extension_profile: ExtensionProfile,
     #[serde(deserialize_with = "null_default")]
     pub network_profile: ScaleSetNetworkProfile,
+    #[serde(deserialize_with = "null_default")]
+    pub scheduled_events_profile: ScheduledEventsProfile,
+}
+
+/// `virtualMachineProfile.scheduledEventsProfile`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ScheduledEventsProfile {
+    #[serde(deserialize_with = "null_default")]
+    pub terminate_notification_profile: TerminateNotificationProfile,
+}
+
+/// `scheduledEventsProfile.terminateNotificationProfile`: with `enable`, Azure delays
+/// the deletion of a leaving instance by `notBeforeTimeout` (ISO 8601, `PT5M` to `PT15M`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TerminateNotificationProfile {
+    #[serde(deserialize_with = "lenient_bool")]
+    pub enable: Option<bool>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub not_before_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,6 +414,26 @@ impl VirtualMachineScaleSet {
         self.properties.provisioning_state == Some(ProvisioningState::Succeeded)
     }
 
+    /// The delay Azure gives a leaving instance before deleting it: `Some` when the
+    /// terminate notification is enabled (its `notBeforeTimeout`, 5 minutes when absent
+    /// or unreadable: Azure's default), `None` when there is none.
+    pub fn terminate_delay(&self) -> Option<std::time::Duration> {
+        let p = &self
+            .properties
+            .virtual_machine_profile
+            .scheduled_events_profile
+            .terminate_notification_profile;
+        if p.enable != Some(true) {
+            return None;
+        }
+        Some(
+            p.not_before_timeout
+                .as_deref()
+                .and_then(iso8601_duration)
+                .unwrap_or(std::time::Duration::from_secs(300)),
+        )
+    }
+
     /// True when the model names a health source: the Application Health extension
     /// (`ApplicationHealthLinux` / `ApplicationHealthWindows`) or a load balancer health
     /// probe. Its instances then report `vmHealth`.
@@ -411,6 +453,45 @@ impl VirtualMachineScaleSet {
                     .is_some_and(|t| t.to_ascii_lowercase().starts_with("applicationhealth"))
             })
     }
+}
+
+/// An ISO 8601 duration of days, hours, minutes and seconds (`PT5M`, `PT1H30M`,
+/// `P1DT2S`, `PT7.5S`); None for anything else (years, months, weeks, garbage).
+pub fn iso8601_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let rest = s.strip_prefix('P').or_else(|| s.strip_prefix('p'))?;
+    let (date, time) = match rest.find(['T', 't']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let mut total = 0f64;
+    let mut any = false;
+    let mut parse = |part: &str, units: &[(char, f64)]| -> Option<()> {
+        let mut num = String::new();
+        let mut next = 0;
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' || c == ',' {
+                num.push(if c == ',' { '.' } else { c });
+                continue;
+            }
+            let c = c.to_ascii_uppercase();
+            let at = units[next..].iter().position(|(u, _)| *u == c)? + next;
+            let n: f64 = num.parse().ok()?;
+            total += n * units[at].1;
+            any = true;
+            num.clear();
+            next = at + 1;
+        }
+        num.is_empty().then_some(())
+    };
+    parse(date, &[('D', 86_400.0)])?;
+    if let Some(t) = time {
+        if t.is_empty() {
+            return None;
+        }
+        parse(t, &[('H', 3_600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    (any && total.is_finite()).then(|| std::time::Duration::from_secs_f64(total))
 }
 
 // ---------------------------------------------------------------------------
@@ -1041,5 +1122,49 @@ mod tests {
             proptest::prop_assert_eq!(parse_ipv4_lenient(&format!("{ip}/{p}")), Some(ip));
             proptest::prop_assert_eq!(parse_ipv4_lenient(&ip.to_string()), Some(ip));
         }
+    }
+
+    #[test]
+    fn iso8601_durations_of_the_terminate_notification() {
+        let secs = |s: &str| iso8601_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("PT5M"), Some(300.0));
+        assert_eq!(secs("PT15M"), Some(900.0));
+        assert_eq!(secs("pt1h30m"), Some(5400.0));
+        assert_eq!(secs("P1DT2S"), Some(86_402.0));
+        assert_eq!(secs("PT7.5S"), Some(7.5));
+        assert_eq!(secs(" PT0S "), Some(0.0));
+        for bad in [
+            "", "P", "PT", "5M", "PT5", "PTM", "PT5S5M", "P1M", "P1W", "PT-5M", "PTxM",
+        ] {
+            assert_eq!(secs(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn terminate_notification_read_from_the_scale_set_model() {
+        let set = |profile: serde_json::Value| -> VirtualMachineScaleSet {
+            serde_json::from_value(serde_json::json!({
+                "properties": {"virtualMachineProfile": {"scheduledEventsProfile": profile}}
+            }))
+            .expect("parses")
+        };
+        let on = set(serde_json::json!({
+            "terminateNotificationProfile": {"notBeforeTimeout": "PT10M", "enable": true}
+        }));
+        assert_eq!(
+            on.terminate_delay(),
+            Some(std::time::Duration::from_secs(600))
+        );
+        let default = set(serde_json::json!({"terminateNotificationProfile": {"enable": "true"}}));
+        assert_eq!(
+            default.terminate_delay(),
+            Some(std::time::Duration::from_secs(300))
+        );
+        let off = set(serde_json::json!({
+            "terminateNotificationProfile": {"notBeforeTimeout": "PT10M", "enable": false}
+        }));
+        assert_eq!(off.terminate_delay(), None);
+        assert_eq!(set(serde_json::Value::Null).terminate_delay(), None);
+        assert_eq!(VirtualMachineScaleSet::default().terminate_delay(), None);
     }
 }

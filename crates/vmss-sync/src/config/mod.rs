@@ -94,6 +94,9 @@ pub struct Config {
     /// Leader election between replicas on an Azure Blob Storage lease; `None` (the default)
     /// means this is the only replica and always writes. Read at startup only.
     pub leader_election: Option<LeaderElectionConfig>,
+    /// `events`: the Storage Queue Event Grid delivers resource events to; None: polling
+    /// only. Read at startup only.
+    pub events: Option<EventsConfig>,
     /// At least one; names are unique.
     pub upstreams: Vec<UpstreamConfig>,
     /// Named targets (`targets:`), in file order; empty when the file has none.
@@ -211,6 +214,39 @@ pub struct LeaderElectionConfig {
     /// `ca_file`: PEM certificates trusted, besides the system trust store, for the Blob
     /// service (an emulator or a private endpoint behind an internal CA).
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `events`: resource events from Event Grid, through an Azure Storage queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The queue: `https://ACCOUNT.queue.core.windows.net/QUEUE`, or an emulator's
+    /// `http://127.0.0.1:10001/devstoreaccount1/QUEUE`. https, or plain http to a loopback
+    /// host; no query (a SAS goes in `sas_token`).
+    pub queue_url: url::Url,
+    /// How requests to the Queue service are authorised.
+    pub auth: QueueAuthConfig,
+    /// How long a message handed out stays hidden. Default 120 s.
+    pub visibility_timeout: Duration,
+    /// A message handed out this many times is deleted with a warning. Default 5.
+    pub max_dequeue_count: u32,
+    /// Pause between reads of an empty queue. Default 1 s.
+    pub poll_interval: Duration,
+}
+
+/// Authorisation of Queue service requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueAuthConfig {
+    /// A bearer token from the credential chain (scope `https://storage.azure.com/.default`).
+    Token,
+    /// Shared Key, as for `leader_election`.
+    SharedKey {
+        /// Storage account name (from `account_name`, or read from `queue_url`).
+        account_name: String,
+        /// The account key, base64 as the portal shows it.
+        account_key: Secret,
+    },
+    /// A shared access signature (`sv=...&sig=...`), sent as the query of every request.
+    Sas(Secret),
 }
 
 /// Authorisation of Blob service requests.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use url::Url;
 
+mod events;
 mod ops;
 mod sources;
 mod targets;
@@ -83,6 +84,7 @@ const TOP_FIELDS: &[Field<TopBuilder>] = &[
     field("admin_listen", |cx, n, p, b| b.admin_listen = cx.admin_listen(n, p)),
     field("readiness_max_age", |cx, n, p, b| b.readiness_max_age = cx.go_duration(n, p)),
     field("leader_election", |cx, n, p, b| b.leader_election = cx.leader_election(n, p)),
+    field("events", |cx, n, p, b| b.events = cx.events(n, p)),
     field("health_interval", |cx, n, p, b| b.sources.health_interval = cx.go_duration(n, p)),
     field("arm_read_burst", |cx, n, p, b| b.sources.arm_read_burst = cx.read_burst(n, p)),
     field("arm_reads_per_second", |cx, n, p, b| b.sources.arm_reads_per_second = cx.reads_per_second(n, p)),
@@ -172,6 +174,7 @@ pub(crate) struct TopBuilder {
     admin_listen: Slot<Option<std::net::SocketAddr>>,
     readiness_max_age: Slot<Duration>,
     leader_election: Slot<super::LeaderElectionConfig>,
+    events: Slot<super::EventsConfig>,
     targets: Slot<targets::ParsedTargets>,
     /// `upstreams[i].target` as written, for reference checks.
     target_refs: Vec<Option<targets::TargetRef>>,
@@ -405,6 +408,11 @@ impl Cx<'_> {
             Slot::Invalid => None,
             Slot::Absent | Slot::Empty(_) => Some(None),
         };
+        let events = match b.events {
+            Slot::Set(v, _, _) => Some(Some(v)),
+            Slot::Invalid => None,
+            Slot::Absent | Slot::Empty(_) => Some(None),
+        };
         let top_sources = self.finish_top_sources(b.sources);
         let upstreams = match b.upstreams {
             Slot::Set(list, pos, _) if list.is_empty() => {
@@ -441,6 +449,7 @@ impl Cx<'_> {
             admin_listen: admin_listen?,
             readiness_max_age: readiness_max_age?,
             leader_election: leader_election?,
+            events: events?,
             upstreams: upstreams?,
             targets: targets?,
             health_interval: top_sources.as_ref()?.health_interval,
@@ -969,6 +978,7 @@ pub(crate) enum Section {
     Top,
     Upstream,
     LeaderElection,
+    Events,
     Target,
     ServerSlots,
     Tags,
@@ -991,6 +1001,11 @@ fn unknown_key_message(key: &str, own: &[&str], section: Section) -> String {
             &[],
             TOP_FIELDS.iter().map(|f| f.key).collect(),
             "a top-level setting, not a leader_election setting",
+        ),
+        Section::Events => (
+            &[],
+            TOP_FIELDS.iter().map(|f| f.key).collect(),
+            "a top-level setting, not an events setting",
         ),
         Section::Target => (
             &[],

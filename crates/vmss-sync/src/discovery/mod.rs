@@ -1286,6 +1286,7 @@ fn snapshot(
                     .as_deref()
                     .map(location_name)
                     .unwrap_or_default(),
+                terminate_delay: model.terminate_delay(),
                 instances: Vec::new(),
                 held: None,
             },
@@ -1319,6 +1320,7 @@ fn snapshot(
             .as_deref()
             .map(location_name)
             .unwrap_or_default(),
+        terminate_delay: model.terminate_delay(),
         instances,
         held: None,
     });
