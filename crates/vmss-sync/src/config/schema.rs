@@ -1214,6 +1214,11 @@ pub(crate) fn all_keys() -> Vec<(String, &'static str)> {
             .iter()
             .map(|f| ("leader_election".to_owned(), f.key)),
     );
+    keys.extend(
+        events::EVENTS_FIELDS
+            .iter()
+            .map(|f| ("events".to_owned(), f.key)),
+    );
     keys.extend(targets::doc_keys());
     keys
 }
