@@ -1,7 +1,8 @@
 //! Command-line helpers kept out of `main` so they can be tested: nginx-asg-sync's
 //! legacy flags, logging set-up, signal forwarding and the text of `plan` and `once`.
 
-use crate::config::{Config, LogFormat, UpstreamKind};
+use crate::config::{Config, LogFormat};
+use crate::model::UpstreamKind;
 use crate::daemon::Control;
 use crate::model::ServerState;
 use crate::reconcile::{CycleReport, StartupProblem};

@@ -12,7 +12,8 @@
 use crate::admin::{AdminServer, ElectionProbe, Health};
 use crate::azure::arm::{ArmClient, ArmOptions};
 use crate::azure::auth::{cached, default_chain, Env, TokenCredential};
-use crate::config::{self, Config, LeaderElectionConfig, StorageAuth, UpstreamKind};
+use crate::config::{self, Config, LeaderElectionConfig, StorageAuth};
+use crate::model::UpstreamKind;
 use crate::leader::blob::{BlobAuth, BlobLeaseClient};
 use crate::leader::shared_key::SharedKey;
 use crate::leader::{Elector, Timing};

@@ -20,7 +20,7 @@ pub mod process;
 
 use crate::azure::auth::{AccessToken, AuthError, TokenCredential};
 use crate::azure::ArmStats;
-use crate::config::UpstreamKind;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, Mode, UpstreamOutcome};
 use async_trait::async_trait;
 use prometheus_client::encoding::EncodeLabelSet;

@@ -10,6 +10,29 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+/// `kind: http` or `kind: stream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UpstreamKind {
+    Http,
+    Stream,
+}
+
+impl UpstreamKind {
+    /// `"http"` or `"stream"`, as in the config file and the NGINX Plus API paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Http => "http",
+            UpstreamKind::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Identity of one scale set in ARM. Names compare case-insensitively in Azure,
 /// so the key keeps a lower-cased form for equality and the original for display.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

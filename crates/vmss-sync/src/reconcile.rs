@@ -6,7 +6,8 @@
 //! upstream whose discovery failed in any way is left untouched for the cycle.
 
 use crate::azure::arm::ArmClient;
-use crate::config::{Config, ServicesConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, ServicesConfig, UpstreamConfig};
+use crate::model::UpstreamKind;
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
 use crate::model::{
     desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams,

@@ -14,7 +14,7 @@ pub mod nginx_file;
 pub mod nginx_plus;
 pub mod route_server;
 
-use crate::config::UpstreamKind;
+use crate::model::UpstreamKind;
 use crate::model::ObservedServer;
 use crate::plan::Plan;
 use async_trait::async_trait;
