@@ -2,9 +2,9 @@
 //! legacy flags, logging set-up, signal forwarding and the text of `plan` and `once`.
 
 use crate::config::{Config, LogFormat};
-use crate::model::UpstreamKind;
 use crate::daemon::Control;
 use crate::model::ServerState;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, StartupProblem};
 use std::ffi::OsString;
 use std::fmt::Write as _;

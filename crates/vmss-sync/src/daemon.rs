@@ -12,15 +12,15 @@
 use crate::admin::{AdminServer, ElectionProbe, Health};
 use crate::azure::arm::{ArmClient, ArmOptions};
 use crate::azure::auth::{cached, default_chain, AccessToken, AuthError, Env, TokenCredential};
-use async_trait::async_trait;
 use crate::config::{self, Config, LeaderElectionConfig, StorageAuth};
-use crate::model::UpstreamKind;
 use crate::leader::blob::{BlobAuth, BlobLeaseClient};
 use crate::leader::shared_key::SharedKey;
 use crate::leader::{Elector, Timing};
 use crate::metrics::Metrics;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec};
 use crate::target::TargetError;
+use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,8 +7,8 @@
 
 use crate::azure::arm::ArmClient;
 use crate::config::{Config, ServicesConfig, UpstreamConfig};
-use crate::model::UpstreamKind;
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
+use crate::model::UpstreamKind;
 use crate::model::{
     desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams,
     ServerState,

@@ -6,6 +6,7 @@
 //! the Azure targets (`route_server`, `lb_backend_pool`) write Network resources through
 //! the discovery's ARM client. The reconciler knows nothing about wire protocols.
 
+mod azure_common;
 pub mod configured;
 pub mod haproxy_dataplane;
 pub mod haproxy_runtime;
@@ -14,8 +15,8 @@ pub mod nginx_file;
 pub mod nginx_plus;
 pub mod route_server;
 
-use crate::model::UpstreamKind;
 use crate::model::ObservedServer;
+use crate::model::UpstreamKind;
 use crate::plan::Plan;
 use async_trait::async_trait;
 
