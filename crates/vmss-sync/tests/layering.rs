@@ -176,10 +176,9 @@ fn strip(src: &str) -> Vec<char> {
         } else if c[i] == '\'' {
             // A character literal ('x', '\n', '\u{1F600}'), else a lifetime or label.
             let end = if c.get(i + 1) == Some(&'\\') {
-                c[i + 2..]
-                    .iter()
-                    .position(|&x| x == '\'')
-                    .map(|p| i + 2 + p)
+                c.get(i + 3..)
+                    .and_then(|rest| rest.iter().position(|&x| x == '\''))
+                    .map(|p| i + 3 + p)
             } else if c.get(i + 2) == Some(&'\'') {
                 Some(i + 2)
             } else {
@@ -398,6 +397,15 @@ fn row_of(rows: &[Row], path: &[String]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// The row of a module path, as [`row_of`], except that a path into a module of the crate
+/// (`top`: the crate's top-level modules) that has no row of its own is in no row, not in the
+/// crate root's: a new module must be placed in the table.
+fn placed_row(rows: &[Row], path: &[String], top: &BTreeSet<String>) -> Option<usize> {
+    let r = row_of(rows, path)?;
+    let unplaced = rows[r].module.is_empty() && path.first().is_some_and(|s| top.contains(s));
+    (!unplaced).then_some(r)
+}
+
 /// The module path of a source file under `src/`.
 fn file_module(rel: &Path) -> Vec<String> {
     let mut parts: Vec<String> = rel
@@ -465,8 +473,9 @@ fn file_violations(
     module: &[String],
     src: &str,
     extra_root: Option<&str>,
+    top: &BTreeSet<String>,
 ) -> Vec<String> {
-    let Some(from) = row_of(rows, module) else {
+    let Some(from) = placed_row(rows, module, top) else {
         return vec![format!(
             "{display}: module {} is not in the layering table",
             module_name(module)
@@ -475,7 +484,7 @@ fn file_violations(
     let mut v = Vec::new();
     for named in named_paths(src, module, extra_root) {
         let target = resolve(&named, extra_root);
-        let Some(to) = row_of(rows, &target) else {
+        let Some(to) = placed_row(rows, &target, top) else {
             v.push(format!(
                 "{display}:{}: {} names {}, which is in no row of the layering table",
                 named.line,
@@ -520,6 +529,11 @@ fn check_crate(table_name: &str, krate: &str, lib_name: &str) {
     let src = repo_root().join("crates").join(krate).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    let top: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| file_module(f.strip_prefix(&src).ok()?).first().cloned())
+        .chain(["main".to_string()])
+        .collect();
     let mut used_rows = BTreeSet::new();
     let mut edges = 0usize;
     for f in &files {
@@ -534,11 +548,11 @@ fn check_crate(table_name: &str, krate: &str, lib_name: &str) {
             (module, None)
         };
         let text = read(f);
-        if let Some(r) = row_of(rows, &module) {
+        if let Some(r) = placed_row(rows, &module, &top) {
             used_rows.insert(r);
         }
         edges += named_paths(&text, &module, extra).len();
-        problems.extend(file_violations(rows, &display, &module, &text, extra));
+        problems.extend(file_violations(rows, &display, &module, &text, extra, &top));
     }
     for (i, r) in rows.iter().enumerate() {
         if !used_rows.contains(&i) {
@@ -583,6 +597,13 @@ fn sync_rows() -> Vec<Row> {
     tables.swap_remove(i).1
 }
 
+/// The top-level modules of the table's rows (what the crate's files would give).
+fn top(rows: &[Row]) -> BTreeSet<String> {
+    rows.iter()
+        .filter_map(|r| r.module.first().cloned())
+        .collect()
+}
+
 fn m(s: &str) -> Vec<String> {
     split_module(s)
 }
@@ -591,7 +612,7 @@ fn m(s: &str) -> Vec<String> {
 fn a_forbidden_use_line_is_reported_with_file_line_and_direction() {
     let rows = sync_rows();
     let src = "//! doc\nuse crate::model::Found;\nuse crate::daemon::Daemon;\n";
-    let v = file_violations(&rows, "src/plan.rs", &m("plan"), src, None);
+    let v = file_violations(&rows, "src/plan.rs", &m("plan"), src, None, &top(&rows));
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(
         v[0].starts_with("src/plan.rs:3: plan → daemon (crate::daemon::Daemon)"),
@@ -604,7 +625,14 @@ fn a_forbidden_import_inside_a_multi_line_group_is_found_at_its_line() {
     let rows = sync_rows();
     let src =
         "use crate::{\n    model::Found,\n    reconcile::{\n        Mode, CycleReport},\n};\n";
-    let v = file_violations(&rows, "src/config/mod.rs", &m("config"), src, None);
+    let v = file_violations(
+        &rows,
+        "src/config/mod.rs",
+        &m("config"),
+        src,
+        None,
+        &top(&rows),
+    );
     assert_eq!(v.len(), 2, "{v:?}");
     assert!(
         v[0].starts_with("src/config/mod.rs:4: config → reconcile (crate::reconcile::Mode)"),
@@ -616,7 +644,7 @@ fn a_forbidden_import_inside_a_multi_line_group_is_found_at_its_line() {
 fn an_inline_path_in_code_is_an_import_too() {
     let rows = sync_rows();
     let src = "fn f() -> u32 {\n    let x = crate::metrics::secs(d);\n    x\n}\n";
-    let v = file_violations(&rows, "src/net.rs", &m("net"), src, None);
+    let v = file_violations(&rows, "src/net.rs", &m("net"), src, None, &top(&rows));
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(v[0].contains("src/net.rs:2: net → metrics"), "{v:?}");
 }
@@ -632,6 +660,7 @@ fn super_paths_resolve_from_the_file_and_its_inline_modules() {
         &m("target::route_server"),
         src,
         None,
+        &top(&rows),
     );
     assert_eq!(v.len(), 2, "{v:?}");
     assert!(
@@ -664,4 +693,47 @@ fn a_table_that_lets_a_module_import_one_listed_below_it_is_refused() {
         p[0].contains("plan may import reconcile, which is not a module listed above it"),
         "{p:?}"
     );
+}
+
+#[test]
+fn a_module_missing_from_the_table_and_a_path_into_it_are_reported() {
+    let rows = sync_rows();
+    let mut top = top(&rows);
+    top.insert("events".to_string());
+    let v = file_violations(
+        &rows,
+        "src/events.rs",
+        &m("events"),
+        "use crate::model::Found;\n",
+        None,
+        &top,
+    );
+    assert_eq!(
+        v,
+        ["src/events.rs: module events is not in the layering table"]
+    );
+    let v = file_violations(
+        &rows,
+        "src/daemon.rs",
+        &m("daemon"),
+        "use crate::events::Watch;\n",
+        None,
+        &top,
+    );
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].contains("src/daemon.rs:1: daemon names crate::events::Watch, which is in no row"),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn an_escaped_quote_char_literal_does_not_unbalance_the_braces() {
+    // Read wrongly, `'\''` would leave a quote that turns `','` into a literal and
+    // counts the `'{'` as a brace: `use self::…` would seem to be inside `mod inner`.
+    let src = "mod inner {\n    const B: [char; 2] = ['\\'','{'];\n}\nuse self::x::Y;\n";
+    let named = named_paths(src, &m("plan"), None);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0].line, 4);
+    assert_eq!(named[0].scope, ["plan"]);
 }
