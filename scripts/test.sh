@@ -92,6 +92,11 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The API docs, public and private items, build without a warning (broken intra-doc links,
+# bare URLs, stray HTML).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
+# Licences of every dependency: tests/licenses.rs (from `cargo metadata`, offline). cargo-deny
+# is not used: its advisory database is cloned from GitHub, which CI cannot reach.
 
 # The release .deb (a release build of the binary): checked by tests/ops_packaging.rs with
 # dpkg-deb and lintian, and run from a scratch root.

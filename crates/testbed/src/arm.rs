@@ -1091,7 +1091,7 @@ fn range_after<'m, V>(
 }
 
 /// Walks one per-group index across every group of a subscription, in (group, key) order,
-/// starting after the cursor "<group>/<key>". Keys are built lazily, only for visited items.
+/// starting after the cursor `"<group>/<key>"`. Keys are built lazily, only for visited items.
 fn across_groups<'s, V: 's>(
     sub: &'s Subscription,
     after: Option<&str>,

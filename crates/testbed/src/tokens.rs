@@ -321,7 +321,7 @@ fn token(
 }
 
 /// The audience a token for `resource` carries: the resource with exactly one trailing
-/// slash trimmed to the ARM form ("https://management.azure.com/").
+/// slash trimmed to the ARM form (`https://management.azure.com/`).
 fn normalize_resource(resource: &str) -> String {
     format!("{}/", resource.trim_end_matches('/'))
 }

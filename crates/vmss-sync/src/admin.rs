@@ -5,7 +5,7 @@
 //! the `Accept` header asks for it ([`Format::negotiate`]).
 //!
 //! - `/healthz`: 200 while the daemon's loop turns: its last iteration began less than
-//!   [`Health::liveness_max_age`] ago (10 × `sync_interval`, at least 10 minutes, so that a
+//!   [`liveness_max_age`] ago (10 × `sync_interval`, at least 10 minutes, so that a
 //!   slow but working cycle never gets the process restarted). 503 before the first
 //!   iteration and after shutdown began.
 //! - `/readyz`: 200 when every configured upstream had a successful reconcile at most

@@ -1,6 +1,9 @@
 //! `vmss-sync`: thin main. Parses the command line, loads the configuration, sets up
 //! logging and hands over to the library.
 
+// As in the library: failures become exit codes and messages, never panics.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -271,7 +271,8 @@ async fn a_refused_nginx_plus_api_is_named_refused_with_its_endpoint_not_a_confi
     // A target unusable since the startup check is checked again by the cycle, which
     // reports it as such (still naming the cause) instead of trying to read its servers.
     assert!(
-        out.stdout.contains("cannot plan: NGINX cannot be used for this upstream")
+        out.stdout
+            .contains("cannot plan: NGINX cannot be used for this upstream")
             && out.stdout.contains("connection refused"),
         "{}",
         out.stdout

@@ -7,17 +7,11 @@ mod common;
 mod targets_common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use targets_common::*;
-use vmss_sync::config::{HaproxyServerMode, RuntimeAddress, UpstreamKind};
-use vmss_sync::model::{ServerParams, ServerState};
-use vmss_sync::plan::{Plan, Removal, Update};
-use vmss_sync::target::haproxy_runtime::HaproxyRuntime;
-use vmss_sync::target::{Target, UpstreamRef};
 use vmss_testbed::{Orchestration, TestbedOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -293,141 +287,6 @@ async fn haproxy_runtime_fills_and_frees_server_template_slots_on_a_static_backe
         out.stderr.contains("dynamic balance algorithm") && out.stderr.contains("server-template"),
         "{}",
         out.stderr
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn haproxy_runtime_drain_stops_new_requests_and_restore_brings_them_back() {
-    if !have("haproxy") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pool = ips(10, 12);
-    let (_backends, port) = Backends::start_free(&pool).await;
-    let hap = Haproxy::start(
-        dir.path(),
-        free_port(&[Ipv4Addr::LOCALHOST]),
-        "be",
-        "backend be\n    balance roundrobin\n",
-    )
-    .await;
-    let params = ServerParams {
-        max_conns: 20,
-        max_fails: 1,
-        fail_timeout: Duration::from_secs(10),
-        slow_start: Duration::ZERO,
-    };
-    let target = HaproxyRuntime::new(
-        RuntimeAddress::Unix(hap.socket.clone()),
-        HaproxyServerMode::Auto,
-        "vmss-",
-        true,
-        Duration::from_secs(5),
-        BTreeMap::from([("be".to_string(), params)]),
-    );
-    let up = UpstreamRef::new("be", UpstreamKind::Http);
-    target.check(&up).await.expect("check");
-    let all = addrs(&pool, port);
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                add: all.iter().map(|a| (a.clone(), params)).collect(),
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let client = client();
-    assert_eq!(until_answered(&client, &hap.url(), &all, WAIT).await, all);
-    let seen = target.observe(&up).await.unwrap();
-    assert_eq!(seen.len(), 3);
-    assert!(
-        seen.iter().all(|o| o.params == Some(params)),
-        "maxconn read back: {seen:?}"
-    );
-
-    let drained = &seen[0];
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                update: vec![Update {
-                    id: drained.id,
-                    server: drained.server.clone(),
-                    params: None,
-                    state: ServerState::Draining,
-                    was: ServerState::Active,
-                }],
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert_eq!(
-        report.drained,
-        std::slice::from_ref(&drained.server),
-        "{:?}",
-        report.errors
-    );
-    let rest: Vec<String> = all
-        .iter()
-        .filter(|a| **a != drained.server)
-        .cloned()
-        .collect();
-    assert_eq!(
-        answered(&client, &hap.url(), 30).await,
-        rest,
-        "a draining server gets no new request"
-    );
-    let seen = target.observe(&up).await.unwrap();
-    assert_eq!(
-        seen[0].state,
-        ServerState::Draining,
-        "drain read back: {seen:?}"
-    );
-
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                update: vec![Update {
-                    id: seen[0].id,
-                    server: seen[0].server.clone(),
-                    params: None,
-                    state: ServerState::Active,
-                    was: ServerState::Draining,
-                }],
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(answered(&client, &hap.url(), 30).await, all, "restored");
-
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                remove: vec![Removal {
-                    id: seen[0].id,
-                    server: seen[0].server.clone(),
-                    state: ServerState::Active,
-                }],
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert_eq!(
-        report.removed,
-        std::slice::from_ref(&seen[0].server),
-        "{:?}",
-        report.errors
-    );
-    assert_eq!(answered(&client, &hap.url(), 30).await, rest, "removed");
-    assert_eq!(
-        managed(&hap.servers("be").await),
-        rest,
-        "deleted from HAProxy"
     );
 }
 

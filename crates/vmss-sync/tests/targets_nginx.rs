@@ -7,16 +7,10 @@ mod common;
 mod targets_common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 use targets_common::*;
-use vmss_sync::config::UpstreamKind;
-use vmss_sync::model::{ServerParams, ServerState};
-use vmss_sync::plan::{Plan, Update};
-use vmss_sync::target::nginx_file::NginxFile;
-use vmss_sync::target::{Target, UpstreamRef};
 use vmss_testbed::{Orchestration, TestbedOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,21 +28,7 @@ fn yaml_list(words: &[String]) -> String {
 
 /// `nginx … -t`, and a reload that also appends a line to `reloads.log`.
 fn commands(dir: &Path) -> (Vec<String>, Vec<String>) {
-    let flags = Nginx::flags(dir);
-    let nginx = which("nginx");
-    let mut validate = vec![nginx.clone()];
-    validate.extend(flags.iter().cloned());
-    validate.push("-t".into());
-    let reload = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        format!(
-            "echo reload >> {}/reloads.log && exec {nginx} {} -s reload",
-            dir.display(),
-            flags.join(" ")
-        ),
-    ];
-    (validate, reload)
+    nginx_commands(dir)
 }
 
 fn reloads(dir: &Path) -> usize {
@@ -361,91 +341,5 @@ async fn nginx_file_rejected_by_nginx_t_is_rolled_back_and_not_reloaded() {
         answered(&client, &nginx.url(), 3).await,
         ["<status 502>"],
         "nginx still runs its last good configuration"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn nginx_file_drain_renders_down_and_stops_new_requests() {
-    if !have("nginx") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let pool = ips(12, 14);
-    let (_backends, port) = Backends::start_free(&pool).await;
-    let file = dir.join("upstreams.conf");
-    placeholder_upstreams(&file, &["be"]);
-    let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "be", &file).await;
-    let (validate, reload) = commands(dir);
-    let params = ServerParams {
-        max_conns: 50,
-        max_fails: 1,
-        fail_timeout: Duration::from_secs(10),
-        slow_start: Duration::ZERO,
-    };
-    let target = NginxFile::new(
-        file.clone(),
-        validate,
-        reload,
-        Duration::from_secs(30),
-        vec![("be".into(), UpstreamKind::Http)],
-        BTreeMap::from([("be".to_string(), params)]),
-    );
-    let up = UpstreamRef::new("be", UpstreamKind::Http);
-    target.check(&up).await.expect("check");
-    let all = addrs(&pool, port);
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                add: all.iter().map(|a| (a.clone(), params)).collect(),
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let client = fresh_client();
-    assert_eq!(until_answered(&client, &nginx.url(), &all, WAIT).await, all);
-    let seen = target.observe(&up).await.unwrap();
-    let drained = &seen[1];
-    let report = target
-        .apply(
-            &up,
-            &Plan {
-                update: vec![Update {
-                    id: drained.id,
-                    server: drained.server.clone(),
-                    params: None,
-                    state: ServerState::Draining,
-                    was: ServerState::Active,
-                }],
-                ..Plan::default()
-            },
-        )
-        .await;
-    assert_eq!(
-        report.drained,
-        std::slice::from_ref(&drained.server),
-        "{:?}",
-        report.errors
-    );
-    assert!(std::fs::read_to_string(&file).unwrap().contains(&format!(
-        "server {} max_fails=1 fail_timeout=10s max_conns=50 down;",
-        drained.server
-    )));
-    let rest: Vec<String> = all
-        .iter()
-        .filter(|a| **a != drained.server)
-        .cloned()
-        .collect();
-    assert_eq!(
-        until_answered(&client, &nginx.url(), &rest, WAIT).await,
-        rest,
-        "a draining server gets no new request once nginx reloaded"
-    );
-    assert_eq!(answered(&client, &nginx.url(), 30).await, rest);
-    assert_eq!(
-        target.observe(&up).await.unwrap()[1].state,
-        ServerState::Draining
     );
 }

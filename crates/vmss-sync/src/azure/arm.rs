@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use url::Url;
 
@@ -61,6 +62,8 @@ pub struct ArmOptions {
 impl Default for ArmOptions {
     fn default() -> Self {
         ArmOptions {
+            // A constant, well-formed URL: parsing it cannot fail (the unit test
+            // `default_options_point_at_the_public_cloud` runs this very line).
             #[allow(clippy::expect_used)]
             endpoint: Url::parse(DEFAULT_ARM_ENDPOINT).expect("constant URL parses"),
             audience: DEFAULT_ARM_ENDPOINT.to_string(),
@@ -345,26 +348,33 @@ impl std::fmt::Debug for ArmClient {
     }
 }
 
-/// Percent-encodes one path segment (ARM names may hold `.`, `(`, `)`, spaces…).
+/// What a path segment keeps unencoded: RFC 3986's unreserved characters and `(` `)`
+/// (ARM names may hold `.`, `(`, `)`, spaces…; everything else is percent-encoded).
+const SEGMENT_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'(')
+    .remove(b')');
+
+/// What a query key or value keeps: the unreserved characters and `$` (so `$filter`
+/// stays readable).
+const QUERY_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'$');
+
+/// Percent-encodes one path segment (UTF-8, upper-case hex).
 fn encode_segment(s: &str) -> String {
-    encode(s, b"-._~()")
+    utf8_percent_encode(s, SEGMENT_KEEP).to_string()
 }
 
-/// Percent-encodes a query key or value (keeps `$` so `$filter` stays readable).
+/// Percent-encodes a query key or value (UTF-8, upper-case hex).
 fn encode_query(s: &str) -> String {
-    encode(s, b"-._~$")
-}
-
-fn encode(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || keep.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_KEEP).to_string()
 }
 
 /// Error body `{"error":{"code","message"}}` (or the fields at top level) →
@@ -1765,6 +1775,25 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9/prefix/subscriptions/sub/resourceGroups/my%20rg(1)/providers/Microsoft.Compute/virtualMachineScaleSets/set.a?api-version=2024-07-01&$filter=a%20eq%20%27b%27"
         );
+    }
+
+    #[test]
+    fn default_options_point_at_the_public_cloud() {
+        let o = ArmOptions::default();
+        assert_eq!(o.endpoint.as_str(), "https://management.azure.com/");
+        assert_eq!(o.scope(), "https://management.azure.com/.default");
+    }
+
+    #[test]
+    fn path_segments_and_query_values_percent_encode_all_but_their_kept_characters() {
+        // Unreserved characters stay; a segment also keeps ( ), a query part keeps $.
+        assert_eq!(encode_segment("Ab9-._~()"), "Ab9-._~()");
+        assert_eq!(encode_query("Ab9-._~$"), "Ab9-._~$");
+        // Everything else is encoded, upper-case hex, UTF-8 byte by byte.
+        assert_eq!(encode_segment("a b/c?d#e%f$g"), "a%20b%2Fc%3Fd%23e%25f%24g");
+        assert_eq!(encode_query("a b&c=d+(e)'"), "a%20b%26c%3Dd%2B%28e%29%27");
+        assert_eq!(encode_segment("grüße"), "gr%C3%BC%C3%9Fe");
+        assert_eq!(encode_segment(""), "");
     }
 
     #[test]

@@ -985,19 +985,12 @@ fn cli_time_zone(tz: Option<&str>) -> jiff::tz::TimeZone {
 /// of `zone`. A time skipped or repeated by a daylight-saving change takes the earlier
 /// instant (the token is then refreshed early rather than used late).
 fn cli_local_expiry(s: &str, zone: &jiff::tz::TimeZone) -> Option<SystemTime> {
-    // The civil fields, read as if UTC, then placed in the zone.
-    let naive = retry::parse_naive_datetime_utc(s)?;
-    let since = naive.duration_since(UNIX_EPOCH).ok()?;
-    let as_utc = jiff::Timestamp::new(i64::try_from(since.as_secs()).ok()?, 0).ok()?;
-    let civil = jiff::tz::TimeZone::UTC.to_datetime(as_utc);
-    let ts = match zone.to_ambiguous_timestamp(civil).earlier() {
-        Ok(ts) => ts,
-        Err(_) => return None,
-    };
-    let secs = u64::try_from(ts.as_second()).ok()?;
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs))?
-        .checked_add(Duration::from_nanos(u64::from(since.subsec_nanos())))
+    // `YYYY-MM-DD HH:MM:SS[.fraction]` (or with a `T`); a trailing `Z` is tolerated and,
+    // as before, does not change the zone the CLI's local time is read in.
+    let s = s.trim();
+    let civil: jiff::civil::DateTime = s.strip_suffix('Z').unwrap_or(s).parse().ok()?;
+    let ts = zone.to_ambiguous_timestamp(civil).earlier().ok()?;
+    Some(SystemTime::from(ts))
 }
 
 /// Parses the JSON printed by `az account get-access-token`; `zone` is the one `az`
@@ -1527,6 +1520,37 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(1_704_110_400)
         );
         assert!(parse_cli_output(br#"{"accessToken":"a"}"#, &utc).is_err());
+    }
+
+    #[test]
+    fn cli_expires_on_takes_a_fraction_a_t_or_a_z_and_refuses_impossible_dates() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let noon = UNIX_EPOCH + Duration::from_secs(1_704_110_400); // 2024-01-01 12:00:00 UTC
+        for s in [
+            "2024-01-01 12:00:00",
+            "2024-01-01T12:00:00",
+            "2024-01-01 12:00:00Z",
+            " 2024-01-01 12:00:00.000000 ",
+        ] {
+            assert_eq!(cli_local_expiry(s, &utc), Some(noon), "{s:?}");
+        }
+        assert_eq!(
+            cli_local_expiry("2024-01-01 12:00:00.5", &utc),
+            Some(noon + Duration::from_millis(500))
+        );
+        assert_eq!(
+            cli_local_expiry("2024-01-01 12:00:00.123456789", &utc),
+            Some(noon + Duration::from_nanos(123_456_789))
+        );
+        for s in [
+            "2024-13-01 12:00:00",
+            "2024-02-30 12:00:00",
+            "2024-01-01 25:00:00",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(cli_local_expiry(s, &utc), None, "{s:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,6 @@
-//! Retry policy helpers: jittered exponential backoff, `Retry-After` parsing
-//! and the small amount of calendar arithmetic needed for HTTP dates and the
-//! Azure CLI's `expiresOn` timestamps (no date crate needed).
+//! Retry policy helpers: jittered exponential backoff and `Retry-After` parsing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Default base delay of the exponential backoff.
 pub(crate) const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -18,8 +16,9 @@ pub(crate) fn backoff_delay(base: Duration, retry: u32) -> Duration {
     nominal.mul_f64(0.5 + fastrand::f64())
 }
 
-/// Parses a `Retry-After` header value: either delta-seconds or an HTTP-date.
-/// A date in the past yields zero.
+/// Parses a `Retry-After` header value: either delta-seconds or an HTTP-date
+/// (RFC 9110 §5.6.7: IMF-fixdate, the obsolete RFC 850 form and asctime, read by
+/// `httpdate`). A date in the past yields zero.
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
@@ -35,158 +34,14 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
         }
         return None;
     }
-    let at = parse_http_date(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Days since 1970-01-01 for a proleptic Gregorian civil date
-/// (Howard Hinnant's `days_from_civil`).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400; // [0, 399]
-    let m = i64::from(m);
-    let d = i64::from(d);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146097 + doe - 719468
-}
-
-/// A UTC civil date-time to `SystemTime`. Returns `None` for out-of-range fields.
-pub(crate) fn civil_to_system_time(
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    min: u32,
-    sec: u32,
-    nanos: u32,
-) -> Option<SystemTime> {
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || min > 59
-        || sec > 60
-        || nanos >= 1_000_000_000
-    {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days
-        .checked_mul(86_400)?
-        .checked_add(i64::from(hour) * 3600 + i64::from(min) * 60 + i64::from(sec))?;
-    let secs = u64::try_from(secs).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-}
-
-fn month_from_abbrev(m: &str) -> Option<u32> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let lower = m.to_ascii_lowercase();
-    MONTHS
-        .iter()
-        .position(|x| *x == lower)
-        .and_then(|i| u32::try_from(i + 1).ok())
-}
-
-fn parse_hms(s: &str) -> Option<(u32, u32, u32)> {
-    let mut it = s.split(':');
-    let h = it.next()?.parse().ok()?;
-    let m = it.next()?.parse().ok()?;
-    let sec = it.next()?.parse().ok()?;
-    if it.next().is_some() {
-        return None;
-    }
-    Some((h, m, sec))
-}
-
-/// Parses an HTTP-date (RFC 9110 §5.6.7): IMF-fixdate
-/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
-/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`).
-pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    match parts.as_slice() {
-        // IMF-fixdate
-        [_wd, day, mon, year, hms, tz] if tz.eq_ignore_ascii_case("GMT") => {
-            let (h, m, sec) = parse_hms(hms)?;
-            civil_to_system_time(
-                year.parse().ok()?,
-                month_from_abbrev(mon)?,
-                day.parse().ok()?,
-                h,
-                m,
-                sec,
-                0,
-            )
-        }
-        // RFC 850
-        [_wd, date, hms, tz] if tz.eq_ignore_ascii_case("GMT") => {
-            let mut d = date.split('-');
-            let day: u32 = d.next()?.parse().ok()?;
-            let mon = month_from_abbrev(d.next()?)?;
-            let yy: i64 = d.next()?.parse().ok()?;
-            let year = if yy < 100 {
-                if yy < 70 {
-                    2000 + yy
-                } else {
-                    1900 + yy
-                }
-            } else {
-                yy
-            };
-            let (h, m, sec) = parse_hms(hms)?;
-            civil_to_system_time(year, mon, day, h, m, sec, 0)
-        }
-        // asctime
-        [_wd, mon, day, hms, year] => {
-            let (h, m, sec) = parse_hms(hms)?;
-            civil_to_system_time(
-                year.parse().ok()?,
-                month_from_abbrev(mon)?,
-                day.parse().ok()?,
-                h,
-                m,
-                sec,
-                0,
-            )
-        }
-        _ => None,
-    }
-}
-
-/// Parses `YYYY-MM-DD HH:MM:SS[.ffffff]` (also with a `T` separator) as UTC.
-pub(crate) fn parse_naive_datetime_utc(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let (date, time) = s.split_once([' ', 'T'])?;
-    let mut d = date.split('-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
-    if d.next().is_some() {
-        return None;
-    }
-    let time = time.trim_end_matches('Z');
-    let (hms, frac) = match time.split_once('.') {
-        Some((a, b)) => (a, Some(b)),
-        None => (time, None),
-    };
-    let (h, m, sec) = parse_hms(hms)?;
-    let nanos = match frac {
-        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
-            let v: u32 = f.parse().ok()?;
-            let pad = 9 - u32::try_from(f.len()).ok()?;
-            v.checked_mul(10u32.checked_pow(pad)?)?
-        }
-        Some(_) => return None,
-        None => 0,
-    };
-    civil_to_system_time(year, month, day, h, m, sec, nanos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn backoff_grows_and_stays_within_jitter_bounds() {
@@ -229,23 +84,38 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
             Some(Duration::ZERO)
         );
+        // a leap day; the last date an HTTP-date can hold
+        assert_eq!(
+            parse_retry_after(
+                "Thu, 29 Feb 2024 00:00:07 GMT",
+                UNIX_EPOCH + Duration::from_secs(1_709_164_800)
+            ),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).map(|d| d.as_secs()),
+            Some(253_402_300_799 - 784_111_770)
+        );
+        // not a date: out-of-range fields, another zone, a malformed form
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 24:00:00 GMT", now),
+            None
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", now),
+            None
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 CET", now),
+            None
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Foo 1994 08:49:37 GMT", now),
+            None
+        );
+        assert_eq!(parse_retry_after("2024-01-01T00:00:00Z", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(parse_retry_after("", now), None);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        let t = parse_naive_datetime_utc("2024-01-01 12:00:00.000000");
-        assert_eq!(t, Some(UNIX_EPOCH + Duration::from_secs(1_704_110_400)));
-        let t = parse_naive_datetime_utc("2024-01-01 12:00:00.5");
-        assert_eq!(
-            t,
-            Some(UNIX_EPOCH + Duration::from_millis(1_704_110_400_500))
-        );
-        assert_eq!(parse_naive_datetime_utc("2024-13-01 12:00:00"), None);
-        assert_eq!(parse_naive_datetime_utc("garbage"), None);
     }
 }

@@ -1040,7 +1040,9 @@ fn did_you_mean<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     let mut best: Option<(usize, &'a str)> = None;
     for &candidate in known {
         let cand_n = norm(candidate);
-        let mut distance = edit_distance(&key_n, &cand_n);
+        // Optimal string alignment: Levenshtein plus adjacent transpositions (port → prot
+        // is one edit), no substring edited twice.
+        let mut distance = strsim::osa_distance(&key_n, &cand_n);
         // A shortened or lengthened key (resource_group → resource_group_name) also counts.
         if distance > max_distance
             && key_n.chars().count() >= 6
@@ -1053,29 +1055,6 @@ fn did_you_mean<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
         }
     }
     best.map(|(_, k)| k)
-}
-
-/// Optimal-string-alignment distance (Levenshtein plus adjacent transpositions).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur: Vec<usize> = vec![0; b.len() + 1];
-    for i in 1..=a.len() {
-        cur[0] = i;
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut d = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d = d.min(prev2[j - 2] + 1);
-            }
-            cur[j] = d;
-        }
-        std::mem::swap(&mut prev2, &mut prev);
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 /// "the upstream NAME" from the entry's `name` (best effort), else "an upstream".
@@ -1251,9 +1230,29 @@ mod tests {
 
     #[test]
     fn edit_distance_counts_transpositions_as_one() {
+        let edit_distance = strsim::osa_distance;
         assert_eq!(edit_distance("port", "prot"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        // Optimal string alignment, not unrestricted Damerau (which gives 2 here).
+        assert_eq!(edit_distance("ca", "abc"), 3);
+        // Characters, not bytes.
+        assert_eq!(edit_distance("naïve", "naive"), 1);
+    }
+
+    #[test]
+    fn did_you_mean_suggests_close_keys_including_transpositions() {
+        let known = ["port", "resource_group_name", "sync_interval", "name"];
+        assert_eq!(did_you_mean("prot", &known), Some("port"));
+        assert_eq!(did_you_mean("snyc_interval", &known), Some("sync_interval"));
+        assert_eq!(did_you_mean("Sync-Interval", &known), Some("sync_interval"));
+        assert_eq!(
+            did_you_mean("resource_group", &known),
+            Some("resource_group_name")
+        );
+        assert_eq!(did_you_mean("nmae", &known), Some("name"));
+        assert_eq!(did_you_mean("colour", &known), None);
+        assert_eq!(did_you_mean("xyz", &known), None);
     }
 
     #[test]

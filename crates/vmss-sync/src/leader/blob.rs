@@ -125,18 +125,17 @@ pub struct BlobLeaseClient {
     metrics: Option<Arc<Metrics>>,
 }
 
+/// What a path segment keeps unencoded: RFC 3986's unreserved characters.
+const SEGMENT_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes one URL path segment (names are checked by the configuration, so this is
 /// a safety net).
 fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT_KEEP).to_string()
 }
 
 fn lease_result(r: &Result<reqwest::Response, LeaseError>) -> LeaseResult {
@@ -488,6 +487,12 @@ mod tests {
             Duration::from_secs(3),
         );
         assert!(matches!(far, Err(LeaseError::Invalid(_))));
+    }
+
+    #[test]
+    fn path_segments_keep_only_unreserved_characters() {
+        assert_eq!(encode_segment("Az09-._~"), "Az09-._~");
+        assert_eq!(encode_segment("a b/(c)$é"), "a%20b%2F%28c%29%24%C3%A9");
     }
 
     #[test]

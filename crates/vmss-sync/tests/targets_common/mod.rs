@@ -505,3 +505,23 @@ pub fn placeholder_upstreams(path: &Path, names: &[&str]) {
     }
     std::fs::write(path, text).expect("write upstream file");
 }
+
+/// `nginx … -t` for the nginx started in `dir`, and a reload that also appends a line to
+/// `dir/reloads.log`: the validate and reload commands of an `nginx_file` target.
+pub fn nginx_commands(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let flags = Nginx::flags(dir);
+    let nginx = which("nginx");
+    let mut validate = vec![nginx.clone()];
+    validate.extend(flags.iter().cloned());
+    validate.push("-t".into());
+    let reload = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "echo reload >> {}/reloads.log && exec {nginx} {} -s reload",
+            dir.display(),
+            flags.join(" ")
+        ),
+    ];
+    (validate, reload)
+}
