@@ -586,6 +586,36 @@ fn testbed_modules_import_only_what_architecture_md_allows() {
     check_crate("vmss-testbed", "testbed", "vmss_testbed");
 }
 
+#[test]
+fn every_crate_of_the_workspace_has_a_layers_table_checked_here() {
+    let tables = architecture();
+    let checked = ["vmss-sync", "vmss-testbed"];
+    let mut missing = Vec::new();
+    let crates = repo_root().join("crates");
+    let mut dirs: Vec<_> = fs::read_dir(&crates)
+        .expect("crates/")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let manifest = read(&dir.join("Cargo.toml"));
+        // The package's name: the first `name =` of the manifest, under [package].
+        let name = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = "))
+            .map(|n| n.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("{}: no package name", dir.display()));
+        if !checked.contains(&name.as_str()) || !tables.iter().any(|(t, _)| *t == name) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "crates without a ```layers block in ARCHITECTURE.md and a test here: {missing:?}"
+    );
+}
+
 // The checker itself, on made-up sources against the real vmss-sync table.
 
 fn sync_rows() -> Vec<Row> {
