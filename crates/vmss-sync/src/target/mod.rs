@@ -4,7 +4,7 @@
 //! what it holds, and `apply` of a [`Plan`]. Each target knows its own wire protocol; the
 //! load-balancer targets (NGINX Plus, HAProxy, nginx file) know nothing about Azure, while
 //! the Azure targets (`route_server`, `lb_backend_pool`) write Network resources through
-//! the discovery's ARM client. The reconciler knows nothing about wire protocols.
+//! the discovery's ARM client and share `azure_common`. The reconciler knows nothing about wire protocols.
 
 mod azure_common;
 pub mod configured;
