@@ -5,9 +5,9 @@
 //! document and the check cannot drift apart.
 //!
 //! A table lists modules from the lowest layer (first row) to the highest, each with the
-//! modules it may import; a row may list only rows before it (so the table has no cycle). A file belongs to the longest
-//! listed module its module path starts with, and so does a path it names. Comments,
-//! string and character literals are not read.
+//! modules it may import; a row may list only rows before it (so the table has no cycle).
+//! A file belongs to the longest listed module its module path starts with, and so does a
+//! path it names. Comments, string and character literals are not read.
 
 use std::collections::BTreeSet;
 use std::fs;
