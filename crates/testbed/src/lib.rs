@@ -31,6 +31,7 @@ mod network;
 mod nginx;
 mod tokens;
 mod util;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,13 +46,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use arm::ComputeLimits;
-pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
 pub use fleet::{Change, EventSink, Fleet, FleetEvent, Orchestration, STANDALONE_VMS};
 pub use network::{LroHeaders, Network, NetworkOperation};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;
+pub use wire::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
 
 use dataplane::DataplaneState;
 use fleet::FleetState;
@@ -504,7 +505,7 @@ fn serve(sh: &Shared, service: Service, req: &Req) -> Reply {
 /// The error body an injected `Fault::Status` gets, in the service's own format.
 fn fault_reply(service: Service, status: u16, code: &str, message: &str) -> Reply {
     match service {
-        Service::Arm => arm::arm_error(status, code, message)
+        Service::Arm => wire::arm_error(status, code, message)
             .header("x-ms-request-id", util::guid())
             .header("x-ms-correlation-request-id", util::guid()),
         Service::Nginx => nginx::error_reply(status, code, message),

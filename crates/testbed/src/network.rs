@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::arm::{arm_error, NETWORK_API_VERSIONS};
 use crate::util::{guid, lock, Reply, Req};
+use crate::wire::{arm_error, NETWORK_API_VERSIONS};
 
 const LOCATION: &str = "eastus";
 

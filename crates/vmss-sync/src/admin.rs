@@ -16,9 +16,9 @@
 //! Both answer a short JSON object saying why. Nothing here needs authentication: the
 //! endpoint shows no secret, and it listens on loopback unless configured otherwise.
 
-use crate::config::UpstreamKind;
 use crate::leader::ElectionStatus;
 use crate::metrics::{secs, Format, Metrics};
+use crate::model::UpstreamKind;
 use crate::reconcile::CycleReport;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};

@@ -1,9 +1,10 @@
 //! Command-line helpers kept out of `main` so they can be tested: nginx-asg-sync's
 //! legacy flags, logging set-up, signal forwarding and the text of `plan` and `once`.
 
-use crate::config::{Config, LogFormat, UpstreamKind};
+use crate::config::{Config, LogFormat};
 use crate::daemon::Control;
 use crate::model::ServerState;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, StartupProblem};
 use std::ffi::OsString;
 use std::fmt::Write as _;

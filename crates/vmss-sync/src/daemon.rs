@@ -11,14 +11,16 @@
 
 use crate::admin::{AdminServer, ElectionProbe, Health};
 use crate::azure::arm::{ArmClient, ArmOptions};
-use crate::azure::auth::{cached, default_chain, Env, TokenCredential};
-use crate::config::{self, Config, LeaderElectionConfig, StorageAuth, UpstreamKind};
+use crate::azure::auth::{cached, default_chain, AccessToken, AuthError, Env, TokenCredential};
+use crate::config::{self, Config, LeaderElectionConfig, StorageAuth};
 use crate::leader::blob::{BlobAuth, BlobLeaseClient};
 use crate::leader::shared_key::SharedKey;
 use crate::leader::{Elector, Timing};
-use crate::metrics::{CountingCredential, Metrics};
+use crate::metrics::Metrics;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec};
 use crate::target::TargetError;
+use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -661,4 +663,45 @@ async fn leadership_gained(rx: &mut Option<watch::Receiver<u64>>) {
 pub fn jittered(interval: Duration) -> Duration {
     let factor = 0.9 + fastrand::f64() * 0.2;
     interval.mul_f64(factor)
+}
+
+/// A credential that counts the tokens its inner (uncached) credential fetches. Put it
+/// under the cache, so that it counts real fetches: first tokens and refreshes.
+#[derive(Debug)]
+pub struct CountingCredential {
+    inner: Arc<dyn TokenCredential>,
+    service: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingCredential {
+    /// Counts fetches of `inner` as `vmss_sync_token_fetches_total{service=...}`.
+    pub fn new(
+        inner: Arc<dyn TokenCredential>,
+        service: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner,
+            service,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl TokenCredential for CountingCredential {
+    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
+        let r = self.inner.get_token(scope).await;
+        self.metrics.token_fetch(self.service, r.is_ok());
+        r
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn invalidate(&self, scope: &str, token: &str) {
+        self.inner.invalidate(scope, token).await;
+    }
 }

@@ -19,11 +19,9 @@ pub mod classic;
 pub mod events;
 pub mod process;
 
-use crate::azure::auth::{AccessToken, AuthError, TokenCredential};
 use crate::azure::ArmStats;
-use crate::config::UpstreamKind;
+use crate::model::UpstreamKind;
 use crate::reconcile::{CycleReport, Mode, UpstreamOutcome};
-use async_trait::async_trait;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,7 +31,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The content type of [`Metrics::encode`]'s output.
@@ -825,54 +823,14 @@ impl Metrics {
             .inc();
     }
 
-    fn token_fetch(&self, service: &'static str, ok: bool) {
+    /// Counts one token fetch of `service` (`vmss_sync_token_fetches_total`).
+    pub fn token_fetch(&self, service: &'static str, ok: bool) {
         self.token_fetches
             .get_or_create(&TokenLabels {
                 service,
                 result: if ok { "ok" } else { "error" },
             })
             .inc();
-    }
-}
-
-/// A credential that counts the tokens its inner (uncached) credential fetches. Put it
-/// under the cache, so that it counts real fetches: first tokens and refreshes.
-#[derive(Debug)]
-pub struct CountingCredential {
-    inner: Arc<dyn TokenCredential>,
-    service: &'static str,
-    metrics: Arc<Metrics>,
-}
-
-impl CountingCredential {
-    /// Counts fetches of `inner` as `vmss_sync_token_fetches_total{service=...}`.
-    pub fn new(
-        inner: Arc<dyn TokenCredential>,
-        service: &'static str,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            inner,
-            service,
-            metrics,
-        }
-    }
-}
-
-#[async_trait]
-impl TokenCredential for CountingCredential {
-    async fn get_token(&self, scope: &str) -> Result<AccessToken, AuthError> {
-        let r = self.inner.get_token(scope).await;
-        self.metrics.token_fetch(self.service, r.is_ok());
-        r
-    }
-
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    async fn invalidate(&self, scope: &str, token: &str) {
-        self.inner.invalidate(scope, token).await;
     }
 }
 

@@ -10,6 +10,77 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+/// `kind: http` or `kind: stream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UpstreamKind {
+    Http,
+    Stream,
+}
+
+impl UpstreamKind {
+    /// `"http"` or `"stream"`, as in the config file and the NGINX Plus API paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Http => "http",
+            UpstreamKind::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Default `health_interval`: how often discovery reads instance views.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+
+// Naming rules of a template's service backends, shared by the configuration checks
+// (`config`) and the split into services (`services`).
+
+/// True when `s` is not empty and holds only characters valid in an HAProxy backend name
+/// (`[A-Za-z0-9._:-]`): the parts of a service's backend name.
+pub fn is_backend_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+/// The backend name of a service.
+pub fn backend_name(prefix: &str, sep: &str, name: &str, port: u16, region: &str) -> String {
+    format!("{prefix}{sep}{name}{sep}{port}{sep}{region}")
+}
+
+/// The (service, port, region) of a backend of this template, when `backend` has the
+/// shape `{prefix}{sep}{service}{sep}{port}{sep}{region}`: port 1..=65535 written without
+/// leading zeros, service and region not empty and made of backend-name characters. The
+/// region and port are read from the right, so the service may hold the separator.
+pub fn parse_service_backend<'b>(
+    backend: &'b str,
+    prefix: &str,
+    sep: &str,
+) -> Option<(&'b str, u16, &'b str)> {
+    if sep.is_empty() {
+        return None;
+    }
+    let rest = backend.strip_prefix(prefix)?.strip_prefix(sep)?;
+    let (rest, region) = rest.rsplit_once(sep)?;
+    let (service, port) = rest.rsplit_once(sep)?;
+    let port_ok = !port.is_empty()
+        && !port.starts_with('0')
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit());
+    let port = port.parse::<u16>().ok().filter(|_| port_ok)?;
+    (is_backend_part(service) && is_backend_part(region)).then_some((service, port, region))
+}
+
+/// True when `backend` has the shape of a backend of this template:
+/// `{prefix}{sep}{service}{sep}{port}{sep}{region}` (see [`parse_service_backend`]).
+pub fn is_service_backend(backend: &str, prefix: &str, sep: &str) -> bool {
+    parse_service_backend(backend, prefix, sep).is_some()
+}
+
 /// Identity of one scale set in ARM. Names compare case-insensitively in Azure,
 /// so the key keeps a lower-cased form for equality and the original for display.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

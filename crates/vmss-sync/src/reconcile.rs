@@ -6,8 +6,9 @@
 //! upstream whose discovery failed in any way is left untouched for the cycle.
 
 use crate::azure::arm::ArmClient;
-use crate::config::{Config, ServicesConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, ServicesConfig, UpstreamConfig};
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
+use crate::model::UpstreamKind;
 use crate::model::{
     desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams,
     ServerState,

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use crate::config::ServicesConfig;
 use crate::model::{tag, Found, Instance, ScaleSetSnapshot, Unported};
+// The naming rules live in the model (the configuration checks use them too).
+pub use crate::model::{backend_name, is_backend_part, is_service_backend, parse_service_backend};
 
 /// One service a template's selection found.
 #[derive(Clone, Debug)]
@@ -32,48 +34,6 @@ pub struct Service {
     /// instance of it belongs here, else a copy holding this service's instances and no
     /// capacity) and standalone VMs. Never `exact`.
     pub found: Found,
-}
-
-/// True when `s` is not empty and holds only characters valid in an HAProxy backend name
-/// (`[A-Za-z0-9._:-]`): the parts of a service's backend name.
-pub fn is_backend_part(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-}
-
-/// The backend name of a service.
-pub fn backend_name(prefix: &str, sep: &str, name: &str, port: u16, region: &str) -> String {
-    format!("{prefix}{sep}{name}{sep}{port}{sep}{region}")
-}
-
-/// The (service, port, region) of a backend of this template, when `backend` has the
-/// shape `{prefix}{sep}{service}{sep}{port}{sep}{region}`: port 1..=65535 written without
-/// leading zeros, service and region not empty and made of backend-name characters. The
-/// region and port are read from the right, so the service may hold the separator.
-pub fn parse_service_backend<'b>(
-    backend: &'b str,
-    prefix: &str,
-    sep: &str,
-) -> Option<(&'b str, u16, &'b str)> {
-    if sep.is_empty() {
-        return None;
-    }
-    let rest = backend.strip_prefix(prefix)?.strip_prefix(sep)?;
-    let (rest, region) = rest.rsplit_once(sep)?;
-    let (service, port) = rest.rsplit_once(sep)?;
-    let port_ok = !port.is_empty()
-        && !port.starts_with('0')
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit());
-    let port = port.parse::<u16>().ok().filter(|_| port_ok)?;
-    (is_backend_part(service) && is_backend_part(region)).then_some((service, port, region))
-}
-
-/// True when `backend` has the shape of a backend of this template:
-/// `{prefix}{sep}{service}{sep}{port}{sep}{region}` (see [`parse_service_backend`]).
-pub fn is_service_backend(backend: &str, prefix: &str, sep: &str) -> bool {
-    parse_service_backend(backend, prefix, sep).is_some()
 }
 
 /// The service of one instance: `Ok(None)` when it has no service name (not a member of

@@ -32,6 +32,8 @@ pub use self::targets::{
     SlotGrowth, TargetConfig, TargetSpec,
 };
 pub use self::time::{format_nginx_time, parse_nginx_time};
+/// Re-exported from [`crate::model`], where it lives.
+pub use crate::model::UpstreamKind;
 
 /// Every key the configuration file accepts, as `(section, key)` pairs read from the
 /// parser's own key tables (sections: `top`, `upstreams`, `upstreams.tags`,
@@ -293,29 +295,6 @@ impl fmt::Display for Secret {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloudProvider {
     Azure,
-}
-
-/// `kind: http` or `kind: stream`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum UpstreamKind {
-    Http,
-    Stream,
-}
-
-impl UpstreamKind {
-    /// `"http"` or `"stream"`, as in the config file and the NGINX Plus API paths.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamKind::Http => "http",
-            UpstreamKind::Stream => "stream",
-        }
-    }
-}
-
-impl fmt::Display for UpstreamKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

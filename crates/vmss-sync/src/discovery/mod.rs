@@ -106,8 +106,8 @@ impl Default for Options {
     }
 }
 
-/// Default `health_interval`.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+/// Default `health_interval` (defined in the model, which the configuration shares).
+pub use crate::model::DEFAULT_HEALTH_INTERVAL;
 /// While the budget runs low, instance views wait up to this many health intervals.
 const PRESSURE_STRETCH: u32 = 4;
 

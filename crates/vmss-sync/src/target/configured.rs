@@ -196,7 +196,7 @@ mod tests {
                 services,
                 ..Default::default()
             },
-            kind: crate::config::UpstreamKind::Http,
+            kind: crate::model::UpstreamKind::Http,
             max_conns,
             max_fails: 3,
             fail_timeout: Duration::from_secs(7),

@@ -52,10 +52,8 @@
 //! configured parameters are the template's, looked up by the longest registered name prefix.
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
-use crate::config::{
-    DataplaneApiVersion, HaproxyDataplaneTarget, Secret, ServerSlots, SlotGrowth, UpstreamKind,
-};
-use crate::model::{ObservedServer, ServerParams, ServerState};
+use crate::config::{DataplaneApiVersion, HaproxyDataplaneTarget, Secret, ServerSlots, SlotGrowth};
+use crate::model::{ObservedServer, ServerParams, ServerState, UpstreamKind};
 use crate::plan::Plan;
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};

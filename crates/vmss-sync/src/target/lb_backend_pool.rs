@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::route_server::{
+use super::azure_common::{
     from_arm, from_write, id_of, ip_of, name_for, resource_lock, transient, MIN_POLL,
 };
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};

@@ -4,8 +4,9 @@
 //! what it holds, and `apply` of a [`Plan`]. Each target knows its own wire protocol; the
 //! load-balancer targets (NGINX Plus, HAProxy, nginx file) know nothing about Azure, while
 //! the Azure targets (`route_server`, `lb_backend_pool`) write Network resources through
-//! the discovery's ARM client. The reconciler knows nothing about wire protocols.
+//! the discovery's ARM client and share `azure_common`. The reconciler knows nothing about wire protocols.
 
+mod azure_common;
 pub mod configured;
 pub mod haproxy_dataplane;
 pub mod haproxy_runtime;
@@ -14,8 +15,8 @@ pub mod nginx_file;
 pub mod nginx_plus;
 pub mod route_server;
 
-use crate::config::UpstreamKind;
 use crate::model::ObservedServer;
+use crate::model::UpstreamKind;
 use crate::plan::Plan;
 use async_trait::async_trait;
 

@@ -47,7 +47,8 @@
 //! changes several upstreams of a file usually reloads NGINX once (at most twice).
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
-use crate::config::{format_nginx_time, parse_nginx_time, UpstreamKind};
+use crate::config::{format_nginx_time, parse_nginx_time};
+use crate::model::UpstreamKind;
 use crate::model::{ObservedServer, ServerParams, ServerState};
 use crate::plan::Plan;
 use async_trait::async_trait;

@@ -6,7 +6,8 @@
 //! marked sensitive so they never show in debug output.
 
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
-use crate::config::{format_nginx_time, parse_nginx_time, Secret, UpstreamKind};
+use crate::config::{format_nginx_time, parse_nginx_time, Secret};
+use crate::model::UpstreamKind;
 use crate::model::{ObservedServer, ServerParams, ServerState};
 use crate::plan::Plan;
 use async_trait::async_trait;

@@ -16,7 +16,7 @@ use crate::model::RegisterWhen;
 /// Default `drain_timeout` (docs/scale-sets-health-draining.md says why).
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `health_interval`.
-pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = crate::discovery::DEFAULT_HEALTH_INTERVAL;
+pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = crate::model::DEFAULT_HEALTH_INTERVAL;
 /// ARM's own read bucket.
 pub(crate) const DEFAULT_ARM_READ_BURST: u32 = 250;
 /// ARM's own refill rate.
@@ -382,7 +382,7 @@ impl Cx<'_> {
                  (leave the key out for the default -)"
                     .to_owned(),
             )
-        } else if !crate::services::is_backend_part(&s.text) {
+        } else if !crate::model::is_backend_part(&s.text) {
             Some(
                 "invalid separator: it becomes part of HAProxy backend names, so it may hold \
                  only letters, digits and . _ : -"
@@ -478,7 +478,7 @@ impl Cx<'_> {
             Slot::Absent | Slot::Empty(_) => Some(None),
         };
         let name_ok = match name {
-            Some((name, pos, raw)) if template && !crate::services::is_backend_part(name) => {
+            Some((name, pos, raw)) if template && !crate::model::is_backend_part(name) => {
                 self.error(
                     pos,
                     &format!("{path}.name"),
@@ -652,7 +652,7 @@ impl Cx<'_> {
                     }
                     Some(_) => continue,
                     None => {
-                        if !crate::services::is_service_backend(&u.name, &t.name, sep) {
+                        if !crate::model::is_service_backend(&u.name, &t.name, sep) {
                             continue;
                         }
                         format!(
