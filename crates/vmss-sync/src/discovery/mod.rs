@@ -18,10 +18,13 @@
 //!      `$expand=instanceView` when health is due), and `NetworkInterfaces_List` once per
 //!      resource group holding their NICs, joined on the NIC's `virtualMachine.id`;
 //!    - standalone VMs: the same NIC lists, and `VirtualMachines_ListAll?statusOnly=true`
-//!      when health is due.
+//!      when health is due and the selection takes at least one VM alone.
 //! 3. **Stragglers**: NIC lists of resource groups named only by a NIC id read in step 2,
 //!    and an early instance-view read when new members appeared since the last one (so a
 //!    new instance does not wait a whole `health_interval` to be registered).
+//!
+//! The startup check ([`check`]) runs step 1 only; its reads serve the first cycle when it
+//! starts within 30 s, so a start reads each scale set once.
 //!
 //! Reads per cycle therefore grow with the number of sets and resource groups, never with
 //! the number of instances (apart from pages). Instance views are the expensive reads in
@@ -123,7 +126,12 @@ struct ViewCache {
 pub struct DiscoveryState {
     views: Mutex<HashMap<String, ViewCache>>,
     list_refused: Mutex<HashSet<String>>,
+    /// The startup check's successful scale set reads, kept for the first cycle.
+    primed: Mutex<Option<(Instant, Results)>>,
 }
+
+/// The startup check's reads serve a first cycle that starts at most this long after them.
+const PRIMED_FOR: Duration = Duration::from_secs(30);
 
 impl DiscoveryState {
     fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewCache>> {
@@ -158,6 +166,33 @@ impl DiscoveryState {
 
     fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
         self.views().get(key)?.views.get(id).copied()
+    }
+
+    /// Keeps the successful reads of `done` for the next cycle.
+    fn prime(&self, at: Instant, done: &Results) {
+        let ok = done
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        *self.primed.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, ok));
+    }
+
+    /// The primed reads, once, when they are recent enough.
+    fn take_primed(&self, now: Instant) -> Results {
+        match self.primed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some((at, done)) if now.saturating_duration_since(at) <= PRIMED_FOR => done,
+            _ => Results::new(),
+        }
+    }
+}
+
+/// Moves the reads of `ops` that `primed` holds into `done` (they are not read again).
+fn reuse(primed: &mut Results, ops: &[Op], done: &mut Results) {
+    for op in ops {
+        if let Some(r) = primed.remove(&op.key()) {
+            done.insert(op.key(), r);
+        }
     }
 }
 
@@ -837,6 +872,7 @@ pub async fn check(
     run_all(arm, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
     run_all(arm, fb, opts.concurrency, &mut done).await;
+    state.prime(Instant::now(), &done);
     sels.iter()
         .map(|s| {
             let r = sets_of(s, &done).map(|m| m.iter().map(|m| m.key.to_string()).collect());
@@ -857,10 +893,14 @@ pub async fn discover(
     let sels: Vec<&Selection> = selections.iter().filter(|s| seen.insert(*s)).collect();
     let mut done = Results::new();
 
-    // Step 1: scale sets and standalone VM lists.
+    // Step 1: scale sets and standalone VM lists (those the startup check just read are
+    // not read again).
+    let mut primed = state.take_primed(now);
     let ops = plan_sets(state, &sels);
+    reuse(&mut primed, &ops, &mut done);
     run_all(arm, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
+    reuse(&mut primed, &fb, &mut done);
     run_all(arm, fb, opts.concurrency, &mut done).await;
 
     let mut matched: BTreeMap<Selection, Result<Vec<Matched>, DiscoveryError>> = BTreeMap::new();
@@ -917,9 +957,11 @@ pub async fn discover(
             .and_then(|r| r.as_ref().ok())
             .map(|m| set_ids(m))
             .unwrap_or_default();
+        let mut alone = false;
         for op in vm_lists(sel) {
             if let Ok(Out::Vms(vms)) = get(&done, &op) {
                 for vm in vms.iter().filter(|v| v.taken_alone(sel, &sets)) {
+                    alone = true;
                     ops.push(Op::Nics {
                         sub: sel.subscription.clone(),
                         rg: vm.nic_group().to_string(),
@@ -927,7 +969,9 @@ pub async fn discover(
                 }
             }
         }
-        if sel.views {
+        // The subscription's status list only when the selection takes some VM alone:
+        // members' views come with their set's reads.
+        if sel.views && alone {
             let sub = sel.subscription.clone();
             if state.due(&status_key(&sub), now, interval, pressure(&sub)) {
                 views_read.insert(status_key(&sub));
