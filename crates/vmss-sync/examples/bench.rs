@@ -409,6 +409,7 @@ fn measure_daemon(args: &[String]) -> Res<()> {
 
 const SUBS: usize = 10;
 const PER_SET: usize = 100;
+const FLEET_PAGE: usize = 1000;
 
 /// One scale set of the large case.
 struct FleetSet {
@@ -460,25 +461,31 @@ fn fleet_sets(size: usize) -> Vec<FleetSet> {
     out
 }
 
-/// The read floor of one cycle (docs/benchmarks.md): one scale set read per resource
+/// The read floor of one cycle (docs/benchmarks.md), with lists of at most
+/// `FLEET_PAGE` items (a list costs one read per page): one scale set read per resource
 /// group named by the selections, one NIC list per Uniform set, one filtered VM list per
-/// Flexible set, one NIC list per resource group holding Flexible members, and with
+/// Flexible set, the NIC list of each resource group holding Flexible members, and with
 /// instance views due one VM list with views per Uniform set (the Flexible list carries
-/// them).
+/// them). Every set here has fewer than `FLEET_PAGE` instances.
 fn fleet_floor(sets: &[FleetSet], views: bool) -> usize {
-    let groups: std::collections::BTreeSet<(&str, &str)> =
-        sets.iter().map(|s| (s.sub.as_str(), s.rg.as_str())).collect();
-    let flex_groups: std::collections::BTreeSet<(&str, &str)> = sets
-        .iter()
-        .filter(|s| s.mode == Orchestration::Flexible)
-        .map(|s| (s.sub.as_str(), s.rg.as_str()))
-        .collect();
+    let mut groups: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    let mut flex_nics: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for s in sets {
+        *groups.entry((s.sub.as_str(), s.rg.as_str())).or_default() += 1;
+        if s.mode == Orchestration::Flexible {
+            *flex_nics.entry((s.sub.as_str(), s.rg.as_str())).or_default() += PER_SET;
+        }
+    }
+    let pages = |n: usize| n.div_ceil(FLEET_PAGE).max(1);
     let uniform = sets
         .iter()
         .filter(|s| s.mode == Orchestration::Uniform)
         .count();
     let flexible = sets.len() - uniform;
-    groups.len() + uniform * if views { 2 } else { 1 } + flexible + flex_groups.len()
+    groups.values().map(|n| pages(*n)).sum::<usize>()
+        + uniform * if views { 2 } else { 1 }
+        + flexible
+        + flex_nics.values().map(|n| pages(*n)).sum::<usize>()
 }
 
 fn orchestrate_fleet(args: &[String]) -> Res<()> {
@@ -590,7 +597,7 @@ fn serve_fleet(args: &[String]) -> Res<()> {
         .build()?;
     rt.block_on(async move {
         let mut opts = TestbedOptions {
-            page_size: 1000,
+            page_size: FLEET_PAGE,
             enforce_limits: limits,
             ..TestbedOptions::default()
         };

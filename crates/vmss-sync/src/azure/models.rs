@@ -843,6 +843,131 @@ pub struct Page<T> {
     pub next_link: Option<String>,
 }
 
+/// Decodes a list page element by element, handing each element to `f` as soon as it is
+/// decoded and keeping only what `f` returns: a page of a thousand full models is never
+/// held at once. Returns the page's `nextLink`. Same rules as [`Page`]: `value` is
+/// required and each element must decode as `T`.
+pub fn decode_page_with<T, U, F>(
+    body: &[u8],
+    f: &mut F,
+    out: &mut Vec<U>,
+) -> Result<Option<String>, serde_json::Error>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let next = PageSeed {
+        f,
+        out,
+        _t: std::marker::PhantomData::<fn() -> T>,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(next)
+}
+
+struct PageSeed<'a, T, U, F> {
+    f: &'a mut F,
+    out: &'a mut Vec<U>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'de, T, U, F> serde::de::DeserializeSeed<'de> for PageSeed<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T, U, F> serde::de::Visitor<'de> for PageSeed<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list page")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut next = None;
+        let mut value = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "value" if !value => {
+                    value = true;
+                    map.next_value_seed(Elements {
+                        f: &mut *self.f,
+                        out: &mut *self.out,
+                        _t: std::marker::PhantomData::<fn() -> T>,
+                    })?;
+                }
+                "nextLink" => {
+                    next = match map.next_value::<Option<serde_json::Value>>()? {
+                        Some(serde_json::Value::String(s)) => Some(s),
+                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    };
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !value {
+            return Err(serde::de::Error::missing_field("value"));
+        }
+        Ok(next)
+    }
+}
+
+struct Elements<'a, T, U, F> {
+    f: &'a mut F,
+    out: &'a mut Vec<U>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'de, T, U, F> serde::de::DeserializeSeed<'de> for Elements<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T, U, F> serde::de::Visitor<'de> for Elements<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of resources")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<T>()? {
+            if let Some(u) = (self.f)(item) {
+                self.out.push(u);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1041,5 +1166,26 @@ mod tests {
             proptest::prop_assert_eq!(parse_ipv4_lenient(&format!("{ip}/{p}")), Some(ip));
             proptest::prop_assert_eq!(parse_ipv4_lenient(&ip.to_string()), Some(ip));
         }
+    }
+
+    #[test]
+    fn a_page_is_reduced_element_by_element_with_the_rules_of_page() {
+        let mut keep_even = |v: serde_json::Value| v["n"].as_u64().filter(|n| n % 2 == 0);
+        let mut out = Vec::new();
+        let body = br#"{"value": [{"n": 1}, {"n": 2}, {"n": 4}], "extra": {"x": [1]}, "nextLink": "https://x/next"}"#;
+        let next = decode_page_with(body, &mut keep_even, &mut out).expect("decodes");
+        assert_eq!(out, [2, 4]);
+        assert_eq!(next.as_deref(), Some("https://x/next"));
+        // The same answers as `Page` for what is not a page.
+        for bad in [&br#"{"nextLink": null}"#[..], br#"{"value": null}"#, br#"[1]"#, br#"{"value": []} x"#] {
+            let mut out: Vec<u64> = Vec::new();
+            assert!(decode_page_with(bad, &mut keep_even, &mut out).is_err());
+            assert!(serde_json::from_slice::<Page<serde_json::Value>>(bad).is_err());
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_page_with(br#"{"value": []}"#, &mut keep_even, &mut out).expect("empty page"),
+            None
+        );
     }
 }
