@@ -133,6 +133,90 @@ impl Current {
     }
 }
 
+/// A server list answer, v3 (a bare array) or v2 (`{"_version": …, "data": […]}`), read
+/// into the managed slots (by `prefix`) and the version the v2 envelope names; `None` for
+/// the slots when the answer holds no list.
+struct ServerList<'a> {
+    prefix: &'a str,
+}
+
+type SlotsRead = (Option<BTreeMap<u32, Current>>, Option<u64>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ServerList<'_> {
+    type Value = SlotsRead;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<SlotsRead, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ServerList<'_> {
+    type Value = SlotsRead;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of servers")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SlotsRead, A::Error> {
+        let mut slots = BTreeMap::new();
+        while let Some(v) = seq.next_element::<Value>()? {
+            let n = v
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|name| slot_number(self.prefix, name));
+            if let Some(n) = n {
+                slots.insert(n, Current::of(&v));
+            }
+        }
+        Ok((Some(slots), None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SlotsRead, A::Error> {
+        let mut slots = None;
+        let mut version = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "data" => {
+                    slots = map
+                        .next_value_seed(ServerList {
+                            prefix: self.prefix,
+                        })?
+                        .0;
+                }
+                "_version" => version = map.next_value::<Value>()?.as_u64(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((slots, version))
+    }
+
+    fn visit_unit<E>(self) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+}
+
 /// Why one transaction attempt ended early.
 enum Abort {
     /// The configuration moved under the transaction: start again.
@@ -620,28 +704,31 @@ impl HaproxyDataplane {
         if status != StatusCode::OK {
             return Err(self.unexpected(&Method::GET, &url, status, &text));
         }
-        let answer = serde_json::from_str::<Value>(&text).map_err(|e| {
-            self.error(
-                format!("GET {}: unexpected answer: {e}", url.path()),
-                Permanence::Transient,
-            )
-        })?;
-        let version = header_version.or_else(|| answer.get("_version").and_then(Value::as_u64));
-        let list = data(answer);
-        let Value::Array(items) = list else {
-            return Err(self.error(
-                format!("GET {}: the answer is not a list of servers", url.path()),
-                Permanence::Transient,
-            ));
+        // Server by server: each object is reduced to its slot as soon as it is decoded,
+        // so a backend of 20,000 servers is never held as a tree of JSON values.
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let decoded = ServerList {
+            prefix: &self.prefix,
+        }
+        .deserialize(&mut de)
+        .and_then(|r| de.end().map(|()| r));
+        let (slots, body_version) = match decoded {
+            Ok((Some(slots), v)) => (slots, v),
+            Ok((None, _)) => {
+                return Err(self.error(
+                    format!("GET {}: the answer is not a list of servers", url.path()),
+                    Permanence::Transient,
+                ))
+            }
+            Err(e) => {
+                return Err(self.error(
+                    format!("GET {}: unexpected answer: {e}", url.path()),
+                    Permanence::Transient,
+                ))
+            }
         };
-        let slots = items
-            .iter()
-            .filter_map(|v| {
-                let n = slot_number(&self.prefix, v.get("name")?.as_str()?)?;
-                Some((n, Current::of(v)))
-            })
-            .collect();
-        Ok((Some(slots), version))
+        Ok((Some(slots), header_version.or(body_version)))
     }
 
     /// A GET answering status, body and the `Configuration-Version` header when present.
