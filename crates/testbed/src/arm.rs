@@ -349,10 +349,7 @@ fn handle_inner(sh: &Shared, req: &Req) -> Reply {
     // ARM's buckets are per subscription and principal, one per kind of request.
     let subscription = subscription_of(&req.path);
     let action = ArmAction::of(&req.method);
-    let header = format!(
-        "x-ms-ratelimit-remaining-subscription-{}",
-        action.word()
-    );
+    let header = format!("x-ms-ratelimit-remaining-subscription-{}", action.word());
     let remaining = match sh.consume(action, &subscription, &principal, enforce) {
         Ok(r) => r,
         Err(wait) => {
@@ -526,9 +523,9 @@ impl ComputeBuckets {
                 .buckets
                 .entry((subscription.to_string(), name))
                 .or_insert(Bucket {
-                tokens: cap,
-                at: now,
-            });
+                    tokens: cap,
+                    at: now,
+                });
             b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(cap);
             b.at = now;
             if enforce && b.tokens < 1.0 {

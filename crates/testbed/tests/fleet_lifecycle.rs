@@ -253,8 +253,7 @@ async fn arm_buckets_are_per_subscription_and_principal_with_writes_and_deletes_
     })
     .await;
     e.set("web", Orchestration::Uniform, 1);
-    e.tb
-        .fleet()
+    e.tb.fleet()
         .add_scale_set(SUB2, RG, "web", Orchestration::Uniform, "eastus");
     let get = |sub: &str| {
         format!(

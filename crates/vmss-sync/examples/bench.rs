@@ -473,7 +473,9 @@ fn fleet_floor(sets: &[FleetSet], views: bool) -> usize {
     for s in sets {
         *groups.entry((s.sub.as_str(), s.rg.as_str())).or_default() += 1;
         if s.mode == Orchestration::Flexible {
-            *flex_nics.entry((s.sub.as_str(), s.rg.as_str())).or_default() += PER_SET;
+            *flex_nics
+                .entry((s.sub.as_str(), s.rg.as_str()))
+                .or_default() += PER_SET;
         }
     }
     let pages = |n: usize| n.div_ceil(FLEET_PAGE).max(1);
@@ -644,7 +646,10 @@ fn serve_fleet(args: &[String]) -> Res<()> {
         .await?;
         let reqs = tb.requests_to(vmss_testbed::Service::Arm);
         let throttled = reqs.iter().filter(|r| r.status == 429).count();
-        println!("{}", json!({"arm_requests": reqs.len(), "throttled": throttled}));
+        println!(
+            "{}",
+            json!({"arm_requests": reqs.len(), "throttled": throttled})
+        );
         std::io::stdout().flush()?;
         tb.shutdown().await;
         Res::Ok(())
@@ -730,6 +735,7 @@ fn measure_fleet(args: &[String]) -> Res<()> {
         }
         let cold = started.elapsed();
         let cold_stats = rec.arm().stats();
+        let hwm_cold = peak_kb();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let before = rec.arm().stats();
         let cpu0 = cpu_time();
@@ -759,6 +765,7 @@ fn measure_fleet(args: &[String]) -> Res<()> {
             "cold_start_429": s429(&cold_stats),
             "steady_429": s429(&after) - s429(&before),
             "budget_wait_s": after.budget_wait.as_secs_f64(),
+            "peak_kb_after_cold_start": hwm_cold,
         }))
     });
     let mut r = result?;

@@ -44,8 +44,13 @@ fn reads(env: &Env) -> (usize, BTreeMap<String, usize>) {
             .split('&')
             .filter(|q| !q.starts_with("api-version"))
             .collect();
-        *by.entry(format!("{} {}?{}", r.method, shape.join("/"), query.join("&")))
-            .or_insert(0) += 1;
+        *by.entry(format!(
+            "{} {}?{}",
+            r.method,
+            shape.join("/"),
+            query.join("&")
+        ))
+        .or_insert(0) += 1;
     }
     (reqs.len(), by)
 }
@@ -56,7 +61,10 @@ async fn start_and_steady(env: &Env, upstreams: &str) -> (usize, usize, String) 
     let path = env.config("health_interval: 1ms\n", upstreams);
     let text = std::fs::read_to_string(&path).expect("config written");
     let pairs = env.sp_env();
-    let vars: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let vars: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let vars = Vars::from_pairs(&vars);
     let cfg = vmss_sync::config::parse(&text, &path, &|k| vars.get(k).map(str::to_string))
         .expect("valid configuration");
@@ -88,8 +96,11 @@ async fn one_named_uniform_set_reads_one_get_and_two_lists_once_at_start_and_per
     let env = fleet().await;
     set(&env, RG, "web", Orchestration::Uniform, 3);
     env.upstream(UpstreamKind::Http, "web");
-    let (start, steady, why) =
-        start_and_steady(&env, &upstream("web", "    virtual_machine_scale_set: web\n")).await;
+    let (start, steady, why) = start_and_steady(
+        &env,
+        &upstream("web", "    virtual_machine_scale_set: web\n"),
+    )
+    .await;
     // 1 GET of the set + its NIC list + its VM list with instance views.
     assert_eq!(start, 3, "{why}");
     assert_eq!(steady, 3, "{why}");
@@ -105,7 +116,10 @@ async fn named_sets_in_one_group_read_the_group_list_once_and_each_set_s_members
     let mut ups = String::new();
     for n in ["a", "b", "c", "d"] {
         env.upstream(UpstreamKind::Http, n);
-        ups.push_str(&upstream(n, &format!("    virtual_machine_scale_set: {n}\n")));
+        ups.push_str(&upstream(
+            n,
+            &format!("    virtual_machine_scale_set: {n}\n"),
+        ));
     }
     // A fifth upstream on two of the same sets reads nothing more.
     env.upstream(UpstreamKind::Http, "ab");

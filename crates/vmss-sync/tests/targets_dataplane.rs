@@ -999,7 +999,11 @@ async fn dataplane_a_changed_backend_is_read_once_per_cycle_unless_the_version_m
         let target = dataplane_target(&env, version, false);
         // A cycle: observe, then apply a change. The transaction starts on the version
         // observe read at, so observe's read serves it.
-        assert!(target.observe(&backend("web")).await.expect("observe").is_empty());
+        assert!(target
+            .observe(&backend("web"))
+            .await
+            .expect("observe")
+            .is_empty());
         let reports = target
             .apply_batch(&[(backend("web"), adds(&["10.0.0.1:80", "10.0.0.2:80"]))])
             .await;

@@ -703,11 +703,13 @@ impl ArmClient {
             let body = self.send_get(operation, &url).await?;
             // Each element is reduced by `f` as it is decoded (a failed page keeps nothing:
             // the whole list fails).
-            let next_link = models::decode_page_with::<T, U, _>(&body, &mut f, &mut out)
-                .map_err(|e| ArmError::Decode {
-                    operation,
-                    path: url.path().to_string(),
-                    detail: format!("page {}: {}", page_no + 1, decode_detail(&e, &body)),
+            let next_link =
+                models::decode_page_with::<T, U, _>(&body, &mut f, &mut out).map_err(|e| {
+                    ArmError::Decode {
+                        operation,
+                        path: url.path().to_string(),
+                        detail: format!("page {}: {}", page_no + 1, decode_detail(&e, &body)),
+                    }
                 })?;
             drop(body);
             let Some(link) = next_link.filter(|l| !l.trim().is_empty()) else {

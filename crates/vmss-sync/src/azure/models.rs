@@ -150,7 +150,9 @@ where
             Ok(Some(v.to_string()))
         }
         fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-            Ok(Some(serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())))
+            Ok(Some(
+                serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()),
+            ))
         }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
             Ok(None)
@@ -1210,7 +1212,12 @@ mod tests {
         assert_eq!(out, [2, 4]);
         assert_eq!(next.as_deref(), Some("https://x/next"));
         // The same answers as `Page` for what is not a page.
-        for bad in [&br#"{"nextLink": null}"#[..], br#"{"value": null}"#, br#"[1]"#, br#"{"value": []} x"#] {
+        for bad in [
+            &br#"{"nextLink": null}"#[..],
+            br#"{"value": null}"#,
+            br#"[1]"#,
+            br#"{"value": []} x"#,
+        ] {
             let mut out: Vec<u64> = Vec::new();
             assert!(decode_page_with(bad, &mut keep_even, &mut out).is_err());
             assert!(serde_json::from_slice::<Page<serde_json::Value>>(bad).is_err());

@@ -117,7 +117,50 @@ const PRESSURE_STRETCH: u32 = 4;
 /// Instance views read earlier, by VM id, with when they were read.
 struct ViewCache {
     read_at: Instant,
-    views: HashMap<Arc<str>, InstanceView>,
+    /// The parent path the ids share (up to and including the last `/`), kept once.
+    base: Box<str>,
+    /// By the id's last segment when its parent is `base`, else by the whole id (which
+    /// starts with `/`, so the two never meet): 100,000 VM ids are not kept whole.
+    views: HashMap<Box<str>, InstanceView>,
+}
+
+impl ViewCache {
+    fn new(read_at: Instant, views: &HashMap<Arc<str>, InstanceView>) -> Self {
+        let base: Box<str> = views
+            .keys()
+            .next()
+            .map(|id| parent_of(id).0)
+            .unwrap_or_default()
+            .into();
+        let views = views
+            .iter()
+            .map(|(id, v)| (Box::from(cache_key_of(&base, id)), *v))
+            .collect();
+        ViewCache {
+            read_at,
+            base,
+            views,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&InstanceView> {
+        self.views.get(cache_key_of(&self.base, id))
+    }
+}
+
+/// An id's parent path (up to and including its last `/`) and last segment.
+fn parent_of(id: &str) -> (&str, &str) {
+    match id.rfind('/') {
+        Some(i) => (&id[..=i], &id[i + 1..]),
+        None => ("", id),
+    }
+}
+
+fn cache_key_of<'a>(base: &str, id: &'a str) -> &'a str {
+    match parent_of(id) {
+        (parent, last) if parent == base => last,
+        _ => id,
+    }
 }
 
 /// What discovery remembers between cycles: instance views (read on their own slower
@@ -155,17 +198,17 @@ impl DiscoveryState {
     fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a Arc<str>>) -> bool {
         match self.views().get(key) {
             None => false,
-            Some(c) => ids.all(|id| c.views.contains_key(&**id)),
+            Some(c) => ids.all(|id| c.get(id).is_some()),
         }
     }
 
-    fn store(&self, key: &str, at: Instant, views: HashMap<Arc<str>, InstanceView>) {
-        self.views()
-            .insert(key.to_string(), ViewCache { read_at: at, views });
+    fn store(&self, key: &str, at: Instant, views: &HashMap<Arc<str>, InstanceView>) {
+        let cache = ViewCache::new(at, views);
+        self.views().insert(key.to_string(), cache);
     }
 
     fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
-        self.views().get(key)?.views.get(id).copied()
+        self.views().get(key)?.get(id).copied()
     }
 
     /// Keeps the successful reads of `done` for the next cycle.
@@ -1056,7 +1099,7 @@ pub async fn discover(
                     .iter()
                     .filter_map(|v| Some((v.id.clone(), v.view?)))
                     .collect();
-                state.store(&status_key(sub), now, views);
+                state.store(&status_key(sub), now, &views);
             }
         }
     }
@@ -1209,7 +1252,7 @@ fn snapshot(
             };
             if expanded {
                 if let Out::Views(v) = get(done, &p.uviews())? {
-                    state.store(&ck, now, v.clone());
+                    state.store(&ck, now, v);
                 }
             }
             let mut sorted: Vec<&Nic> = list.iter().collect();
@@ -1242,7 +1285,7 @@ fn snapshot(
                     .iter()
                     .filter_map(|v| Some((v.id.clone(), v.view?)))
                     .collect();
-                state.store(&ck, now, views);
+                state.store(&ck, now, &views);
             }
             for vm in vms {
                 let rg = vm.nic_group();

@@ -344,7 +344,9 @@ fn server_body(name: &str, slot: &Slot, check: bool) -> Value {
 fn same(current: &Current, slot: &Slot, check: bool) -> bool {
     match (&current.slot, slot) {
         (Slot::Free, Slot::Free) => true,
-        (cur @ Slot::Used { .. }, want @ Slot::Used { .. }) => cur == want && current.check == check,
+        (cur @ Slot::Used { .. }, want @ Slot::Used { .. }) => {
+            cur == want && current.check == check
+        }
         _ => false,
     }
 }
@@ -1322,19 +1324,28 @@ mod tests {
             state: ServerState::Active,
         };
         let plans = [
-            (BTreeMap::new(), Plan {
-                add: (0..n).map(|i| (server(i), p())).collect(),
-                ..Plan::default()
-            }),
-            (full.clone(), Plan {
-                add: (n..n + n / 2).map(|i| (server(i), p())).collect(),
-                remove: (0..n / 2).map(removal).collect(),
-                ..Plan::default()
-            }),
-            (full, Plan {
-                remove: (0..n - n / 10).map(removal).collect(),
-                ..Plan::default()
-            }),
+            (
+                BTreeMap::new(),
+                Plan {
+                    add: (0..n).map(|i| (server(i), p())).collect(),
+                    ..Plan::default()
+                },
+            ),
+            (
+                full.clone(),
+                Plan {
+                    add: (n..n + n / 2).map(|i| (server(i), p())).collect(),
+                    remove: (0..n / 2).map(removal).collect(),
+                    ..Plan::default()
+                },
+            ),
+            (
+                full,
+                Plan {
+                    remove: (0..n - n / 10).map(removal).collect(),
+                    ..Plan::default()
+                },
+            ),
         ];
         plans.map(|(current, plan)| {
             let current = current.iter().map(|(k, v)| (*k, Current::of(v))).collect();
