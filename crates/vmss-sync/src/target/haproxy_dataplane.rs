@@ -92,7 +92,7 @@ pub struct HaproxyDataplane {
     /// What `observe` read of each backend and at which configuration version: a
     /// transaction opened on that same version starts from these servers, so a changed
     /// backend is read once per cycle, not again inside the transaction.
-    observed: std::sync::Mutex<HashMap<String, (u64, BTreeMap<u32, Current>)>>,
+    observed: std::sync::Mutex<Observed>,
 }
 
 impl std::fmt::Debug for HaproxyDataplane {
@@ -132,6 +132,9 @@ impl Current {
         }
     }
 }
+
+/// What `observe` read, per backend: the configuration version and the managed slots.
+type Observed = HashMap<String, (u64, BTreeMap<u32, Current>)>;
 
 /// A server list answer, v3 (a bare array) or v2 (`{"_version": …, "data": […]}`), read
 /// into the managed slots (by `prefix`) and the version the v2 envelope names; `None` for
@@ -783,9 +786,7 @@ impl HaproxyDataplane {
         Ok((status, text, version))
     }
 
-    fn remembered(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, BTreeMap<u32, Current>)>> {
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Observed> {
         self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
