@@ -20,7 +20,10 @@
 //! its own NGINX Plus upstream. Each size runs twice: with ARM's limits lifted (reads per
 //! cycle against the floor formula, CPU per steady cycle, peak memory), and with the
 //! testbed enforcing ARM's and Compute's default limits and the daemon on its default
-//! budget (cold start to every upstream in sync, steady cycle time, 429s).
+//! budget (cold start to every upstream in sync, then cycles one every `sync_interval` for
+//! two `health_interval`s as the daemon runs them: their average and longest wall time,
+//! and the 429s). `--only lifted|limits` runs one half, `--cycles N` sets the steady
+//! cycles measured (at least), `BENCH_VERBOSE=1` prints every figure.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
