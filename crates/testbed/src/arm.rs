@@ -28,7 +28,7 @@ use crate::wire::{
     arm_error, arm_error_target, code_for_status, COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS,
     VMSS_NETWORK_API_VERSIONS,
 };
-use crate::{Service, Shared};
+use crate::{ArmAction, Service, Shared};
 use std::time::{Duration, Instant};
 
 const SKU: &str = "Standard_D2s_v3";
@@ -52,7 +52,8 @@ fn unauthorized(sh: &Shared, code: &str, message: &str, description: &str) -> Re
     )
 }
 
-fn authenticate(sh: &Shared, req: &Req) -> Result<(), Reply> {
+/// Checks the bearer token; the principal it stands for.
+fn authenticate(sh: &Shared, req: &Req) -> Result<String, Reply> {
     let Some(h) = req.header("authorization") else {
         return Err(unauthorized(
             sh,
@@ -74,7 +75,7 @@ fn authenticate(sh: &Shared, req: &Req) -> Result<(), Reply> {
     };
     let check = tokens::check(&lock(&sh.tokens), token, &sh.urls.arm);
     match check {
-        TokenCheck::Valid => Ok(()),
+        TokenCheck::Valid(principal) => Ok(principal),
         TokenCheck::Unknown => Err(unauthorized(
             sh,
             "InvalidAuthenticationToken",
@@ -220,25 +221,42 @@ fn type_name(rest: &[&str]) -> String {
 }
 
 fn handle_inner(sh: &Shared, req: &Req) -> Reply {
-    if let Err(r) = authenticate(sh, req) {
-        return r;
-    }
+    let principal = match authenticate(sh, req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let enforce = sh.opts.enforce_limits;
-    let remaining = match sh.consume_read(enforce) {
+    // ARM's buckets are per subscription and principal, one per kind of request.
+    let subscription = subscription_of(&req.path);
+    let action = ArmAction::of(&req.method);
+    let header = format!("x-ms-ratelimit-remaining-subscription-{}", action.word());
+    let remaining = match sh.consume(action, &subscription, &principal, enforce) {
         Ok(r) => r,
         Err(wait) => {
+            let verb = match action {
+                ArmAction::Read => "read",
+                ArmAction::Write => "write",
+                ArmAction::Delete => "delete",
+            };
             return arm_error(
                 429,
                 "SubscriptionRequestsThrottled",
-                "Number of 'read' requests for subscription actor exceeded. Please try again after some time.",
+                &format!("Number of '{verb}' requests for subscription actor exceeded. Please try again after some time."),
             )
             .header("retry-after", retry_secs(wait).to_string())
-            .header("x-ms-ratelimit-remaining-subscription-reads", "0");
+            .header(header.as_str(), "0");
         }
     };
     let class = compute_class(req);
-    let compute =
-        class.map(|c| lock(&sh.compute).take(c, &sh.opts.compute_limits, enforce, Instant::now()));
+    let compute = class.map(|c| {
+        lock(&sh.compute).take(
+            &subscription,
+            c,
+            &sh.opts.compute_limits,
+            enforce,
+            Instant::now(),
+        )
+    });
     let reply = match &compute {
         Some(Err((policy, wait))) => arm_error(
             429,
@@ -257,18 +275,26 @@ fn handle_inner(sh: &Shared, req: &Req) -> Reply {
         }
         None => reply,
     };
-    reply.header(
-        "x-ms-ratelimit-remaining-subscription-reads",
-        remaining.to_string(),
-    )
+    reply.header(header.as_str(), remaining.to_string())
+}
+
+/// The subscription a request's path names (lower-cased; empty when none).
+fn subscription_of(path: &str) -> String {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    while let Some(s) = segs.next() {
+        if s.eq_ignore_ascii_case("subscriptions") {
+            return segs.next().unwrap_or_default().to_ascii_lowercase();
+        }
+    }
+    String::new()
 }
 
 fn retry_secs(wait: std::time::Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
-/// Compute's read policies as the fake applies them (per subscription region; one set of
-/// buckets for the whole fake). Compute does not publish these numbers; the defaults sit
+/// Compute's read policies as the fake applies them (one set of buckets per subscription:
+/// the fake has one region). Compute does not publish these numbers; the defaults sit
 /// near values seen in public `x-ms-ratelimit-remaining-resource` examples
 /// (`Microsoft.Compute/HighCostGet3Min;107,Microsoft.Compute/HighCostGet30Min;1115`).
 /// Each policy is a token bucket refilled evenly over its window.
@@ -326,10 +352,10 @@ struct Bucket {
     at: Instant,
 }
 
-/// The fake's Compute buckets.
+/// The fake's Compute buckets, by subscription and policy.
 #[derive(Debug, Default)]
 pub(crate) struct ComputeBuckets {
-    buckets: std::collections::HashMap<&'static str, Bucket>,
+    buckets: std::collections::HashMap<(String, &'static str), Bucket>,
 }
 
 impl ComputeBuckets {
@@ -337,6 +363,7 @@ impl ComputeBuckets {
     /// policy and how long until it has a call again.
     pub(crate) fn take(
         &mut self,
+        subscription: &str,
         class: CostClass,
         limits: &ComputeLimits,
         enforce: bool,
@@ -372,10 +399,13 @@ impl ComputeBuckets {
         for (name, cap, window) in policies {
             let cap = f64::from(cap.max(1));
             let rate = cap / window;
-            let b = self.buckets.entry(name).or_insert(Bucket {
-                tokens: cap,
-                at: now,
-            });
+            let b = self
+                .buckets
+                .entry((subscription.to_string(), name))
+                .or_insert(Bucket {
+                    tokens: cap,
+                    at: now,
+                });
             b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(cap);
             b.at = now;
             if enforce && b.tokens < 1.0 {
@@ -386,7 +416,7 @@ impl ComputeBuckets {
             }
         }
         for (name, _, _) in policies {
-            if let Some(b) = self.buckets.get_mut(name) {
+            if let Some(b) = self.buckets.get_mut(&(subscription.to_string(), name)) {
                 b.tokens = (b.tokens - 1.0).max(0.0);
                 left.push(format!("{name};{}", b.tokens as u64));
             }

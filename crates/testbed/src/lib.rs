@@ -33,6 +33,7 @@ mod tokens;
 mod util;
 mod wire;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,6 +99,63 @@ pub struct TestbedOptions {
     pub enforce_limits: bool,
     /// Compute's throttling policies as the fake applies them.
     pub compute_limits: ComputeLimits,
+    /// ARM's own buckets per subscription and principal (reads, writes, deletes).
+    pub arm_limits: ArmLimits,
+}
+
+/// ARM's request buckets, kept per subscription and security principal: each a token
+/// bucket of `*_bucket` requests refilled at `*_per_second` (ARM's published model:
+/// 250 reads +25/s, 200 writes +10/s, 200 deletes +10/s). Reads answer
+/// `x-ms-ratelimit-remaining-subscription-reads`, writes (PUT, PATCH, POST)
+/// `…-subscription-writes`, deletes `…-subscription-deletes`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmLimits {
+    pub read_bucket: u32,
+    pub reads_per_second: f64,
+    pub write_bucket: u32,
+    pub writes_per_second: f64,
+    pub delete_bucket: u32,
+    pub deletes_per_second: f64,
+}
+
+impl Default for ArmLimits {
+    fn default() -> Self {
+        ArmLimits {
+            read_bucket: 250,
+            reads_per_second: 25.0,
+            write_bucket: 200,
+            writes_per_second: 10.0,
+            delete_bucket: 200,
+            deletes_per_second: 10.0,
+        }
+    }
+}
+
+/// Which of ARM's buckets a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ArmAction {
+    Read,
+    Write,
+    Delete,
+}
+
+impl ArmAction {
+    pub(crate) fn of(method: &str) -> Self {
+        match method {
+            "GET" | "HEAD" => ArmAction::Read,
+            "DELETE" => ArmAction::Delete,
+            _ => ArmAction::Write,
+        }
+    }
+
+    /// The word of ARM's header and 429 message.
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            ArmAction::Read => "reads",
+            ArmAction::Write => "writes",
+            ArmAction::Delete => "deletes",
+        }
+    }
 }
 
 impl Default for TestbedOptions {
@@ -114,6 +172,7 @@ impl Default for TestbedOptions {
             nginx_versions: (1..=9).collect(),
             enforce_limits: false,
             compute_limits: ComputeLimits::default(),
+            arm_limits: ArmLimits::default(),
         }
     }
 }
@@ -147,14 +206,11 @@ struct Log {
     entries: Vec<(u64, RecordedRequest)>,
 }
 
-/// ARM subscription read bucket: 250 tokens, refilled at 25/s (the 2024 token-bucket model).
-struct ReadBucket {
+/// One of ARM's buckets (the 2024 token-bucket model).
+struct ArmBucket {
     tokens: f64,
     at: Instant,
 }
-
-const READ_BUCKET: f64 = 250.0;
-const READ_REFILL_PER_SEC: f64 = 25.0;
 
 pub(crate) struct Shared {
     pub opts: TestbedOptions,
@@ -166,23 +222,45 @@ pub(crate) struct Shared {
     pub faults: Faults,
     pub tokens: Mutex<TokenStore>,
     log: Mutex<Log>,
-    reads: Mutex<ReadBucket>,
+    /// ARM's buckets by (subscription, principal, action).
+    arm_buckets: Mutex<HashMap<(String, String, ArmAction), ArmBucket>>,
     pub compute: Mutex<arm::ComputeBuckets>,
 }
 
 impl Shared {
-    /// Takes one read from the bucket and returns what is left. With `enforce`, an empty
-    /// bucket takes nothing and says how long until a read is available.
-    pub fn consume_read(&self, enforce: bool) -> Result<u64, Duration> {
-        let mut b = lock(&self.reads);
+    /// Takes one request of `action` from the bucket of `subscription` and `principal`
+    /// and returns what is left. With `enforce`, an empty bucket takes nothing and says
+    /// how long until a request is available.
+    pub(crate) fn consume(
+        &self,
+        action: ArmAction,
+        subscription: &str,
+        principal: &str,
+        enforce: bool,
+    ) -> Result<u64, Duration> {
+        let l = &self.opts.arm_limits;
+        let (cap, rate) = match action {
+            ArmAction::Read => (l.read_bucket, l.reads_per_second),
+            ArmAction::Write => (l.write_bucket, l.writes_per_second),
+            ArmAction::Delete => (l.delete_bucket, l.deletes_per_second),
+        };
+        let (cap, rate) = (f64::from(cap.max(1)), rate.max(0.001));
         let now = Instant::now();
-        let refill = now.duration_since(b.at).as_secs_f64() * READ_REFILL_PER_SEC;
-        b.tokens = (b.tokens + refill).min(READ_BUCKET);
+        let mut buckets = lock(&self.arm_buckets);
+        let b = buckets
+            .entry((
+                subscription.to_ascii_lowercase(),
+                principal.to_string(),
+                action,
+            ))
+            .or_insert(ArmBucket {
+                tokens: cap,
+                at: now,
+            });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(cap);
         b.at = now;
         if enforce && b.tokens < 1.0 {
-            return Err(Duration::from_secs_f64(
-                (1.0 - b.tokens) / READ_REFILL_PER_SEC,
-            ));
+            return Err(Duration::from_secs_f64((1.0 - b.tokens) / rate));
         }
         b.tokens = (b.tokens - 1.0).max(0.0);
         Ok(b.tokens as u64)
@@ -250,10 +328,7 @@ impl Testbed {
             faults: Faults::default(),
             tokens: Mutex::new(TokenStore::default()),
             log: Mutex::new(Log::default()),
-            reads: Mutex::new(ReadBucket {
-                tokens: READ_BUCKET,
-                at: Instant::now(),
-            }),
+            arm_buckets: Mutex::new(HashMap::new()),
             compute: Mutex::new(arm::ComputeBuckets::default()),
         });
         let (tx, rx) = watch::channel(false);
@@ -394,6 +469,24 @@ impl Testbed {
                 &self.shared.urls.authority,
             )
             .token
+    }
+
+    /// Mints a valid ARM bearer token for another security principal (ARM's buckets are
+    /// per subscription and principal).
+    pub fn issue_token_as(&self, principal: &str) -> String {
+        let mut store = lock(&self.shared.tokens);
+        let token = store
+            .issue(
+                &self.shared.opts,
+                TokenFlow::Direct,
+                ARM_AUDIENCE,
+                &self.shared.urls.authority,
+            )
+            .token;
+        if let Some(info) = store.tokens.get_mut(&token) {
+            info.principal = principal.to_string();
+        }
+        token
     }
 
     /// Tokens issued over HTTP by all flows (Entra ID, IMDS, App Service); excludes

@@ -29,6 +29,8 @@ pub(crate) struct TokenInfo {
     pub expires: Instant,
     pub expires_epoch: u64,
     pub audience: String,
+    /// The security principal the token stands for (ARM's limits are per principal).
+    pub principal: String,
 }
 
 #[derive(Default)]
@@ -77,6 +79,10 @@ impl TokenStore {
                 expires: Instant::now() + lifetime,
                 expires_epoch: exp,
                 audience: audience.to_string(),
+                principal: match flow {
+                    TokenFlow::Imds | TokenFlow::AppServiceMsi => "managed-identity".to_string(),
+                    _ => opts.client_id.clone(),
+                },
             },
         );
         *self.counts.entry(flow).or_insert(0) += 1;
@@ -489,7 +495,7 @@ pub(crate) fn app_service(
 
 /// What the fake ARM thinks of a bearer token.
 pub(crate) enum TokenCheck {
-    Valid,
+    Valid(String),
     Unknown,
     Expired { expired_epoch: u64 },
     WrongAudience(String),
@@ -509,7 +515,7 @@ pub(crate) fn check(store: &TokenStore, token: &str, arm_url: &str) -> TokenChec
         || aud == "https://management.core.windows.net"
         || aud == arm_url.trim_end_matches('/').to_ascii_lowercase();
     if ok {
-        TokenCheck::Valid
+        TokenCheck::Valid(info.principal.clone())
     } else {
         TokenCheck::WrongAudience(info.audience.clone())
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use vmss_testbed::{ComputeLimits, Orchestration, TestbedOptions, STANDALONE_VMS};
+use vmss_testbed::{ArmLimits, ComputeLimits, Orchestration, TestbedOptions, STANDALONE_VMS};
 
 fn flex_filter_query(set: &str, expand: bool) -> String {
     let filter = format!("'virtualMachineScaleSet/id' eq '{}'", vmss_path(set));
@@ -400,4 +400,90 @@ async fn the_fleet_raises_the_resource_events_event_grid_would_when_operations_s
     f.set_event_sink(None);
     f.scale_to(SUB, RG, "web", 4);
     assert!(take().is_empty());
+}
+
+#[tokio::test]
+async fn arm_buckets_are_per_subscription_and_principal_with_writes_and_deletes_apart() {
+    const SUB2: &str = "00000000-1111-2222-3333-555555555555";
+    let e = env_with(TestbedOptions {
+        enforce_limits: true,
+        arm_limits: ArmLimits {
+            read_bucket: 3,
+            reads_per_second: 0.01,
+            write_bucket: 2,
+            writes_per_second: 0.01,
+            delete_bucket: 1,
+            deletes_per_second: 0.01,
+        },
+        ..TestbedOptions::default()
+    })
+    .await;
+    e.set("web", Orchestration::Uniform, 1);
+    e.tb.fleet()
+        .add_scale_set(SUB2, RG, "web", Orchestration::Uniform, "eastus");
+    let get = |sub: &str| {
+        format!(
+            "{}/subscriptions/{sub}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/web?api-version={COMPUTE}",
+            e.tb.arm_url()
+        )
+    };
+    let send = |method: reqwest::Method, url: String, token: String| {
+        let http = e.http.clone();
+        async move {
+            read(
+                http.request(method, url)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"properties": {}}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let reads = "x-ms-ratelimit-remaining-subscription-reads";
+    let mut left = Vec::new();
+    for _ in 0..3 {
+        let r = send(reqwest::Method::GET, get(SUB), e.token.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        left.push(r.header(reads).unwrap());
+    }
+    assert_eq!(left, ["2", "1", "0"]);
+    let r = send(reqwest::Method::GET, get(SUB), e.token.clone()).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.code(), "SubscriptionRequestsThrottled");
+    assert!(r.text.contains("'read'"), "{}", r.text);
+    assert_eq!(r.header(reads).as_deref(), Some("0"));
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait >= 1, "Retry-After in whole seconds: {wait}");
+
+    // Another subscription, and another principal in the same one, have their own bucket.
+    let r = send(reqwest::Method::GET, get(SUB2), e.token.clone()).await;
+    assert_eq!((r.status, r.header(reads).as_deref()), (200, Some("2")));
+    let other = e.tb.issue_token_as("another-principal");
+    let r = send(reqwest::Method::GET, get(SUB), other.clone()).await;
+    assert_eq!((r.status, r.header(reads).as_deref()), (200, Some("2")));
+
+    // Writes and deletes draw from their own buckets, not from the reads'.
+    let pool = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/loadBalancers/lb/backendAddressPools/pool?api-version={NETWORK}",
+        e.tb.arm_url()
+    );
+    let writes = "x-ms-ratelimit-remaining-subscription-writes";
+    for want in ["1", "0"] {
+        let r = send(reqwest::Method::PUT, pool.clone(), other.clone()).await;
+        assert_ne!(r.status, 429, "{}", r.text);
+        assert_eq!(r.header(writes).as_deref(), Some(want));
+        assert!(r.header(reads).is_none());
+    }
+    let r = send(reqwest::Method::PUT, pool.clone(), other.clone()).await;
+    assert_eq!(r.status, 429);
+    assert!(r.text.contains("'write'"), "{}", r.text);
+    assert!(r.header("retry-after").is_some());
+    let deletes = "x-ms-ratelimit-remaining-subscription-deletes";
+    let r = send(reqwest::Method::DELETE, pool.clone(), other.clone()).await;
+    assert_ne!(r.status, 429, "{}", r.text);
+    assert_eq!(r.header(deletes).as_deref(), Some("0"));
+    let r = send(reqwest::Method::GET, get(SUB), other).await;
+    assert_eq!((r.status, r.header(reads).as_deref()), (200, Some("1")));
 }

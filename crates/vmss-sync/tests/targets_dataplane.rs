@@ -976,3 +976,72 @@ async fn dataplane_services_are_synced_when_listing_backends_fails_and_vanished_
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(service_backends(&env)["azure-api-8080-eastus"].is_empty());
 }
+
+/// GETs of `backend`'s server list (inside a transaction or not; v3 and v2 paths).
+fn server_list_reads(env: &Env, backend: &str) -> usize {
+    let v3 = format!("/backends/{backend}/servers");
+    let v2 = format!("backend={backend}");
+    env.tb
+        .requests_to(Service::Dataplane)
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && (r.path.ends_with(&v3)
+                    || (r.path.ends_with("/configuration/servers")
+                        && r.query.split('&').any(|p| p == v2)))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataplane_a_changed_backend_is_read_once_per_cycle_unless_the_version_moved_in_between() {
+    for version in [DataplaneApiVersion::V3, DataplaneApiVersion::V2] {
+        let env = dataplane_with(&["web"]).await;
+        let target = dataplane_target(&env, version, false);
+        // A cycle: observe, then apply a change. The transaction starts on the version
+        // observe read at, so observe's read serves it.
+        assert!(target
+            .observe(&backend("web"))
+            .await
+            .expect("observe")
+            .is_empty());
+        let reports = target
+            .apply_batch(&[(backend("web"), adds(&["10.0.0.1:80", "10.0.0.2:80"]))])
+            .await;
+        assert!(reports[0].errors.is_empty(), "{:?}", errors(&reports[0]));
+        assert_eq!(server_list_reads(&env, "web"), 1, "{version:?}: one read");
+        assert_eq!(
+            env.tb.dataplane().active_addresses("web"),
+            ["10.0.0.1:80", "10.0.0.2:80"]
+        );
+
+        // Someone else takes slot vmss-3 between observe and apply: the version moved, so
+        // the transaction reads the backend again and the add goes to a free slot.
+        let observed = target.observe(&backend("web")).await.expect("observe");
+        assert_eq!(observed.len(), 2);
+        env.tb
+            .dataplane()
+            .insert_server("web", dataplane_server("vmss-3", "192.0.2.3", 80));
+        let reports = target
+            .apply_batch(&[(backend("web"), adds(&["10.0.0.4:80"]))])
+            .await;
+        assert!(reports[0].errors.is_empty(), "{:?}", errors(&reports[0]));
+        assert_eq!(
+            server_list_reads(&env, "web"),
+            3,
+            "{version:?}: observe, then a fresh read in the transaction"
+        );
+        let mut want = vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80", "192.0.2.3:80"];
+        want.sort();
+        let mut got = env.tb.dataplane().active_addresses("web");
+        got.sort();
+        assert_eq!(got, want, "{version:?}: the other client's slot kept");
+
+        // A batch without an observe of its own (a retried batch) reads in the transaction.
+        let reports = target
+            .apply_batch(&[(backend("web"), adds(&["10.0.0.5:80"]))])
+            .await;
+        assert!(reports[0].errors.is_empty(), "{:?}", errors(&reports[0]));
+        assert_eq!(server_list_reads(&env, "web"), 4, "{version:?}");
+    }
+}

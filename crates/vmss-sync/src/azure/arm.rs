@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::auth::{check_secure, truncate_chars, AccessToken, AuthError, TokenCredential};
-use super::models::{self, Page};
+use super::models;
 use super::retry;
 use super::throttle::{self, Observed, ReadBudget, Throttle};
 
@@ -722,13 +722,18 @@ impl ArmClient {
                 });
             }
             let body = self.send_get(operation, &url).await?;
-            let page: Page<T> = serde_json::from_slice(&body).map_err(|e| ArmError::Decode {
-                operation,
-                path: url.path().to_string(),
-                detail: format!("page {}: {}", page_no + 1, decode_detail(&e, &body)),
-            })?;
-            out.extend(page.value.into_iter().filter_map(&mut f));
-            let Some(link) = page.next_link.filter(|l| !l.trim().is_empty()) else {
+            // Each element is reduced by `f` as it is decoded (a failed page keeps nothing:
+            // the whole list fails).
+            let next_link =
+                models::decode_page_with::<T, U, _>(&body, &mut f, &mut out).map_err(|e| {
+                    ArmError::Decode {
+                        operation,
+                        path: url.path().to_string(),
+                        detail: format!("page {}: {}", page_no + 1, decode_detail(&e, &body)),
+                    }
+                })?;
+            drop(body);
+            let Some(link) = next_link.filter(|l| !l.trim().is_empty()) else {
                 break;
             };
             let next = match Url::parse(&link) {

@@ -128,11 +128,54 @@ fn lenient_string<'de, D>(d: D) -> Result<Option<String>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    Ok(match Option::<serde_json::Value>::deserialize(d)? {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    })
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+    // Straight from the JSON token (no intermediate `serde_json::Value`): strings kept,
+    // numbers as their text, anything else `None`.
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(
+                serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()),
+            ))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(V)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_option(V)
 }
 
 // ---------------------------------------------------------------------------
@@ -270,20 +313,14 @@ pub struct SubResource {
     pub id: Option<String>,
 }
 
-/// `statuses[]` entry of an instance view.
+/// `statuses[]` entry of an instance view: only its `code` is read (`level`,
+/// `displayStatus`, `message` and `time` are skipped: a cycle decodes several of them per
+/// instance).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct InstanceViewStatus {
     #[serde(deserialize_with = "lenient_string")]
     pub code: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub level: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub display_status: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub message: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub time: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -862,8 +899,6 @@ pub struct VmInstanceView {
     pub statuses: Vec<InstanceViewStatus>,
     #[serde(deserialize_with = "null_default")]
     pub vm_health: Option<VmHealth>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub computer_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -922,6 +957,131 @@ pub struct Page<T> {
     pub value: Vec<T>,
     #[serde(rename = "nextLink", default, deserialize_with = "lenient_string")]
     pub next_link: Option<String>,
+}
+
+/// Decodes a list page element by element, handing each element to `f` as soon as it is
+/// decoded and keeping only what `f` returns: a page of a thousand full models is never
+/// held at once. Returns the page's `nextLink`. Same rules as [`Page`]: `value` is
+/// required and each element must decode as `T`.
+pub fn decode_page_with<T, U, F>(
+    body: &[u8],
+    f: &mut F,
+    out: &mut Vec<U>,
+) -> Result<Option<String>, serde_json::Error>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let next = PageSeed {
+        f,
+        out,
+        _t: std::marker::PhantomData::<fn() -> T>,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(next)
+}
+
+struct PageSeed<'a, T, U, F> {
+    f: &'a mut F,
+    out: &'a mut Vec<U>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'de, T, U, F> serde::de::DeserializeSeed<'de> for PageSeed<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T, U, F> serde::de::Visitor<'de> for PageSeed<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list page")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut next = None;
+        let mut value = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "value" if !value => {
+                    value = true;
+                    map.next_value_seed(Elements {
+                        f: &mut *self.f,
+                        out: &mut *self.out,
+                        _t: std::marker::PhantomData::<fn() -> T>,
+                    })?;
+                }
+                "nextLink" => {
+                    next = match map.next_value::<Option<serde_json::Value>>()? {
+                        Some(serde_json::Value::String(s)) => Some(s),
+                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    };
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !value {
+            return Err(serde::de::Error::missing_field("value"));
+        }
+        Ok(next)
+    }
+}
+
+struct Elements<'a, T, U, F> {
+    f: &'a mut F,
+    out: &'a mut Vec<U>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'de, T, U, F> serde::de::DeserializeSeed<'de> for Elements<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T, U, F> serde::de::Visitor<'de> for Elements<'_, T, U, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of resources")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<T>()? {
+            if let Some(u) = (self.f)(item) {
+                self.out.push(u);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1166,5 +1326,31 @@ mod tests {
         assert_eq!(off.terminate_delay(), None);
         assert_eq!(set(serde_json::Value::Null).terminate_delay(), None);
         assert_eq!(VirtualMachineScaleSet::default().terminate_delay(), None);
+    }
+
+    #[test]
+    fn a_page_is_reduced_element_by_element_with_the_rules_of_page() {
+        let mut keep_even = |v: serde_json::Value| v["n"].as_u64().filter(|n| n % 2 == 0);
+        let mut out = Vec::new();
+        let body = br#"{"value": [{"n": 1}, {"n": 2}, {"n": 4}], "extra": {"x": [1]}, "nextLink": "https://x/next"}"#;
+        let next = decode_page_with(body, &mut keep_even, &mut out).expect("decodes");
+        assert_eq!(out, [2, 4]);
+        assert_eq!(next.as_deref(), Some("https://x/next"));
+        // The same answers as `Page` for what is not a page.
+        for bad in [
+            &br#"{"nextLink": null}"#[..],
+            br#"{"value": null}"#,
+            br#"[1]"#,
+            br#"{"value": []} x"#,
+        ] {
+            let mut out: Vec<u64> = Vec::new();
+            assert!(decode_page_with(bad, &mut keep_even, &mut out).is_err());
+            assert!(serde_json::from_slice::<Page<serde_json::Value>>(bad).is_err());
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_page_with(br#"{"value": []}"#, &mut keep_even, &mut out).expect("empty page"),
+            None
+        );
     }
 }

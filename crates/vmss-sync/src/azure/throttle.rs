@@ -93,7 +93,8 @@ struct Sub {
     compute: BTreeMap<String, Policy>,
     /// Which policies each kind of request was seen to count against.
     classes: HashMap<String, Vec<String>>,
-    /// Earliest start of the next read of a kind, while one of its policies runs low.
+    /// Earliest start of the next read counting against a policy, while it runs low (by
+    /// policy, not by kind of read: kinds sharing a policy share its pace).
     next: HashMap<String, Instant>,
 }
 
@@ -116,16 +117,17 @@ impl Sub {
         self.at = now;
     }
 
-    /// The pace for a kind of request: the slowest refill among its policies that run
-    /// low (None: none does).
-    fn pace(&self, class: &str) -> Option<Duration> {
-        self.classes
-            .get(class)?
+    /// The policies of a kind of request that run low, each with its refill interval.
+    fn pace(&self, class: &str) -> Vec<(String, Duration)> {
+        let Some(names) = self.classes.get(class) else {
+            return Vec::new();
+        };
+        names
             .iter()
-            .filter_map(|name| self.compute.get(name))
-            .filter(|p| p.low())
-            .map(Policy::refill_interval)
-            .max()
+            .filter_map(|name| Some((name, self.compute.get(name)?)))
+            .filter(|(_, p)| p.low())
+            .map(|(name, p)| (name.clone(), p.refill_interval()))
+            .collect()
     }
 }
 
@@ -259,12 +261,18 @@ impl Throttle {
                 s.provider_blocked.remove(provider);
             }
         }
-        if let Some(pace) = s.pace(class) {
-            let slot = s.next.get(class).copied().unwrap_or(now).max(ready);
-            s.next.insert(class.to_string(), slot + pace);
+        // Every read counting against a low policy takes the next slot of that policy,
+        // whatever its kind: Compute counts them together.
+        let low = s.pace(class);
+        if !low.is_empty() {
+            let slot = low
+                .iter()
+                .filter_map(|(name, _)| s.next.get(name).copied())
+                .fold(ready, Instant::max);
+            for (name, pace) in low {
+                s.next.insert(name, slot + pace);
+            }
             ready = slot;
-        } else {
-            s.next.remove(class);
         }
         ready.saturating_duration_since(now)
     }
@@ -512,9 +520,26 @@ mod tests {
             t.reserve("s", "microsoft.compute", "gets", now),
             Duration::ZERO
         );
+        // Another kind seen to count against the same policy shares its pace: Compute
+        // counts both kinds against one bucket.
+        t.observe(
+            "s",
+            "microsoft.compute",
+            "flex views",
+            &seen("Microsoft.Compute/HighCostGet3Min;3,Microsoft.Compute/HighCostGet30Min;1699"),
+            now,
+        );
+        assert_eq!(
+            t.reserve("s", "microsoft.compute", "flex views", now),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            t.reserve("s", "microsoft.compute", "views", now),
+            Duration::from_secs(3)
+        );
         assert_eq!(
             t.lowest_compute_policy("s"),
-            Some(("Microsoft.Compute/HighCostGet3Min".to_string(), 4))
+            Some(("Microsoft.Compute/HighCostGet3Min".to_string(), 3))
         );
     }
 

@@ -18,10 +18,13 @@
 //!      `$expand=instanceView` when health is due), and `NetworkInterfaces_List` once per
 //!      resource group holding their NICs, joined on the NIC's `virtualMachine.id`;
 //!    - standalone VMs: the same NIC lists, and `VirtualMachines_ListAll?statusOnly=true`
-//!      when health is due.
+//!      when health is due and the selection takes at least one VM alone.
 //! 3. **Stragglers**: NIC lists of resource groups named only by a NIC id read in step 2,
 //!    and an early instance-view read when new members appeared since the last one (so a
 //!    new instance does not wait a whole `health_interval` to be registered).
+//!
+//! The startup check ([`check`]) runs step 1 only; its reads serve the first cycle when it
+//! starts within 30 s, so a start reads each scale set once.
 //!
 //! Reads per cycle therefore grow with the number of sets and resource groups, never with
 //! the number of instances (apart from pages). Instance views are the expensive reads in
@@ -114,7 +117,50 @@ const PRESSURE_STRETCH: u32 = 4;
 /// Instance views read earlier, by VM id, with when they were read.
 struct ViewCache {
     read_at: Instant,
-    views: HashMap<Arc<str>, InstanceView>,
+    /// The parent path the ids share (up to and including the last `/`), kept once.
+    base: Box<str>,
+    /// By the id's last segment when its parent is `base`, else by the whole id (which
+    /// starts with `/`, so the two never meet): 100,000 VM ids are not kept whole.
+    views: HashMap<Box<str>, InstanceView>,
+}
+
+impl ViewCache {
+    fn new(read_at: Instant, views: &HashMap<Arc<str>, InstanceView>) -> Self {
+        let base: Box<str> = views
+            .keys()
+            .next()
+            .map(|id| parent_of(id).0)
+            .unwrap_or_default()
+            .into();
+        let views = views
+            .iter()
+            .map(|(id, v)| (Box::from(cache_key_of(&base, id)), *v))
+            .collect();
+        ViewCache {
+            read_at,
+            base,
+            views,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&InstanceView> {
+        self.views.get(cache_key_of(&self.base, id))
+    }
+}
+
+/// An id's parent path (up to and including its last `/`) and last segment.
+fn parent_of(id: &str) -> (&str, &str) {
+    match id.rfind('/') {
+        Some(i) => (&id[..=i], &id[i + 1..]),
+        None => ("", id),
+    }
+}
+
+fn cache_key_of<'a>(base: &str, id: &'a str) -> &'a str {
+    match parent_of(id) {
+        (parent, last) if parent == base => last,
+        _ => id,
+    }
 }
 
 /// What discovery remembers between cycles: instance views (read on their own slower
@@ -125,7 +171,12 @@ pub struct DiscoveryState {
     views: Mutex<HashMap<String, ViewCache>>,
     list_refused: Mutex<HashSet<String>>,
     used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
+    /// The startup check's successful scale set reads, kept for the first cycle.
+    primed: Mutex<Option<(Instant, Results)>>,
 }
+
+/// The startup check's reads serve a first cycle that starts at most this long after them.
+const PRIMED_FOR: Duration = Duration::from_secs(30);
 
 impl DiscoveryState {
     fn used_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ScaleSetSnapshot>>> {
@@ -167,17 +218,44 @@ impl DiscoveryState {
     fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a Arc<str>>) -> bool {
         match self.views().get(key) {
             None => false,
-            Some(c) => ids.all(|id| c.views.contains_key(&**id)),
+            Some(c) => ids.all(|id| c.get(id).is_some()),
         }
     }
 
-    fn store(&self, key: &str, at: Instant, views: HashMap<Arc<str>, InstanceView>) {
-        self.views()
-            .insert(key.to_string(), ViewCache { read_at: at, views });
+    fn store(&self, key: &str, at: Instant, views: &HashMap<Arc<str>, InstanceView>) {
+        let cache = ViewCache::new(at, views);
+        self.views().insert(key.to_string(), cache);
     }
 
     fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
-        self.views().get(key)?.views.get(id).copied()
+        self.views().get(key)?.get(id).copied()
+    }
+
+    /// Keeps the successful reads of `done` for the next cycle.
+    fn prime(&self, at: Instant, done: &Results) {
+        let ok = done
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        *self.primed.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, ok));
+    }
+
+    /// The primed reads, once, when they are recent enough.
+    fn take_primed(&self, now: Instant) -> Results {
+        match self.primed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some((at, done)) if now.saturating_duration_since(at) <= PRIMED_FOR => done,
+            _ => Results::new(),
+        }
+    }
+}
+
+/// Moves the reads of `ops` that `primed` holds into `done` (they are not read again).
+fn reuse(primed: &mut Results, ops: &[Op], done: &mut Results) {
+    for op in ops {
+        if let Some(r) = primed.remove(&op.key()) {
+            done.insert(op.key(), r);
+        }
     }
 }
 
@@ -851,6 +929,7 @@ pub async fn check(
     run_all(arm, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
     run_all(arm, fb, opts.concurrency, &mut done).await;
+    state.prime(Instant::now(), &done);
     sels.iter()
         .map(|s| {
             let r = sets_of(s, &done).map(|m| m.iter().map(|m| m.key.to_string()).collect());
@@ -871,10 +950,14 @@ pub async fn discover(
     let sels: Vec<&Selection> = selections.iter().filter(|s| seen.insert(*s)).collect();
     let mut done = Results::new();
 
-    // Step 1: scale sets and standalone VM lists.
+    // Step 1: scale sets and standalone VM lists (those the startup check just read are
+    // not read again).
+    let mut primed = state.take_primed(now);
     let ops = plan_sets(state, &sels);
+    reuse(&mut primed, &ops, &mut done);
     run_all(arm, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
+    reuse(&mut primed, &fb, &mut done);
     run_all(arm, fb, opts.concurrency, &mut done).await;
 
     let mut matched: BTreeMap<Selection, Result<Vec<Matched>, DiscoveryError>> = BTreeMap::new();
@@ -931,9 +1014,11 @@ pub async fn discover(
             .and_then(|r| r.as_ref().ok())
             .map(|m| set_ids(m))
             .unwrap_or_default();
+        let mut alone = false;
         for op in vm_lists(sel) {
             if let Ok(Out::Vms(vms)) = get(&done, &op) {
                 for vm in vms.iter().filter(|v| v.taken_alone(sel, &sets)) {
+                    alone = true;
                     ops.push(Op::Nics {
                         sub: sel.subscription.clone(),
                         rg: vm.nic_group().to_string(),
@@ -941,7 +1026,9 @@ pub async fn discover(
                 }
             }
         }
-        if sel.views {
+        // The subscription's status list only when the selection takes some VM alone:
+        // members' views come with their set's reads.
+        if sel.views && alone {
             let sub = sel.subscription.clone();
             if state.due(&status_key(&sub), now, interval, pressure(&sub)) {
                 views_read.insert(status_key(&sub));
@@ -1026,7 +1113,7 @@ pub async fn discover(
                     .iter()
                     .filter_map(|v| Some((v.id.clone(), v.view?)))
                     .collect();
-                state.store(&status_key(sub), now, views);
+                state.store(&status_key(sub), now, &views);
             }
         }
     }
@@ -1250,7 +1337,7 @@ fn snapshot(
         0
     };
     if let (Some(views), 0) = (fresh_views, without_view) {
-        state.store(&ck, now, views);
+        state.store(&ck, now, &views);
     }
     let verdict = crate::plan::judge_read(&crate::plan::SetRead {
         capacity: model.sku.capacity,

@@ -58,7 +58,7 @@ use crate::plan::Plan;
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use url::Url;
 
@@ -87,6 +87,10 @@ pub struct HaproxyDataplane {
     service_params: BTreeMap<String, ServerParams>,
     /// One batch at a time per API: our own transactions never outdate each other.
     serial: tokio::sync::Mutex<()>,
+    /// What `observe` read of each backend and at which configuration version: a
+    /// transaction opened on that same version starts from these servers, so a changed
+    /// backend is read once per cycle, not again inside the transaction.
+    observed: std::sync::Mutex<Observed>,
 }
 
 impl std::fmt::Debug for HaproxyDataplane {
@@ -109,6 +113,109 @@ enum Slot {
         slow_start: Duration,
         draining: bool,
     },
+}
+
+/// A managed slot as read: what it holds and whether its health checks are on.
+#[derive(Clone, Debug, PartialEq)]
+struct Current {
+    slot: Slot,
+    check: bool,
+}
+
+impl Current {
+    fn of(v: &Value) -> Self {
+        Current {
+            slot: slot_of(v),
+            check: enabled(v, "check"),
+        }
+    }
+}
+
+/// What `observe` read, per backend: the configuration version and the managed slots.
+type Observed = HashMap<String, (u64, BTreeMap<u32, Current>)>;
+
+/// A server list answer, v3 (a bare array) or v2 (`{"_version": …, "data": […]}`), read
+/// into the managed slots (by `prefix`) and the version the v2 envelope names; `None` for
+/// the slots when the answer holds no list.
+struct ServerList<'a> {
+    prefix: &'a str,
+}
+
+type SlotsRead = (Option<BTreeMap<u32, Current>>, Option<u64>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ServerList<'_> {
+    type Value = SlotsRead;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<SlotsRead, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ServerList<'_> {
+    type Value = SlotsRead;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of servers")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SlotsRead, A::Error> {
+        let mut slots = BTreeMap::new();
+        while let Some(v) = seq.next_element::<Value>()? {
+            let n = v
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|name| slot_number(self.prefix, name));
+            if let Some(n) = n {
+                slots.insert(n, Current::of(&v));
+            }
+        }
+        Ok((Some(slots), None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SlotsRead, A::Error> {
+        let mut slots = None;
+        let mut version = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "data" => {
+                    slots = map
+                        .next_value_seed(ServerList {
+                            prefix: self.prefix,
+                        })?
+                        .0;
+                }
+                "_version" => version = map.next_value::<Value>()?.as_u64(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((slots, version))
+    }
+
+    fn visit_unit<E>(self) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<SlotsRead, E> {
+        Ok((None, None))
+    }
 }
 
 /// Why one transaction attempt ended early.
@@ -234,33 +341,39 @@ fn server_body(name: &str, slot: &Slot, check: bool) -> Value {
     Value::Object(m)
 }
 
-/// Whether a server object already says what `slot` says (free slots keep any address).
-fn same(current: &Value, slot: &Slot, check: bool) -> bool {
-    match (slot_of(current), slot) {
+/// Whether a slot as read already says what `slot` says (free slots keep any address).
+fn same(current: &Current, slot: &Slot, check: bool) -> bool {
+    match (&current.slot, slot) {
         (Slot::Free, Slot::Free) => true,
         (cur @ Slot::Used { .. }, want @ Slot::Used { .. }) => {
-            cur == *want && enabled(current, "check") == check
+            cur == want && current.check == check
         }
         _ => false,
     }
 }
 
-/// Turns a plan into slot writes. `current`: slot number → server object. Returns the
+/// Turns a plan into slot writes. `current`: slot number → slot as read. Returns the
 /// writes, the new layout and the per-item problems; fills the report's success lists.
+/// `steps` counts the slots and plan items visited: the work is linear in the slots of the
+/// backend (plus a logarithmic map lookup per item), never one scan per added server.
 fn plan_slots(
-    current: &BTreeMap<u32, Value>,
+    current: &BTreeMap<u32, Current>,
     plan: &Plan,
     policy: &ServerSlots,
     check: bool,
     done: &mut ApplyReport,
     problems: &mut Vec<String>,
+    steps: &mut u64,
 ) -> (Vec<Write>, BTreeMap<u32, Slot>) {
-    let mut slots: BTreeMap<u32, Slot> = current.iter().map(|(n, v)| (*n, slot_of(v))).collect();
+    let mut slots: BTreeMap<u32, Slot> =
+        current.iter().map(|(n, c)| (*n, c.slot.clone())).collect();
+    *steps += current.len() as u64;
     let holds = |slots: &BTreeMap<u32, Slot>, id: u64, server: &str| {
         u32::try_from(id)
             .ok()
             .filter(|n| matches!(slots.get(n), Some(Slot::Used { server: s, .. }) if s == server))
     };
+    *steps += (plan.remove.len() + plan.update.len() + plan.add.len()) as u64;
     for r in &plan.remove {
         match holds(&slots, r.id, &r.server) {
             Some(n) => {
@@ -300,20 +413,29 @@ fn plan_slots(
             done.updated.push(u.server.clone());
         }
     }
-    let used = |slots: &BTreeMap<u32, Slot>| slots.values().filter(|s| **s != Slot::Free).count();
+    let used = slots.values().filter(|s| **s != Slot::Free).count();
+    *steps += slots.len() as u64;
     // Grow (or create the base slots of a backend that has none).
-    let want = slots_for(used(&slots) + plan.add.len(), policy);
+    let want = slots_for(used + plan.add.len(), policy);
     let mut n = 1u32;
     while slots.len() < want {
         slots.entry(n).or_insert(Slot::Free);
         n += 1;
+        *steps += 1;
     }
+    // The free slots, lowest first, found in one pass: each added server takes the next.
+    let mut free: std::vec::IntoIter<u32> = slots
+        .iter()
+        .filter(|(_, s)| **s == Slot::Free)
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .into_iter();
+    *steps += slots.len() as u64;
+    let mut used = used;
     for (server, p) in &plan.add {
-        let free = slots
-            .iter()
-            .find(|(_, s)| **s == Slot::Free)
-            .map(|(n, _)| *n);
-        if let Some(n) = free {
+        if let Some(n) = free.next() {
+            *steps += 1;
+            used += 1;
             slots.insert(
                 n,
                 Slot::Used {
@@ -327,29 +449,31 @@ fn plan_slots(
         }
     }
     // Shrink: move servers above the size the count needs into free slots below it, then
-    // drop the free slots above it.
-    let keep = slots_for(used(&slots), policy);
+    // drop the free slots above it. One pass finds both lists, lowest first.
+    let keep = slots_for(used, policy);
     if slots.len() > keep {
-        let numbers: Vec<u32> = slots.keys().copied().collect();
-        let limit = numbers.get(keep - 1).copied().unwrap_or(u32::MAX);
-        let high: Vec<u32> = numbers
-            .iter()
-            .copied()
-            .filter(|n| *n > limit && slots.get(n) != Some(&Slot::Free))
-            .collect();
-        for h in high {
-            let low = slots
-                .iter()
-                .find(|(n, s)| **n <= limit && **s == Slot::Free)
-                .map(|(n, _)| *n);
-            let Some(low) = low else { break };
+        let limit = slots.keys().nth(keep - 1).copied().unwrap_or(u32::MAX);
+        let mut high = Vec::new();
+        let mut low = Vec::new();
+        for (n, s) in &slots {
+            *steps += 1;
+            match (*n <= limit, *s == Slot::Free) {
+                (true, true) => low.push(*n),
+                (false, false) => high.push(*n),
+                _ => {}
+            }
+        }
+        for (h, low) in high.into_iter().zip(low) {
+            *steps += 1;
             if let Some(s) = slots.insert(h, Slot::Free) {
                 slots.insert(low, s);
             }
         }
         slots.retain(|n, s| *n <= limit || *s != Slot::Free);
+        *steps += slots.len() as u64;
     }
     let mut writes = Vec::new();
+    *steps += (slots.len() + current.len()) as u64;
     for (n, slot) in &slots {
         match current.get(n) {
             None => writes.push(Write::Create(*n)),
@@ -418,6 +542,7 @@ impl HaproxyDataplane {
             params,
             service_params,
             serial: tokio::sync::Mutex::new(()),
+            observed: std::sync::Mutex::default(),
         })
     }
 
@@ -563,43 +688,94 @@ impl HaproxyDataplane {
         })
     }
 
-    /// The managed slots of a backend: slot number → server object; `None` when the
-    /// backend does not exist.
+    /// The managed slots of a backend: slot number → slot; `None` when the backend does not
+    /// exist. With them, the configuration version they were read at, when the answer says
+    /// (the `Configuration-Version` header of v3, `_version` of v2).
     async fn slot_servers(
         &self,
         backend: &str,
         tx: Option<&str>,
-    ) -> Result<Option<BTreeMap<u32, Value>>, TargetError> {
+    ) -> Result<(Option<BTreeMap<u32, Current>>, Option<u64>), TargetError> {
         let url = self.server_url(backend, None, tx);
-        let (status, text) = self.send(Method::GET, url.clone(), None).await?;
+        let (status, text, header_version) = self.send_versioned(Method::GET, url.clone()).await?;
         if status == StatusCode::NOT_FOUND {
-            return Ok(None);
+            return Ok((None, header_version));
         }
         if status != StatusCode::OK {
             return Err(self.unexpected(&Method::GET, &url, status, &text));
         }
-        let list = serde_json::from_str::<Value>(&text)
-            .map(data)
+        // Server by server: each object is reduced to its slot as soon as it is decoded,
+        // so a backend of 20,000 servers is never held as a tree of JSON values.
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let decoded = ServerList {
+            prefix: &self.prefix,
+        }
+        .deserialize(&mut de)
+        .and_then(|r| de.end().map(|()| r));
+        let (slots, body_version) = match decoded {
+            Ok((Some(slots), v)) => (slots, v),
+            Ok((None, _)) => {
+                return Err(self.error(
+                    format!("GET {}: the answer is not a list of servers", url.path()),
+                    Permanence::Transient,
+                ))
+            }
+            Err(e) => {
+                return Err(self.error(
+                    format!("GET {}: unexpected answer: {e}", url.path()),
+                    Permanence::Transient,
+                ))
+            }
+        };
+        Ok((Some(slots), header_version.or(body_version)))
+    }
+
+    /// A GET answering status, body and the `Configuration-Version` header when present.
+    async fn send_versioned(
+        &self,
+        method: Method,
+        url: Url,
+    ) -> Result<(StatusCode, String, Option<u64>), TargetError> {
+        let what = format!("{method} {}", url.path());
+        let resp = self
+            .http
+            .request(method, url)
+            .basic_auth(&self.username, Some(self.password.expose()))
+            .send()
+            .await
             .map_err(|e| {
                 self.error(
-                    format!("GET {}: unexpected answer: {e}", url.path()),
+                    format!("{what}: {}", transport_detail(&e)),
                     Permanence::Transient,
                 )
             })?;
-        let Value::Array(items) = list else {
-            return Err(self.error(
-                format!("GET {}: the answer is not a list of servers", url.path()),
+        let status = resp.status();
+        let version = resp
+            .headers()
+            .get("configuration-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let text = resp.text().await.map_err(|e| {
+            self.error(
+                format!("{what}: reading the answer failed: {e}"),
                 Permanence::Transient,
+            )
+        })?;
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(self.error(
+                format!(
+                    "{what} answered {}: check username and password",
+                    status.as_u16()
+                ),
+                Permanence::Permanent,
             ));
-        };
-        let slots = items
-            .into_iter()
-            .filter_map(|v| {
-                let n = slot_number(&self.prefix, v.get("name")?.as_str()?)?;
-                Some((n, v))
-            })
-            .collect();
-        Ok(Some(slots))
+        }
+        Ok((status, text, version))
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn slot_name(&self, n: u32) -> String {
@@ -703,6 +879,12 @@ impl HaproxyDataplane {
                 }
             }
         }
+        // What observe read is for this cycle's transaction only.
+        let mut remembered = self.remembered();
+        for (upstream, _) in items {
+            remembered.remove(&upstream.name);
+        }
+        drop(remembered);
         done.into_iter().map(Option::unwrap_or_default).collect()
     }
 
@@ -739,7 +921,7 @@ impl HaproxyDataplane {
                     Permanence::Transient,
                 ))
             })?;
-        let result = self.in_transaction(items, live, &tx).await;
+        let result = self.in_transaction(items, live, &tx, version).await;
         if !matches!(result, Ok((_, true))) {
             // Not committed: drop it (best effort; an outdated one may be gone already).
             let url = self.url(&["transactions", &tx], &[]);
@@ -755,13 +937,14 @@ impl HaproxyDataplane {
         items: &[(&UpstreamRef, &Plan)],
         live: &[usize],
         tx: &str,
+        version: u64,
     ) -> Result<(Outcome, bool), Abort> {
         let mut reports = Vec::with_capacity(live.len());
         let mut writes = 0;
         for &i in live {
             let (upstream, plan) = items[i];
             let mut report = ApplyReport::default();
-            match self.stage(upstream, plan, tx, &mut report).await {
+            match self.stage(upstream, plan, tx, version, &mut report).await {
                 Ok(n) => writes += n,
                 Err(BackendError::Conflict(why)) => return Err(Abort::Conflict(why)),
                 // The API itself is in trouble (or the answer was lost): nothing is committed.
@@ -797,14 +980,16 @@ impl HaproxyDataplane {
         Ok((Outcome::Done(reports), true))
     }
 
-    /// Stages one backend's plan in `tx`: reads its slot servers in the transaction, creates
-    /// it when it is missing and may be created, writes the changed slots. Fills `report`
-    /// and returns the number of writes staged.
+    /// Stages one backend's plan in `tx` (opened on `version`): takes its slot servers as
+    /// `observe` read them when that was at the same version, else reads them in the
+    /// transaction; creates it when it is missing and may be created, writes the changed
+    /// slots. Fills `report` and returns the number of writes staged.
     async fn stage(
         &self,
         upstream: &UpstreamRef,
         plan: &Plan,
         tx: &str,
+        version: u64,
         report: &mut ApplyReport,
     ) -> Result<usize, BackendError> {
         let backend = upstream.name.as_str();
@@ -812,15 +997,24 @@ impl HaproxyDataplane {
             error,
             staged: false,
         };
-        let (current, mut staged) = match self.slot_servers(backend, Some(tx)).await {
-            Ok(Some(c)) => (c, 0),
-            Ok(None) if self.may_create(upstream) => {
+        let observed = self
+            .remembered()
+            .remove(backend)
+            .filter(|(at, _)| *at == version)
+            .map(|(_, slots)| slots);
+        let read = match observed {
+            Some(slots) => Ok((Some(slots), None)),
+            None => self.slot_servers(backend, Some(tx)).await,
+        };
+        let (current, mut staged) = match read {
+            Ok((Some(c), _)) => (c, 0),
+            Ok((None, _)) if self.may_create(upstream) => {
                 self.create_backend(backend, upstream.kind, tx)
                     .await
                     .map_err(|a| BackendError::of(a, false))?;
                 (BTreeMap::new(), 1)
             }
-            Ok(None) => return Err(unstaged(self.missing(backend))),
+            Ok((None, _)) => return Err(unstaged(self.missing(backend))),
             Err(e) => return Err(unstaged(e)),
         };
         let mut problems = Vec::new();
@@ -831,6 +1025,7 @@ impl HaproxyDataplane {
             self.check,
             report,
             &mut problems,
+            &mut 0,
         );
         let placed = report.added.len();
         for (server, _) in plan.add.iter().skip(placed) {
@@ -981,15 +1176,19 @@ impl Target for HaproxyDataplane {
 
     async fn observe(&self, upstream: &UpstreamRef) -> Result<Vec<ObservedServer>, TargetError> {
         let configured = self.configured(&upstream.name);
-        let servers = match self.slot_servers(&upstream.name, None).await? {
+        let (servers, version) = self.slot_servers(&upstream.name, None).await?;
+        let servers = match servers {
             Some(s) => s,
             // Created by the first apply.
-            None if self.may_create(upstream) => BTreeMap::new(),
+            None if self.may_create(upstream) => {
+                self.remembered().remove(&upstream.name);
+                return Ok(Vec::new());
+            }
             None => return Err(self.missing(&upstream.name)),
         };
-        Ok(servers
+        let observed = servers
             .iter()
-            .filter_map(|(n, v)| match slot_of(v) {
+            .filter_map(|(n, c)| match &c.slot {
                 Slot::Free => None,
                 Slot::Used {
                     server,
@@ -998,20 +1197,26 @@ impl Target for HaproxyDataplane {
                     draining,
                 } => Some(ObservedServer {
                     id: u64::from(*n),
-                    server,
+                    server: server.clone(),
                     params: configured.map(|p| ServerParams {
-                        max_conns,
-                        slow_start,
+                        max_conns: *max_conns,
+                        slow_start: *slow_start,
                         ..*p
                     }),
-                    state: if draining {
+                    state: if *draining {
                         ServerState::Draining
                     } else {
                         ServerState::Active
                     },
                 }),
             })
-            .collect())
+            .collect();
+        let mut remembered = self.remembered();
+        match version {
+            Some(v) => remembered.insert(upstream.name.clone(), (v, servers)),
+            None => remembered.remove(&upstream.name),
+        };
+        Ok(observed)
     }
 
     async fn apply(&self, upstream: &UpstreamRef, plan: &Plan) -> ApplyReport {
@@ -1078,6 +1283,95 @@ mod tests {
 
     fn free() -> Value {
         json!({"name": "x", "address": "127.0.0.1", "port": 80, "maintenance": "enabled"})
+    }
+
+    /// `plan_slots` on server objects as the API answers them.
+    fn plan_slots(
+        current: &BTreeMap<u32, Value>,
+        plan: &Plan,
+        policy: &ServerSlots,
+        check: bool,
+        done: &mut ApplyReport,
+        problems: &mut Vec<String>,
+    ) -> (Vec<Write>, BTreeMap<u32, Slot>) {
+        let current = current.iter().map(|(n, v)| (*n, Current::of(v))).collect();
+        super::plan_slots(&current, plan, policy, check, done, problems, &mut 0)
+    }
+
+    fn server(i: usize) -> String {
+        format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 255, i & 255)
+    }
+
+    /// Slot-planning steps per server for three plans on a backend of `n` servers: fill
+    /// an empty backend, replace half of a full one, shrink a full one to a tenth.
+    fn steps_per_server(n: usize) -> [f64; 3] {
+        let policy = policy(10, SlotGrowth::Linear, 1.0);
+        let full: BTreeMap<u32, Value> = (0..n).map(|i| (i as u32 + 1, used(&server(i)))).collect();
+        let removal = |i: usize| Removal {
+            id: i as u64 + 1,
+            server: server(i),
+            state: ServerState::Active,
+        };
+        let plans = [
+            (
+                BTreeMap::new(),
+                Plan {
+                    add: (0..n).map(|i| (server(i), p())).collect(),
+                    ..Plan::default()
+                },
+            ),
+            (
+                full.clone(),
+                Plan {
+                    add: (n..n + n / 2).map(|i| (server(i), p())).collect(),
+                    remove: (0..n / 2).map(removal).collect(),
+                    ..Plan::default()
+                },
+            ),
+            (
+                full,
+                Plan {
+                    remove: (0..n - n / 10).map(removal).collect(),
+                    ..Plan::default()
+                },
+            ),
+        ];
+        plans.map(|(current, plan)| {
+            let current = current.iter().map(|(k, v)| (*k, Current::of(v))).collect();
+            let mut steps = 0;
+            let mut done = ApplyReport::default();
+            let (writes, slots) = super::plan_slots(
+                &current,
+                &plan,
+                &policy,
+                false,
+                &mut done,
+                &mut Vec::new(),
+                &mut steps,
+            );
+            // The plan was carried out in full: every add placed, the backend at its size.
+            assert_eq!(done.added.len(), plan.add.len());
+            assert_eq!(done.removed.len(), plan.remove.len());
+            let held = slots.values().filter(|s| **s != Slot::Free).count();
+            assert_eq!(slots.len(), slots_for(held, &policy));
+            assert!(!writes.is_empty());
+            steps as f64 / n as f64
+        })
+    }
+
+    #[test]
+    fn slot_planning_work_per_server_at_20000_servers_is_within_2x_of_1000() {
+        let small = steps_per_server(1_000);
+        let large = steps_per_server(20_000);
+        for (case, (s, l)) in ["fill", "replace half", "shrink"]
+            .iter()
+            .zip(small.iter().zip(large))
+        {
+            assert!(
+                l <= 2.0 * s,
+                "{case}: {l:.1} steps per server at 20,000 servers, {s:.1} at 1,000"
+            );
+        }
     }
 
     #[test]
