@@ -453,7 +453,7 @@ fn fleet_sets(size: usize) -> Vec<FleetSet> {
             sub: fleet_sub(j % SUBS),
             rg: format!("rg-{:03}", k / 2),
             name: format!("set-{j:04}"),
-            mode: if k % 2 == 0 {
+            mode: if k.is_multiple_of(2) {
                 Orchestration::Uniform
             } else {
                 Orchestration::Flexible
