@@ -21,6 +21,7 @@
 //! ```
 
 mod arm;
+mod chaos;
 mod dataplane;
 mod faults;
 mod fleet;
@@ -42,6 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use arm::ComputeLimits;
+pub use chaos::{MemberState, ScaleSetState};
 pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};

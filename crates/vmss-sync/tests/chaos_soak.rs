@@ -1,0 +1,1101 @@
+//! The project's own chaos soak: the real `vmss-sync run` against the testbed while a
+//! seeded random driver churns the fleet, breaks ARM reads, restarts the target with
+//! state loss, kills, stops and reloads the daemon; invariants are sampled all the time.
+//!
+//! Seeded: `VMSS_SOAK_SEED` runs one seed (decimal or 0x-hex), else the fixed CI seeds;
+//! `VMSS_SOAK_SECS` sets the seconds per seed (default 30). The decisions follow the seed;
+//! the timing is real. See docs/chaos-soak.md.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vmss_testbed::{Fault, Orchestration, Service, TestbedOptions, UpstreamKind};
+
+/// Seeds run in CI (one after the other) when `VMSS_SOAK_SEED` is not set.
+const CI_SEEDS: [u64; 3] = [0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
+const DEFAULT_SECS: u64 = 30;
+
+const SYNC: Duration = Duration::from_secs(1);
+const HEALTH: Duration = Duration::from_secs(1);
+const DRAIN: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_millis(150);
+
+/// The Uniform set reports health (registered when healthy); the Flexible one does not
+/// (registered when running).
+const UNIFORM: &str = "web-u";
+const FLEXIBLE: &str = "web-f";
+const MIN_MEMBERS: usize = 2;
+const MAX_MEMBERS: usize = 8;
+
+/// How old the daemon's picture of an instance may be: instance views are read every
+/// `health_interval`, up to 4 × as seldom while the read budget is low (after a 429), and
+/// a cycle (sync_interval ± 10 %) uses them; plus a second for the writes.
+fn stale() -> Duration {
+    HEALTH * 4 + SYNC.mul_f64(2.2) + Duration::from_secs(1)
+}
+
+/// The bound on convergence once faults stop: two cycles, a view read, `drain_timeout`,
+/// and 2.5 s for (re)start and writes.
+fn converge_bound() -> Duration {
+    SYNC.mul_f64(2.2) + HEALTH + DRAIN + Duration::from_millis(2500)
+}
+
+/// After a daemon start, the time the startup check and first cycle may take.
+const STARTUP_ALLOWANCE: Duration = Duration::from_millis(1500);
+
+/// splitmix64: small, seeded, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo + 1))
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
+        if v.is_empty() {
+            None
+        } else {
+            Some(&v[self.below(v.len())])
+        }
+    }
+}
+
+/// One upstream the soak watches: which sets feed it and at which port.
+struct Watched {
+    kind: UpstreamKind,
+    name: &'static str,
+    sets: &'static [&'static str],
+    port: u16,
+}
+
+const WATCHED: [Watched; 2] = [
+    Watched {
+        kind: UpstreamKind::Http,
+        name: "web",
+        sets: &[UNIFORM, FLEXIBLE],
+        port: 80,
+    },
+    Watched {
+        kind: UpstreamKind::Stream,
+        name: "tcp",
+        sets: &[FLEXIBLE],
+        port: 9000,
+    },
+];
+
+/// Config variants a SIGHUP may switch between: same servers, other parameters.
+const MAX_FAILS: [u32; 3] = [1, 2, 3];
+
+fn config_text(env: &Env, variant: usize) -> String {
+    let max_fails = MAX_FAILS[variant % MAX_FAILS.len()];
+    let level = if variant % 2 == 0 { "info" } else { "debug" };
+    format!(
+        "cloud_provider: Azure\n\
+         subscription_id: {SUB}\n\
+         resource_group_name: {RG}\n\
+         api_endpoint: {}\n\
+         resource_manager_endpoint: {}\n\
+         sync_interval: {}s\n\
+         health_interval: {}s\n\
+         admin_listen: off\n\
+         log_level: {level}\n\
+         upstreams:\n\
+         \x20 - name: web\n\
+         \x20   virtual_machine_scale_set: [{UNIFORM}, {FLEXIBLE}]\n\
+         \x20   port: 80\n\
+         \x20   kind: http\n\
+         \x20   max_fails: {max_fails}\n\
+         \x20   drain_timeout: {}s\n\
+         \x20 - name: tcp\n\
+         \x20   virtual_machine_scale_set: {FLEXIBLE}\n\
+         \x20   port: 9000\n\
+         \x20   kind: stream\n\
+         \x20   drain_timeout: {}s\n",
+        env.tb.nginx_url(),
+        env.tb.arm_url(),
+        SYNC.as_secs(),
+        HEALTH.as_secs(),
+        DRAIN.as_secs(),
+        DRAIN.as_secs(),
+    )
+}
+
+/// Replaces the file in one rename, so a reload never reads half of it.
+fn write_config(env: &Env, path: &Path, variant: usize) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, config_text(env, variant)).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// The fleet's truth for one upstream: ready addresses (`ip:port`) and every address of
+/// a current member.
+struct Truth {
+    ready: BTreeSet<String>,
+    members: BTreeSet<String>,
+}
+
+fn truth(env: &Env, w: &Watched) -> Truth {
+    let mut t = Truth {
+        ready: BTreeSet::new(),
+        members: BTreeSet::new(),
+    };
+    for set in w.sets {
+        let Some(s) = env.tb.fleet().scale_set_state(SUB, RG, set) else {
+            continue;
+        };
+        for m in &s.members {
+            let addr = format!("{}:{}", m.ip, w.port);
+            let running = m.power == "running"
+                && !m.provisioning.eq_ignore_ascii_case("deleting")
+                && !m.provisioning.eq_ignore_ascii_case("failed");
+            let healthy = !s.reports_health || m.health.as_deref() == Some("healthy");
+            if running && healthy {
+                t.ready.insert(addr.clone());
+            }
+            t.members.insert(addr);
+        }
+    }
+    t
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Active,
+    Draining,
+}
+
+struct TargetServer {
+    seen: Seen,
+    max_fails: Option<u64>,
+}
+
+fn observe(env: &Env, w: &Watched) -> BTreeMap<String, TargetServer> {
+    env.tb
+        .nginx()
+        .servers(w.kind, w.name)
+        .iter()
+        .filter_map(|s| {
+            let addr = s["server"].as_str()?.to_string();
+            let draining = s["drain"] == true || s["down"] == true;
+            Some((
+                addr,
+                TargetServer {
+                    seen: if draining { Seen::Draining } else { Seen::Active },
+                    max_fails: s["max_fails"].as_u64(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Since when an address has been ready or not ready (per upstream).
+#[derive(Clone, Copy)]
+struct Since {
+    ready: bool,
+    at: Instant,
+}
+
+/// The daemon process as the driver sees it.
+enum Proc {
+    Running {
+        d: Daemon,
+        started: Instant,
+        log: PathBuf,
+    },
+    Stopping {
+        d: Daemon,
+        sig: &'static str,
+        sent: Instant,
+        log: PathBuf,
+    },
+    Down {
+        restart_at: Instant,
+    },
+}
+
+fn kill(d: &Daemon, sig: &str) {
+    if let Some(pid) = d.child.id() {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status();
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown end".into(),
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+#[derive(Default)]
+struct Figures {
+    /// Chaos events applied, by kind.
+    events: BTreeMap<&'static str, u32>,
+    /// Changes seen on the target, by kind (add, drain, remove, restore).
+    target: BTreeMap<&'static str, u32>,
+    wrong_removals: u32,
+    unready_served: u32,
+    stuck_drains: u32,
+    bad_exits: u32,
+    panics: u32,
+    convergence: Vec<Duration>,
+    not_converged: u32,
+    /// Longest a not-ready address stayed active (measured from the later of its change
+    /// and the end of the last disturbance).
+    max_unready_active: Duration,
+    samples: u64,
+    starts: u32,
+    violations: Vec<String>,
+}
+
+impl Figures {
+    fn event(&mut self, kind: &'static str) {
+        *self.events.entry(kind).or_default() += 1;
+    }
+    fn violation(&mut self, t: Duration, msg: String) {
+        if self.violations.len() < 40 {
+            self.violations.push(format!("[{:>7.2}s] {msg}", t.as_secs_f64()));
+        }
+    }
+    fn failed(&self) -> bool {
+        self.wrong_removals
+            + self.unready_served
+            + self.stuck_drains
+            + self.bad_exits
+            + self.panics
+            + self.not_converged
+            > 0
+    }
+}
+
+/// One ARM fault window.
+struct FaultWindow {
+    kind: &'static str,
+    until: Instant,
+    retry_after: Duration,
+}
+
+struct Soak {
+    env: Env,
+    rng: Rng,
+    seed: u64,
+    cfg: PathBuf,
+    variant: usize,
+    t0: Instant,
+    proc: Option<Proc>,
+    /// Signals to send at a given time to the daemon started at `.2`.
+    pending: Vec<(Instant, &'static str, Instant)>,
+    fault: Option<FaultWindow>,
+    /// Nothing may be required of the daemon before this (faults, restarts).
+    disturbed_until: Instant,
+    since: Vec<BTreeMap<String, Since>>,
+    prev: Vec<Option<BTreeMap<String, Seen>>>,
+    fig: Figures,
+    starts: u32,
+}
+
+impl Soak {
+    fn at(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = self.env.dir.path().join(format!("daemon-{}.log", self.starts));
+        let d = Daemon::spawn(
+            &["run", "--config", self.cfg.to_str().expect("utf-8 path")],
+            &self.env.sp_env(),
+            &log,
+        );
+        let now = Instant::now();
+        self.disturbed_until = self.disturbed_until.max(now + STARTUP_ALLOWANCE);
+        // Sometimes a signal during the startup check, made slow by a slow ARM.
+        if self.starts > 1 && self.rng.chance(0.3) {
+            let delay = self.rng.millis(300, 900);
+            self.env.tb.faults().inject(
+                Service::Arm,
+                "",
+                Fault::Delay(self.rng.millis(400, 900)),
+                3,
+            );
+            self.disturbed_until = self.disturbed_until.max(now + Duration::from_secs(3));
+            let sig = if self.rng.chance(0.5) { "HUP" } else { "TERM" };
+            self.pending.push((now + delay, sig, now));
+            self.fig.event(if sig == "HUP" {
+                "sighup during startup"
+            } else {
+                "sigterm during startup"
+            });
+        }
+        self.proc = Some(Proc::Running {
+            d,
+            started: now,
+            log,
+        });
+        self.fig.starts += 1;
+    }
+
+    /// Advances the daemon's state machine: exits, restarts, pending signals.
+    fn tend_process(&mut self) {
+        let now = Instant::now();
+        let t = self.at();
+        let proc = self.proc.take();
+        self.proc = match proc {
+            Some(Proc::Running {
+                mut d,
+                started,
+                log,
+            }) => {
+                // Pending startup signals for this process.
+                let mut fire = Vec::new();
+                self.pending.retain(|(at, sig, of)| {
+                    if *of == started && *at <= now {
+                        fire.push(*sig);
+                        false
+                    } else {
+                        *of == started
+                    }
+                });
+                let mut next = None;
+                for sig in fire {
+                    kill(&d, sig);
+                    if sig == "TERM" {
+                        next = Some(sig);
+                    }
+                }
+                match d.child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.fig.bad_exits += 1;
+                        self.fig.violation(
+                            t,
+                            format!(
+                                "daemon ended on its own ({}) {:.2}s after start; log tail:\n{}",
+                                describe(status),
+                                started.elapsed().as_secs_f64(),
+                                tail(&log, 15)
+                            ),
+                        );
+                        Some(Proc::Down {
+                            restart_at: now + Duration::from_millis(300),
+                        })
+                    }
+                    _ => match next {
+                        Some(sig) => Some(Proc::Stopping {
+                            d,
+                            sig,
+                            sent: now,
+                            log,
+                        }),
+                        None => Some(Proc::Running { d, started, log }),
+                    },
+                }
+            }
+            Some(Proc::Stopping {
+                mut d,
+                sig,
+                sent,
+                log,
+            }) => match d.child.try_wait() {
+                Ok(Some(status)) => {
+                    if sig == "TERM" && status.code() != Some(0) {
+                        self.fig.bad_exits += 1;
+                        self.fig.violation(
+                            t,
+                            format!(
+                                "SIGTERM: {} instead of exit 0; log tail:\n{}",
+                                describe(status),
+                                tail(&log, 15)
+                            ),
+                        );
+                    }
+                    let pause = self.rng.millis(0, 1200);
+                    Some(Proc::Down {
+                        restart_at: now + pause,
+                    })
+                }
+                _ if sig == "TERM" && sent.elapsed() > Duration::from_secs(10) => {
+                    self.fig.bad_exits += 1;
+                    self.fig.violation(
+                        t,
+                        format!(
+                            "still running 10 s after SIGTERM; log tail:\n{}",
+                            tail(&log, 15)
+                        ),
+                    );
+                    let _ = d.child.start_kill();
+                    Some(Proc::Stopping {
+                        d,
+                        sig: "KILL",
+                        sent: now,
+                        log,
+                    })
+                }
+                _ => Some(Proc::Stopping { d, sig, sent, log }),
+            },
+            Some(Proc::Down { restart_at }) if restart_at <= now => None,
+            other => other,
+        };
+        if self.proc.is_none() {
+            self.spawn();
+        }
+        if !matches!(self.proc, Some(Proc::Running { .. })) {
+            self.disturbed_until = self.disturbed_until.max(now + STARTUP_ALLOWANCE);
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.proc, Some(Proc::Running { .. }))
+    }
+
+    /// Ends the current fault window when due.
+    fn tend_fault(&mut self) {
+        let now = Instant::now();
+        if let Some(f) = &self.fault {
+            if f.until <= now {
+                self.env.tb.faults().clear();
+                self.disturbed_until = self.disturbed_until.max(now + f.retry_after);
+                self.fault = None;
+            } else {
+                self.disturbed_until = self.disturbed_until.max(now + f.retry_after);
+            }
+        }
+    }
+
+    fn members(&self, set: &str) -> Vec<vmss_testbed::MemberState> {
+        self.env
+            .tb
+            .fleet()
+            .scale_set_state(SUB, RG, set)
+            .map(|s| s.members)
+            .unwrap_or_default()
+    }
+
+    /// One random chaos event.
+    fn chaos(&mut self) {
+        let f = self.env.tb.fleet();
+        let set = if self.rng.chance(0.5) { UNIFORM } else { FLEXIBLE };
+        let members = self.members(set);
+        let live: Vec<String> = members
+            .iter()
+            .filter(|m| !m.provisioning.eq_ignore_ascii_case("deleting"))
+            .map(|m| m.id.clone())
+            .collect();
+        let ready: Vec<String> = members
+            .iter()
+            .filter(|m| {
+                m.power == "running"
+                    && m.provisioning == "Succeeded"
+                    && m.health.as_deref() != Some("unhealthy")
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        let down: Vec<String> = members
+            .iter()
+            .filter(|m| {
+                !m.provisioning.eq_ignore_ascii_case("deleting")
+                    && m.provisioning == "Succeeded"
+                    && (m.power == "stopped"
+                        || m.power == "deallocated"
+                        || m.health.as_deref() == Some("unhealthy"))
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        let can_shrink = live.len() > MIN_MEMBERS && ready.len() > MIN_MEMBERS;
+        let weights: [(&'static str, u32); 14] = [
+            ("scale out", 10),
+            ("scale in", if can_shrink { 8 } else { 0 }),
+            ("instance vanishes", if can_shrink { 3 } else { 0 }),
+            ("instance stops", if can_shrink { 5 } else { 0 }),
+            (
+                "instance unhealthy",
+                if can_shrink && set == UNIFORM { 5 } else { 0 },
+            ),
+            ("spot eviction", if can_shrink { 3 } else { 0 }),
+            ("rolling upgrade", if can_shrink { 3 } else { 0 }),
+            ("instance recovers", if down.is_empty() { 0 } else { 10 }),
+            ("arm fault", if self.fault.is_none() { 12 } else { 0 }),
+            ("target restart (state lost)", 4),
+            ("kill -9", if self.running() { 3 } else { 0 }),
+            ("sigterm", if self.running() { 3 } else { 0 }),
+            ("sighup", if self.running() { 3 } else { 0 }),
+            ("sighup with new config", if self.running() { 3 } else { 0 }),
+        ];
+        let total: u32 = weights.iter().map(|w| w.1).sum();
+        let mut roll = self.rng.below(total as usize) as u32;
+        let mut kind = weights[0].0;
+        for (k, w) in weights {
+            if roll < w {
+                kind = k;
+                break;
+            }
+            roll -= w;
+        }
+        match kind {
+            "scale out" => {
+                if live.len() >= MAX_MEMBERS {
+                    return;
+                }
+                let boot = self.rng.millis(200, 1500);
+                let healthy = self.rng.millis(300, 2000);
+                f.boot_instance(SUB, RG, set, boot, healthy);
+            }
+            "scale in" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                let gone = self.rng.millis(300, 2000);
+                f.delete_instance(SUB, RG, set, &id, gone);
+            }
+            "instance vanishes" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                f.remove_instance(SUB, RG, set, &id);
+            }
+            "instance stops" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                let state = if self.rng.chance(0.5) {
+                    "stopped"
+                } else {
+                    "deallocated"
+                };
+                f.set_power_state(SUB, RG, set, &id, state);
+            }
+            "instance unhealthy" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                f.set_health(SUB, RG, set, &id, Some("unhealthy"));
+            }
+            "spot eviction" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                f.evict_instance(SUB, RG, set, &id);
+            }
+            "rolling upgrade" => {
+                let Some(id) = self.rng.pick(&ready).cloned() else {
+                    return;
+                };
+                let takes = self.rng.millis(1000, 3000);
+                f.rolling_upgrade(SUB, RG, set, &id, takes);
+            }
+            "instance recovers" => {
+                let Some(id) = self.rng.pick(&down).cloned() else {
+                    return;
+                };
+                f.set_power_state(SUB, RG, set, &id, "running");
+                if set == UNIFORM {
+                    f.set_health(SUB, RG, set, &id, Some("healthy"));
+                }
+            }
+            "arm fault" => {
+                let k = self.arm_fault();
+                self.fig.event(k);
+            }
+            "target restart (state lost)" => {
+                self.env.tb.nginx().restart();
+                for p in &mut self.prev {
+                    *p = None;
+                }
+            }
+            "kill -9" => {
+                if let Some(Proc::Running { d, log, .. }) = self.proc.take() {
+                    kill(&d, "KILL");
+                    self.proc = Some(Proc::Stopping {
+                        d,
+                        sig: "KILL",
+                        sent: Instant::now(),
+                        log,
+                    });
+                }
+            }
+            "sigterm" => {
+                if let Some(Proc::Running { d, log, .. }) = self.proc.take() {
+                    kill(&d, "TERM");
+                    self.proc = Some(Proc::Stopping {
+                        d,
+                        sig: "TERM",
+                        sent: Instant::now(),
+                        log,
+                    });
+                }
+            }
+            "sighup" | "sighup with new config" => {
+                if kind == "sighup with new config" {
+                    self.variant = (self.variant + 1 + self.rng.below(2)) % 6;
+                    write_config(&self.env, &self.cfg, self.variant);
+                }
+                if let Some(Proc::Running { d, .. }) = &self.proc {
+                    kill(d, "HUP");
+                }
+            }
+            _ => {}
+        }
+        if kind != "arm fault" {
+            self.fig.event(kind);
+        }
+    }
+
+    /// Starts a fault window of 0.5–4 s on some ARM reads; returns its kind.
+    fn arm_fault(&mut self) -> &'static str {
+        let needles = [
+            "",
+            "virtualmachinescalesets/web-u/networkinterfaces",
+            "virtualmachinescalesets/web-u/virtualmachines",
+            "microsoft.network/networkinterfaces",
+            "/virtualmachines",
+        ];
+        let needle = *self.rng.pick(&needles).unwrap_or(&"");
+        let mut retry_after = Duration::ZERO;
+        let (kind, fault) = match self.rng.below(6) {
+            0 => {
+                let s = 1 + self.rng.below(2) as u64;
+                retry_after = Duration::from_secs(s);
+                (
+                    "arm 429 with Retry-After",
+                    Fault::Status {
+                        status: 429,
+                        code: "TooManyRequests".into(),
+                        message: "The request is being throttled.".into(),
+                        retry_after: Some(s),
+                    },
+                )
+            }
+            1 => (
+                "arm 500",
+                Fault::Status {
+                    status: 500,
+                    code: "InternalServerError".into(),
+                    message: "Internal error.".into(),
+                    retry_after: None,
+                },
+            ),
+            2 => (
+                "arm 503",
+                Fault::Status {
+                    status: 503,
+                    code: "ServiceUnavailable".into(),
+                    message: "Service unavailable.".into(),
+                    retry_after: None,
+                },
+            ),
+            3 => ("arm malformed body", Fault::MalformedBody),
+            4 => (
+                "arm failed second page",
+                Fault::FailPage {
+                    page: 1,
+                    status: 500,
+                },
+            ),
+            _ => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
+        };
+        self.env
+            .tb
+            .faults()
+            .inject(Service::Arm, needle, fault, usize::MAX);
+        let until = Instant::now() + self.rng.millis(500, 4000);
+        self.fault = Some(FaultWindow {
+            kind,
+            until,
+            retry_after,
+        });
+        self.disturbed_until = self.disturbed_until.max(until + retry_after);
+        kind
+    }
+
+    /// Samples the target and the truth; counts violations.
+    fn check(&mut self) {
+        let now = Instant::now();
+        let t = self.at();
+        self.fig.samples += 1;
+        let stale = stale();
+        for (i, w) in WATCHED.iter().enumerate() {
+            let truth = truth(&self.env, w);
+            let seen = observe(&self.env, w);
+            // Update since-when for every address ever known.
+            let since = &mut self.since[i];
+            for a in &truth.members {
+                let r = truth.ready.contains(a);
+                match since.get(a) {
+                    Some(s) if s.ready == r => {}
+                    _ => {
+                        since.insert(a.clone(), Since { ready: r, at: now });
+                    }
+                }
+            }
+            for (a, s) in since.iter_mut() {
+                if !truth.members.contains(a) && s.ready {
+                    *s = Since {
+                        ready: false,
+                        at: now,
+                    };
+                }
+            }
+            let since = self.since[i].clone();
+            let fault = self.fault.as_ref().map_or("none", |f| f.kind);
+            // Transitions since the previous sample.
+            if let Some(prev) = &self.prev[i] {
+                for (a, before) in prev {
+                    let after = seen.get(a).map(|s| s.seen);
+                    let change = match (before, after) {
+                        (Seen::Active, Some(Seen::Draining)) => Some("drain"),
+                        (Seen::Active, None) => Some("remove (active)"),
+                        (Seen::Draining, None) => Some("remove"),
+                        (Seen::Draining, Some(Seen::Active)) => Some("restore"),
+                        _ => None,
+                    };
+                    let Some(change) = change else { continue };
+                    *self.fig.target.entry(change).or_default() += 1;
+                    if *before == Seen::Active {
+                        if let Some(s) = since.get(a).filter(|s| s.ready) {
+                            if now - s.at >= stale {
+                                self.fig.wrong_removals += 1;
+                                self.fig.violation(
+                                    t,
+                                    format!(
+                                        "wrong removal: {} {a} ({change}) while its instance has been ready for {:.1}s (ARM fault: {fault})",
+                                        w.name,
+                                        (now - s.at).as_secs_f64()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                for a in seen.keys() {
+                    if !prev.contains_key(a) {
+                        *self.fig.target.entry("add").or_default() += 1;
+                    }
+                }
+            }
+            // Active servers must be ready instances (allowing for the daemon's delays). A
+            // violation that persists is reported once per `stale`: its clock restarts.
+            let mut restart_clock = Vec::new();
+            for (a, s) in &seen {
+                let Some(st) = since.get(a) else {
+                    self.fig.unready_served += 1;
+                    self.fig
+                        .violation(t, format!("{} serves {a}, never an instance of its sets", w.name));
+                    continue;
+                };
+                let from = st.at.max(self.disturbed_until.min(now));
+                let lag = now.saturating_duration_since(from);
+                match (s.seen, st.ready) {
+                    (Seen::Active, false) => {
+                        self.fig.max_unready_active = self.fig.max_unready_active.max(lag);
+                        if lag > stale {
+                            restart_clock.push(a.clone());
+                            self.fig.unready_served += 1;
+                            self.fig.violation(
+                                t,
+                                format!(
+                                    "{} sends traffic to {a}, not ready for {:.1}s (ARM fault: {fault})",
+                                    w.name,
+                                    (now - st.at).as_secs_f64()
+                                ),
+                            );
+                        }
+                    }
+                    (Seen::Draining, true) if lag > stale => {
+                        restart_clock.push(a.clone());
+                        self.fig.stuck_drains += 1;
+                        self.fig.violation(
+                            t,
+                            format!(
+                                "{} keeps {a} draining while its instance has been ready for {:.1}s",
+                                w.name,
+                                (now - st.at).as_secs_f64()
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            for a in restart_clock {
+                if let Some(st) = self.since[i].get_mut(&a) {
+                    st.at = now;
+                }
+            }
+            self.prev[i] = Some(seen.iter().map(|(a, s)| (a.clone(), s.seen)).collect());
+        }
+    }
+
+    /// True when every upstream holds exactly the ready instances, none draining, with
+    /// the configured parameters.
+    fn converged(&self) -> bool {
+        let max_fails = u64::from(MAX_FAILS[self.variant % MAX_FAILS.len()]);
+        WATCHED.iter().all(|w| {
+            let t = truth(&self.env, w);
+            let seen = observe(&self.env, w);
+            seen.len() == t.ready.len()
+                && seen.iter().all(|(a, s)| {
+                    t.ready.contains(a)
+                        && s.seen == Seen::Active
+                        && (w.name != "web" || s.max_fails == Some(max_fails))
+                })
+        })
+    }
+
+    fn ready_sets(&self) -> Vec<BTreeSet<String>> {
+        WATCHED.iter().map(|w| truth(&self.env, w).ready).collect()
+    }
+
+    async fn tick(&mut self) {
+        tokio::time::sleep(TICK).await;
+        self.tend_process();
+        self.tend_fault();
+        self.check();
+    }
+
+    /// Quiet phase: no new events; waits for the daemon to converge and records how long
+    /// it took from the later of the phase start, the last change of the truth and the end
+    /// of the last disturbance.
+    async fn quiet(&mut self, bound: Duration) {
+        if let Some(f) = self.fault.take() {
+            self.env.tb.faults().clear();
+            self.disturbed_until = self.disturbed_until.max(Instant::now() + f.retry_after);
+        }
+        let mut from = Instant::now().max(self.disturbed_until);
+        let mut ready = self.ready_sets();
+        let give_up = Instant::now() + bound * 3 + Duration::from_secs(8);
+        loop {
+            self.tick().await;
+            let now_ready = self.ready_sets();
+            if now_ready != ready {
+                ready = now_ready;
+                from = Instant::now();
+            }
+            from = from.max(self.disturbed_until.min(Instant::now()));
+            if self.running() && self.pending.is_empty() && self.converged() {
+                let took = Instant::now().saturating_duration_since(from);
+                self.fig.convergence.push(took);
+                if took > bound {
+                    self.fig.not_converged += 1;
+                    let t = self.at();
+                    self.fig.violation(
+                        t,
+                        format!(
+                            "converged only after {:.2}s (bound {:.2}s)",
+                            took.as_secs_f64(),
+                            bound.as_secs_f64()
+                        ),
+                    );
+                }
+                return;
+            }
+            if Instant::now() > give_up {
+                self.fig.not_converged += 1;
+                let t = self.at();
+                let detail: Vec<String> = WATCHED
+                    .iter()
+                    .map(|w| {
+                        let seen: Vec<String> = observe(&self.env, w)
+                            .iter()
+                            .map(|(a, s)| format!("{a}{}", if s.seen == Seen::Draining { "(draining)" } else { "" }))
+                            .collect();
+                        format!(
+                            "{}: target {:?} vs ready {:?}",
+                            w.name,
+                            seen,
+                            truth(&self.env, w).ready
+                        )
+                    })
+                    .collect();
+                self.fig
+                    .violation(t, format!("not converged after faults stopped: {}", detail.join("; ")));
+                return;
+            }
+        }
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+async fn soak(seed: u64, secs: u64) -> Figures {
+    let env = testbed(TestbedOptions::default()).await;
+    let f = env.tb.fleet();
+    f.add_scale_set(SUB, RG, UNIFORM, Orchestration::Uniform, "eastus");
+    f.set_health_extension(SUB, RG, UNIFORM, true);
+    f.scale_to(SUB, RG, UNIFORM, 4);
+    f.add_scale_set(SUB, RG, FLEXIBLE, Orchestration::Flexible, "eastus");
+    f.scale_to(SUB, RG, FLEXIBLE, 3);
+    for w in &WATCHED {
+        env.upstream(w.kind, w.name);
+    }
+    let cfg = env.dir.path().join("config.yaml");
+    write_config(&env, &cfg, 0);
+    let now = Instant::now();
+    let mut s = Soak {
+        env,
+        rng: Rng(seed),
+        seed,
+        cfg,
+        variant: 0,
+        t0: now,
+        proc: None,
+        pending: Vec::new(),
+        fault: None,
+        disturbed_until: now,
+        since: vec![BTreeMap::new(); WATCHED.len()],
+        prev: vec![None; WATCHED.len()],
+        fig: Figures::default(),
+        starts: 0,
+    };
+    s.spawn();
+    // First sync: not counted as a convergence after faults.
+    let first = Instant::now() + Duration::from_secs(20);
+    while !s.converged() && Instant::now() < first {
+        s.tick().await;
+    }
+    if !s.converged() {
+        s.fig.not_converged += 1;
+        let t = s.at();
+        s.fig.violation(t, "the first sync did not complete within 20 s".into());
+    }
+    let end = Instant::now() + Duration::from_secs(secs);
+    let bound = converge_bound();
+    while Instant::now() < end {
+        // A chaos phase of 4–9 s, then a quiet phase.
+        let phase_end = Instant::now() + s.rng.millis(4000, 9000);
+        while Instant::now() < phase_end.min(end) {
+            if s.rng.chance(0.25) {
+                s.chaos();
+            }
+            s.tick().await;
+        }
+        s.quiet(bound).await;
+    }
+    // Finally SIGTERM must end the daemon with 0.
+    if let Some(Proc::Running { mut d, log, .. }) = s.proc.take() {
+        d.signal("TERM");
+        match tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await {
+            Ok(Ok(st)) if st.code() == Some(0) => {}
+            Ok(Ok(st)) => {
+                s.fig.bad_exits += 1;
+                let t = s.at();
+                s.fig.violation(t, format!("final SIGTERM: {}; {}", describe(st), tail(&log, 15)));
+            }
+            _ => {
+                s.fig.bad_exits += 1;
+                let t = s.at();
+                s.fig.violation(t, "final SIGTERM: not ended within 10 s".into());
+            }
+        }
+    }
+    // Panics anywhere in any run's log.
+    for n in 1..=s.starts {
+        let log = s.env.dir.path().join(format!("daemon-{n}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+            s.fig.panics += 1;
+            let t = s.at();
+            s.fig.violation(t, format!("run {n} panicked: {line}"));
+        }
+    }
+    report(s.seed, secs, &s.fig);
+    s.fig
+}
+
+fn report(seed: u64, secs: u64, fig: &Figures) {
+    let mut conv = fig.convergence.clone();
+    conv.sort();
+    let median = conv.get(conv.len() / 2).copied().unwrap_or_default();
+    let max = conv.last().copied().unwrap_or_default();
+    println!("== chaos soak seed {seed:#x}, {secs} s ==");
+    println!(
+        "samples: {} (every {} ms); daemon starts: {}",
+        fig.samples,
+        TICK.as_millis(),
+        fig.starts
+    );
+    println!("events applied:");
+    for (k, n) in &fig.events {
+        println!("  {k:<32} {n}");
+    }
+    println!("changes seen on the target:");
+    for (k, n) in &fig.target {
+        println!("  {k:<32} {n}");
+    }
+    println!(
+        "wrong removals: {}; not-ready servers kept active too long: {}; drains of ready instances kept too long: {}",
+        fig.wrong_removals, fig.unready_served, fig.stuck_drains
+    );
+    println!(
+        "bad exits: {}; panics: {}; convergences: {} (median {:.2}s, max {:.2}s, bound {:.2}s), not converged in bound: {}",
+        fig.bad_exits,
+        fig.panics,
+        conv.len(),
+        median.as_secs_f64(),
+        max.as_secs_f64(),
+        converge_bound().as_secs_f64(),
+        fig.not_converged
+    );
+    println!(
+        "longest a not-ready address stayed active after the last disturbance: {:.2}s (allowed {:.2}s)",
+        fig.max_unready_active.as_secs_f64(),
+        stale().as_secs_f64()
+    );
+    for v in &fig.violations {
+        println!("VIOLATION {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_soak_never_removes_ready_servers_never_serves_unready_ones_and_converges() {
+    let secs = env_u64("VMSS_SOAK_SECS").unwrap_or(DEFAULT_SECS);
+    let seeds: Vec<u64> = match env_u64("VMSS_SOAK_SEED") {
+        Some(s) => vec![s],
+        None => CI_SEEDS.to_vec(),
+    };
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let fig = soak(seed, secs).await;
+        if fig.failed() {
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "chaos soak failed for seed(s) {}; see the VIOLATION lines above. Replay with: \
+         VMSS_SOAK_SEED=<seed> VMSS_SOAK_SECS={secs} cargo test -p vmss-sync --test chaos_soak -- --nocapture",
+        failed
+            .iter()
+            .map(|s| format!("{s:#x}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
