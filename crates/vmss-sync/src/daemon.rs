@@ -193,6 +193,8 @@ pub struct Daemon {
     health: Arc<Health>,
     elector: Option<Elector>,
     admin: Option<AdminServer>,
+    /// A reload asked for during start-up, applied as soon as the loop runs.
+    pending_reload: bool,
 }
 
 impl Daemon {
@@ -231,9 +233,47 @@ impl Daemon {
             health,
             elector,
             admin,
+            pending_reload: false,
         };
         daemon.gate_writes();
         Ok(daemon)
+    }
+
+    /// [`Daemon::start`] while listening to `control`, so that a signal at any moment of
+    /// start-up (the startup check can wait out ARM's `Retry-After` for a long time) is
+    /// honoured: [`Control::Shutdown`] (or a closed channel) abandons start-up at once and
+    /// gives `Ok(None)` (start-up only reads: nothing has been written); [`Control::Reload`]
+    /// is remembered and applied as soon as [`Daemon::run`] starts.
+    pub async fn start_interruptible(
+        path: PathBuf,
+        env: Env,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Result<Option<Self>, DaemonError> {
+        let start = Self::start(path, env);
+        tokio::pin!(start);
+        let mut pending_reload = false;
+        loop {
+            tokio::select! {
+                biased;
+                msg = control.recv() => match msg {
+                    Some(Control::Reload) => {
+                        if !pending_reload {
+                            tracing::info!("Reload asked for during start-up: it is applied once the daemon runs.");
+                        }
+                        pending_reload = true;
+                    }
+                    Some(Control::Shutdown) | None => {
+                        tracing::info!("Terminating during start-up; nothing was written.");
+                        return Ok(None);
+                    }
+                },
+                started = &mut start => {
+                    let mut daemon = started?;
+                    daemon.pending_reload = pending_reload;
+                    return Ok(Some(daemon));
+                }
+            }
+        }
     }
 
     /// The configuration in force.
@@ -330,6 +370,9 @@ impl Daemon {
             "vmss-sync started."
         );
         let mut became_leader = self.elector.as_ref().map(Elector::became_leader);
+        if std::mem::take(&mut self.pending_reload) {
+            self.reload().await;
+        }
         loop {
             self.health.heartbeat();
             let started = std::time::Instant::now();

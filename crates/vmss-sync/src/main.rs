@@ -124,8 +124,16 @@ async fn once(cfg: &config::Config, env: &Env, mode: Mode) -> ExitCode {
 }
 
 async fn run(path: PathBuf, env: Env) -> ExitCode {
-    let daemon = match Daemon::start(path, env).await {
-        Ok(d) => d,
+    // Signal handlers first: start-up reads ARM and may wait out its Retry-After for a
+    // long time, and a SIGTERM or SIGHUP then must not kill the process.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    if let Err(e) = cli::forward_signals(tx) {
+        tracing::error!("Cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let daemon = match Daemon::start_interruptible(path, env, &mut rx).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return ExitCode::SUCCESS,
         Err(DaemonError::Config(e)) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -135,11 +143,6 @@ async fn run(path: PathBuf, env: Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    if let Err(e) = cli::forward_signals(tx) {
-        tracing::error!("Cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
     daemon.run(rx).await;
     ExitCode::SUCCESS
 }
