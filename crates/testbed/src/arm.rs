@@ -676,10 +676,10 @@ impl<'a> Ctx<'a> {
 
     /// Applies a FailPage fault for this page, if one matches.
     fn page_fault(&self, page: usize) -> Option<Reply> {
-        let status = self
-            .sh
-            .faults
-            .take_page(Service::Arm, &self.req.path, page)?;
+        let status =
+            self.sh
+                .faults
+                .take_page(Service::Arm, &self.req.path, &self.req.query, page)?;
         let mut r = arm_error(
             status,
             code_for_status(status),

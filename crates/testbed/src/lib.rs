@@ -448,7 +448,7 @@ async fn dispatch(sh: Arc<Shared>, service: Service, req: Request) -> Response {
         body,
     };
     let seq = sh.record_start(service, &req);
-    let reply = match sh.faults.take(service, &req.path) {
+    let reply = match sh.faults.take(service, &req.path, &req.query) {
         Some(Fault::Status {
             status,
             code,
@@ -465,6 +465,14 @@ async fn dispatch(sh: Arc<Shared>, service: Service, req: Request) -> Response {
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
             serve(&sh, service, &req)
+        }
+        Some(Fault::EmptyList) => Reply::json(200, &json!({ "value": [] })),
+        Some(f @ (Fault::DropItems { .. } | Fault::DropField { .. })) => {
+            let mut r = serve(&sh, service, &req);
+            if let Some(body) = f.damage(r.status, &r.body) {
+                r.body = body;
+            }
+            r
         }
         Some(Fault::FailPage { .. }) | None => serve(&sh, service, &req),
     };

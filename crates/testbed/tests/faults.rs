@@ -348,3 +348,112 @@ async fn shutdown_and_drop_stop_the_servers() {
     }
     assert!(stopped, "server still answering after drop");
 }
+
+#[tokio::test]
+async fn empty_list_fault_answers_200_with_no_items_for_the_matching_list_only() {
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 3);
+    e.set("api", Orchestration::Uniform, 3);
+    e.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::EmptyList,
+        1,
+    );
+    let nics = |name: &str| {
+        format!(
+            "{}/networkInterfaces?api-version={VMSS_NET}",
+            vmss_path(name)
+        )
+    };
+    let r = e.arm(&nics("web")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"value": []}));
+    assert_eq!(
+        e.arm_all(&nics("api")).await.0.len(),
+        3,
+        "other sets untouched"
+    );
+    assert_eq!(e.arm_all(&nics("web")).await.0.len(), 3, "fired once");
+}
+
+#[tokio::test]
+async fn drop_field_fault_removes_instance_view_from_every_listed_vm() {
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 3);
+    e.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/virtualMachines",
+        Fault::DropField {
+            field: "instanceView".into(),
+        },
+        usize::MAX,
+    );
+    let q = format!(
+        "{}/virtualMachines?$expand=instanceView&api-version={COMPUTE}",
+        vmss_path("web")
+    );
+    let (damaged, _) = e.arm_all(&q).await;
+    assert_eq!(damaged.len(), 3, "items kept");
+    assert!(damaged
+        .iter()
+        .all(|v| v["properties"].get("instanceView").is_none()
+            && v["properties"].get("provisioningState").is_some()));
+    e.tb.faults().clear();
+    let (whole, _) = e.arm_all(&q).await;
+    assert!(whole
+        .iter()
+        .all(|v| v["properties"].get("instanceView").is_some()));
+}
+
+#[tokio::test]
+async fn drop_items_fault_drops_matching_items_and_keeps_the_rest() {
+    let e = env().await;
+    e.set("web", Orchestration::Uniform, 3);
+    e.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/virtualMachines",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/1".into(),
+        },
+        usize::MAX,
+    );
+    let q = format!(
+        "{}/virtualMachines?$expand=instanceView&api-version={COMPUTE}",
+        vmss_path("web")
+    );
+    let (items, _) = e.arm_all(&q).await;
+    let ids: Vec<String> = items
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|id| !id.ends_with("/virtualMachines/1")));
+}
+
+#[tokio::test]
+async fn a_rule_with_a_query_needle_matches_only_requests_with_that_query() {
+    let e = env().await;
+    e.set("flex", Orchestration::Flexible, 2);
+    let set_id = vmss_path("flex");
+    e.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        &format!("virtualmachinescaleset/id' eq '{set_id}'"),
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    let vms = format!(
+        "/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines"
+    );
+    let all = e.arm_all(&format!("{vms}?api-version={COMPUTE}")).await.0;
+    assert_eq!(all.len(), 2, "the group's list is not matched");
+    let filter = format!("'virtualMachineScaleSet/id' eq '{set_id}'");
+    let filtered = format!(
+        "{vms}?api-version={COMPUTE}&$filter={}",
+        url::form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>()
+    );
+    let r = e.arm(&filtered).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!({"value": []}));
+}
