@@ -295,6 +295,8 @@ impl Figures {
 /// One ARM fault window.
 struct FaultWindow {
     kind: &'static str,
+    /// What it hits: `path-part?query-part`, or `all ARM reads`.
+    on: String,
     until: Instant,
     retry_after: Duration,
 }
@@ -538,7 +540,7 @@ impl Soak {
             ("rolling upgrade", if can_shrink { 3 } else { 0 }),
             ("instance recovers", if down.is_empty() { 0 } else { 10 }),
             ("arm fault", if self.fault.is_none() { 12 } else { 0 }),
-            ("target restart (state lost)", 4),
+            ("target restart (state lost)", 2),
             ("kill -9", if self.running() { 3 } else { 0 }),
             ("sigterm", if self.running() { 3 } else { 0 }),
             ("sighup", if self.running() { 3 } else { 0 }),
@@ -665,16 +667,19 @@ impl Soak {
 
     /// Starts a fault window of 0.5–4 s on some ARM reads; returns its kind.
     fn arm_fault(&mut self) -> &'static str {
-        let needles = [
-            "",
-            "virtualmachinescalesets/web-u/networkinterfaces",
-            "virtualmachinescalesets/web-u/virtualmachines",
-            "microsoft.network/networkinterfaces",
-            "/virtualmachines",
+        // (path contains, decoded query contains): everything, the Uniform set's NIC list
+        // and VM list (with instance views), the Flexible set's filtered VM list, the
+        // group's NIC list (Flexible members' NICs).
+        let needles: [(&str, &str); 5] = [
+            ("", ""),
+            ("virtualmachinescalesets/web-u/networkinterfaces", ""),
+            ("virtualmachinescalesets/web-u/virtualmachines", ""),
+            ("microsoft.compute/virtualmachines", "virtualmachinescalesets/web-f"),
+            ("microsoft.network/networkinterfaces", ""),
         ];
-        let needle = *self.rng.pick(&needles).unwrap_or(&"");
+        let (mut path, mut query) = *self.rng.pick(&needles).unwrap_or(&("", ""));
         let mut retry_after = Duration::ZERO;
-        let (kind, fault) = match self.rng.below(6) {
+        let (kind, fault) = match self.rng.below(9) {
             0 => {
                 let s = 1 + self.rng.below(2) as u64;
                 retry_after = Duration::from_secs(s);
@@ -714,15 +719,41 @@ impl Soak {
                     status: 500,
                 },
             ),
-            _ => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
+            5 => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
+            6 => ("arm empty list", Fault::EmptyList),
+            7 => (
+                "arm list items dropped",
+                Fault::DropItems {
+                    id_contains: String::new(),
+                },
+            ),
+            _ => {
+                // Instance views missing from a member list read with them.
+                (path, query) = if self.rng.chance(0.5) {
+                    needles[2]
+                } else {
+                    needles[3]
+                };
+                (
+                    "arm instance views missing",
+                    Fault::DropField {
+                        field: "instanceView".into(),
+                    },
+                )
+            }
         };
         self.env
             .tb
             .faults()
-            .inject(Service::Arm, needle, fault, usize::MAX);
+            .inject_where(Service::Arm, path, query, fault, usize::MAX);
         let until = Instant::now() + self.rng.millis(500, 4000);
         self.fault = Some(FaultWindow {
             kind,
+            on: if path.is_empty() && query.is_empty() {
+                "all ARM reads".into()
+            } else {
+                format!("{path}?{query}")
+            },
             until,
             retry_after,
         });
@@ -759,7 +790,10 @@ impl Soak {
                 }
             }
             let since = self.since[i].clone();
-            let fault = self.fault.as_ref().map_or("none", |f| f.kind);
+            let fault = self
+                .fault
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |f| format!("{} on {}", f.kind, f.on));
             // Transitions since the previous sample.
             if let Some(prev) = &self.prev[i] {
                 for (a, before) in prev {
@@ -882,7 +916,7 @@ impl Soak {
             self.env.tb.faults().clear();
             self.disturbed_until = self.disturbed_until.max(Instant::now() + f.retry_after);
         }
-        let mut from = Instant::now().max(self.disturbed_until);
+        let mut from = Instant::now();
         let mut ready = self.ready_sets();
         let give_up = Instant::now() + bound * 3 + Duration::from_secs(8);
         loop {
@@ -892,10 +926,12 @@ impl Soak {
                 ready = now_ready;
                 from = Instant::now();
             }
-            from = from.max(self.disturbed_until.min(Instant::now()));
             if self.running() && self.pending.is_empty() && self.converged() {
                 let took = Instant::now().saturating_duration_since(from);
                 self.fig.convergence.push(took);
+                // What was still disturbed (a Retry-After, a restart) when the clock
+                // started is added to the bound.
+                let bound = bound + self.disturbed_until.saturating_duration_since(from);
                 if took > bound {
                     self.fig.not_converged += 1;
                     let t = self.at();
@@ -1090,12 +1126,18 @@ async fn chaos_soak_never_removes_ready_servers_never_serves_unready_ones_and_co
     }
     assert!(
         failed.is_empty(),
-        "chaos soak failed for seed(s) {}; see the VIOLATION lines above. Replay with: \
-         VMSS_SOAK_SEED=<seed> VMSS_SOAK_SECS={secs} cargo test -p vmss-sync --test chaos_soak -- --nocapture",
+        "chaos soak failed for seed(s) {}; see the VIOLATION lines above. Replay with:\n{}",
         failed
             .iter()
             .map(|s| format!("{s:#x}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        failed
+            .iter()
+            .map(|s| format!(
+                "  VMSS_SOAK_SEED={s:#x} VMSS_SOAK_SECS={secs} cargo test -p vmss-sync --test chaos_soak -- --nocapture"
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
