@@ -318,6 +318,10 @@ struct Soak {
     prev: Vec<Option<BTreeMap<String, Seen>>>,
     fig: Figures,
     starts: u32,
+    /// Fault windows started so far.
+    windows: u32,
+    /// Implausible member-list answers still to come, as (kind, needle) indexes.
+    deck: Vec<(usize, usize)>,
 }
 
 impl Soak {
@@ -539,7 +543,7 @@ impl Soak {
             ("spot eviction", if can_shrink { 3 } else { 0 }),
             ("rolling upgrade", if can_shrink { 3 } else { 0 }),
             ("instance recovers", if down.is_empty() { 0 } else { 10 }),
-            ("arm fault", if self.fault.is_none() { 12 } else { 0 }),
+            ("arm fault", if self.fault.is_none() { 16 } else { 0 }),
             ("target restart (state lost)", 2),
             ("kill -9", if self.running() { 3 } else { 0 }),
             ("sigterm", if self.running() { 3 } else { 0 }),
@@ -665,82 +669,99 @@ impl Soak {
         }
     }
 
-    /// Starts a fault window of 0.5–4 s on some ARM reads; returns its kind.
+    /// Starts a fault window of 0.5–4 s on some ARM reads; returns its kind. Every other
+    /// window is an implausible answer to a member list (empty, every item dropped,
+    /// instance views missing), drawn from a seeded shuffled deck of all of them so that
+    /// each appears early; the others are error statuses, bad bodies and slowness on any
+    /// read.
     fn arm_fault(&mut self) -> &'static str {
         // (path contains, decoded query contains): everything, the Uniform set's NIC list
         // and VM list (with instance views), the Flexible set's filtered VM list, the
         // group's NIC list (Flexible members' NICs).
-        let needles: [(&str, &str); 5] = [
+        const NEEDLES: [(&str, &str); 5] = [
             ("", ""),
             ("virtualmachinescalesets/web-u/networkinterfaces", ""),
             ("virtualmachinescalesets/web-u/virtualmachines", ""),
             ("microsoft.compute/virtualmachines", "virtualmachinescalesets/web-f"),
             ("microsoft.network/networkinterfaces", ""),
         ];
-        let (mut path, mut query) = *self.rng.pick(&needles).unwrap_or(&("", ""));
+        self.windows += 1;
         let mut retry_after = Duration::ZERO;
-        let (kind, fault) = match self.rng.below(9) {
-            0 => {
-                let s = 1 + self.rng.below(2) as u64;
-                retry_after = Duration::from_secs(s);
-                (
-                    "arm 429 with Retry-After",
-                    Fault::Status {
-                        status: 429,
-                        code: "TooManyRequests".into(),
-                        message: "The request is being throttled.".into(),
-                        retry_after: Some(s),
-                    },
-                )
+        let (kind, fault, (path, query)) = if self.windows % 2 == 1 {
+            if self.deck.is_empty() {
+                // Empty answers only on member lists: an empty list of scale sets is a
+                // set that does not exist, which the startup check rightly refuses.
+                let mut deck: Vec<(usize, usize)> = (1..=4)
+                    .flat_map(|n| [(0, n), (1, n)])
+                    .chain([(2, 2), (2, 3)])
+                    .collect();
+                for i in (1..deck.len()).rev() {
+                    deck.swap(i, self.rng.below(i + 1));
+                }
+                self.deck = deck;
             }
-            1 => (
-                "arm 500",
-                Fault::Status {
-                    status: 500,
-                    code: "InternalServerError".into(),
-                    message: "Internal error.".into(),
-                    retry_after: None,
-                },
-            ),
-            2 => (
-                "arm 503",
-                Fault::Status {
-                    status: 503,
-                    code: "ServiceUnavailable".into(),
-                    message: "Service unavailable.".into(),
-                    retry_after: None,
-                },
-            ),
-            3 => ("arm malformed body", Fault::MalformedBody),
-            4 => (
-                "arm failed second page",
-                Fault::FailPage {
-                    page: 1,
-                    status: 500,
-                },
-            ),
-            5 => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
-            6 => ("arm empty list", Fault::EmptyList),
-            7 => (
-                "arm list items dropped",
-                Fault::DropItems {
-                    id_contains: String::new(),
-                },
-            ),
-            _ => {
-                // Instance views missing from a member list read with them.
-                (path, query) = if self.rng.chance(0.5) {
-                    needles[2]
-                } else {
-                    needles[3]
-                };
-                (
+            let (k, n) = self.deck.pop().unwrap_or((0, 1));
+            let (kind, fault) = match k {
+                0 => ("arm empty list", Fault::EmptyList),
+                1 => (
+                    "arm list items dropped",
+                    Fault::DropItems {
+                        id_contains: String::new(),
+                    },
+                ),
+                _ => (
                     "arm instance views missing",
                     Fault::DropField {
                         field: "instanceView".into(),
                     },
-                )
-            }
+                ),
+            };
+            (kind, fault, NEEDLES[n])
+        } else {
+            let needle = *self.rng.pick(&NEEDLES).unwrap_or(&("", ""));
+            let (kind, fault) = match self.rng.below(6) {
+                0 => {
+                    let s = 1 + self.rng.below(2) as u64;
+                    retry_after = Duration::from_secs(s);
+                    (
+                        "arm 429 with Retry-After",
+                        Fault::Status {
+                            status: 429,
+                            code: "TooManyRequests".into(),
+                            message: "The request is being throttled.".into(),
+                            retry_after: Some(s),
+                        },
+                    )
+                }
+                1 => (
+                    "arm 500",
+                    Fault::Status {
+                        status: 500,
+                        code: "InternalServerError".into(),
+                        message: "Internal error.".into(),
+                        retry_after: None,
+                    },
+                ),
+                2 => (
+                    "arm 503",
+                    Fault::Status {
+                        status: 503,
+                        code: "ServiceUnavailable".into(),
+                        message: "Service unavailable.".into(),
+                        retry_after: None,
+                    },
+                ),
+                3 => ("arm malformed body", Fault::MalformedBody),
+                4 => (
+                    "arm failed second page",
+                    Fault::FailPage {
+                        page: 1,
+                        status: 500,
+                    },
+                ),
+                _ => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
+            };
+            (kind, fault, needle)
         };
         self.env
             .tb
@@ -1010,6 +1031,8 @@ async fn soak(seed: u64, secs: u64) -> Figures {
         prev: vec![None; WATCHED.len()],
         fig: Figures::default(),
         starts: 0,
+        windows: 0,
+        deck: Vec::new(),
     };
     s.spawn();
     // First sync: not counted as a convergence after faults.
