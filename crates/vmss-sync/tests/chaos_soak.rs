@@ -217,6 +217,10 @@ enum Proc {
         d: Daemon,
         started: Instant,
         log: PathBuf,
+        /// The process runs its own code: its first log line is written (the signal
+        /// handlers are installed before it). Signals wait for this: before it, any
+        /// process dies of them.
+        up: bool,
     },
     Stopping {
         d: Daemon,
@@ -269,6 +273,8 @@ struct Figures {
     max_unready_active: Duration,
     samples: u64,
     starts: u32,
+    /// Longest from a spawn to the daemon's first log line.
+    max_until_up: Duration,
     violations: Vec<String>,
 }
 
@@ -361,6 +367,7 @@ impl Soak {
             d,
             started: now,
             log,
+            up: false,
         });
         self.fig.starts += 1;
     }
@@ -375,11 +382,16 @@ impl Soak {
                 mut d,
                 started,
                 log,
+                mut up,
             }) => {
+                if !up && std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+                    up = true;
+                    self.fig.max_until_up = self.fig.max_until_up.max(started.elapsed());
+                }
                 // Pending startup signals for this process.
                 let mut fire = Vec::new();
                 self.pending.retain(|(at, sig, of)| {
-                    if *of == started && *at <= now {
+                    if *of == started && *at <= now && up {
                         fire.push(*sig);
                         false
                     } else {
@@ -416,7 +428,12 @@ impl Soak {
                             sent: now,
                             log,
                         }),
-                        None => Some(Proc::Running { d, started, log }),
+                        None => Some(Proc::Running {
+                            d,
+                            started,
+                            log,
+                            up,
+                        }),
                     },
                 }
             }
@@ -475,6 +492,11 @@ impl Soak {
 
     fn running(&self) -> bool {
         matches!(self.proc, Some(Proc::Running { .. }))
+    }
+
+    /// Running its own code (see `Proc::Running::up`).
+    fn up(&self) -> bool {
+        matches!(self.proc, Some(Proc::Running { up: true, .. }))
     }
 
     /// Ends the current fault window when due.
@@ -546,9 +568,9 @@ impl Soak {
             ("arm fault", if self.fault.is_none() { 16 } else { 0 }),
             ("target restart (state lost)", 2),
             ("kill -9", if self.running() { 3 } else { 0 }),
-            ("sigterm", if self.running() { 3 } else { 0 }),
-            ("sighup", if self.running() { 3 } else { 0 }),
-            ("sighup with new config", if self.running() { 3 } else { 0 }),
+            ("sigterm", if self.up() { 3 } else { 0 }),
+            ("sighup", if self.up() { 3 } else { 0 }),
+            ("sighup with new config", if self.up() { 3 } else { 0 }),
         ];
         let total: u32 = weights.iter().map(|w| w.1).sum();
         let mut roll = self.rng.below(total as usize) as u32;
@@ -1059,6 +1081,10 @@ async fn soak(seed: u64, secs: u64) -> Figures {
         s.quiet(bound).await;
     }
     // Finally SIGTERM must end the daemon with 0.
+    let up_by = Instant::now() + Duration::from_secs(10);
+    while !s.up() && Instant::now() < up_by {
+        s.tick().await;
+    }
     if let Some(Proc::Running { mut d, log, .. }) = s.proc.take() {
         d.signal("TERM");
         match tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await {
@@ -1096,10 +1122,11 @@ fn report(seed: u64, secs: u64, fig: &Figures) {
     let max = conv.last().copied().unwrap_or_default();
     println!("== chaos soak seed {seed:#x}, {secs} s ==");
     println!(
-        "samples: {} (every {} ms); daemon starts: {}",
+        "samples: {} (every {} ms); daemon starts: {} (longest until the first log line: {} ms)",
         fig.samples,
         TICK.as_millis(),
-        fig.starts
+        fig.starts,
+        fig.max_until_up.as_millis()
     );
     println!("events applied:");
     for (k, n) in &fig.events {
