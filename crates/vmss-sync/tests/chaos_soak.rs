@@ -405,7 +405,13 @@ impl Soak {
                         next = Some(sig);
                     }
                 }
-                match d.child.try_wait() {
+                // A TERM just sent: its exit is judged as a stop.
+                let ended = if next.is_some() {
+                    Ok(None)
+                } else {
+                    d.child.try_wait()
+                };
+                match ended {
                     Ok(Some(status)) => {
                         self.fig.bad_exits += 1;
                         self.fig.violation(
