@@ -234,8 +234,100 @@ pub struct ScaleSetSnapshot {
     pub tags: BTreeMap<String, String>,
     /// The set's Azure region (`location`), lower-cased; empty when ARM did not say.
     pub location: String,
-    /// Instances with an address, sorted by VM id; one entry per VM.
+    /// Instances with an address, sorted by VM id; one entry per VM. For a held set
+    /// ([`ScaleSetSnapshot::held`]): its members at the last read that was used.
     pub instances: Vec<Instance>,
+    /// Set when this cycle's read of the set's members was judged failed
+    /// (`plan::judge_read`): its servers are then kept exactly as they are.
+    pub held: Option<HeldRead>,
+}
+
+/// Why one scale set's membership read was not used this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadFault {
+    /// The set says it has instances (or had members at the last read used), and the read
+    /// found none.
+    Empty {
+        /// `sku.capacity` (None: ARM did not say).
+        capacity: Option<u64>,
+        /// Members at the last read used (None: none since the start).
+        previous: Option<usize>,
+    },
+    /// Fewer than half of the set's capacity, and fewer than its members at the last read
+    /// used.
+    Short {
+        /// Members found (with an address).
+        found: usize,
+        /// `sku.capacity` (None: ARM did not say).
+        capacity: Option<u64>,
+        /// Members at the last read used (None: none since the start).
+        previous: Option<usize>,
+    },
+    /// Members (known from the NIC list, or the member list of a Flexible set) without an
+    /// instance view while instance views are needed.
+    NoViews {
+        /// Members without a view.
+        missing: usize,
+        /// Members found.
+        members: usize,
+    },
+}
+
+struct Count(Option<u64>);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, "{c}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+impl fmt::Display for ReadFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let previous = |p: &Option<usize>| match p {
+            Some(p) => format!("{p} members at the last read used"),
+            None => "no earlier read used".to_string(),
+        };
+        match self {
+            ReadFault::Empty {
+                capacity,
+                previous: p,
+            } => write!(
+                f,
+                "the read found no instances, but its capacity is {} ({})",
+                Count(*capacity),
+                previous(p)
+            ),
+            ReadFault::Short {
+                found,
+                capacity,
+                previous: p,
+            } => write!(
+                f,
+                "the read found {found} instances, fewer than half of its capacity of {} \
+                 and fewer than before ({})",
+                Count(*capacity),
+                previous(p)
+            ),
+            ReadFault::NoViews { missing, members } => write!(
+                f,
+                "{missing} of its {members} members came without an instance view"
+            ),
+        }
+    }
+}
+
+/// A scale set whose read was judged failed this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldRead {
+    /// Why.
+    pub fault: ReadFault,
+    /// True when the snapshot's instances are the members of the last read used; false
+    /// when no read of the set has been used since the start (its servers are then not
+    /// known, and nothing leaves the upstreams it feeds).
+    pub members_known: bool,
 }
 
 impl ScaleSetSnapshot {
@@ -309,24 +401,67 @@ pub struct Found {
 }
 
 impl Found {
-    /// Instances found (wanted or not), for the guard.
+    /// Instances found (wanted or not), for the guard. Held sets are not counted: their
+    /// servers are not planned.
     pub fn found(&self) -> usize {
-        self.sets.iter().map(|s| s.instances.len()).sum::<usize>() + self.vms.len()
+        self.used().map(|s| s.instances.len()).sum::<usize>() + self.vms.len()
     }
 
-    /// What the sources themselves say they hold: the sum of the sets' capacities plus
-    /// the standalone VMs. None when a set did not say, or when a glob or tag
-    /// selection matched nothing at all (an empty answer is then no proof).
+    /// What the sources themselves say they hold: the sum of the capacities of the sets
+    /// whose read is used, plus the standalone VMs. None when a set did not say, when a
+    /// glob or tag selection matched nothing at all (an empty answer is then no proof),
+    /// or when every set is held and there is no standalone VM (nothing was read).
     pub fn capacity(&self) -> Option<u64> {
         if !self.exact && self.sets.is_empty() && self.vms.is_empty() {
             return None;
         }
+        if !self.sets.is_empty() && self.used().next().is_none() && self.vms.is_empty() {
+            return None;
+        }
         let mut total = self.vms.len() as u64;
-        for s in &self.sets {
+        for s in self.used() {
             total += s.capacity?;
         }
         Some(total)
     }
+
+    /// The sets whose read is used this cycle.
+    fn used(&self) -> impl Iterator<Item = &std::sync::Arc<ScaleSetSnapshot>> {
+        self.sets.iter().filter(|s| s.held.is_none())
+    }
+
+    /// The sets whose read was judged failed this cycle.
+    pub fn held(&self) -> impl Iterator<Item = &std::sync::Arc<ScaleSetSnapshot>> {
+        self.sets.iter().filter(|s| s.held.is_some())
+    }
+}
+
+/// The servers of an upstream that belong to held sets: kept exactly as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldServers {
+    /// Their addresses (`ip:port`): the held sets' members at their last read used, at
+    /// their port, whatever their state.
+    pub servers: std::collections::BTreeSet<String>,
+    /// True when a held set's members are not known (no read of it used since the
+    /// start): then no server may leave the upstream.
+    pub unknown: bool,
+}
+
+/// The servers that belong to the held sets of what an upstream found
+/// ([`ScaleSetSnapshot::held`]).
+pub fn held_servers(found: &Found, reg: &Registration<'_>) -> HeldServers {
+    let mut out = HeldServers::default();
+    for s in found.held() {
+        if s.held.as_ref().is_some_and(|h| !h.members_known) {
+            out.unknown = true;
+        }
+        for inst in &s.instances {
+            if let Ok(port) = port_of(inst, Some(&s.tags), reg) {
+                out.servers.insert(format!("{}:{}", inst.ip, port));
+            }
+        }
+    }
+    out
 }
 
 /// How an upstream turns instances into servers.
@@ -387,12 +522,12 @@ fn port_of(
 
 /// Builds the desired servers of one upstream from what its selection found: the ready
 /// instances, each once, at its port. Instances without a usable port are returned
-/// apart, with the reason.
+/// apart, with the reason. Held sets are left out ([`held_servers`]).
 pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers, Vec<Unported>) {
     let mut out = DesiredServers::new();
     let mut unported = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let sets = found.sets.iter().flat_map(|s| {
+    let sets = found.used().flat_map(|s| {
         let when = reg.when.unwrap_or_else(|| s.default_register_when());
         s.instances.iter().map(move |i| (i, Some(&s.tags), when))
     });
@@ -463,6 +598,7 @@ mod tests {
             tags: BTreeMap::new(),
             location: "westeurope".into(),
             instances,
+            held: None,
         })
     }
 

@@ -3,10 +3,11 @@
 //! `plan(desired, observed)` does no I/O and has property tests: applying its result to
 //! the observed state gives exactly the desired state, and planning again then gives an
 //! empty plan. `guard` decides whether a plan's removals may run given what the scale
-//! sets themselves say about their size.
+//! sets themselves say about their size. `judge_read` decides, per scale set, whether a
+//! read of its members can be used at all.
 
-use crate::model::{DesiredServers, ObservedServer, ServerParams, ServerState};
-use std::collections::BTreeMap;
+use crate::model::{DesiredServers, ObservedServer, ReadFault, ServerParams, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// A server to change in place.
@@ -180,6 +181,14 @@ pub enum Hold {
         /// The scale set's `sku.capacity` (None: ARM did not say).
         capacity: Option<u64>,
     },
+    /// A scale set's read was judged failed: its servers were kept as they are (the
+    /// first such set of the upstream; the others are logged).
+    ReadFailed {
+        /// The set (`resource group/name`).
+        set: String,
+        /// Why its read was not used.
+        fault: ReadFault,
+    },
 }
 
 struct Capacity(Option<u64>);
@@ -220,6 +229,11 @@ impl std::fmt::Display for Hold {
                 "would remove {removing} of {observed} servers, but discovery found {found} \
                  instances against a capacity of {}; keeping them until the two agree",
                 Capacity(*capacity)
+            ),
+            Hold::ReadFailed { set, fault } => write!(
+                f,
+                "the read of scale set {set} was not used ({fault}); keeping its servers as \
+                 they are"
             ),
         }
     }
@@ -274,6 +288,94 @@ pub fn guard(
         });
     }
     None
+}
+
+/// What one read of a scale set's members gave, for [`judge_read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetRead {
+    /// The set's `sku.capacity` (None: ARM did not say).
+    pub capacity: Option<u64>,
+    /// Members found with an address.
+    pub found: usize,
+    /// Members at the last read of the set that was used (None: none since the start).
+    pub previous: Option<usize>,
+    /// Members found without an instance view while views are needed.
+    pub without_view: usize,
+}
+
+/// Judges one scale set's membership read on its own, whatever the upstreams it feeds
+/// look like. The reference size is the set's capacity (the truth for the set: it moves
+/// first on a scale-in or out), or, when ARM did not say, its members at the last read
+/// used. The read is a failed read when:
+///
+/// - it found no member while the reference is above zero (`Empty`);
+/// - it found fewer than half the reference **and** fewer than the last read used
+///   (`Short`): a scale-out in progress (members only grow) and a scale-in (the capacity
+///   drops first) are never held;
+/// - a member lacks an instance view while views are needed (`NoViews`), however it is
+///   missing (an empty list, a missing item, a missing field).
+///
+/// A capacity of zero with no member found is a set that really is empty.
+pub fn judge_read(r: &SetRead) -> Option<ReadFault> {
+    let reference = r
+        .capacity
+        .or(r.previous.map(|p| p as u64))
+        .unwrap_or_default();
+    if reference > 0 && r.found == 0 {
+        return Some(ReadFault::Empty {
+            capacity: r.capacity,
+            previous: r.previous,
+        });
+    }
+    if (r.found as u64).saturating_mul(2) < reference && r.previous.is_none_or(|p| r.found < p) {
+        return Some(ReadFault::Short {
+            found: r.found,
+            capacity: r.capacity,
+            previous: r.previous,
+        });
+    }
+    if r.without_view > 0 {
+        return Some(ReadFault::NoViews {
+            missing: r.without_view,
+            members: r.found,
+        });
+    }
+    None
+}
+
+/// Leaves the servers in `keep` out of planning: what remains of `desired` and
+/// `observed` once they are taken out. Planning the rest never adds, changes, drains or
+/// removes a kept server.
+pub fn except(
+    desired: &DesiredServers,
+    observed: &[ObservedServer],
+    keep: &BTreeSet<String>,
+) -> (DesiredServers, Vec<ObservedServer>) {
+    let desired = desired
+        .iter()
+        .filter(|(s, _)| !keep.contains(*s))
+        .map(|(s, p)| (s.clone(), *p))
+        .collect();
+    let observed = observed
+        .iter()
+        .filter(|o| !keep.contains(&o.server))
+        .cloned()
+        .collect();
+    (desired, observed)
+}
+
+/// Drops every way a server leaves: drains and removals, those of servers whose drain is
+/// over included (when a held set's servers are not known, none may leave).
+pub fn without_leaving(plan: Plan) -> Plan {
+    Plan {
+        update: plan
+            .update
+            .into_iter()
+            .filter(|u| u.state == ServerState::Active)
+            .collect(),
+        remove: Vec::new(),
+        ..plan
+    }
 }
 
 /// Drops what makes servers leave (removals of active servers and drains), keeping
@@ -570,7 +672,163 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn an_empty_or_short_read_against_the_sets_capacity_is_a_failed_read() {
+        let read = |capacity, found, previous, without_view| SetRead {
+            capacity,
+            found,
+            previous,
+            without_view,
+        };
+        assert!(matches!(
+            judge_read(&read(Some(10), 0, Some(10), 0)),
+            Some(ReadFault::Empty { .. })
+        ));
+        assert!(matches!(
+            judge_read(&read(Some(10), 4, Some(10), 0)),
+            Some(ReadFault::Short { found: 4, .. })
+        ));
+        assert_eq!(judge_read(&read(Some(10), 5, Some(10), 0)), None);
+        assert_eq!(
+            judge_read(&read(Some(10), 2, Some(2), 0)),
+            None,
+            "a scale-out in progress"
+        );
+        assert_eq!(
+            judge_read(&read(Some(2), 2, Some(10), 0)),
+            None,
+            "a scale-in"
+        );
+        assert_eq!(
+            judge_read(&read(Some(0), 0, Some(10), 0)),
+            None,
+            "scaled to 0"
+        );
+        assert!(matches!(
+            judge_read(&read(None, 0, Some(3), 0)),
+            Some(ReadFault::Empty { .. })
+        ));
+        assert_eq!(judge_read(&read(None, 0, None, 0)), None);
+        assert_eq!(
+            judge_read(&read(Some(10), 10, Some(10), 10)),
+            Some(ReadFault::NoViews {
+                missing: 10,
+                members: 10
+            })
+        );
+        let msg = judge_read(&read(Some(3), 0, Some(3), 0))
+            .map(|f| f.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "the read found no instances, but its capacity is 3 (3 members at the last read used)"
+        );
+    }
+
+    #[test]
+    fn held_servers_are_neither_added_drained_restored_nor_removed() {
+        let observed = vec![
+            obs(0, "10.0.0.1:80", Some(params(0))),
+            draining(1, "10.0.0.2:80"),
+            obs(2, "10.0.0.3:80", Some(params(0))),
+        ];
+        let keep: BTreeSet<String> = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.4:80"]
+            .map(String::from)
+            .into();
+        let desired: DesiredServers = [("10.0.0.2:80".to_string(), params(0))].into();
+        let (d, o) = except(&desired, &observed, &keep);
+        let late: BTreeMap<_, _> = [("10.0.0.2:80".to_string(), Duration::from_secs(99))].into();
+        let p = plan(&d, &o, &drain_of(30, &late));
+        assert!(p.add.is_empty() && p.remove.is_empty());
+        assert_eq!(
+            p.drains().map(|u| u.server.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.3:80"]
+        );
+        let held = without_leaving(plan(
+            &DesiredServers::new(),
+            &observed,
+            &drain_of(30, &late),
+        ));
+        assert!(held.is_empty(), "{held:?}");
+    }
+
     proptest! {
+        #[test]
+        fn a_read_that_agrees_with_the_capacity_or_loses_no_member_is_used(
+            cap in prop::option::of(0u64..40), found in 0usize..40, prev in prop::option::of(0usize..40)
+        ) {
+            let r = SetRead { capacity: cap, found, previous: prev, without_view: 0 };
+            let agrees = cap.is_some_and(|c| found as u64 >= c);
+            let keeps_members = found > 0 && prev.is_some_and(|p| found >= p);
+            if agrees || keeps_members {
+                prop_assert_eq!(judge_read(&r), None);
+            }
+        }
+
+        #[test]
+        fn an_empty_read_of_a_set_with_capacity_is_never_used(
+            cap in 1u64..40, prev in prop::option::of(0usize..40), without in 0usize..3
+        ) {
+            let r = SetRead { capacity: Some(cap), found: 0, previous: prev, without_view: without };
+            prop_assert!(
+                matches!(judge_read(&r), Some(ReadFault::Empty { .. })),
+                "an empty read of a set with capacity was used"
+            );
+        }
+
+        #[test]
+        fn a_read_below_half_the_capacity_that_lost_members_is_never_used(
+            cap in 1u64..40, found in 0usize..40, prev in prop::option::of(0usize..40)
+        ) {
+            let r = SetRead { capacity: Some(cap), found, previous: prev, without_view: 0 };
+            if (found as u64) * 2 < cap && prev.is_none_or(|p| found < p) {
+                prop_assert!(judge_read(&r).is_some());
+            }
+        }
+
+        #[test]
+        fn a_member_without_a_view_always_fails_the_read(
+            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40), without in 1usize..40
+        ) {
+            let r = SetRead { capacity: cap, found, previous: prev, without_view: without.min(found) };
+            prop_assert!(judge_read(&r).is_some());
+        }
+
+        #[test]
+        fn a_held_read_stays_held_when_fewer_members_are_found(
+            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40)
+        ) {
+            let r = SetRead { capacity: cap, found, previous: prev, without_view: 0 };
+            if judge_read(&r).is_some() {
+                let fewer = SetRead { found: found - 1, ..r };
+                prop_assert!(judge_read(&fewer).is_some());
+            }
+        }
+
+        #[test]
+        fn planning_around_kept_servers_never_names_them(
+            d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 0u64..60,
+            keep in prop::collection::btree_set((0u8..12).prop_map(|i| format!("10.0.0.{i}:80")), 0..12)
+        ) {
+            let (d2, o2) = except(&d, &o, &keep);
+            let p = plan(&d2, &o2, &drain_of(t, &el));
+            prop_assert!(p.add.iter().all(|(s, _)| !keep.contains(s)));
+            prop_assert!(p.update.iter().all(|u| !keep.contains(&u.server)));
+            prop_assert!(p.remove.iter().all(|r| !keep.contains(&r.server)));
+            let after = simulate(&o, &p);
+            for x in o.iter().filter(|x| keep.contains(&x.server)) {
+                prop_assert!(after.contains(x), "kept server changed: {:?}", x);
+            }
+        }
+
+        #[test]
+        fn without_leaving_nothing_leaves(d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 0u64..60) {
+            let p = without_leaving(plan(&d, &o, &drain_of(t, &el)));
+            prop_assert!(p.remove.is_empty() && p.drains().next().is_none());
+            let after = simulate(&o, &p);
+            prop_assert_eq!(after.len(), o.len() + p.add.len());
+        }
+
         #[test]
         fn without_drain_applying_the_plan_reaches_exactly_the_desired_state(d in arb_desired(), o in arb_observed()) {
             let after = simulate(&o, &plan(&d, &o, &Drain::NONE));

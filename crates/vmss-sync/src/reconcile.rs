@@ -9,7 +9,8 @@ use crate::azure::arm::ArmClient;
 use crate::config::{Config, ServicesConfig, UpstreamConfig, UpstreamKind};
 use crate::discovery::{self, Discovered, DiscoveryState, Groups, Selection, TagFilter};
 use crate::model::{
-    desired_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams, ServerState,
+    desired_servers, held_servers, Found, ObservedServer, RegisterWhen, Registration, ServerParams,
+    ServerState,
 };
 use crate::plan::{self, Drain, Hold, Plan};
 use crate::services;
@@ -64,6 +65,17 @@ impl DrainBook {
         let clocks = book.entry(upstream.to_string()).or_default();
         for s in servers {
             clocks.entry(s.clone()).or_insert(now);
+        }
+    }
+
+    /// Forgets the clocks of drains that were cancelled (servers restored): a later
+    /// drain of the same server starts a whole `drain_timeout` again.
+    fn cancelled(&self, upstream: &str, servers: &[String]) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(clocks) = book.get_mut(upstream) {
+            for s in servers {
+                clocks.remove(s);
+            }
         }
     }
 }
@@ -548,8 +560,10 @@ impl Reconciler {
                 )
             });
         // A complete read that found other instances proves a vanished service is gone;
-        // an empty read proves nothing (the guard then holds its removals).
-        let proven = !found.sets.is_empty() || !found.vms.is_empty();
+        // an empty read proves nothing (the guard then holds its removals), nor does one
+        // in which a set's read was judged failed (its services are not known).
+        let proven =
+            (!found.sets.is_empty() || !found.vms.is_empty()) && found.held().next().is_none();
         let (listed, listing) = match listing {
             Ok(listed) => (listed.unwrap_or_default(), Ok(())),
             Err(msg) => (Vec::new(), Err(msg)),
@@ -778,15 +792,16 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
             return prepared(out, false, Vec::new());
         }
     };
-    let (desired, unported) = desired_servers(
-        &found,
-        &Registration {
-            port: up.port,
-            port_tag: up.port_tag.as_deref(),
-            when: up.register_when,
-            params: up.params,
-        },
-    );
+    let reg = Registration {
+        port: up.port,
+        port_tag: up.port_tag.as_deref(),
+        when: up.register_when,
+        params: up.params,
+    };
+    let (desired, unported) = desired_servers(&found, &reg);
+    // The servers of sets whose read was judged failed are kept exactly as they are:
+    // left out of planning (and of the guard's counts).
+    let held = held_servers(&found, &reg);
     if let Some(first) = unported.first() {
         tracing::warn!(
             upstream = %up.target.name,
@@ -806,8 +821,33 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
         timeout: up.drain_timeout,
         elapsed: &elapsed,
     };
-    let mut p = plan::plan(&desired, &observed, &drain);
-    if let Some(hold) = plan::guard(&p, &observed, found.found(), found.capacity()) {
+    let (desired, rest) = plan::except(&desired, &observed, &held.servers);
+    let mut p = plan::plan(&desired, &rest, &drain);
+    for s in found.held() {
+        let Some(h) = &s.held else { continue };
+        let hold = Hold::ReadFailed {
+            set: s.key.to_string(),
+            fault: h.fault.clone(),
+        };
+        tracing::warn!(
+            upstream = %up.target.name,
+            group = %out.group,
+            scale_set = %s.key,
+            "Holding the servers of scale set {} in upstream {}: {hold}{}.",
+            s.key,
+            up.target.name,
+            if h.members_known {
+                ""
+            } else {
+                " (its servers are not known: no server leaves the upstream)"
+            }
+        );
+        out.hold.get_or_insert(hold);
+    }
+    if held.unknown {
+        p = plan::without_leaving(p);
+    }
+    if let Some(hold) = plan::guard(&p, &rest, found.found(), found.capacity()) {
         tracing::warn!(
             upstream = %up.target.name,
             group = %out.group,
@@ -847,6 +887,14 @@ fn finish(p: Prepared, report: Option<ApplyReport>, drains: &DrainBook) -> Upstr
         .map(|u| u.server.clone())
         .collect();
     drains.started(&up.target.name, &drained, now);
+    let restored: Vec<String> = plan
+        .update
+        .iter()
+        .filter(|u| u.was == ServerState::Draining && u.state == ServerState::Active)
+        .filter(|u| report.updated.contains(&u.server))
+        .map(|u| u.server.clone())
+        .collect();
+    drains.cancelled(&up.target.name, &restored);
     (outcome.active, outcome.draining) = count_states(&plan::simulate(&observed, plan));
     let kind = up.sink.kind();
     let changed = !(report.added.is_empty()

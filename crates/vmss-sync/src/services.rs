@@ -209,6 +209,7 @@ pub fn split(found: &Found, prefix: &str, cfg: &ServicesConfig) -> (Vec<Service>
                     tags: set.tags.clone(),
                     location: set.location.clone(),
                     instances: members.iter().map(|&i| set.instances[i].clone()).collect(),
+                    held: set.held.clone(),
                 })
             };
             entry(&mut services, backend, name, port, region)
@@ -305,6 +306,7 @@ mod tests {
             tags: tags(t),
             location: region.to_string(),
             instances,
+            held: None,
         })
     }
 
@@ -627,6 +629,7 @@ mod tests {
                         tags: t,
                         location: region.to_string(),
                         instances,
+                        held: None,
                     }));
                 }
                 for (t, r) in vms {

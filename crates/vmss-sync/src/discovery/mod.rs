@@ -118,14 +118,34 @@ struct ViewCache {
 }
 
 /// What discovery remembers between cycles: instance views (read on their own slower
-/// interval) and resource groups whose scale set list was refused.
+/// interval), resource groups whose scale set list was refused, and each scale set's
+/// last read that was used (what a failed read is judged against, and what it keeps).
 #[derive(Default)]
 pub struct DiscoveryState {
     views: Mutex<HashMap<String, ViewCache>>,
     list_refused: Mutex<HashSet<String>>,
+    used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
 }
 
 impl DiscoveryState {
+    fn used_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ScaleSetSnapshot>>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The set's last read that was used.
+    fn used(&self, key: &str) -> Option<Arc<ScaleSetSnapshot>> {
+        self.used_reads().get(key).cloned()
+    }
+
+    /// Members at the set's last read that was used.
+    fn used_count(&self, key: &str) -> Option<usize> {
+        self.used_reads().get(key).map(|s| s.instances.len())
+    }
+
+    fn use_read(&self, key: &str, snap: Arc<ScaleSetSnapshot>) {
+        self.used_reads().insert(key.to_string(), snap);
+    }
+
     fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewCache>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -423,8 +443,9 @@ impl Op {
                 .await?,
             ),
             Op::UniformViews { sub, rg, name } => {
+                // A member without its view is left out here and judged with the set
+                // (a member known from the NIC list without a view is a failed read).
                 let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
-                let mut missing: Option<Arc<str>> = None;
                 let views = arm
                     .list_map(&req, |v: models::VirtualMachineScaleSetVm| {
                         let id: Arc<str> = Arc::from(v.id.as_deref()?.trim().to_ascii_lowercase());
@@ -433,22 +454,10 @@ impl Op {
                             .provisioning_state
                             .as_ref()
                             .map(|p| Provisioning::parse(p.as_str()));
-                        match &v.properties.instance_view {
-                            Some(iv) => Some((id, view_of(iv, prov))),
-                            None => {
-                                missing.get_or_insert(id);
-                                None
-                            }
-                        }
+                        let iv = v.properties.instance_view.as_ref()?;
+                        Some((id, view_of(iv, prov)))
                     })
                     .await?;
-                if let Some(id) = missing {
-                    return Err(ArmError::Decode {
-                        operation: req.operation,
-                        path: req.path,
-                        detail: format!("no instanceView for {id} despite $expand=instanceView"),
-                    });
-                }
                 Out::Views(views.into_iter().collect())
             }
             Op::FlexVms {
@@ -1158,6 +1167,8 @@ fn snapshot(
     let model = &p.matched.model;
     let ck = p.cache_key();
     let mut instances = Vec::new();
+    // Views read this cycle, stored only when every member has one.
+    let mut fresh_views: Option<HashMap<Arc<str>, InstanceView>> = None;
     match p.mode {
         Orchestration::Uniform => {
             let Out::Nics(list) = get(done, &p.nics())? else {
@@ -1165,7 +1176,7 @@ fn snapshot(
             };
             if expanded {
                 if let Out::Views(v) = get(done, &p.uviews())? {
-                    state.store(&ck, now, v.clone());
+                    fresh_views = Some(v.clone());
                 }
             }
             let mut sorted: Vec<&Nic> = list.iter().collect();
@@ -1173,10 +1184,15 @@ fn snapshot(
             for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
+                    let view = match (&fresh_views, p.views) {
+                        (_, false) => None,
+                        (Some(v), true) => v.get(vm).copied(),
+                        (None, true) => state.cached(&ck, vm),
+                    };
                     instances.push(Instance {
                         vm_id: Arc::clone(vm),
                         ip,
-                        view: if p.views { state.cached(&ck, vm) } else { None },
+                        view,
                         tags: BTreeMap::new(),
                         location: None,
                     });
@@ -1188,17 +1204,11 @@ fn snapshot(
                 return Err(DiscoveryError::Partial("unexpected answer".into()));
             };
             if expanded {
-                if vms.iter().any(|v| v.view.is_none()) {
-                    return Err(DiscoveryError::Partial(format!(
-                        "the members of scale set {} came without instanceView despite $expand=instanceView",
-                        p.matched.key
-                    )));
-                }
-                let views = vms
-                    .iter()
-                    .filter_map(|v| Some((v.id.clone(), v.view?)))
-                    .collect();
-                state.store(&ck, now, views);
+                fresh_views = Some(
+                    vms.iter()
+                        .filter_map(|v| Some((v.id.clone(), v.view?)))
+                        .collect(),
+                );
             }
             for vm in vms {
                 let rg = vm.nic_group();
@@ -1227,6 +1237,58 @@ fn snapshot(
     }
     instances.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
     instances.dedup_by(|a, b| a.vm_id == b.vm_id);
+    // The read is judged on its own: against the set's capacity and its members at the
+    // last read used, and every member must have a view when views are needed.
+    let without_view = if p.views {
+        instances.iter().filter(|i| i.view.is_none()).count()
+    } else {
+        0
+    };
+    if let (Some(views), 0) = (fresh_views, without_view) {
+        state.store(&ck, now, views);
+    }
+    let verdict = crate::plan::judge_read(&crate::plan::SetRead {
+        capacity: model.sku.capacity,
+        found: instances.len(),
+        previous: state.used_count(&ck),
+        without_view,
+    });
+    if let Some(fault) = verdict {
+        let key = &p.matched.key;
+        let previous = state.used(&ck);
+        tracing::warn!(
+            subscription = %key.subscription,
+            resource_group = %key.resource_group,
+            scale_set = %key.name,
+            "Not using this read of scale set {} (subscription {}): {fault}; its servers are \
+             kept as they are until a read is plausible.",
+            key,
+            key.subscription,
+        );
+        let held = crate::model::HeldRead {
+            fault,
+            members_known: previous.is_some(),
+        };
+        let mut snap = previous.map_or_else(
+            || ScaleSetSnapshot {
+                key: key.clone(),
+                capacity: model.sku.capacity,
+                orchestration: p.mode,
+                reports_health: false,
+                tags: model.tags.clone(),
+                location: model
+                    .location
+                    .as_deref()
+                    .map(location_name)
+                    .unwrap_or_default(),
+                instances: Vec::new(),
+                held: None,
+            },
+            |s| ScaleSetSnapshot::clone(&s),
+        );
+        snap.held = Some(held);
+        return Ok(Arc::new(snap));
+    }
     // A set reports health when its instances do (`vmHealth` in their views). A model
     // that names a health source whose instances report none (the extension not rolled
     // out yet, or an api-version without `vmHealth` on plain VMs) falls back to
@@ -1241,7 +1303,7 @@ fn snapshot(
              registering running instances."
         );
     }
-    Ok(Arc::new(ScaleSetSnapshot {
+    let snap = Arc::new(ScaleSetSnapshot {
         key: p.matched.key.clone(),
         capacity: model.sku.capacity,
         orchestration: p.mode,
@@ -1253,7 +1315,10 @@ fn snapshot(
             .map(location_name)
             .unwrap_or_default(),
         instances,
-    }))
+        held: None,
+    });
+    state.use_read(&ck, Arc::clone(&snap));
+    Ok(snap)
 }
 
 /// The VMs a selection takes alone: standalone VMs, and members of Flexible sets it does
