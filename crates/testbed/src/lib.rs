@@ -43,8 +43,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use arm::ComputeLimits;
-pub use chaos::{MemberState, ScaleSetState};
 pub use arm::{COMPUTE_API_VERSIONS, NETWORK_API_VERSIONS, VMSS_NETWORK_API_VERSIONS};
+pub use chaos::{MemberState, ScaleSetState};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
 pub use fleet::{Change, Fleet, Orchestration, STANDALONE_VMS};

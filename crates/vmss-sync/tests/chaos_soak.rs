@@ -196,7 +196,11 @@ fn observe(env: &Env, w: &Watched) -> BTreeMap<String, TargetServer> {
             Some((
                 addr,
                 TargetServer {
-                    seen: if draining { Seen::Draining } else { Seen::Active },
+                    seen: if draining {
+                        Seen::Draining
+                    } else {
+                        Seen::Active
+                    },
                     max_fails: s["max_fails"].as_u64(),
                 },
             ))
@@ -284,7 +288,8 @@ impl Figures {
     }
     fn violation(&mut self, t: Duration, msg: String) {
         if self.violations.len() < 40 {
-            self.violations.push(format!("[{:>7.2}s] {msg}", t.as_secs_f64()));
+            self.violations
+                .push(format!("[{:>7.2}s] {msg}", t.as_secs_f64()));
         }
     }
     fn failed(&self) -> bool {
@@ -337,7 +342,11 @@ impl Soak {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = self.env.dir.path().join(format!("daemon-{}.log", self.starts));
+        let log = self
+            .env
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", self.starts));
         let d = Daemon::spawn(
             &["run", "--config", self.cfg.to_str().expect("utf-8 path")],
             &self.env.sp_env(),
@@ -531,7 +540,11 @@ impl Soak {
     /// One random chaos event.
     fn chaos(&mut self) {
         let f = self.env.tb.fleet();
-        let set = if self.rng.chance(0.5) { UNIFORM } else { FLEXIBLE };
+        let set = if self.rng.chance(0.5) {
+            UNIFORM
+        } else {
+            FLEXIBLE
+        };
         let members = self.members(set);
         let live: Vec<String> = members
             .iter()
@@ -710,7 +723,10 @@ impl Soak {
             ("", ""),
             ("virtualmachinescalesets/web-u/networkinterfaces", ""),
             ("virtualmachinescalesets/web-u/virtualmachines", ""),
-            ("microsoft.compute/virtualmachines", "virtualmachinescalesets/web-f"),
+            (
+                "microsoft.compute/virtualmachines",
+                "virtualmachinescalesets/web-f",
+            ),
             ("microsoft.network/networkinterfaces", ""),
         ];
         self.windows += 1;
@@ -787,7 +803,10 @@ impl Soak {
                         status: 500,
                     },
                 ),
-                _ => ("arm slow (1.5 s)", Fault::Delay(Duration::from_millis(1500))),
+                _ => (
+                    "arm slow (1.5 s)",
+                    Fault::Delay(Duration::from_millis(1500)),
+                ),
             };
             (kind, fault, needle)
         };
@@ -884,8 +903,10 @@ impl Soak {
             for (a, s) in &seen {
                 let Some(st) = since.get(a) else {
                     self.fig.unready_served += 1;
-                    self.fig
-                        .violation(t, format!("{} serves {a}, never an instance of its sets", w.name));
+                    self.fig.violation(
+                        t,
+                        format!("{} serves {a}, never an instance of its sets", w.name),
+                    );
                     continue;
                 };
                 let from = st.at.max(self.disturbed_until.min(now));
@@ -1003,7 +1024,16 @@ impl Soak {
                     .map(|w| {
                         let seen: Vec<String> = observe(&self.env, w)
                             .iter()
-                            .map(|(a, s)| format!("{a}{}", if s.seen == Seen::Draining { "(draining)" } else { "" }))
+                            .map(|(a, s)| {
+                                format!(
+                                    "{a}{}",
+                                    if s.seen == Seen::Draining {
+                                        "(draining)"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            })
                             .collect();
                         format!(
                             "{}: target {:?} vs ready {:?}",
@@ -1013,8 +1043,10 @@ impl Soak {
                         )
                     })
                     .collect();
-                self.fig
-                    .violation(t, format!("not converged after faults stopped: {}", detail.join("; ")));
+                self.fig.violation(
+                    t,
+                    format!("not converged after faults stopped: {}", detail.join("; ")),
+                );
                 return;
             }
         }
@@ -1071,7 +1103,8 @@ async fn soak(seed: u64, secs: u64) -> Figures {
     if !s.converged() {
         s.fig.not_converged += 1;
         let t = s.at();
-        s.fig.violation(t, "the first sync did not complete within 20 s".into());
+        s.fig
+            .violation(t, "the first sync did not complete within 20 s".into());
     }
     let end = Instant::now() + Duration::from_secs(secs);
     let bound = converge_bound();
@@ -1098,12 +1131,16 @@ async fn soak(seed: u64, secs: u64) -> Figures {
             Ok(Ok(st)) => {
                 s.fig.bad_exits += 1;
                 let t = s.at();
-                s.fig.violation(t, format!("final SIGTERM: {}; {}", describe(st), tail(&log, 15)));
+                s.fig.violation(
+                    t,
+                    format!("final SIGTERM: {}; {}", describe(st), tail(&log, 15)),
+                );
             }
             _ => {
                 s.fig.bad_exits += 1;
                 let t = s.at();
-                s.fig.violation(t, "final SIGTERM: not ended within 10 s".into());
+                s.fig
+                    .violation(t, "final SIGTERM: not ended within 10 s".into());
             }
         }
     }
