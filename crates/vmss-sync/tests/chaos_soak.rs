@@ -268,6 +268,8 @@ struct Figures {
     wrong_removals: u32,
     unready_served: u32,
     stuck_drains: u32,
+    /// Servers of leaving instances still draining long after `drain_timeout`.
+    overdue_drains: u32,
     bad_exits: u32,
     panics: u32,
     convergence: Vec<Duration>,
@@ -296,6 +298,7 @@ impl Figures {
         self.wrong_removals
             + self.unready_served
             + self.stuck_drains
+            + self.overdue_drains
             + self.bad_exits
             + self.panics
             + self.not_converged
@@ -327,6 +330,8 @@ struct Soak {
     disturbed_until: Instant,
     since: Vec<BTreeMap<String, Since>>,
     prev: Vec<Option<BTreeMap<String, Seen>>>,
+    /// Since when each draining server has been draining (per upstream).
+    drain_since: Vec<BTreeMap<String, Instant>>,
     fig: Figures,
     starts: u32,
     /// Fault windows started so far.
@@ -947,6 +952,30 @@ impl Soak {
                     st.at = now;
                 }
             }
+            // A leaving instance's server is removed `drain_timeout` after its drain began
+            // (the clock of a restarted daemon starts when it first sees the drain).
+            let ds = &mut self.drain_since[i];
+            ds.retain(|a, _| seen.get(a).is_some_and(|s| s.seen == Seen::Draining));
+            for (a, s) in &seen {
+                if s.seen != Seen::Draining {
+                    continue;
+                }
+                let began = *ds.entry(a.clone()).or_insert(now);
+                let from = began.max(self.disturbed_until.min(now));
+                if now.saturating_duration_since(from) > DRAIN + stale {
+                    ds.insert(a.clone(), now);
+                    self.fig.overdue_drains += 1;
+                    self.fig.violation(
+                        t,
+                        format!(
+                            "{} still drains {a} {:.1}s after the drain began (drain_timeout {}s)",
+                            w.name,
+                            (now - began).as_secs_f64(),
+                            DRAIN.as_secs()
+                        ),
+                    );
+                }
+            }
             self.prev[i] = Some(seen.iter().map(|(a, s)| (a.clone(), s.seen)).collect());
         }
     }
@@ -1089,6 +1118,7 @@ async fn soak(seed: u64, secs: u64) -> Figures {
         disturbed_until: now,
         since: vec![BTreeMap::new(); WATCHED.len()],
         prev: vec![None; WATCHED.len()],
+        drain_since: vec![BTreeMap::new(); WATCHED.len()],
         fig: Figures::default(),
         starts: 0,
         windows: 0,
@@ -1180,8 +1210,8 @@ fn report(seed: u64, secs: u64, fig: &Figures) {
         println!("  {k:<32} {n}");
     }
     println!(
-        "wrong removals: {}; not-ready servers kept active too long: {}; drains of ready instances kept too long: {}",
-        fig.wrong_removals, fig.unready_served, fig.stuck_drains
+        "wrong removals: {}; not-ready servers kept active too long: {}; drains of ready instances kept too long: {}; drains overdue: {}",
+        fig.wrong_removals, fig.unready_served, fig.stuck_drains, fig.overdue_drains
     );
     println!(
         "bad exits: {}; panics: {}; convergences: {} (median {:.2}s, max {:.2}s, bound {:.2}s), not converged in bound: {}",
