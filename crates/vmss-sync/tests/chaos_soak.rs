@@ -282,6 +282,8 @@ struct Figures {
     /// Longest from a spawn to the daemon's first log line.
     max_until_up: Duration,
     violations: Vec<String>,
+    /// Every violation (for the event log).
+    all: Vec<String>,
 }
 
 impl Figures {
@@ -289,6 +291,8 @@ impl Figures {
         *self.events.entry(kind).or_default() += 1;
     }
     fn violation(&mut self, t: Duration, msg: String) {
+        self.all
+            .push(format!("[{:>7.2}s] VIOLATION {msg}", t.as_secs_f64()));
         if self.violations.len() < 40 {
             self.violations
                 .push(format!("[{:>7.2}s] {msg}", t.as_secs_f64()));
@@ -333,6 +337,8 @@ struct Soak {
     /// Since when each draining server has been draining (per upstream).
     drain_since: Vec<BTreeMap<String, Instant>>,
     fig: Figures,
+    /// Every event, start, exit and fault window, with its time.
+    log: Vec<String>,
     starts: u32,
     /// Fault windows started so far.
     windows: u32,
@@ -377,6 +383,7 @@ impl Soak {
                 "sigterm during startup"
             });
         }
+        self.note(format!("daemon start {}", self.starts));
         self.proc = Some(Proc::Running {
             d,
             started: now,
@@ -525,6 +532,10 @@ impl Soak {
         if let Some(f) = &self.fault {
             if f.until <= now {
                 self.env.tb.faults().clear();
+                self.log.push(format!(
+                    "[{:>7.2}s] fault window ends",
+                    self.t0.elapsed().as_secs_f64()
+                ));
                 self.disturbed_until = self.disturbed_until.max(now + f.retry_after);
                 self.fault = None;
             } else {
@@ -713,6 +724,45 @@ impl Soak {
         if kind != "arm fault" {
             self.fig.event(kind);
         }
+        let text = match kind {
+            "arm fault" => self
+                .fault
+                .as_ref()
+                .map_or_else(String::new, |f| format!("{} on {}", f.kind, f.on)),
+            k if k.starts_with("instance")
+                || k.starts_with("scale")
+                || k.ends_with("upgrade")
+                || k.ends_with("eviction") =>
+            {
+                format!("{kind} in {set}; now {}", self.summary(set))
+            }
+            k => k.to_string(),
+        };
+        self.note(text);
+    }
+
+    /// One line per member of a set: `id ip power/provisioning/health`.
+    fn summary(&self, set: &str) -> String {
+        self.members(set)
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} {}/{}/{}",
+                    m.id,
+                    m.ip,
+                    m.power,
+                    m.provisioning,
+                    m.health.as_deref().unwrap_or("-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Appends a line to the run's event log (written to `events.log` at the end).
+    fn note(&mut self, text: String) {
+        let line = format!("[{:>7.2}s] {text}", self.at().as_secs_f64());
+        self.log.push(line);
     }
 
     /// Starts a fault window of 0.5–4 s on some ARM reads; returns its kind. Every other
@@ -1120,6 +1170,7 @@ async fn soak(seed: u64, secs: u64) -> Figures {
         prev: vec![None; WATCHED.len()],
         drain_since: vec![BTreeMap::new(); WATCHED.len()],
         fig: Figures::default(),
+        log: Vec::new(),
         starts: 0,
         windows: 0,
         deck: Vec::new(),
@@ -1185,7 +1236,23 @@ async fn soak(seed: u64, secs: u64) -> Figures {
         }
     }
     report(s.seed, secs, &s.fig);
-    s.fig
+    let Soak {
+        env, fig, mut log, ..
+    } = s;
+    log.extend(fig.all.iter().cloned());
+    log.sort();
+    let Env { tb, dir } = env;
+    drop(tb);
+    if fig.failed() {
+        // Kept for the post-mortem: every run's log and the event log.
+        let kept = dir.keep();
+        let _ = std::fs::write(kept.join("events.log"), log.join("\n") + "\n");
+        println!(
+            "daemon logs (daemon-N.log) and the event log (events.log) kept in {}",
+            kept.display()
+        );
+    }
+    fig
 }
 
 fn report(seed: u64, secs: u64, fig: &Figures) {
