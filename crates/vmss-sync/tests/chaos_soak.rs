@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use vmss_testbed::{Fault, Orchestration, Service, TestbedOptions, UpstreamKind};
+use vmss_testbed::{ComputeLimits, Fault, Orchestration, Service, TestbedOptions, UpstreamKind};
 
 /// Seeds run in CI (one after the other) when `VMSS_SOAK_SEED` is not set.
 const CI_SEEDS: [u64; 3] = [0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
@@ -1142,7 +1142,21 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 async fn soak(seed: u64, secs: u64) -> Figures {
-    let env = testbed(TestbedOptions::default()).await;
+    // The soak reads ARM a hundred times as often as a production daemon (1 s intervals,
+    // pages of two), and restarts it often: Compute's instance-view policies are scaled to
+    // match, or the daemon (rightly) paces its reads for tens of seconds and no bound
+    // below holds. Throttling itself is exercised by the 429 faults here and by
+    // tests/discovery_throttle.rs.
+    let opts = TestbedOptions {
+        compute_limits: ComputeLimits {
+            high_cost_3min: 180 * 100,
+            high_cost_30min: 1500 * 100,
+            low_cost_3min: 2000 * 100,
+            low_cost_30min: 15000 * 100,
+        },
+        ..TestbedOptions::default()
+    };
+    let env = testbed(opts).await;
     let f = env.tb.fleet();
     f.add_scale_set(SUB, RG, UNIFORM, Orchestration::Uniform, "eastus");
     f.set_health_extension(SUB, RG, UNIFORM, true);
