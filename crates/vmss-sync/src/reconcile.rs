@@ -833,13 +833,12 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>) -> Prep
             upstream = %up.target.name,
             group = %out.group,
             scale_set = %s.key,
-            "Holding the servers of scale set {} in upstream {}: {hold}{}.",
-            s.key,
+            "Holding removals for upstream {}: {hold}{}.",
             up.target.name,
             if h.members_known {
                 ""
             } else {
-                " (its servers are not known: no server leaves the upstream)"
+                "; no read of the set has been used since vmss-sync started, so which servers are its is not known and no server leaves the upstream"
             }
         );
         out.hold.get_or_insert(hold);
@@ -946,4 +945,39 @@ fn finish(p: Prepared, report: Option<ApplyReport>, drains: &DrainBook) -> Upstr
     }
     outcome.report = Some(report);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(state: ServerState) -> ObservedServer {
+        ObservedServer {
+            id: 1,
+            server: "10.0.0.1:80".into(),
+            params: None,
+            state,
+        }
+    }
+
+    #[test]
+    fn a_cancelled_drain_forgets_its_clock() {
+        let book = DrainBook::default();
+        let t0 = Instant::now();
+        let s = vec!["10.0.0.1:80".to_string()];
+        book.started("web", &s, t0);
+        let later = t0 + Duration::from_secs(20);
+        let draining = [server(ServerState::Draining)];
+        assert_eq!(
+            book.elapsed("web", &draining, later)["10.0.0.1:80"],
+            Duration::from_secs(20)
+        );
+        book.cancelled("web", &s);
+        // Drained again later (by a real leave): a whole drain_timeout from then.
+        book.started("web", &s, later);
+        assert_eq!(
+            book.elapsed("web", &draining, later + Duration::from_secs(1))["10.0.0.1:80"],
+            Duration::from_secs(1)
+        );
+    }
 }

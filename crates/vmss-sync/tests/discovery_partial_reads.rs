@@ -210,13 +210,14 @@ async fn an_empty_nic_list_of_a_uniform_set_keeps_its_servers_while_the_flexible
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_member_list_of_a_flexible_set_keeps_its_servers_while_the_uniform_set_syncs() {
     let env = testbed(TestbedOptions::default()).await;
-    env.uniform("web", 3);
-    flexible(&env, "flex", 7);
+    env.uniform("web", 7);
+    flexible(&env, "flex", 3);
     env.upstream(HTTP, "pool");
     let cfg = pool_config(&env, "web, flex", 2);
     let d = synced(&env, &cfg, &["web", "flex"]).await;
     // The filtered VM list of the Flexible set (same path as the group's VM list, told
-    // apart by its $filter) answers 200 {"value": []}.
+    // apart by its $filter) answers 200 {"value": []}: 3 of 10 is less than half of the
+    // upstream, so a guard per upstream lets it through.
     env.tb.faults().inject_where(
         Service::Arm,
         "/providers/Microsoft.Compute/virtualMachines",
@@ -226,10 +227,10 @@ async fn an_empty_member_list_of_a_flexible_set_keeps_its_servers_while_the_unif
     );
     logged(
         &d,
-        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 7 (7 members at the last read used)",
+        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)",
     )
     .await;
-    env.tb.fleet().scale_to(SUB, RG, "web", 4);
+    env.tb.fleet().scale_to(SUB, RG, "web", 8);
     let want = all_ips(&env, &["web", "flex"]);
     assert!(
         eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
@@ -283,5 +284,99 @@ async fn an_instance_that_leaves_after_a_failed_read_drains_for_the_whole_drain_
         all_ips(&env, &["web", "flex"])
     );
     assert!(env.draining(HTTP, "pool").is_empty());
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave_later_drains_for_the_whole_drain_timeout(
+) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 3);
+    let d = synced(&env, &cfg, &["web"]).await;
+    // One NIC missing from the list: 9 of 10 is a plausible read, so the server drains.
+    let wrong = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "3"));
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/3/".into(),
+        },
+        usize::MAX,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
+            == vec![wrong.clone()])
+        .await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The read proves wrong: the instance is there and ready. The drain is cancelled.
+    env.tb.faults().clear();
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .draining(HTTP, "pool")
+            .is_empty()
+            && env.servers(HTTP, "pool").contains(&wrong))
+        .await,
+        "never restored\n{}",
+        d.log_text()
+    );
+    // It really leaves now: a whole drain_timeout from now, not from the first drain.
+    env.tb.fleet().remove_instance(SUB, RG, "web", "3");
+    let left = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || !env
+            .all_servers(HTTP, "pool")
+            .contains(&wrong))
+        .await,
+        "never removed\n{}",
+        d.log_text()
+    );
+    assert!(
+        left.elapsed() >= Duration::from_secs(3),
+        "removed {:?} after its instance left, drain_timeout 3s\n{}",
+        left.elapsed(),
+        d.log_text()
+    );
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flexible_members_listed_without_their_instance_view_keep_the_sets_servers() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    flexible(&env, "flex", 6);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 2);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::DropField {
+            field: "instanceView".into(),
+        },
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): 6 of its 6 members came without an instance view",
+    )
+    .await;
+    // The Uniform set of the same upstream goes on.
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let want = all_ips(&env, &["web", "flex"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "{:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(3)).await;
     stop(d).await;
 }
