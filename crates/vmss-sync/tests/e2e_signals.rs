@@ -116,3 +116,99 @@ async fn sighup_during_a_throttled_startup_is_applied_once_the_daemon_runs() {
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
 }
+
+/// `prlimit` (util-linux); None (after a message) on a developer machine without it.
+fn prlimit() -> Option<&'static str> {
+    let p = "/usr/bin/prlimit";
+    if std::path::Path::new(p).exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "prlimit (util-linux) is required in CI"
+    );
+    eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+    None
+}
+
+/// `VmSize` of a process, in KiB.
+fn vm_size_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_an_alias_bomb_keeps_the_running_configuration_within_its_memory_limit() {
+    let Some(prlimit) = prlimit() else { return };
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let good = upstream_yaml("web", "web", 80, "http");
+    let cfg = env.config("", &good);
+    let mut d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || env
+            .servers(UpstreamKind::Http, "web")
+            .len()
+            == 2)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    // 128 MiB more address space than the running daemon has: the 300 MB a 60 KB string
+    // aliased 5,000 times would take cannot fit.
+    let pid = d.child.id().expect("pid");
+    let limit = (vm_size_kib(pid) << 10) + (128 << 20);
+    let ok = std::process::Command::new(prlimit)
+        .args(["--pid", &pid.to_string(), &format!("--as={limit}")])
+        .status()
+        .expect("prlimit runs")
+        .success();
+    assert!(ok, "prlimit --pid {pid}");
+    let bomb = format!(
+        "{good}x: &s {}\ny: [{}]\n",
+        "s".repeat(60_000),
+        vec!["*s"; 5_000].join(", ")
+    );
+    env.config("", &bomb);
+    d.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .log_text()
+            .contains("reload failed"))
+        .await,
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.child.try_wait().expect("try_wait").is_none(),
+        "the daemon survives the reload:\n{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("copy more than 1048576 bytes"),
+        "{}",
+        d.log_text()
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    assert!(
+        eventually(Duration::from_secs(15), || env
+            .servers(UpstreamKind::Http, "web")
+            .len()
+            == 3)
+        .await,
+        "still syncing with the running configuration:\n{}",
+        d.log_text()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}

@@ -271,14 +271,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every problem found in a configuration file.
+/// Limits on what a configuration file may ask of the parser, so that a hostile or broken
+/// file is refused with a clear message, in bounded time and memory, instead of exhausting
+/// the process. `docs/configuration-limits.md` lists them for users.
+pub mod limits {
+    /// Largest configuration file, in bytes (1 MiB).
+    pub const MAX_FILE_BYTES: usize = 1 << 20;
+    /// Deepest nesting of lists and mappings (the deepest real configuration needs about 6).
+    pub const MAX_DEPTH: usize = 32;
+    /// Most YAML nodes (values, lists, mappings) in the document, alias copies included
+    /// (a file with 1,000 upstreams has about 10,000).
+    pub const MAX_NODES: usize = 100_000;
+    /// Most bytes that anchors and aliases may copy, counted as the memory the copies
+    /// take: every copied value's and key's text plus the size of each copied node
+    /// (1 MiB). An anchored 100 KB string aliased ten times reaches it.
+    pub const MAX_ALIAS_BYTES: usize = 1 << 20;
+    /// Longest single value, in bytes, as written in the file (64 KiB).
+    pub const MAX_SCALAR_BYTES: usize = 64 << 10;
+    /// Longest mapping key, in bytes (1 KiB).
+    pub const MAX_KEY_BYTES: usize = 1 << 10;
+    /// Longest value after `${VAR}` substitution, in bytes (64 KiB).
+    pub const MAX_EXPANDED_VALUE_BYTES: usize = 64 << 10;
+    /// Most bytes `${VAR}` substitution may read from the environment for the whole file,
+    /// inserted or refused (1 MiB).
+    pub const MAX_EXPANSION_BYTES: usize = 1 << 20;
+    /// Most problems reported; the rest are counted ("… and N more problems").
+    pub const MAX_ERRORS: usize = 50;
+    /// Longest key or value shown in a message, in characters; longer ones are cut and
+    /// marked with "…".
+    pub const MAX_SHOWN_CHARS: usize = 200;
+}
+
+/// Every problem found in a configuration file (at most [`limits::MAX_ERRORS`], the first
+/// ones by position; `omitted` counts the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
+    /// Problems found but not listed in `errors`.
+    pub omitted: usize,
 }
 
 impl fmt::Display for ConfigErrors {
-    /// One line per error (no trailing newline).
+    /// One line per error (no trailing newline), then "… and N more problems" when some
+    /// were left out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, error) in self.errors.iter().enumerate() {
             if i > 0 {
@@ -286,7 +321,98 @@ impl fmt::Display for ConfigErrors {
             }
             write!(f, "{error}")?;
         }
+        if self.omitted > 0 {
+            let s = if self.omitted == 1 { "" } else { "s" };
+            write!(f, "\n… and {} more problem{s}", self.omitted)?;
+        }
         Ok(())
+    }
+}
+
+impl ConfigErrors {
+    /// One problem that belongs to the file as a whole or to one position.
+    fn one(file: &Path, line: usize, column: usize, message: String) -> ConfigErrors {
+        ConfigErrors {
+            errors: vec![ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key: String::new(),
+                value: None,
+                message,
+            }],
+            omitted: 0,
+        }
+    }
+}
+
+/// Collects problems in bounded memory: keeps the [`limits::MAX_ERRORS`] first ones by
+/// (line, column), in the order they were found among equal positions, counts the others,
+/// and cuts long keys and values.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorList {
+    errors: Vec<ConfigError>,
+    omitted: usize,
+    /// Once the list has been full: the position of the last problem kept. A problem at
+    /// or after it would not be kept.
+    cutoff: Option<(usize, usize)>,
+}
+
+impl ErrorList {
+    /// False when a problem at `line`, `column` would not be listed (enough problems
+    /// come before it): the caller may count it with [`ErrorList::skip`] instead of
+    /// composing its message.
+    pub(crate) fn wants(&self, line: usize, column: usize) -> bool {
+        self.cutoff.is_none_or(|c| (line, column) < c)
+    }
+
+    /// Counts a problem that is not listed.
+    pub(crate) fn skip(&mut self) {
+        self.omitted += 1;
+    }
+
+    pub(crate) fn push(&mut self, mut error: ConfigError) {
+        shorten(&mut error.key);
+        if let Some(v) = error.value.as_mut() {
+            shorten(v);
+        }
+        self.errors.push(error);
+        if self.errors.len() >= 2 * limits::MAX_ERRORS {
+            self.keep_first();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn keep_first(&mut self) {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        if self.errors.len() > limits::MAX_ERRORS {
+            self.omitted += self.errors.len() - limits::MAX_ERRORS;
+            self.errors.truncate(limits::MAX_ERRORS);
+        }
+        if self.errors.len() == limits::MAX_ERRORS {
+            self.cutoff = self.errors.last().map(|e| (e.line, e.column));
+        }
+    }
+
+    /// The problems sorted by position, at most [`limits::MAX_ERRORS`].
+    pub(crate) fn finish(mut self) -> ConfigErrors {
+        self.keep_first();
+        ConfigErrors {
+            errors: self.errors,
+            omitted: self.omitted,
+        }
+    }
+}
+
+/// Cuts `s` to [`limits::MAX_SHOWN_CHARS`] characters, marking the cut with its length.
+fn shorten(s: &mut String) {
+    if let Some((cut, _)) = s.char_indices().nth(limits::MAX_SHOWN_CHARS) {
+        let total = s.len();
+        s.truncate(cut);
+        s.push_str(&format!("… ({total} bytes)"));
     }
 }
 
@@ -331,28 +457,82 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and parses the configuration file at `path`. `env` looks up environment variables for
 /// `${VAR}` substitution (pass `&|name| std::env::var(name).ok()` in production).
+///
+/// At most [`limits::MAX_FILE_BYTES`] are read; a larger file, or one that is not UTF-8, is
+/// refused with the line and column where the problem starts.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        ConfigErrors::one(path, 0, 0, format!("couldn't read the config file: {e}"))
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(limits::MAX_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(unreadable)?;
+    if bytes.len() > limits::MAX_FILE_BYTES {
+        return Err(too_large(path, &bytes));
+    }
+    match String::from_utf8(bytes) {
         Ok(text) => parse(&text, path, env),
-        Err(e) => Err(ConfigErrors {
-            errors: vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                value: None,
-                message: format!("couldn't read the config file: {e}"),
-            }],
-        }),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let (line, column) = line_column(bytes, at);
+            Err(ConfigErrors::one(
+                path,
+                line,
+                column,
+                format!(
+                    "the file is not valid UTF-8: byte 0x{:02x} at offset {at} (save it as UTF-8)",
+                    bytes.get(at).copied().unwrap_or(0)
+                ),
+            ))
+        }
     }
 }
 
+/// 1-based line and column (in characters, as in the parser's messages) of byte offset `at`.
+fn line_column(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = &bytes[..at.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// The file is over [`limits::MAX_FILE_BYTES`]: refused at the line where it crosses it.
+fn too_large(path: &Path, text: &[u8]) -> ConfigErrors {
+    let (line, column) = line_column(text, limits::MAX_FILE_BYTES);
+    ConfigErrors::one(
+        path,
+        line,
+        column,
+        format!(
+            "the file is larger than {} bytes (1 MiB), the most a configuration file may be",
+            limits::MAX_FILE_BYTES
+        ),
+    )
+}
+
 /// Parses configuration `text` that came from `path` (used in messages and [`Config::path`]).
+/// `text` is held to the same [`limits`] as a file.
 pub fn parse(
     text: &str,
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    if text.len() > limits::MAX_FILE_BYTES {
+        return Err(too_large(path, text.as_bytes()));
+    }
     schema::parse(text, path, env)
 }
 

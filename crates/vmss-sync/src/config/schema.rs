@@ -15,11 +15,11 @@ mod ops;
 mod sources;
 mod targets;
 
-use super::env::substitute;
+use super::env::{substitute, Expander};
 use super::time::{parse_go_duration, parse_nginx_time, GoDurationError};
 use super::yaml::{self, Key, Node, NodeKind, Pos};
 use super::{
-    CloudProvider, Config, ConfigError, ConfigErrors, LogFormat, Secret, UpstreamConfig,
+    CloudProvider, Config, ConfigError, ConfigErrors, ErrorList, LogFormat, Secret, UpstreamConfig,
     UpstreamKind,
 };
 
@@ -184,8 +184,8 @@ pub(crate) struct UpstreamBuilder {
 /// Parsing context: where messages go and how to look up `${VAR}`.
 pub(crate) struct Cx<'e> {
     file: &'e Path,
-    env: &'e dyn Fn(&str) -> Option<String>,
-    errors: Vec<ConfigError>,
+    env: &'e Expander<'e>,
+    errors: ErrorList,
 }
 
 /// A scalar value after `${VAR}` substitution.
@@ -202,10 +202,11 @@ pub(crate) fn parse(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    let env = Expander::new(env);
     let mut cx = Cx {
         file: path,
-        env,
-        errors: Vec::new(),
+        env: &env,
+        errors: ErrorList::default(),
     };
     let config = match yaml::parse(text) {
         Err(e) => {
@@ -232,9 +233,7 @@ pub(crate) fn parse(
                     "the configuration is invalid".to_owned(),
                 );
             }
-            let mut errors = cx.errors;
-            errors.sort_by_key(|e| (e.line, e.column));
-            Err(ConfigErrors { errors })
+            Err(cx.errors.finish())
         }
     }
 }
@@ -627,6 +626,7 @@ impl Cx<'_> {
             seen.insert(&key.text, key.pos);
             match fields.iter().find(|f| f.key == key.text) {
                 Some(field) => (field.parse)(self, value, &key_path, builder),
+                None if !self.errors.wants(key.pos.line, key.pos.column) => self.errors.skip(),
                 None => {
                     let own: Vec<&str> = fields.iter().map(|f| f.key).collect();
                     let message = unknown_key_message(&key.text, &own, section);
@@ -1046,7 +1046,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// "the upstream NAME" from the entry's `name` (best effort), else "an upstream".
-fn upstream_label(entries: &[(Key, Node)], env: &dyn Fn(&str) -> Option<String>) -> String {
+fn upstream_label(entries: &[(Key, Node)], env: &Expander<'_>) -> String {
     entries
         .iter()
         .find(|(k, _)| k.text == "name")

@@ -2,15 +2,19 @@
 //!
 //! Built from `saphyr-parser`'s event stream with an explicit stack (no recursion, so deeply
 //! nested input cannot overflow the stack). Anchors and aliases are supported (an alias is a
-//! copy of the anchored node, with a cap on the total size to defuse "billion laughs" input);
-//! core-schema tags (`!!str`, `!!int`, ...) are ignored; any other tag is an error.
+//! copy of the anchored node); core-schema tags (`!!str`, `!!int`, ...) are ignored; any
+//! other tag is an error.
+//!
+//! The tree is built in bounded memory ([`super::limits`]): nesting depth, node count, the
+//! length of each value and key, and the bytes that anchors and aliases copy (measured as the
+//! memory the copies take, so one long anchored string aliased many times is caught as
+//! surely as a "billion laughs" of small nodes). The first limit crossed ends the parse.
 
 use std::collections::BTreeMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-/// Maximum number of nodes alias expansion may add to the document.
-const MAX_ALIAS_NODES: usize = 100_000;
+use super::limits::{MAX_ALIAS_BYTES, MAX_DEPTH, MAX_KEY_BYTES, MAX_NODES, MAX_SCALAR_BYTES};
 
 /// A position in the source: 1-based line and 1-based column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -66,12 +70,62 @@ impl Node {
         }
     }
 
-    fn size(&self) -> usize {
+    /// (nodes, bytes) of a copy of this node: its nodes (a key counts as one), and the
+    /// memory they take (each node's and key's size plus its text).
+    fn weight(&self) -> (usize, usize) {
+        const NODE: usize = std::mem::size_of::<Node>();
+        const KEY: usize = std::mem::size_of::<Key>();
         match &self.kind {
-            NodeKind::Scalar { .. } => 1,
-            NodeKind::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            NodeKind::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + v.size()).sum::<usize>(),
+            NodeKind::Scalar { text, .. } => (1, NODE + text.len()),
+            NodeKind::Seq(items) => items.iter().fold((1, NODE), |(n, b), item| {
+                let (n2, b2) = item.weight();
+                (n + n2, b + b2)
+            }),
+            NodeKind::Map(entries) => entries.iter().fold((1, NODE), |(n, b), (k, v)| {
+                let (n2, b2) = v.weight();
+                (n + 1 + n2, b + KEY + k.text.len() + b2)
+            }),
         }
+    }
+}
+
+/// Counts what the tree holds against the limits.
+struct Budget {
+    nodes: usize,
+    copied: usize,
+}
+
+impl Budget {
+    fn too_many_nodes(&self, pos: Pos) -> Result<(), YamlError> {
+        if self.nodes > MAX_NODES {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "the document has more than {MAX_NODES} values, lists and mappings \
+                     (aliases counted as copies), the most a configuration may have"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a copy of `node` (made for an anchor or an alias) at `pos`.
+    fn copy(&mut self, node: &Node, pos: Pos, what: &str) -> Result<(), YamlError> {
+        let (nodes, bytes) = node.weight();
+        self.copied = self.copied.saturating_add(bytes);
+        if self.copied > MAX_ALIAS_BYTES {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "invalid YAML: {what} makes anchors and aliases copy more than \
+                     {MAX_ALIAS_BYTES} bytes (1 MiB), the most they may (this one copies a \
+                     node of line {} holding {bytes} bytes)",
+                    node.pos.line
+                ),
+            });
+        }
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.too_many_nodes(pos)
     }
 }
 
@@ -100,7 +154,10 @@ enum Frame {
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: BTreeMap<usize, Node> = BTreeMap::new();
-    let mut alias_nodes = 0usize;
+    let mut budget = Budget {
+        nodes: 0,
+        copied: 0,
+    };
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
 
@@ -134,17 +191,28 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                         message: "invalid YAML: alias to an unknown anchor".to_owned(),
                     });
                 };
-                alias_nodes = alias_nodes.saturating_add(node.size());
-                if alias_nodes > MAX_ALIAS_NODES {
-                    return Err(YamlError {
-                        pos,
-                        message: "invalid YAML: aliases expand to too large a document".to_owned(),
-                    });
-                }
+                budget.copy(node, pos, "this alias")?;
                 node.clone()
             }
             Event::Scalar(value, style, anchor, tag) => {
                 check_tag(tag.as_deref(), pos)?;
+                let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
+                let (limit, what) = if is_key {
+                    (MAX_KEY_BYTES, "a key")
+                } else {
+                    (MAX_SCALAR_BYTES, "a value")
+                };
+                if value.len() > limit {
+                    return Err(YamlError {
+                        pos,
+                        message: format!(
+                            "{what} of {} bytes: the most {what} may hold is {limit} bytes",
+                            value.len()
+                        ),
+                    });
+                }
+                budget.nodes += 1;
+                budget.too_many_nodes(pos)?;
                 let node = Node {
                     pos,
                     kind: NodeKind::Scalar {
@@ -153,12 +221,14 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                     },
                 };
                 if anchor > 0 {
+                    budget.copy(&node, pos, "this anchor")?;
                     anchors.insert(anchor, node.clone());
                 }
                 node
             }
             Event::SequenceStart(anchor, tag) => {
                 check_tag(tag.as_deref(), pos)?;
+                enter(&stack, &mut budget, pos)?;
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
@@ -168,6 +238,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             }
             Event::MappingStart(anchor, tag) => {
                 check_tag(tag.as_deref(), pos)?;
+                enter(&stack, &mut budget, pos)?;
                 stack.push(Frame::Map {
                     pos,
                     anchor,
@@ -205,6 +276,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                     }
                 };
                 if anchor > 0 {
+                    budget.copy(&node, pos, "this anchor")?;
                     anchors.insert(anchor, node.clone());
                 }
                 node
@@ -238,6 +310,21 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, YamlError> {
         }
     }
     Ok(root)
+}
+
+/// A list or mapping starts at `pos`, inside the `stack.len()` open ones.
+fn enter(stack: &[Frame], budget: &mut Budget, pos: Pos) -> Result<(), YamlError> {
+    if stack.len() >= MAX_DEPTH {
+        return Err(YamlError {
+            pos,
+            message: format!(
+                "lists and mappings nested more than {MAX_DEPTH} deep, the most a configuration \
+                 may have"
+            ),
+        });
+    }
+    budget.nodes += 1;
+    budget.too_many_nodes(pos)
 }
 
 fn check_tag(tag: Option<&saphyr_parser::Tag>, pos: Pos) -> Result<(), YamlError> {
@@ -325,6 +412,90 @@ mod tests {
             ));
         }
         let err = parse(&text).unwrap_err();
-        assert!(err.message.contains("too large"), "{}", err.message);
+        assert!(
+            err.message.contains("copy more than 1048576 bytes"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.pos.line, 4, "refused where the copies cross the limit");
+    }
+
+    #[test]
+    fn aliases_are_measured_in_bytes_not_nodes() {
+        // One 60,000-byte string: the anchor's copy and 16 aliases fit in 1 MiB, the 17th
+        // alias does not, though they are only 17 nodes.
+        let long = "x".repeat(60_000);
+        let doc = |n: usize| format!("a: &s {long}\nb: [{}]\n", vec!["*s"; n].join(", "));
+        let root = parse(&doc(16)).unwrap().unwrap();
+        let NodeKind::Seq(items) = &map(&root)[1].1.kind else {
+            panic!()
+        };
+        assert_eq!(items.len(), 16);
+        let err = parse(&doc(17)).unwrap_err();
+        assert_eq!(err.pos.line, 2);
+        assert!(
+            err.message.contains("node of line 1 holding"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn nesting_deeper_than_32_is_refused_where_it_happens() {
+        let ok = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        assert!(parse(&ok).is_ok());
+        let err = parse(&format!("{}{}", "[".repeat(33), "]".repeat(33))).unwrap_err();
+        assert_eq!(
+            err.pos,
+            Pos {
+                line: 1,
+                column: 33
+            }
+        );
+        assert!(
+            err.message.contains("nested more than 32 deep"),
+            "{}",
+            err.message
+        );
+        let mut block = String::new();
+        for i in 0..40 {
+            block.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+        }
+        let err = parse(&block).unwrap_err();
+        assert_eq!(err.pos.line, 33, "{}", err.message);
+    }
+
+    #[test]
+    fn values_over_64_kib_and_keys_over_1_kib_are_refused() {
+        let at_limit = format!("a: {}\n", "v".repeat(65_536));
+        assert!(parse(&at_limit).is_ok());
+        let err = parse(&format!("a: 1\nb: '{}'\n", "v".repeat(65_537))).unwrap_err();
+        assert_eq!(err.pos, Pos { line: 2, column: 4 });
+        assert_eq!(
+            err.message,
+            "a value of 65537 bytes: the most a value may hold is 65536 bytes"
+        );
+        // YAML itself limits implicit keys to 1024 characters; an explicit key has no limit.
+        let err = parse(&format!("a: 1\n? {}\n: 2\n", "k".repeat(1025))).unwrap_err();
+        assert_eq!(err.pos, Pos { line: 2, column: 3 });
+        assert!(
+            err.message.starts_with("a key of 1025 bytes"),
+            "{}",
+            err.message
+        );
+        // A long value is not taken for a key.
+        assert!(parse(&format!("- {}\n", "v".repeat(2000))).is_ok());
+    }
+
+    #[test]
+    fn documents_over_100_000_nodes_are_refused() {
+        let items = "1,".repeat(100_100);
+        let err = parse(&format!("[{items}]")).unwrap_err();
+        assert!(
+            err.message.contains("more than 100000 values"),
+            "{}",
+            err.message
+        );
+        assert!(parse(&format!("[{}]", "1,".repeat(99_000))).is_ok());
     }
 }
