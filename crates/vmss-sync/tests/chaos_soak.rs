@@ -104,7 +104,6 @@ const MAX_FAILS: [u32; 3] = [1, 2, 3];
 
 fn config_text(env: &Env, variant: usize) -> String {
     let max_fails = MAX_FAILS[variant % MAX_FAILS.len()];
-    let level = if variant % 2 == 0 { "info" } else { "debug" };
     format!(
         "cloud_provider: Azure\n\
          subscription_id: {SUB}\n\
@@ -114,7 +113,7 @@ fn config_text(env: &Env, variant: usize) -> String {
          sync_interval: {}s\n\
          health_interval: {}s\n\
          admin_listen: off\n\
-         log_level: {level}\n\
+         log_level: debug\n\
          upstreams:\n\
          \x20 - name: web\n\
          \x20   virtual_machine_scale_set: [{UNIFORM}, {FLEXIBLE}]\n\
@@ -712,7 +711,7 @@ impl Soak {
             }
             "sighup" | "sighup with new config" => {
                 if kind == "sighup with new config" {
-                    self.variant = (self.variant + 1 + self.rng.below(2)) % 6;
+                    self.variant = (self.variant + 1 + self.rng.below(2)) % MAX_FAILS.len();
                     write_config(&self.env, &self.cfg, self.variant);
                 }
                 if let Some(Proc::Running { d, .. }) = &self.proc {
