@@ -24,6 +24,7 @@
 //! ```
 
 mod arm;
+mod chaos;
 mod dataplane;
 mod faults;
 mod fleet;
@@ -47,6 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use arm::ComputeLimits;
+pub use chaos::{MemberState, ScaleSetState};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
 pub use fleet::{Change, EventSink, Fleet, FleetEvent, Orchestration, STANDALONE_VMS};

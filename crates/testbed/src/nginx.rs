@@ -125,6 +125,17 @@ pub(crate) struct NginxState {
     upstreams: HashMap<(UpstreamKind, String), Upstream>,
 }
 
+impl NginxState {
+    /// Every upstream loses the servers added through the API (a restart of NGINX Plus
+    /// without a state file); ids start again from 0.
+    pub(crate) fn lose_servers(&mut self) {
+        for u in self.upstreams.values_mut() {
+            u.servers.clear();
+            u.next_id = 0;
+        }
+    }
+}
+
 /// Cheap, cloneable handle to the fake NGINX Plus.
 #[derive(Clone)]
 pub struct NginxPlus {
