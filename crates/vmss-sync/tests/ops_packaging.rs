@@ -461,7 +461,9 @@ fn the_debian_package_holds_the_unit_example_config_man_page_and_completions_and
         "./usr/share/doc/vmss-sync/LICENSE",
         "./usr/share/doc/vmss-sync/changelog.gz",
         "./usr/share/doc/vmss-sync/changelog.Debian.gz",
-        "./usr/share/doc/vmss-sync/migrating-from-nginx-asg-sync.md",
+        "./usr/share/doc/vmss-sync/README.md",
+        "./usr/share/doc/vmss-sync/docs/migrating-from-nginx-asg-sync.md",
+        "./usr/share/doc/vmss-sync/docs/targets/nginx-file.md",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(path)),
@@ -635,7 +637,9 @@ fn the_rpm_from_the_spec_holds_the_same_files_and_its_binary_validates_the_packa
         "/usr/share/fish/vendor_completions.d/vmss-sync.fish",
         "/usr/share/licenses/vmss-sync/LICENSE",
         "/usr/share/doc/vmss-sync/CHANGELOG.md",
-        "/usr/share/doc/vmss-sync/migrating-from-nginx-asg-sync.md",
+        "/usr/share/doc/vmss-sync/README.md",
+        "/usr/share/doc/vmss-sync/docs/migrating-from-nginx-asg-sync.md",
+        "/usr/share/doc/vmss-sync/docs/targets/nginx-file.md",
     ] {
         assert!(
             files.lines().any(|l| l.starts_with(path)),
