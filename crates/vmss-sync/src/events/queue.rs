@@ -9,6 +9,7 @@
 //! token, the key, a signature, a SAS nor a pop receipt ever appears in an error.
 
 use crate::azure::auth::{check_secure, AuthError, TokenCredential};
+use crate::leader::blob::message_suffix;
 use crate::leader::shared_key::SharedKey;
 use crate::net::transport_detail;
 use reqwest::Method;
@@ -66,7 +67,7 @@ impl std::fmt::Debug for QueueMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The service answered with an error status.
-    #[error("queue {action} on {queue}: HTTP {status} {code}{}", suffix(.message))]
+    #[error("queue {action} on {queue}: HTTP {status} {code}{}", message_suffix(.message))]
     Service {
         action: &'static str,
         queue: String,
@@ -99,14 +100,6 @@ pub enum QueueError {
     /// The client cannot be built from these settings.
     #[error("events: {0}")]
     Invalid(String),
-}
-
-fn suffix(message: &str) -> String {
-    if message.is_empty() {
-        String::new()
-    } else {
-        format!(": {message}")
-    }
 }
 
 impl QueueError {

@@ -74,7 +74,8 @@ pub enum LeaseError {
     Invalid(String),
 }
 
-fn message_suffix(message: &str) -> String {
+/// ": message", or nothing for an empty message (the Storage services' error texts).
+pub(crate) fn message_suffix(message: &str) -> String {
     if message.is_empty() {
         String::new()
     } else {
