@@ -3,7 +3,9 @@
 
 use super::apply::{gate_open, WriteGate, NOT_LEADER};
 use super::drain::DrainBook;
-use super::outcome::{count_states, finish, kind_word, target_name, CycleReport, UpstreamOutcome};
+use super::outcome::{
+    count_states, finish, kind_word, target_name, CycleReport, Order, UpstreamOutcome,
+};
 use super::specs::UpstreamSpec;
 use crate::azure::arm::ArmClient;
 use crate::discovery::{self, Discovered, DiscoveryState, Selection};
@@ -299,7 +301,7 @@ impl Reconciler {
             Mode::DryRun => Vec::new(),
             Mode::Apply => self.apply_all(&prepared, &limit).await,
         };
-        let mut outcomes: Vec<(usize, UpstreamOutcome)> = Vec::new();
+        let mut outcomes: Vec<(Order, UpstreamOutcome)> = Vec::new();
         let mut reports: BTreeMap<usize, ApplyReport> = writes.into_iter().collect();
         for (index, p) in prepared {
             let report = reports.remove(&index);
@@ -332,7 +334,7 @@ async fn join_sorted<T: 'static>(tasks: &mut tokio::task::JoinSet<(usize, T)>) -
 /// One upstream to sync this cycle: a configured one, or one service of a template.
 pub(super) struct Job {
     /// Where its outcome goes in the report.
-    pub(super) order: usize,
+    pub(super) order: Order,
     pub(super) spec: UpstreamSpec,
     /// The template it comes from, for a service.
     pub(super) template: Option<String>,
@@ -341,7 +343,7 @@ pub(super) struct Job {
 
 /// An upstream observed and planned, before its writes.
 pub(super) struct Prepared {
-    pub(super) order: usize,
+    pub(super) order: Order,
     pub(super) spec: UpstreamSpec,
     pub(super) outcome: UpstreamOutcome,
     /// True when the plan has something to write and this replica may write it.
@@ -357,7 +359,7 @@ pub(super) struct Prepared {
 async fn recheck(
     job: &Job,
     unusable: &Mutex<BTreeMap<String, String>>,
-) -> Option<(usize, UpstreamOutcome)> {
+) -> Option<(Order, UpstreamOutcome)> {
     let up = &job.spec;
     let name = &up.target.name;
     if !unusable

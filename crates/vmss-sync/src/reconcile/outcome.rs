@@ -81,6 +81,16 @@ impl UpstreamOutcome {
     }
 }
 
+/// Where an outcome goes in the report: configured upstreams in configuration order,
+/// each one's own outcome (item 0) before those of its services (items 1, 2, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Order {
+    /// The configured upstream's position in the configuration.
+    pub(super) upstream: usize,
+    /// 0 for the configured upstream itself, 1 + i for the i-th service of a template.
+    pub(super) item: usize,
+}
+
 /// What one cycle did.
 #[derive(Debug)]
 pub struct CycleReport {

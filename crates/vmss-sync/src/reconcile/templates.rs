@@ -1,7 +1,7 @@
 //! Templates: an upstream with `services` expanded into one upstream per service.
 
 use super::cycle::{Job, Reconciler};
-use super::outcome::{target_name, UpstreamOutcome};
+use super::outcome::{target_name, Order, UpstreamOutcome};
 use super::specs::UpstreamSpec;
 use crate::config::ServicesConfig;
 use crate::discovery::{Discovered, Selection};
@@ -19,14 +19,17 @@ impl Reconciler {
         &self,
         snapshots: &Discovered,
         only: Option<&std::collections::BTreeSet<Selection>>,
-    ) -> (Vec<Job>, Vec<(usize, UpstreamOutcome)>) {
+    ) -> (Vec<Job>, Vec<(Order, UpstreamOutcome)>) {
         let mut jobs = Vec::new();
         let mut failed = Vec::new();
         for (index, up) in self.upstreams.iter().enumerate() {
             if only.is_some_and(|o| !o.contains(&up.selection)) {
                 continue;
             }
-            let order = index * ORDER_STRIDE;
+            let order = Order {
+                upstream: index,
+                item: 0,
+            };
             let found = match snapshots.get(&up.selection) {
                 Some(Ok(found)) => found,
                 Some(Err(e)) => {
@@ -54,7 +57,10 @@ impl Reconciler {
             let (specs, listing) = self.expand_template(up, services, found).await;
             for (i, (spec, found)) in specs.into_iter().enumerate() {
                 jobs.push(Job {
-                    order: order + 1 + i.min(ORDER_STRIDE - 2),
+                    order: Order {
+                        upstream: index,
+                        item: 1 + i,
+                    },
                     spec,
                     template: Some(up.target.name.clone()),
                     found: Arc::new(found),
@@ -135,9 +141,6 @@ impl Reconciler {
         (out, listing)
     }
 }
-
-/// Orders outcomes: a configured upstream's position times this, its services after it.
-const ORDER_STRIDE: usize = 1 << 20;
 
 impl UpstreamSpec {
     /// The upstream of one service of this template.
