@@ -729,30 +729,30 @@ fn a_table_that_lets_a_module_import_one_listed_below_it_is_refused() {
 fn a_module_missing_from_the_table_and_a_path_into_it_are_reported() {
     let rows = sync_rows();
     let mut top = top(&rows);
-    top.insert("events".to_string());
+    top.insert("gossip".to_string());
     let v = file_violations(
         &rows,
-        "src/events.rs",
-        &m("events"),
+        "src/gossip.rs",
+        &m("gossip"),
         "use crate::model::Found;\n",
         None,
         &top,
     );
     assert_eq!(
         v,
-        ["src/events.rs: module events is not in the layering table"]
+        ["src/gossip.rs: module gossip is not in the layering table"]
     );
     let v = file_violations(
         &rows,
         "src/daemon.rs",
         &m("daemon"),
-        "use crate::events::Watch;\n",
+        "use crate::gossip::Watch;\n",
         None,
         &top,
     );
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(
-        v[0].contains("src/daemon.rs:1: daemon names crate::events::Watch, which is in no row"),
+        v[0].contains("src/daemon.rs:1: daemon names crate::gossip::Watch, which is in no row"),
         "{v:?}"
     );
 }
