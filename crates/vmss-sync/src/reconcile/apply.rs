@@ -23,16 +23,16 @@ impl Reconciler {
             let Some(plan) = p.outcome.plan.clone().filter(|_| p.write) else {
                 continue;
             };
-            let sink = Arc::clone(&p.spec.sink);
-            let item = (*index, p.spec.target.clone(), plan);
-            match groups.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sink)) {
+            let target = Arc::clone(&p.spec.target);
+            let item = (*index, p.spec.upstream.clone(), plan);
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
                 Some((_, items)) => items.push(item),
-                None => groups.push((sink, vec![item])),
+                None => groups.push((target, vec![item])),
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for (sink, items) in groups {
-            if sink.batches() {
+        for (target, items) in groups {
+            if target.batches() {
                 let limit = Arc::clone(limit);
                 let gate = self.gate.clone();
                 tasks.spawn(async move {
@@ -43,7 +43,7 @@ impl Reconciler {
                         let stopped = indexes.into_iter().map(|i| (i, failed_report(NOT_LEADER)));
                         return stopped.collect();
                     }
-                    let mut reports = sink.apply_batch(&batch).await;
+                    let mut reports = target.apply_batch(&batch).await;
                     reports.resize_with(indexes.len(), || {
                         failed_report("the target gave no report for this upstream")
                     });
@@ -51,7 +51,7 @@ impl Reconciler {
                 });
             } else {
                 for (index, upstream, plan) in items {
-                    let sink = Arc::clone(&sink);
+                    let target = Arc::clone(&target);
                     let limit = Arc::clone(limit);
                     let gate = self.gate.clone();
                     tasks.spawn(async move {
@@ -59,7 +59,7 @@ impl Reconciler {
                         if !gate_open(gate.as_ref()) {
                             return vec![(index, failed_report(NOT_LEADER))];
                         }
-                        vec![(index, sink.apply(&upstream, &plan).await)]
+                        vec![(index, target.apply(&upstream, &plan).await)]
                     });
                 }
             }

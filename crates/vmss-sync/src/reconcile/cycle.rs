@@ -115,7 +115,7 @@ impl Reconciler {
             // missing: there is nothing to check before then.
             let check = match up.services {
                 Some(_) => Ok(()),
-                None => up.sink.check(&up.target).await,
+                None => up.target.check(&up.upstream).await,
             };
             if let Err(e) = check {
                 let permanent = e.permanence == Permanence::Permanent;
@@ -124,7 +124,7 @@ impl Reconciler {
                 let message = if permanent {
                     format!(
                         "Problem with the {} configuration: {}",
-                        target_name(up.sink.kind()).trim_start_matches("the "),
+                        target_name(up.target.kind()).trim_start_matches("the "),
                         e.message
                     )
                 } else {
@@ -133,9 +133,9 @@ impl Reconciler {
                 self.unusable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(up.target.name.clone(), e.message.clone());
+                    .insert(up.upstream.name.clone(), e.message.clone());
                 problems.push(StartupProblem {
-                    upstream: up.target.name.clone(),
+                    upstream: up.upstream.name.clone(),
                     message,
                     permanent,
                     target: true,
@@ -143,13 +143,13 @@ impl Reconciler {
             }
             match sets.get(&up.selection) {
                 Some(Err(e)) => problems.push(StartupProblem {
-                    upstream: up.target.name.clone(),
+                    upstream: up.upstream.name.clone(),
                     message: format!("scale set {}: {e}", up.group()),
                     permanent: e.is_permanent(),
                     target: false,
                 }),
                 Some(Ok(found)) if found.is_empty() => tracing::warn!(
-                    upstream = %up.target.name,
+                    upstream = %up.upstream.name,
                     "No scale set matches {} yet; the upstream is left as it is until one does.",
                     up.group()
                 ),
@@ -361,7 +361,7 @@ async fn recheck(
     unusable: &Mutex<BTreeMap<String, String>>,
 ) -> Option<(Order, UpstreamOutcome)> {
     let up = &job.spec;
-    let name = &up.target.name;
+    let name = &up.upstream.name;
     if !unusable
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -369,7 +369,7 @@ async fn recheck(
     {
         return None;
     }
-    match up.sink.check(&up.target).await {
+    match up.target.check(&up.upstream).await {
         Ok(()) => {
             unusable
                 .lock()
@@ -377,9 +377,9 @@ async fn recheck(
                 .remove(name);
             tracing::info!(
                 upstream = %name,
-                target = up.sink.kind(),
+                target = up.target.kind(),
                 "{} can be used now for upstream {name}: syncing it.",
-                target_name(up.sink.kind())
+                target_name(up.target.kind())
             );
             None
         }
@@ -387,10 +387,10 @@ async fn recheck(
             let msg = format!(
                 "{} cannot be used for this upstream (checked again every cycle; the other \
                  upstreams are synced meanwhile): {}",
-                target_name(up.sink.kind()),
+                target_name(up.target.kind()),
                 e.message
             );
-            tracing::warn!(upstream = %name, target = up.sink.kind(), "{msg}");
+            tracing::warn!(upstream = %name, target = up.target.kind(), "{msg}");
             let mut out = UpstreamOutcome::failed(up, job.template.clone(), msg);
             out.conditions.push("unusable");
             Some((job.order, out))
@@ -417,7 +417,7 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
         observed,
         now,
     };
-    let observed = match up.sink.observe(&up.target).await {
+    let observed = match up.target.observe(&up.upstream).await {
         Ok(o) => o,
         Err(e) => {
             // nginx-asg-sync's words when a cycle writes; a dry run never updates, so it
@@ -425,19 +425,19 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
             let msg = match mode {
                 Mode::Apply => format!(
                     "Couldn't update {} servers in {}: {}",
-                    kind_word(up.target.kind),
-                    target_name(up.sink.kind()),
+                    kind_word(up.upstream.kind),
+                    target_name(up.target.kind()),
                     e.message
                 ),
                 Mode::DryRun => format!(
                     "Couldn't read the {} servers of {} in {}, so no plan: {}",
-                    kind_word(up.target.kind),
-                    up.target.name,
-                    target_name(up.sink.kind()),
+                    kind_word(up.upstream.kind),
+                    up.upstream.name,
+                    target_name(up.target.kind()),
                     e.message
                 ),
             };
-            tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
+            tracing::warn!(upstream = %up.upstream.name, target = up.target.kind(), "{msg}");
             out.error = Some(msg);
             return prepared(out, false, Vec::new());
         }
@@ -454,7 +454,7 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
     let held = held_servers(&found, &reg);
     if let Some(first) = unported.first() {
         tracing::warn!(
-            upstream = %up.target.name,
+            upstream = %up.upstream.name,
             group = %out.group,
             skipped = unported.len(),
             "{} instance(s) have no usable port and are not registered; first: {}: {}",
@@ -466,7 +466,7 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
     out.observed = observed.len();
     out.desired = desired.len();
     (out.active, out.draining) = count_states(&observed);
-    let elapsed = drains.elapsed(&up.target.name, &observed, now);
+    let elapsed = drains.elapsed(&up.upstream.name, &observed, now);
     let drain = Drain {
         timeout: up.drain_timeout,
         elapsed: &elapsed,
@@ -480,11 +480,11 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
             fault: h.fault.clone(),
         };
         tracing::warn!(
-            upstream = %up.target.name,
+            upstream = %up.upstream.name,
             group = %out.group,
             scale_set = %s.key,
             "Holding removals for upstream {}: {hold}{}.",
-            up.target.name,
+            up.upstream.name,
             if h.members_known {
                 ""
             } else {
@@ -498,17 +498,17 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
     }
     if let Some(hold) = plan::guard(&p, &rest, found.found(), found.capacity()) {
         tracing::warn!(
-            upstream = %up.target.name,
+            upstream = %up.upstream.name,
             group = %out.group,
             "Holding removals for upstream {}: {hold}.",
-            up.target.name
+            up.upstream.name
         );
         out.hold = Some(hold);
         p = plan::without_removals(p);
     }
     // A target whose state differs from what it should hold in ways the plan does not
     // show (a rewritten NGINX file) is written even with nothing planned.
-    let wanted = !p.is_empty() || up.sink.needs_write(&up.target);
+    let wanted = !p.is_empty() || up.target.needs_write(&up.upstream);
     let write = wanted && gate_open(gate);
     if wanted && !write {
         out.error = Some(NOT_LEADER.to_string());

@@ -4,6 +4,10 @@
 //! upstream independently and concurrently: observes the target, plans, applies the
 //! safety guard, and applies. A failure in one upstream never touches another, and an
 //! upstream whose discovery failed in any way is left untouched for the cycle.
+//!
+//! Names: a *target* is what holds upstreams, a [`crate::target::Target`]
+//! ([`UpstreamSpec::target`]; [`UpstreamOutcome::target`] is its kind); an *upstream* is
+//! one upstream in it, a [`crate::target::UpstreamRef`] ([`UpstreamSpec::upstream`]).
 
 mod apply;
 mod cycle;

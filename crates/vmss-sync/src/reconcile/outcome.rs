@@ -48,10 +48,10 @@ pub struct UpstreamOutcome {
 impl UpstreamOutcome {
     pub(super) fn new(up: &UpstreamSpec, template: Option<String>) -> Self {
         Self {
-            upstream: up.target.name.clone(),
+            upstream: up.upstream.name.clone(),
             template,
-            target: up.sink.kind(),
-            kind: up.target.kind,
+            target: up.target.kind(),
+            kind: up.upstream.kind,
             group: up.group(),
             plan: None,
             hold: None,
@@ -162,7 +162,7 @@ pub(super) fn finish(
         .filter(|u| report.drained.contains(&u.server))
         .map(|u| u.server.clone())
         .collect();
-    drains.started(&up.target.name, &drained, now);
+    drains.started(&up.upstream.name, &drained, now);
     let restored: Vec<String> = plan
         .update
         .iter()
@@ -170,9 +170,9 @@ pub(super) fn finish(
         .filter(|u| report.updated.contains(&u.server))
         .map(|u| u.server.clone())
         .collect();
-    drains.cancelled(&up.target.name, &restored);
+    drains.cancelled(&up.upstream.name, &restored);
     (outcome.active, outcome.draining) = count_states(&plan::simulate(&observed, plan));
-    let kind = up.sink.kind();
+    let kind = up.target.kind();
     let changed = !(report.added.is_empty()
         && report.removed.is_empty()
         && report.updated.is_empty()
@@ -184,7 +184,7 @@ pub(super) fn finish(
             format!(", Draining: {}", list(&report.drained))
         };
         tracing::info!(
-            upstream = %up.target.name,
+            upstream = %up.upstream.name,
             group = %outcome.group,
             target = kind,
             added = ?report.added,
@@ -192,8 +192,8 @@ pub(super) fn finish(
             updated = ?report.updated,
             drained = ?report.drained,
             "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}{draining}",
-            kind_word(up.target.kind),
-            up.target.name,
+            kind_word(up.upstream.kind),
+            up.upstream.name,
             outcome.group,
             list(&report.added),
             list(&report.removed),
@@ -202,10 +202,10 @@ pub(super) fn finish(
     }
     for e in &report.errors {
         tracing::warn!(
-            upstream = %up.target.name,
+            upstream = %up.upstream.name,
             target = kind,
             "Couldn't update {} servers in {}: {}",
-            kind_word(up.target.kind),
+            kind_word(up.upstream.kind),
             target_name(kind),
             e.message
         );

@@ -10,10 +10,10 @@ use std::time::Duration;
 /// One upstream as the reconciler sees it: where it lives and what feeds it.
 #[derive(Clone)]
 pub struct UpstreamSpec {
-    /// Target address of the upstream.
-    pub target: UpstreamRef,
+    /// The upstream in its target: name, kind, and whether the target may create it.
+    pub upstream: UpstreamRef,
     /// The target that holds it.
-    pub sink: Arc<dyn Target>,
+    pub target: Arc<dyn Target>,
     /// What feeds it: scale sets by name, list or glob, or scale sets and VMs by tags.
     pub selection: Selection,
     /// Port the instances serve on (the fallback when `port_tag` is set).
@@ -35,8 +35,8 @@ pub struct UpstreamSpec {
 impl std::fmt::Debug for UpstreamSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamSpec")
-            .field("target", &self.target)
-            .field("sink", &self.sink.kind())
+            .field("upstream", &self.upstream)
+            .field("target", &self.target.kind())
             .field("selection", &self.selection)
             .field("port", &self.port)
             .field("port_tag", &self.port_tag)
@@ -49,11 +49,11 @@ impl std::fmt::Debug for UpstreamSpec {
 }
 
 impl UpstreamSpec {
-    /// Builds the spec of one configured upstream, held by `sink`.
-    pub fn from_config(cfg: &Config, u: &UpstreamConfig, sink: Arc<dyn Target>) -> Self {
+    /// Builds the spec of one configured upstream, held by `target`.
+    pub fn from_config(cfg: &Config, u: &UpstreamConfig, target: Arc<dyn Target>) -> Self {
         Self {
-            target: UpstreamRef::new(u.name.clone(), u.kind),
-            sink,
+            upstream: UpstreamRef::new(u.name.clone(), u.kind),
+            target,
             selection: selection_of(cfg, u),
             port: u.port,
             port_tag: u.source.port_tag.clone(),

@@ -35,7 +35,7 @@ impl Reconciler {
                 Some(Err(e)) => {
                     let group = up.group();
                     let msg = format!("Couldn't get the IP addresses for {group}: {e}");
-                    tracing::warn!(upstream = %up.target.name, group = %group, "{msg}");
+                    tracing::warn!(upstream = %up.upstream.name, group = %group, "{msg}");
                     failed.push((order, UpstreamOutcome::failed(up, None, msg)));
                     continue;
                 }
@@ -62,14 +62,14 @@ impl Reconciler {
                         item: 1 + i,
                     },
                     spec,
-                    template: Some(up.target.name.clone()),
+                    template: Some(up.upstream.name.clone()),
                     found: Arc::new(found),
                 });
             }
             if let Err(msg) = listing {
                 // The services found are still synced; only the emptying of vanished
                 // ones waits for a listing that works.
-                tracing::warn!(upstream = %up.target.name, target = up.sink.kind(), "{msg}");
+                tracing::warn!(upstream = %up.upstream.name, target = up.target.kind(), "{msg}");
                 failed.push((order, UpstreamOutcome::failed(up, None, msg)));
             }
         }
@@ -84,7 +84,7 @@ impl Reconciler {
         cfg: &ServicesConfig,
         found: &Found,
     ) -> (Vec<(UpstreamSpec, Found)>, Result<(), String>) {
-        let prefix = &up.target.name;
+        let prefix = &up.upstream.name;
         let (services, unported) = services::split(found, prefix, cfg);
         if let Some(first) = unported.first() {
             tracing::warn!(
@@ -105,14 +105,14 @@ impl Reconciler {
         }
         // Backends of services that are gone: emptied into maintenance, never deleted.
         let listing = up
-            .sink
+            .target
             .list_upstreams(&format!("{prefix}{}", cfg.separator))
             .await
             .map_err(|e| {
                 format!(
                     "Couldn't list the backends of {prefix} in {} (services that are gone \
                      are emptied once it works): {}",
-                    target_name(up.sink.kind()),
+                    target_name(up.target.kind()),
                     e.message
                 )
             });
@@ -137,7 +137,7 @@ impl Reconciler {
             };
             out.push((up.service(&backend, 0, cfg), gone));
         }
-        out.sort_by(|a, b| a.0.target.name.cmp(&b.0.target.name));
+        out.sort_by(|a, b| a.0.upstream.name.cmp(&b.0.upstream.name));
         (out, listing)
     }
 }
@@ -146,12 +146,12 @@ impl UpstreamSpec {
     /// The upstream of one service of this template.
     fn service(&self, backend: &str, port: u16, cfg: &ServicesConfig) -> UpstreamSpec {
         UpstreamSpec {
-            target: UpstreamRef {
+            upstream: UpstreamRef {
                 name: backend.to_string(),
-                kind: self.target.kind,
+                kind: self.upstream.kind,
                 create: true,
             },
-            sink: Arc::clone(&self.sink),
+            target: Arc::clone(&self.target),
             selection: self.selection.clone(),
             port: (port != 0).then_some(port),
             port_tag: Some(cfg.instance_port_tag.clone()),
