@@ -262,7 +262,7 @@ fn declare_upstreams(metrics: &Metrics, reconciler: &Reconciler) {
             .upstreams()
             .iter()
             .filter(|u| u.services.is_none())
-            .map(|u| (u.target.name.as_str(), u.target.kind, u.sink.kind())),
+            .map(|u| (u.upstream.name.as_str(), u.upstream.kind, u.target.kind())),
     );
 }
 

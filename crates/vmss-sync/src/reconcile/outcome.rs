@@ -1,0 +1,226 @@
+//! Outcomes: what happened to each upstream in a cycle, and how logs word it.
+
+use super::cycle::Prepared;
+use super::drain::DrainBook;
+use super::specs::UpstreamSpec;
+use crate::model::{ObservedServer, ServerState, UpstreamKind};
+use crate::plan::{self, Hold, Plan};
+use crate::target::ApplyReport;
+use std::time::Duration;
+
+/// What happened to one upstream in one cycle.
+#[derive(Debug)]
+pub struct UpstreamOutcome {
+    /// Upstream name (for a service of a template: its backend's name).
+    pub upstream: String,
+    /// The template (configured upstream with `services`) a service comes from.
+    pub template: Option<String>,
+    /// The target kind (`Target::kind`).
+    pub target: &'static str,
+    /// HTTP or stream.
+    pub kind: UpstreamKind,
+    /// The scale set feeding it.
+    pub group: String,
+    /// The plan (after the guard), when discovery and observation worked.
+    pub plan: Option<Plan>,
+    /// Why removals were held back, if they were.
+    pub hold: Option<Hold>,
+    /// What the apply did (None in a dry run or when nothing was planned).
+    pub report: Option<ApplyReport>,
+    /// Why the upstream failed this cycle, if it did.
+    pub error: Option<String>,
+    /// Conditions that held it back this cycle (`unusable`: its target failed the startup
+    /// check, which is retried every cycle; and those its target reported).
+    pub conditions: Vec<&'static str>,
+    /// Servers observed before the cycle.
+    pub observed: usize,
+    /// Servers wanted.
+    pub desired: usize,
+    /// Active servers the upstream holds after the cycle (as planned).
+    pub active: usize,
+    /// Draining servers the upstream holds after the cycle (as planned).
+    pub draining: usize,
+    /// From the start of the cycle (discovery included) to the end of this upstream's
+    /// writes.
+    pub duration: Duration,
+}
+
+impl UpstreamOutcome {
+    pub(super) fn new(up: &UpstreamSpec, template: Option<String>) -> Self {
+        Self {
+            upstream: up.upstream.name.clone(),
+            template,
+            target: up.target.kind(),
+            kind: up.upstream.kind,
+            group: up.group(),
+            plan: None,
+            hold: None,
+            report: None,
+            error: None,
+            conditions: Vec::new(),
+            observed: 0,
+            desired: 0,
+            active: 0,
+            draining: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub(super) fn failed(up: &UpstreamSpec, template: Option<String>, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::new(up, template)
+        }
+    }
+
+    /// True when the upstream ended the cycle holding exactly the wanted servers.
+    pub fn in_sync(&self) -> bool {
+        self.error.is_none()
+            && self.hold.is_none()
+            && self.report.as_ref().is_none_or(|r| r.errors.is_empty())
+    }
+}
+
+/// Where an outcome goes in the report: configured upstreams in configuration order,
+/// each one's own outcome (item 0) before those of its services (items 1, 2, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Order {
+    /// The configured upstream's position in the configuration.
+    pub(super) upstream: usize,
+    /// 0 for the configured upstream itself, 1 + i for the i-th service of a template.
+    pub(super) item: usize,
+}
+
+/// What one cycle did.
+#[derive(Debug)]
+pub struct CycleReport {
+    /// One entry per configured upstream, in configuration order.
+    pub outcomes: Vec<UpstreamOutcome>,
+    /// Wall time of the cycle.
+    pub duration: Duration,
+}
+
+impl CycleReport {
+    /// True when every upstream is in sync.
+    pub fn all_in_sync(&self) -> bool {
+        self.outcomes.iter().all(UpstreamOutcome::in_sync)
+    }
+}
+
+/// How log lines name a target: NGINX Plus keeps nginx-asg-sync's words.
+pub(super) fn target_name(kind: &str) -> &str {
+    match kind {
+        "nginx-plus" => "NGINX",
+        "haproxy-runtime" => "HAProxy (Runtime API)",
+        "haproxy-dataplane" => "HAProxy (Data Plane API)",
+        "nginx-file" => "the NGINX upstream file",
+        other => other,
+    }
+}
+
+pub(super) fn kind_word(kind: UpstreamKind) -> &'static str {
+    match kind {
+        UpstreamKind::Http => "HTTP",
+        UpstreamKind::Stream => "Stream",
+    }
+}
+
+fn list(v: &[String]) -> String {
+    format!("[{}]", v.join(" "))
+}
+
+pub(super) fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
+    let draining = servers
+        .iter()
+        .filter(|o| o.state == ServerState::Draining)
+        .count();
+    (servers.len() - draining, draining)
+}
+
+/// Completes an outcome with what the writes did (None: nothing was written), starts
+/// the drain clocks of servers set draining, and logs the changes and errors.
+pub(super) fn finish(
+    p: Prepared,
+    report: Option<ApplyReport>,
+    drains: &DrainBook,
+) -> UpstreamOutcome {
+    let Prepared {
+        spec: up,
+        mut outcome,
+        observed,
+        now,
+        ..
+    } = p;
+    let Some(report) = report else {
+        return outcome;
+    };
+    let Some(plan) = &outcome.plan else {
+        return outcome;
+    };
+    let drained: Vec<String> = plan
+        .drains()
+        .filter(|u| report.drained.contains(&u.server))
+        .map(|u| u.server.clone())
+        .collect();
+    drains.started(&up.upstream.name, &drained, now);
+    let restored: Vec<String> = plan
+        .update
+        .iter()
+        .filter(|u| u.was == ServerState::Draining && u.state == ServerState::Active)
+        .filter(|u| report.updated.contains(&u.server))
+        .map(|u| u.server.clone())
+        .collect();
+    drains.cancelled(&up.upstream.name, &restored);
+    (outcome.active, outcome.draining) = count_states(&plan::simulate(&observed, plan));
+    let kind = up.target.kind();
+    let changed = !(report.added.is_empty()
+        && report.removed.is_empty()
+        && report.updated.is_empty()
+        && report.drained.is_empty());
+    if changed {
+        let draining = if report.drained.is_empty() {
+            String::new()
+        } else {
+            format!(", Draining: {}", list(&report.drained))
+        };
+        tracing::info!(
+            upstream = %up.upstream.name,
+            group = %outcome.group,
+            target = kind,
+            added = ?report.added,
+            removed = ?report.removed,
+            updated = ?report.updated,
+            drained = ?report.drained,
+            "Updated {} servers of {} for group {} ; Added: {}, Removed: {}, Updated: {}{draining}",
+            kind_word(up.upstream.kind),
+            up.upstream.name,
+            outcome.group,
+            list(&report.added),
+            list(&report.removed),
+            list(&report.updated),
+        );
+    }
+    for e in &report.errors {
+        tracing::warn!(
+            upstream = %up.upstream.name,
+            target = kind,
+            "Couldn't update {} servers in {}: {}",
+            kind_word(up.upstream.kind),
+            target_name(kind),
+            e.message
+        );
+    }
+    if !report.errors.is_empty() {
+        outcome.error = Some(
+            report
+                .errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    outcome.conditions.extend(report.conditions.iter().copied());
+    outcome.report = Some(report);
+    outcome
+}
