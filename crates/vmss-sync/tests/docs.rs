@@ -13,24 +13,6 @@ const COMPLETE_MARKER: &str = "<!-- complete-config -->";
 /// Starts a section of the reference: `<!-- keys: upstreams.tags -->`.
 const KEYS_MARKER: &str = "<!-- keys: ";
 
-/// Pages other branches are writing at the same time as this one. Links to them are allowed
-/// while they are absent. Remove this list once those branches are merged.
-const PENDING_PAGES: &[&str] = &[
-    "docs/safety.md",
-    "docs/configuration-limits.md",
-    "docs/chaos-soak.md",
-    "docs/targets-adoption.md",
-    "docs/troubleshooting.md",
-    "docs/tls.md",
-    "docs/observability.md",
-    "docs/migrating-from-nginx-asg-sync.md",
-    "docs/kubernetes.md",
-    "docs/packaging.md",
-    "docs/permissions.md",
-    "docs/benchmarks.md",
-    "docs/events-and-scale-in.md",
-];
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -319,9 +301,7 @@ fn relative_links_in_the_docs_lead_to_existing_files_and_headings() {
             let shown = target.to_string_lossy().replace('\\', "/");
             let at = format!("{}:{line}: ({link})", file.display());
             if !root.join(&target).exists() {
-                if !PENDING_PAGES.contains(&shown.as_str()) {
-                    broken.push(format!("{at}: {shown} does not exist"));
-                }
+                broken.push(format!("{at}: {shown} does not exist"));
                 continue;
             }
             if let (Some(a), true) = (anchor, shown.ends_with(".md")) {
