@@ -163,14 +163,21 @@ async fn serve_connection(mut s: tokio::net::TcpStream, me: std::sync::Arc<Strin
 }
 
 impl Backends {
-    /// Backends on every address of `ips`, on a port free on all of them. The port is
-    /// found, released and bound again, so another socket can take it in between: then
-    /// another port is tried.
+    /// Backends on every address of `ips`, on a port free on all of them. The OS picks
+    /// the port on the first address (port 0) and that listener is kept, never released;
+    /// the same port is then bound on the other addresses (if one of them is taken there,
+    /// everything is dropped and another port is tried).
     pub async fn start_free(ips: &[Ipv4Addr]) -> (Backends, u16) {
+        let Some((first, rest)) = ips.split_first() else {
+            panic!("Backends::start_free needs at least one address");
+        };
         for _ in 0..20 {
-            let port = free_port(ips);
-            let mut listeners = Vec::new();
-            for ip in ips {
+            let l = tokio::net::TcpListener::bind(SocketAddr::from((*first, 0)))
+                .await
+                .expect("backend bind");
+            let port = l.local_addr().expect("listener address").port();
+            let mut listeners = vec![l];
+            for ip in rest {
                 match tokio::net::TcpListener::bind(SocketAddr::from((*ip, port))).await {
                     Ok(l) => listeners.push(l),
                     Err(_) => break,
