@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the man page and the shell completions in packaging/ from the binary's
-# command-line definition (tests/ops_packaging.rs checks they are current).
+# command-line definition (tests/it/ops_packaging.rs checks they are current).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p vmss-sync --bin vmss-sync

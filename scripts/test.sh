@@ -6,12 +6,12 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 # (packages the integration tests need are added here as targets arrive)
-# Real HAProxy and nginx for the target tests (tests/targets_*.rs); Debian puts them in
+# Real HAProxy and nginx for the target tests (tests/it/targets_*.rs); Debian puts them in
 # /usr/sbin, which may not be on a non-root PATH.
 for prog in haproxy nginx; do
   command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || need_pkgs+=("$prog")
 done
-# Packaging checks (tests/ops_packaging.rs): lintian on the .deb, systemd-analyze on the
+# Packaging checks (tests/it/ops_packaging.rs): lintian on the .deb, systemd-analyze on the
 # unit, man to render the man page, xz for cargo-deb (built without its own lzma),
 # rpmbuild for the RPM, the python3 venv module for kubernetes-validate below.
 command -v lintian >/dev/null || need_pkgs+=(lintian)
@@ -22,7 +22,7 @@ command -v rpmbuild >/dev/null || need_pkgs+=(rpm)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The openssl CLI makes the private CA and server certificate of the TLS trust tests
-# (tests/tls_trust.rs).
+# (tests/it/tls_trust.rs).
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -35,7 +35,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # promtool and prometheus (Debian's prometheus package, 2.42 on bookworm) check /metrics in
-# both formats, the alert rules and their unit tests (tests/ops_metrics.rs,
+# both formats, the alert rules and their unit tests (tests/it/ops_metrics.rs,
 # packaging/prometheus). RUNLEVEL=1: the package's own prometheus service is not started.
 if ! command -v promtool >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
@@ -97,10 +97,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The API docs, public and private items, build without a warning (broken intra-doc links,
 # bare URLs, stray HTML).
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
-# Licences of every dependency: tests/licenses.rs (from `cargo metadata`, offline). cargo-deny
+# Licences of every dependency: tests/it/licenses.rs (from `cargo metadata`, offline). cargo-deny
 # is not used: its advisory database is cloned from GitHub, which CI cannot reach.
 
-# The release .deb (a release build of the binary): checked by tests/ops_packaging.rs with
+# The release .deb (a release build of the binary): checked by tests/it/ops_packaging.rs with
 # dpkg-deb and lintian, and run from a scratch root.
 rm -f target/debian/vmss-sync_*.deb
 cargo deb -p vmss-sync --output target/debian/

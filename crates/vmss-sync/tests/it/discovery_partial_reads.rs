@@ -1,0 +1,382 @@
+//! Partial reads judged per scale set, end to end through the real binary, the fake ARM
+//! and the fake NGINX Plus: an empty or missing piece of one set's membership read (its
+//! NIC list, its member list, its instance views) keeps that set's servers exactly as
+//! they are, while the other sets of the same upstream go on syncing; and a server that
+//! such a read would have drained still drains for the whole `drain_timeout` once its
+//! instance really leaves.
+
+use crate::support::common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use vmss_testbed::{Fault, Orchestration, Service, TestbedOptions, UpstreamKind};
+
+const HTTP: UpstreamKind = UpstreamKind::Http;
+
+fn flexible(env: &Env, set: &str, n: usize) {
+    env.tb
+        .fleet()
+        .add_scale_set(SUB, RG, set, Orchestration::Flexible, "eastus");
+    env.tb.fleet().scale_to(SUB, RG, set, n);
+}
+
+fn start(env: &Env, cfg: &std::path::Path) -> Daemon {
+    Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &env.sp_env(),
+        &env.dir.path().join("daemon.log"),
+    )
+}
+
+/// One upstream `pool` fed by the named sets, draining for `drain` seconds, instance
+/// views read every second.
+fn pool_config(env: &Env, sets: &str, drain: u64) -> std::path::PathBuf {
+    env.config(
+        "health_interval: 1s\n",
+        &format!(
+            "  - name: pool\n    virtual_machine_scale_set: [{sets}]\n    port: 80\n    kind: http\n    drain_timeout: {drain}s\n"
+        ),
+    )
+}
+
+fn all_ips(env: &Env, sets: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = sets.iter().flat_map(|s| env.ips(s, 80)).collect();
+    v.sort();
+    v
+}
+
+/// Starts the daemon and waits until `pool` holds every instance of `sets`.
+async fn synced(env: &Env, cfg: &std::path::Path, sets: &[&str]) -> Daemon {
+    let d = start(env, cfg);
+    let want = all_ips(env, sets);
+    assert!(
+        eventually(Duration::from_secs(20), || env.servers(HTTP, "pool")
+            == want)
+        .await,
+        "never in sync: {:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    d
+}
+
+/// Waits until the daemon's log holds `text`.
+async fn logged(d: &Daemon, text: &str) {
+    assert!(
+        eventually(Duration::from_secs(15), || d.log_text().contains(text)).await,
+        "never logged {text:?}:\n{}",
+        d.log_text()
+    );
+}
+
+/// Asserts `pool` holds exactly `want`, every one active, for `period` (checked every
+/// 100 ms).
+async fn stays(env: &Env, d: &Daemon, want: &[String], period: Duration) {
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        assert_eq!(
+            env.all_servers(HTTP, "pool"),
+            want,
+            "a server was added or removed\n{}",
+            d.log_text()
+        );
+        assert!(
+            env.draining(HTTP, "pool").is_empty(),
+            "drained: {:?}\n{}",
+            env.draining(HTTP, "pool"),
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop(mut d: Daemon) {
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0, "{}", d.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_instance_view_list_keeps_every_server_of_the_set() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 2);
+    let d = synced(&env, &cfg, &["web"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    // The VM list with $expand=instanceView answers 200 {"value": []}; the NIC list is
+    // complete and the capacity is 10. The set has no health source.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/virtualMachines",
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): 10 of its 10 members came without an instance view",
+    )
+    .await;
+    // Longer than drain_timeout: nothing drained, nothing removed.
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    // Once the views are back, the set syncs again: a real leave drains.
+    env.tb.faults().clear();
+    let leaving = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "9"));
+    env.tb.fleet().remove_instance(SUB, RG, "web", "9");
+    assert!(
+        eventually(Duration::from_secs(15), || env.draining(HTTP, "pool")
+            == vec![leaving.clone()])
+        .await,
+        "{}",
+        d.log_text()
+    );
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_instance_views_in_any_form_keep_the_sets_servers() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 2);
+    let d = synced(&env, &cfg, &["web"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    // One member's item is missing from the VM list read with its views.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/virtualMachines",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/3".into(),
+        },
+        usize::MAX,
+    );
+    logged(&d, "1 of its 10 members came without an instance view").await;
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    // Every item is there but without its instanceView field.
+    env.tb.faults().clear();
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/virtualMachines",
+        Fault::DropField {
+            field: "instanceView".into(),
+        },
+        usize::MAX,
+    );
+    logged(&d, "10 of its 10 members came without an instance view").await;
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_nic_list_of_a_uniform_set_keeps_its_servers_while_the_flexible_set_syncs() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 3);
+    flexible(&env, "flex", 7);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 2);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    let web = env.ips("web", 80);
+    // 3 of 10 is less than half of the upstream: a guard per upstream lets it through.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)",
+    )
+    .await;
+    // The other set of the same upstream goes on: its new instance is added.
+    env.tb.fleet().scale_to(SUB, RG, "flex", 8);
+    let want = {
+        let mut v = web.clone();
+        v.extend(env.ips("flex", 80));
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "{:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(4)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_member_list_of_a_flexible_set_keeps_its_servers_while_the_uniform_set_syncs() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 7);
+    flexible(&env, "flex", 3);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 2);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    // The filtered VM list of the Flexible set (same path as the group's VM list, told
+    // apart by its $filter) answers 200 {"value": []}: 3 of 10 is less than half of the
+    // upstream, so a guard per upstream lets it through.
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)",
+    )
+    .await;
+    env.tb.fleet().scale_to(SUB, RG, "web", 8);
+    let want = all_ips(&env, &["web", "flex"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "{:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(4)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_leaves_after_a_failed_read_drains_for_the_whole_drain_timeout() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 3);
+    flexible(&env, "flex", 7);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 4);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    logged(&d, "Not using this read of scale set rg-web/web").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The instance really leaves now, and the NIC list is right again.
+    let leaving = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "1"));
+    env.tb.fleet().remove_instance(SUB, RG, "web", "1");
+    let left = Instant::now();
+    env.tb.faults().clear();
+    assert!(
+        eventually(Duration::from_secs(20), || !env
+            .all_servers(HTTP, "pool")
+            .contains(&leaving))
+        .await,
+        "never removed\n{}",
+        d.log_text()
+    );
+    let drained_for = left.elapsed();
+    assert!(
+        drained_for >= Duration::from_secs(4),
+        "removed {drained_for:?} after its instance left, drain_timeout 4s\n{}",
+        d.log_text()
+    );
+    assert_eq!(
+        env.all_servers(HTTP, "pool"),
+        all_ips(&env, &["web", "flex"])
+    );
+    assert!(env.draining(HTTP, "pool").is_empty());
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave_later_drains_for_the_whole_drain_timeout(
+) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 3);
+    let d = synced(&env, &cfg, &["web"]).await;
+    // One NIC missing from the list: 9 of 10 is a plausible read, so the server drains.
+    let wrong = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "3"));
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/3/".into(),
+        },
+        usize::MAX,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
+            == vec![wrong.clone()])
+        .await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The read proves wrong: the instance is there and ready. The drain is cancelled.
+    env.tb.faults().clear();
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .draining(HTTP, "pool")
+            .is_empty()
+            && env.servers(HTTP, "pool").contains(&wrong))
+        .await,
+        "never restored\n{}",
+        d.log_text()
+    );
+    // It really leaves now: a whole drain_timeout from now, not from the first drain.
+    env.tb.fleet().remove_instance(SUB, RG, "web", "3");
+    let left = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || !env
+            .all_servers(HTTP, "pool")
+            .contains(&wrong))
+        .await,
+        "never removed\n{}",
+        d.log_text()
+    );
+    assert!(
+        left.elapsed() >= Duration::from_secs(3),
+        "removed {:?} after its instance left, drain_timeout 3s\n{}",
+        left.elapsed(),
+        d.log_text()
+    );
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flexible_members_listed_without_their_instance_view_keep_the_sets_servers() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    flexible(&env, "flex", 6);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web, flex", 2);
+    let d = synced(&env, &cfg, &["web", "flex"]).await;
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::DropField {
+            field: "instanceView".into(),
+        },
+        usize::MAX,
+    );
+    logged(
+        &d,
+        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): 6 of its 6 members came without an instance view",
+    )
+    .await;
+    // The Uniform set of the same upstream goes on.
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let want = all_ips(&env, &["web", "flex"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "{:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(3)).await;
+    stop(d).await;
+}

@@ -1,0 +1,521 @@
+//! The daemon driven by events: the real `vmss-sync` binary with `sync_interval: 60s` and an
+//! `events` queue in Azurite's queue service, the testbed's ARM and NGINX Plus. A scale-out
+//! and a scale-in reach NGINX Plus within 2 s of their event being enqueued (the timer
+//! alone would take up to a minute); messages are deleted once handled; a malformed
+//! message is deleted; an event for nothing selected changes nothing; a daemon killed
+//! between receiving and deleting a message loses nothing; of two replicas, only the
+//! leader consumes.
+
+use crate::support::common;
+use crate::support::events_common;
+use crate::support::ops_common;
+
+use common::*;
+use events_common::*;
+use std::time::{Duration, Instant};
+use vmss_testbed::{Fault, Service, TestbedOptions, UpstreamKind};
+
+fn set_id(set: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{set}")
+}
+
+/// Waits until the fake NGINX Plus upstream `web` holds exactly `want`; returns how long
+/// it took from `since`, or None after `within`.
+async fn reached(env: &Env, want: &[String], since: Instant, within: Duration) -> Option<Duration> {
+    loop {
+        if env.all_servers(UpstreamKind::Http, "web") == want {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn queue_empty(q: &vmss_sync::events::queue::QueueClient, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        // Peeking would not show hidden messages; a get with a 1 s visibility does, and a
+        // message it returns comes back before the daemon's next read matters here.
+        match q.get_messages(32, Duration::from_secs(1)).await {
+            Ok(m) if m.is_empty() => return true,
+            _ if Instant::now() > deadline => return false,
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// A configuration with `sync_interval: 60s` and the event queue.
+fn events_config(
+    env: &Env,
+    az: &AzuriteQueue,
+    queue: &str,
+    visibility: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
+         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
+         health_interval: 60s\nadmin_listen: off\nlog_level: debug\n\
+         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
+         poll_interval: 200ms\n  visibility_timeout: {visibility}\n\
+         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
+         kind: http\n    drain_timeout: 0s\n",
+        env.tb.nginx_url(),
+        env.tb.arm_url(),
+        az.queue_url(queue),
+    );
+    env.write("config.yaml", &text)
+}
+
+fn daemon_env(env: &Env) -> Vec<(String, String)> {
+    let mut envs = env.sp_env();
+    envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
+    envs
+}
+
+async fn logged(d: &Daemon, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if d.log_text().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing() {
+    let az = AzuriteQueue::start();
+    let q = az.client("crash", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = events_config(&env, &az, "crash", "2s");
+    let first = env.ips("web", 80);
+    let a = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("a.log"),
+    );
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        a.log_text()
+    );
+    // ARM answers slowly: the event's reconcile is still reading when the daemon dies.
+    env.tb.faults().inject(
+        Service::Arm,
+        "",
+        Fault::Delay(Duration::from_secs(5)),
+        usize::MAX,
+    );
+    env.tb.fleet().scale_to(SUB, RG, "web", 4);
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("web"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    assert!(
+        logged(&a, "Event received.", Duration::from_secs(10)).await,
+        "{}",
+        a.log_text()
+    );
+    a.signal("KILL");
+    env.tb.faults().clear();
+    assert_eq!(
+        env.all_servers(UpstreamKind::Http, "web"),
+        first,
+        "not applied before the crash"
+    );
+
+    // The message was not deleted: it comes back after its visibility timeout...
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let back = q
+        .get_messages(32, Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!(back.len(), 1, "the event survived the crash");
+    assert_eq!(back[0].dequeue_count, 2, "handed out once before the crash");
+    // ... and the next daemon handles it and deletes it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let b = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("b.log"),
+    );
+    let out = env.ips("web", 80);
+    assert!(
+        reached(&env, &out, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        logged(&b, "Event received.", Duration::from_secs(10)).await,
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        queue_empty(&q, Duration::from_secs(10)).await,
+        "deleted once handled\n{}",
+        b.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_replicas_only_the_leader_consumes_events() {
+    use ops_common::{config_text, leader_yaml, replica_env, Azurite};
+    let az = AzuriteQueue::start();
+    let q = az.client("replicas", DEV_KEY);
+    q.create().await.expect("create queue");
+    let blob = Azurite::start();
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let extra = format!(
+        "log_level: debug\n{}events:\n  queue_url: {}\n  auth: shared_key\n  \
+         account_key: ${{LEASE_KEY}}\n  poll_interval: 200ms\n",
+        leader_yaml(&blob, "events", 15),
+        az.queue_url("replicas"),
+    );
+    let a_cfg = env.write("a.yaml", &config_text(&env, &env.tb.nginx_url(), &extra));
+    let b_cfg = env.write(
+        "b.yaml",
+        &config_text(&env, &env.tb.nginx_nplus_url(), &extra),
+    );
+    let a = Daemon::spawn(
+        &["run", "--config", a_cfg.to_str().unwrap()],
+        &replica_env(&env),
+        &env.dir.path().join("a.log"),
+    );
+    assert!(
+        logged(
+            &a,
+            "this replica is now the leader",
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        a.log_text()
+    );
+    let b = Daemon::spawn(
+        &["run", "--config", b_cfg.to_str().unwrap()],
+        &replica_env(&env),
+        &env.dir.path().join("b.log"),
+    );
+    assert!(
+        logged(
+            &b,
+            "another replica holds the lease",
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        b.log_text()
+    );
+    for _ in 0..5 {
+        q.put_message(&event_message(
+            "Microsoft.Resources.ResourceWriteSuccess",
+            &set_id("web"),
+            false,
+        ))
+        .await
+        .expect("enqueue");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(queue_empty(&q, Duration::from_secs(10)).await, "consumed");
+    let (la, lb) = (a.log_text(), b.log_text());
+    assert!(la.contains("Event received."), "the leader consumed\n{la}");
+    assert!(
+        !lb.contains("Event received."),
+        "the standby never consumes\n{lb}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a_60_s_timer() {
+    let az = AzuriteQueue::start();
+    let q = az.client("vmss-events", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.uniform("other", 1);
+    env.upstream(UpstreamKind::Http, "web");
+    let text = format!(
+        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
+         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
+         health_interval: 60s\nadmin_listen: 127.0.0.1:0\nlog_level: debug\n\
+         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
+         poll_interval: 200ms\n\
+         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
+         kind: http\n    drain_timeout: 0s\n",
+        env.tb.nginx_url(),
+        env.tb.arm_url(),
+        az.queue_url("vmss-events"),
+    );
+    let cfg = env.write("config.yaml", &text);
+    let mut envs = env.sp_env();
+    envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &envs,
+        &env.dir.path().join("vmss-sync.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Scale-out: the set's write succeeded, Event Grid enqueues its event.
+    env.tb.fleet().scale_to(SUB, RG, "web", 4);
+    let out = env.ips("web", 80);
+    let sent = Instant::now();
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("web"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    let took_out = reached(&env, &out, sent, Duration::from_secs(10)).await;
+
+    // Scale-in, as a CloudEvent (Azure Resource Notifications).
+    env.tb.fleet().scale_to(SUB, RG, "web", 2);
+    let back = env.ips("web", 80);
+    let sent = Instant::now();
+    q.put_message(&event_message(
+        "Microsoft.ResourceNotifications.Resources.CreatedOrUpdated",
+        &set_id("web"),
+        true,
+    ))
+    .await
+    .expect("enqueue");
+    let took_in = reached(&env, &back, sent, Duration::from_secs(10)).await;
+    println!(
+        "event-to-target delay with sync_interval 60s: scale-out {:?}, scale-in {:?}",
+        took_out, took_in
+    );
+    let log = daemon.log_text();
+    assert!(
+        took_out.is_some_and(|d| d < Duration::from_secs(2)),
+        "scale-out within 2 s of its event: {took_out:?}\n{log}"
+    );
+    assert!(
+        took_in.is_some_and(|d| d < Duration::from_secs(2)),
+        "scale-in within 2 s of its event: {took_in:?}\n{log}"
+    );
+    assert!(
+        queue_empty(&q, Duration::from_secs(5)).await,
+        "handled messages are deleted\n{log}"
+    );
+
+    // A malformed message and an event for a set nothing selects: deleted, nothing written.
+    let writes = env.nginx_writes().len();
+    q.put_message("this is not an event")
+        .await
+        .expect("enqueue");
+    env.tb.fleet().scale_to(SUB, RG, "other", 3);
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("other"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        queue_empty(&q, Duration::from_secs(5)).await,
+        "malformed and unrouted messages are deleted\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(env.nginx_writes().len(), writes, "nothing written");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("Deleting an event message that cannot be read"),
+        "{log}"
+    );
+    assert!(log.contains("concern no configured upstream"), "{log}");
+
+    // What the metrics say.
+    let page = ops_common::get(&ops_common::admin_addr(&daemon).await, "/metrics")
+        .await
+        .body;
+    let events = |t: &str, o: &str| {
+        ops_common::sample(
+            &page,
+            "vmss_sync_events_total",
+            &format!("type=\"{t}\",outcome=\"{o}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(events("resource_write", "reconciled"), 1.0, "{page}");
+    assert_eq!(events("created_or_updated", "reconciled"), 1.0, "{page}");
+    assert_eq!(events("resource_write", "ignored"), 1.0, "{page}");
+    assert_eq!(events("unreadable", "malformed"), 1.0, "{page}");
+    assert_eq!(events("deleted", "reconciled"), 0.0, "{page}");
+    let cycles = |t: &str| {
+        ops_common::sample(
+            &page,
+            "vmss_sync_cycles_by_trigger_total",
+            &format!("trigger=\"{t}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        cycles("timer"),
+        1.0,
+        "one full cycle at start, none since\n{page}"
+    );
+    assert!(cycles("event") >= 2.0, "{page}");
+    let delays = ops_common::sample(&page, "vmss_sync_event_to_write_delay_seconds_count", "")
+        .unwrap_or(0.0);
+    assert_eq!(delays, 2.0, "two events wrote\n{page}");
+    assert_eq!(
+        ops_common::sample(&page, "vmss_sync_event_queue_up", ""),
+        Some(1.0),
+        "{page}"
+    );
+    let ready = ops_common::get(&ops_common::admin_addr(&daemon).await, "/readyz")
+        .await
+        .json();
+    assert_eq!(ready["event_queue"]["readable"], true, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booting() {
+    let az = AzuriteQueue::start();
+    let q = az.client("boot", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = events_config(&env, &az, "boot", "30s");
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("d.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    // A new instance that is still starting when the event arrives: not registered by the
+    // event's reconcile, but by a follow-up once it runs (3 s), long before the 60 s timer.
+    env.tb.fleet().boot_instance(
+        SUB,
+        RG,
+        "web",
+        Duration::from_secs(3),
+        Duration::from_secs(3),
+    );
+    let sent = Instant::now();
+    q.put_message(&event_message(
+        "Microsoft.Resources.ResourceWriteSuccess",
+        &set_id("web"),
+        false,
+    ))
+    .await
+    .expect("enqueue");
+    assert!(
+        logged(&d, "Event received.", Duration::from_secs(5)).await,
+        "{}",
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.all_servers(UpstreamKind::Http, "web"),
+        first,
+        "still booting"
+    );
+    let all = env.ips("web", 80);
+    let took = reached(&env, &all, sent, Duration::from_secs(20)).await;
+    println!("booting instance registered {took:?} after its event (follow-up at 5 s)");
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(10)),
+        "registered by a follow-up, not the 60 s timer: {took:?}\n{}",
+        d.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
+    let az = AzuriteQueue::start();
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    // The queue was never created: every read answers 404 QueueNotFound.
+    let cfg = events_config(&env, &az, "missing", "30s");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("sync_interval: 60s", "sync_interval: 1s")
+        .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("d.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        logged(&d, "Cannot read the event queue", Duration::from_secs(10)).await,
+        "{}",
+        d.log_text()
+    );
+    // The timer's cycles go on: a scale-out without any event is followed.
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    let out = env.ips("web", 80);
+    assert!(
+        reached(&env, &out, Instant::now(), Duration::from_secs(10))
+            .await
+            .is_some(),
+        "{}",
+        d.log_text()
+    );
+    let addr = ops_common::admin_addr(&d).await;
+    let ready = ops_common::get(&addr, "/readyz").await;
+    let body = ready.json();
+    assert_eq!(
+        ready.status, 200,
+        "an unreadable queue does not make it unready: {body}"
+    );
+    assert_eq!(body["event_queue"]["readable"], false, "{body}");
+    let err = body["event_queue"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        err.contains("QueueNotFound") && !err.contains(DEV_KEY),
+        "{err}"
+    );
+    let page = ops_common::get(&addr, "/metrics").await.body;
+    assert_eq!(
+        ops_common::sample(&page, "vmss_sync_event_queue_up", ""),
+        Some(0.0)
+    );
+    assert!(
+        ops_common::sample(&page, "vmss_sync_event_queue_errors_total", "").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+}
