@@ -99,13 +99,13 @@ pub fn build_with_metrics(
         credential,
         http,
     );
-    let sinks = crate::target::configured::sinks(cfg, TARGET_TIMEOUT, &arm)
+    let targets = crate::target::configured::upstream_targets(cfg, TARGET_TIMEOUT, &arm)
         .map_err(|TargetError { message, .. }| DaemonError::Build(message))?;
     let upstreams = cfg
         .upstreams
         .iter()
-        .zip(sinks)
-        .map(|(u, sink)| UpstreamSpec::from_config(cfg, u, sink))
+        .zip(targets)
+        .map(|(u, target)| UpstreamSpec::from_config(cfg, u, target))
         .collect();
     Ok(Reconciler::new(upstreams, arm).with_intervals(cfg.sync_interval, cfg.health_interval))
 }

@@ -87,7 +87,7 @@ fn azure_ports(
 /// API requests; the other targets have their own `timeout` key. The Azure targets write
 /// through `arm` (the discovery client: same credential, endpoint and statistics; its own
 /// write budget).
-pub fn sinks(
+pub fn upstream_targets(
     cfg: &Config,
     timeout: Duration,
     arm: &ArmClient,
@@ -148,7 +148,7 @@ pub fn sinks(
     let mut default: Option<Arc<dyn Target>> = None;
     let mut out = Vec::with_capacity(cfg.upstreams.len());
     for u in &cfg.upstreams {
-        let sink = match &u.target {
+        let target = match &u.target {
             Some(name) => named
                 .get(name.as_str())
                 .cloned()
@@ -177,7 +177,7 @@ pub fn sinks(
                 }
             },
         };
-        out.push(sink);
+        out.push(target);
     }
     Ok(out)
 }

@@ -29,12 +29,10 @@ async fn testbed() -> Testbed {
     testbed_with(TestbedOptions::default()).await
 }
 
-/// A loopback URL nobody listens on (connection refused at once).
+/// A loopback URL nobody listens on (connection refused at once): a socket bound for the
+/// whole run and never listening, so no other test can start listening there.
 fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    format!("http://{addr}")
+    crate::support::ports::refused_url()
 }
 
 const NO_PATH: &str = "/nonexistent-vmss-sync-test-path";

@@ -233,8 +233,9 @@ async fn every_shape_of_selection_names_the_arm_error() {
 async fn a_refused_nginx_plus_api_is_named_refused_with_its_endpoint_not_a_configuration_problem() {
     let env = testbed(TestbedOptions::default()).await;
     env.uniform("web", 2);
-    let port = ops_common::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}/api");
+    // Bound and never listening: refused for the whole test, and no other socket can take it.
+    let dead = crate::support::ports::refused_addr();
+    let endpoint = format!("http://{dead}/api");
     let text = format!(
         "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
          api_endpoint: {endpoint}\nresource_manager_endpoint: {}\nsync_interval: 1s\n\
@@ -249,7 +250,7 @@ async fn a_refused_nginx_plus_api_is_named_refused_with_its_endpoint_not_a_confi
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(all.contains("connection refused"), "{cmd}:\n{all}");
         assert!(
-            all.contains(&format!("http://127.0.0.1:{port}")),
+            all.contains(&format!("http://{dead}")),
             "{cmd}: the endpoint is named:\n{all}"
         );
         assert!(

@@ -622,10 +622,11 @@ async fn classic_format_by_default_passes_promtool_and_openmetrics_on_accept_has
 }
 
 /// A Prometheus server (Debian's 2.42) on loopback, scraping `target` every second;
-/// killed by pid when dropped.
+/// killed by pid when dropped. It listens on port 0 (`--web.listen-address=127.0.0.1:0`)
+/// and the port it got is read back from its log, so no port is chosen before it binds.
 struct Prometheus {
     child: std::process::Child,
-    port: u16,
+    addr: String,
     _dir: tempfile::TempDir,
 }
 
@@ -642,7 +643,6 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = std::process::Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
@@ -650,17 +650,30 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
             .stderr(std::process::Stdio::from(log))
             .spawn()
             .expect("spawn prometheus");
-        Prometheus {
+        let mut prom = Prometheus {
             child,
-            port,
+            addr: String::new(),
             _dir: dir,
-        }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        prom.addr = loop {
+            if let Some(addr) = listening_addr(&prom.log()) {
+                break addr;
+            }
+            assert!(
+                matches!(prom.child.try_wait(), Ok(None)) && Instant::now() < deadline,
+                "Prometheus logged no listening address:\n{}",
+                prom.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        prom
     }
 
     fn log(&self) -> String {
@@ -669,7 +682,7 @@ impl Prometheus {
 
     async fn api(&self, path: &str) -> Option<serde_json::Value> {
         reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
+            .get(format!("http://{}/api/v1/{path}", self.addr))
             .timeout(Duration::from_secs(5))
             .send()
             .await
@@ -685,6 +698,13 @@ impl Prometheus {
         let v = self.api(&format!("query?query={q}")).await?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
+}
+
+/// The address in Prometheus's `msg="Listening on" address=127.0.0.1:PORT` log line.
+fn listening_addr(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("msg=\"Listening on\""))?;
+    let addr = line.split_once(" address=")?.1.split_whitespace().next()?;
+    Some(addr.to_string())
 }
 
 impl Drop for Prometheus {

@@ -109,12 +109,12 @@ fn reconciler(tb: &Testbed, batching: &Arc<Recorder>, plain: &Arc<Recorder>) -> 
         .upstreams
         .iter()
         .map(|u| {
-            let sink: Arc<dyn Target> = if ["a", "b", "c"].contains(&u.name.as_str()) {
+            let target: Arc<dyn Target> = if ["a", "b", "c"].contains(&u.name.as_str()) {
                 Arc::clone(batching) as Arc<dyn Target>
             } else {
                 Arc::clone(plain) as Arc<dyn Target>
             };
-            UpstreamSpec::from_config(&cfg, u, sink)
+            UpstreamSpec::from_config(&cfg, u, target)
         })
         .collect();
     let arm = ArmClient::new(

@@ -72,7 +72,6 @@ async fn scale_in_under_load(first_ip: u8, window: Option<Duration>) -> Run {
     let hap = Arc::new(
         Haproxy::start(
             env.dir.path(),
-            free_port(&[Ipv4Addr::LOCALHOST]),
             "web",
             "backend web\n    balance roundrobin\n",
         )

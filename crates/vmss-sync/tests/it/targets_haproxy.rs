@@ -101,7 +101,6 @@ async fn haproxy_runtime_traffic_follows_scale_out_scale_in_and_survives_a_reloa
     let backup = format!("127.0.0.1:{backup_port}");
     let hap = Haproxy::start(
         env.dir.path(),
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "web",
         &format!("backend web\n    balance roundrobin\n    server static-backup {backup} backup\n"),
     )
@@ -223,7 +222,6 @@ async fn haproxy_runtime_fills_and_frees_server_template_slots_on_a_static_backe
     let (_backends, port) = Backends::start_free(&pool).await;
     let hap = Haproxy::start(
         env.dir.path(),
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "tpl",
         "backend tpl\n    balance static-rr\n    server-template vmss- 1-4 127.0.0.1:1 disabled\n\n\
          backend nodyn\n    balance static-rr\n",
@@ -316,7 +314,6 @@ async fn scale_under_load(first_ip: u8, backend_extra: &str, vanish_first: bool)
     let (mut backends, port) = Backends::start_free(&pool).await;
     let hap = Haproxy::start(
         env.dir.path(),
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "load",
         &format!("backend load\n    balance roundrobin\n{backend_extra}"),
     )

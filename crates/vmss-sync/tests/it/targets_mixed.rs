@@ -36,7 +36,6 @@ async fn one_file_feeds_nginx_plus_haproxy_runtime_dataplane_and_nginx_from_one_
     std::fs::create_dir(&hap_dir).unwrap();
     let hap = Haproxy::start(
         &hap_dir,
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "web_rt",
         "backend web_rt\n    balance roundrobin\n",
     )
@@ -47,7 +46,6 @@ async fn one_file_feeds_nginx_plus_haproxy_runtime_dataplane_and_nginx_from_one_
     placeholder_upstreams(&file, &["web_oss"]);
     let nginx = Nginx::start(
         &ngx_dir,
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "web_oss",
         &file,
     )

@@ -73,7 +73,7 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
     placeholder_upstreams(&file, &["web"]);
-    let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "web", &file).await;
+    let nginx = Nginx::start(dir, "web", &file).await;
     let client = fresh_client();
     assert_eq!(
         answered(&client, &nginx.url(), 3).await,
@@ -204,7 +204,7 @@ async fn adopted_then_repaired(initial: &str, overwrite: &str) {
     let dir = env.dir.path();
     let file = dir.join("upstreams.conf");
     std::fs::write(&file, initial).unwrap();
-    let nginx = Nginx::start(dir, free_port(&[Ipv4Addr::LOCALHOST]), "web", &file).await;
+    let nginx = Nginx::start(dir, "web", &file).await;
     let client = fresh_client();
     assert_eq!(answered(&client, &nginx.url(), 3).await, ["<status 502>"]);
 
@@ -303,7 +303,6 @@ async fn nginx_file_rejected_by_nginx_t_is_rolled_back_and_not_reloaded() {
     // nginx.conf defines `dup` itself: a file that also defines it fails `nginx -t`.
     let nginx = Nginx::start_with(
         dir,
-        free_port(&[Ipv4Addr::LOCALHOST]),
         "web",
         &file,
         "    upstream dup { server 127.0.0.1:1; }",

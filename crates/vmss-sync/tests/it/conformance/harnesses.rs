@@ -66,7 +66,6 @@ impl HaproxyHarness {
         let (backends, port) = Backends::start_free(&pool).await;
         let hap = Haproxy::start(
             dir.path(),
-            free_port(&[Ipv4Addr::LOCALHOST]),
             "be",
             &format!("backend be\n{backend}    server people1 127.0.0.1:9 disabled\n"),
         )
@@ -190,7 +189,6 @@ impl Harness for NginxFileHarness {
         placeholder_upstreams(&file, &["be"]);
         let nginx = Nginx::start_with(
             dir.path(),
-            free_port(&[Ipv4Addr::LOCALHOST]),
             "be",
             &file,
             "    upstream people { server 127.0.0.1:9; }\n",

@@ -163,7 +163,10 @@ fn command(args: &[&str], env: &[(String, String)]) -> tokio::process::Command {
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         // never let a test reach the real IMDS address
-        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            super::ports::refused_url(),
+        )
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true);

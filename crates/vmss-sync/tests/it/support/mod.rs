@@ -1,18 +1,27 @@
 //! Helpers shared by the test modules (one copy, compiled once).
 //!
-//! Ports. In-process servers (the testbed, `targets_common::Backends::start_free`, the
-//! fake servers of single tests) bind port 0 and keep their listener, so no other test can
-//! take their port; the daemon binds its admin endpoint on port 0 and the tests read the
-//! address back from its log (`ops_common::admin_addr`). What is still racy: ports for
-//! separate processes that take a port number, not a socket (HAProxy and nginx frontends
-//! from `targets_common::free_port`, Azurite from `ops_common::free_port` and
-//! `events_common::free_port`, Prometheus in `ops_metrics`): the port is found by binding
-//! port 0 and released before the child binds it, so another socket may take it in between
-//! (rare: the kernel hands out ephemeral ports in turn). `azure_auth`'s `dead_url` and
-//! `errors_named`'s refused NGINX Plus endpoint release a port on purpose (nobody may
-//! listen there); another test could start listening on it meanwhile.
+//! Ports: none is chosen by binding a port and releasing it before its user binds it again.
+//! - In-process servers (the testbed, `targets_common::Backends::start_free`, the fake
+//!   servers of single tests) bind port 0 and keep their listener.
+//! - The daemon binds its admin endpoint on port 0 and the tests read the address back
+//!   from its log (`ops_common::admin_addr`); Prometheus (`ops_metrics`) likewise
+//!   (`--web.listen-address=127.0.0.1:0`, its "Listening on" log line).
+//! - HAProxy and nginx (`targets_common::Haproxy`, `Nginx`) get a listener the test bound
+//!   on port 0 as an inherited descriptor (`ports::ChildListener`: close-on-exec cleared in
+//!   the child only): HAProxy through `bind fd@N`, nginx through `NGINX="N;"` (its binary
+//!   upgrade hand-over) with a `listen` line naming the same address. Both keep it across
+//!   their reloads (HAProxy's master-worker `USR2`, `nginx -s reload`); the test keeps its
+//!   copy until the guard drops, so the port stays taken while the guard lives.
+//! - A port where connections must be refused (`azure_auth`'s IMDS, `errors_named`'s NGINX
+//!   Plus endpoint, the IMDS of every spawned daemon) is `ports::refused_addr`: a socket
+//!   bound for the whole run and never listening (a SYN gets a reset), so no test can
+//!   listen there meanwhile.
+//! - Still released before use: Azurite's port (`ops_common::free_port`,
+//!   `events_common::free_port`): Azurite takes a port number, not a socket, and its
+//!   launchers are left to their own change.
 
 pub mod common;
 pub mod events_common;
 pub mod ops_common;
+pub mod ports;
 pub mod targets_common;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::ports::ChildListener;
+
 /// True when the test should run; panics with instructions when a program is missing.
 pub fn have(program: &str) -> bool {
     if std::env::var_os("VMSS_SYNC_SKIP_REAL_TARGETS").is_some() {
@@ -93,22 +95,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port free on every 127.0.0.x address used by a test (bound on `ip`, then released).
-pub fn free_port(ips: &[Ipv4Addr]) -> u16 {
-    'outer: for _ in 0..50 {
-        let l = std::net::TcpListener::bind((ips[0], 0)).expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
-        for ip in &ips[1..] {
-            if std::net::TcpListener::bind((*ip, port)).is_err() {
-                continue 'outer;
-            }
-        }
-        return port;
-    }
-    panic!("no common free port on {ips:?}");
 }
 
 pub fn ips(from: u8, to: u8) -> Vec<Ipv4Addr> {
@@ -305,51 +291,75 @@ pub async fn until_answered(
     }
 }
 
-/// Waits until a TCP port accepts connections.
-pub async fn wait_port(addr: SocketAddr, what: &str) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+/// Waits until the process behind `proc` answers an HTTP request on `addr` (any status:
+/// an upstream without servers answers 502 or 503). Connecting proves nothing here: the
+/// test holds the listening socket too, so the kernel accepts connections before the
+/// process runs. Panics with `log()` when the process exits or nothing answers in 10 s.
+async fn wait_answering(addr: SocketAddr, proc: &mut Proc, log: impl Fn() -> String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(proc.alive(), "{} exited at start:\n{}", proc.name, log());
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).await.ok()?;
+            (&head == b"HTTP/").then_some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
             return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} does not answer on {addr}:\n{}",
+            proc.name,
+            log()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{what} did not listen on {addr}");
 }
 
 /// A real HAProxy in master-worker mode, in the foreground (`-W -db`), with an admin stats
-/// socket in `dir`.
+/// socket in `dir`. Its frontend listens on a socket the test bound (port 0) and handed to
+/// it (`bind fd@N`): the master keeps the descriptor and hands it to every new worker, also
+/// after a reload.
 pub struct Haproxy {
     pub proc: Proc,
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub cfg: PathBuf,
     pub port: u16,
+    listener: ChildListener,
 }
 
 impl Haproxy {
-    /// Starts HAProxy with a frontend on 127.0.0.1:`port` whose default backend is
-    /// `default_backend`, and the given backend sections.
-    pub async fn start(dir: &Path, port: u16, default_backend: &str, backends: &str) -> Haproxy {
+    /// Starts HAProxy with a frontend on 127.0.0.1 (a port the OS chose, see [`Haproxy::url`])
+    /// whose default backend is `default_backend`, and the given backend sections.
+    pub async fn start(dir: &Path, default_backend: &str, backends: &str) -> Haproxy {
+        let listener = ChildListener::bind();
+        let port = listener.port;
         let socket = dir.join("admin.sock");
         let cfg = dir.join("haproxy.cfg");
         let text = format!(
             "global\n    stats socket {sock} mode 600 level admin\n    stats timeout 30s\n\n\
              defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    \
              retries 3\n    option redispatch 1\n\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend {default_backend}\n\n{backends}",
-            sock = socket.display()
+             frontend fe\n    bind fd@{fd}\n    default_backend {default_backend}\n\n{backends}",
+            sock = socket.display(),
+            fd = listener.fd()
         );
         std::fs::write(&cfg, text).expect("write haproxy.cfg");
         let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
-        let child = Command::new(which("haproxy"))
-            .args(["-W", "-db", "-f"])
+        let mut cmd = Command::new(which("haproxy"));
+        cmd.args(["-W", "-db", "-f"])
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start haproxy");
-        let h = Haproxy {
+            .stderr(Stdio::from(log));
+        listener.hand_to(&mut cmd);
+        let child = cmd.spawn().expect("start haproxy");
+        let mut h = Haproxy {
             proc: Proc {
                 child,
                 name: "haproxy",
@@ -358,8 +368,14 @@ impl Haproxy {
             socket,
             cfg,
             port,
+            listener: listener,
         };
-        wait_port(SocketAddr::from(([127, 0, 0, 1], port)), "haproxy").await;
+        let addr = h.listener.addr();
+        let log_path = h.dir.join("haproxy.log");
+        wait_answering(addr, &mut h.proc, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+        .await;
         for _ in 0..200 {
             if h.socket.exists() {
                 break;
@@ -416,12 +432,16 @@ impl Haproxy {
 
 /// A real nginx started from `dir` with `-p dir -e dir/error.log -c dir/nginx.conf`, in the
 /// foreground (`daemon off;` in the file), including the upstream file vmss-sync writes.
+/// Its server listens on a socket the test bound (port 0) and handed to it as nginx hands
+/// sockets to a new binary (`NGINX="fd;"`): the `listen` line names the same address, so
+/// nginx uses the inherited socket, and keeps it through `nginx -s reload`.
 pub struct Nginx {
     pub proc: Proc,
     pub dir: PathBuf,
     pub conf: PathBuf,
     pub upstreams: PathBuf,
     pub port: u16,
+    listener: ChildListener,
 }
 
 impl Nginx {
@@ -437,20 +457,22 @@ impl Nginx {
         ]
     }
 
-    /// Starts nginx with a server on 127.0.0.1:`port` proxying to upstream `upstream`. The
-    /// upstream file must exist (vmss-sync writes it; nginx refuses to start without it).
-    pub async fn start(dir: &Path, port: u16, upstream: &str, upstreams: &Path) -> Nginx {
-        Self::start_with(dir, port, upstream, upstreams, "").await
+    /// Starts nginx with a server on 127.0.0.1 (a port the OS chose, see [`Nginx::url`])
+    /// proxying to upstream `upstream`. The upstream file must exist (vmss-sync writes it;
+    /// nginx refuses to start without it).
+    pub async fn start(dir: &Path, upstream: &str, upstreams: &Path) -> Nginx {
+        Self::start_with(dir, upstream, upstreams, "").await
     }
 
     /// [`Nginx::start`] with more directives in the `http` block.
     pub async fn start_with(
         dir: &Path,
-        port: u16,
         upstream: &str,
         upstreams: &Path,
         extra_http: &str,
     ) -> Nginx {
+        let listener = ChildListener::bind();
+        let port = listener.port;
         let conf = dir.join("nginx.conf");
         let d = dir.display();
         let text = format!(
@@ -463,14 +485,15 @@ impl Nginx {
             up = upstreams.display()
         );
         std::fs::write(&conf, text).expect("write nginx.conf");
-        let child = Command::new(which("nginx"))
-            .args(Self::flags(dir))
+        let mut cmd = Command::new(which("nginx"));
+        cmd.args(Self::flags(dir))
+            .env("NGINX", format!("{};", listener.fd()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let n = Nginx {
+            .stderr(Stdio::null());
+        listener.hand_to(&mut cmd);
+        let child = cmd.spawn().expect("start nginx");
+        let mut n = Nginx {
             proc: Proc {
                 child,
                 name: "nginx",
@@ -479,8 +502,14 @@ impl Nginx {
             conf,
             upstreams: upstreams.to_path_buf(),
             port,
+            listener: listener,
         };
-        wait_port(SocketAddr::from(([127, 0, 0, 1], port)), "nginx").await;
+        let addr = n.listener.addr();
+        let log_path = n.dir.join("error.log");
+        wait_answering(addr, &mut n.proc, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+        .await;
         n
     }
 
