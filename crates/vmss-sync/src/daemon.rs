@@ -18,7 +18,7 @@ use crate::leader::shared_key::SharedKey;
 use crate::leader::{Elector, Timing};
 use crate::metrics::Metrics;
 use crate::model::UpstreamKind;
-use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec};
+use crate::reconcile::{CycleReport, Mode, Reconciler, StartupProblem, UpstreamSpec, RECHECKED};
 use crate::target::TargetError;
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -131,7 +131,7 @@ pub async fn checked(reconciler: Reconciler) -> Result<Reconciler, DaemonError> 
     }
     for p in &logged {
         if p.permanent {
-            tracing::error!(upstream = %p.upstream, "Startup check: {} (this upstream is checked again every cycle; the others are synced meanwhile)", p.message);
+            tracing::error!(upstream = %p.upstream, "Startup check: {} (this upstream is {RECHECKED})", p.message);
         } else {
             tracing::warn!(upstream = %p.upstream, "Startup check: {} (will retry every cycle)", p.message);
         }

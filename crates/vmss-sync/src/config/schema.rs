@@ -660,6 +660,36 @@ impl Cx<'_> {
         }
     }
 
+    /// A section of known keys (`events`, `leader_election`, `tags`, `services`,
+    /// `server_slots`): its builder filled from `fields` when `node` is a mapping; else
+    /// `None`, with the error "KEY must be a mapping with HOLDS, not WHAT IT IS". A null
+    /// node is the caller's to judge (absent, or every default), before this.
+    pub(crate) fn section<B: Default>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        holds: &str,
+        fields: &[Field<B>],
+        section: Section,
+    ) -> Option<B> {
+        if !matches!(node.kind, NodeKind::Map(_)) {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            self.error(
+                node.pos,
+                path,
+                None,
+                format!(
+                    "{key} must be a mapping with {holds}, not {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        let mut builder = B::default();
+        self.mapping(node, path, fields, &mut builder, section);
+        Some(builder)
+    }
+
     /// Turns a missing or empty mandatory value into nginx-asg-sync's message.
     fn required<T>(&mut self, slot: Slot<T>, parent: Pos, path: &str, suffix: &str) -> Option<T> {
         let pos = match slot {

@@ -4,7 +4,8 @@
 use super::apply::{gate_open, WriteGate, NOT_LEADER};
 use super::drain::DrainBook;
 use super::outcome::{
-    count_states, finish, kind_word, target_name, CycleReport, Order, UpstreamOutcome,
+    check_failed, count_states, finish, kind_word, still_unusable, target_name, CycleReport, Order,
+    UpstreamOutcome,
 };
 use super::specs::UpstreamSpec;
 use crate::azure::arm::ArmClient;
@@ -119,17 +120,7 @@ impl Reconciler {
             };
             if let Err(e) = check {
                 let permanent = e.permanence == Permanence::Permanent;
-                // Only a refusal by the target is a problem with its configuration; a
-                // target that could not be reached says so in its own words.
-                let message = if permanent {
-                    format!(
-                        "Problem with the {} configuration: {}",
-                        target_name(up.target.kind()).trim_start_matches("the "),
-                        e.message
-                    )
-                } else {
-                    e.message.clone()
-                };
+                let message = check_failed(up.target.kind(), &e);
                 self.unusable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -384,12 +375,7 @@ async fn recheck(
             None
         }
         Err(e) => {
-            let msg = format!(
-                "{} cannot be used for this upstream (checked again every cycle; the other \
-                 upstreams are synced meanwhile): {}",
-                target_name(up.target.kind()),
-                e.message
-            );
+            let msg = still_unusable(up.target.kind(), &e);
             tracing::warn!(upstream = %name, target = up.target.kind(), "{msg}");
             let mut out = UpstreamOutcome::failed(up, job.template.clone(), msg);
             out.conditions.push("unusable");

@@ -38,5 +38,5 @@ mod templates;
 
 pub use apply::WriteGate;
 pub use cycle::{Mode, Reconciler, StartupProblem};
-pub use outcome::{CycleReport, UpstreamOutcome};
+pub use outcome::{CycleReport, UpstreamOutcome, RECHECKED};
 pub use specs::{selection_of, UpstreamSpec};

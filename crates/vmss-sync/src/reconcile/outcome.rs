@@ -5,7 +5,7 @@ use super::drain::DrainBook;
 use super::specs::UpstreamSpec;
 use crate::model::{ObservedServer, ServerState, UpstreamKind};
 use crate::plan::{self, Hold, Plan};
-use crate::target::ApplyReport;
+use crate::target::{ApplyReport, Permanence, TargetError};
 use std::time::Duration;
 
 /// What happened to one upstream in one cycle.
@@ -105,6 +105,35 @@ impl CycleReport {
     pub fn all_in_sync(&self) -> bool {
         self.outcomes.iter().all(UpstreamOutcome::in_sync)
     }
+}
+
+/// What `run` does about an upstream whose target cannot be used: said by the startup
+/// check's log line (`daemon::checked`) and by every cycle's re-check (`recheck`).
+pub const RECHECKED: &str = "checked again every cycle; the other upstreams are synced meanwhile";
+
+/// A target's failed startup check, as logs and `once`/`plan` say it: a refusal by the
+/// target (permanent) is a problem with its configuration; a target that could not be
+/// reached says so in its own words.
+pub(super) fn check_failed(kind: &str, e: &TargetError) -> String {
+    if e.permanence == Permanence::Permanent {
+        format!(
+            "Problem with the {} configuration: {}",
+            target_name(kind).trim_start_matches("the "),
+            e.message
+        )
+    } else {
+        e.message.clone()
+    }
+}
+
+/// A target that still fails its check at a cycle's re-check, as that cycle's outcome
+/// says it.
+pub(super) fn still_unusable(kind: &str, e: &TargetError) -> String {
+    format!(
+        "{} cannot be used for this upstream ({RECHECKED}): {}",
+        target_name(kind),
+        e.message
+    )
 }
 
 /// How log lines name a target: NGINX Plus keeps nginx-asg-sync's words.

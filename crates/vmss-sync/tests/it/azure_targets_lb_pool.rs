@@ -241,11 +241,7 @@ async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_prese
 
     // A daemon finds the entry once and counts it from then on; when the instances go,
     // its own entries are removed and the hand-made ones stay.
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(puts(&env).len(), 2, "{}", d.log_text());
     assert_eq!(
@@ -255,11 +251,10 @@ async fn lb_pool_instance_already_in_the_pool_under_another_name_counts_as_prese
         d.log_text()
     );
     env.tb.fleet().scale_to(SUB, RG, "web", 0);
-    assert!(
-        eventually(Duration::from_secs(15), || ours(&env).is_empty()).await,
-        "{}",
-        d.log_text()
-    );
+    d.until(Duration::from_secs(15), "ours(&env).is_empty()", || {
+        ours(&env).is_empty()
+    })
+    .await;
     let names: Vec<String> = others(&env).into_iter().map(|(n, ..)| n).collect();
     assert_eq!(names, ["legacy-vm", "web-0-by-hand"]);
     d.signal("TERM");

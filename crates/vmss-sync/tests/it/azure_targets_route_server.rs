@@ -348,11 +348,7 @@ async fn route_server_persons_peering_for_an_instance_ip_counts_as_its_peering_n
 
     // A daemon finds the person's peering once and counts it from then on; when the
     // instances go, its own peerings are deleted and the person's stays.
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.tb.network().operations().len(), 2, "{}", d.log_text());
     assert_eq!(
@@ -362,13 +358,12 @@ async fn route_server_persons_peering_for_an_instance_ip_counts_as_its_peering_n
         d.log_text()
     );
     env.tb.fleet().scale_to(SUB, RG, "nva", 0);
-    assert!(
-        eventually(Duration::from_secs(15), || ready(&env) == 0
-            && env.tb.network().peerings(SUB, RG, HUB).len() == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(15),
+        "ready(&env) == 0 && env.tb.network().peerings(SUB, RG, HUB).len() == 2",
+        || ready(&env) == 0 && env.tb.network().peerings(SUB, RG, HUB).len() == 2,
+    )
+    .await;
     assert!(env
         .tb
         .network()
@@ -408,21 +403,15 @@ async fn route_server_full_hub_stops_creates_until_a_peering_is_removed_and_says
         .unwrap()
         .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
     let cfg = env.write("config.yaml", &text);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    let admin = admin_addr(&d).await;
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    let admin = d.admin_addr().await;
     let net = env.tb.network();
-    assert!(
-        eventually(Duration::from_secs(20), || net.limit_refusals(SUB, RG, HUB)
-            == 1
-            && ready(&env) == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(20),
+        "net.limit_refusals(SUB, RG, HUB) == 1 && ready(&env) == 2",
+        || net.limit_refusals(SUB, RG, HUB) == 1 && ready(&env) == 2,
+    )
+    .await;
     let creates = || {
         env.tb
             .requests_to(Service::Arm)
@@ -451,13 +440,12 @@ async fn route_server_full_hub_stops_creates_until_a_peering_is_removed_and_says
     // The person removes their peering: the next cycle creates one in its place, and
     // stops again at the refusal that follows.
     net.remove_peering(SUB, RG, HUB, "onprem-firewall");
-    assert!(
-        eventually(Duration::from_secs(10), || ready(&env) == 3
-            && net.limit_refusals(SUB, RG, HUB) == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(10),
+        "ready(&env) == 3 && net.limit_refusals(SUB, RG, HUB) == 2",
+        || ready(&env) == 3 && net.limit_refusals(SUB, RG, HUB) == 2,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(net.limit_refusals(SUB, RG, HUB), 2, "{}", d.log_text());
     assert_eq!(ready(&env), 3);

@@ -357,11 +357,7 @@ impl Soak {
             .dir
             .path()
             .join(format!("daemon-{}.log", self.starts));
-        let d = Daemon::spawn(
-            &["run", "--config", self.cfg.to_str().expect("utf-8 path")],
-            &self.env.sp_env(),
-            &log,
-        );
+        let d = Daemon::run(&self.env, &self.cfg).log_path(&log).spawn();
         let now = Instant::now();
         self.disturbed_until = self.disturbed_until.max(now + STARTUP_ALLOWANCE);
         // Sometimes a signal during the startup check, made slow by a slow ARM.

@@ -13,14 +13,6 @@ fn ip(env: &Env, set: &str, id: &str) -> String {
     format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, set, id))
 }
 
-fn start(env: &Env, cfg: &std::path::Path, log: &str) -> Daemon {
-    Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join(log),
-    )
-}
-
 fn server_id(env: &Env, kind: UpstreamKind, upstream: &str, server: &str) -> Option<u64> {
     env.tb
         .nginx()
@@ -54,7 +46,7 @@ async fn a_leaving_instance_is_drained_for_drain_timeout_then_removed() {
             upstream_yaml("web", "web", 80, "http")
         ),
     );
-    let mut d = start(&env, &cfg, "daemon.log");
+    let mut d = Daemon::run(&env, &cfg).log("daemon.log").spawn();
     assert!(
         when(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -110,7 +102,7 @@ async fn every_way_an_instance_leaves_drains_it_and_one_that_comes_back_is_resto
             upstream_yaml("web", "web", 80, "http")
         ),
     );
-    let mut d = start(&env, &cfg, "daemon.log");
+    let mut d = Daemon::run(&env, &cfg).log("daemon.log").spawn();
     assert!(
         when(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -188,7 +180,7 @@ async fn a_restart_in_the_middle_of_a_drain_neither_removes_early_nor_drains_for
             upstream_yaml("web", "web", 80, "http")
         ),
     );
-    let mut a = start(&env, &cfg, "a.log");
+    let mut a = Daemon::run(&env, &cfg).log("a.log").spawn();
     assert!(
         when(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -214,7 +206,7 @@ async fn a_restart_in_the_middle_of_a_drain_neither_removes_early_nor_drains_for
         "shutdown leaves the drain as it is"
     );
     let restarted = Instant::now();
-    let mut b = start(&env, &cfg, "b.log");
+    let mut b = Daemon::run(&env, &cfg).log("b.log").spawn();
     let removed = when(Duration::from_secs(20), || {
         !env.all_servers(UpstreamKind::Http, "web")
             .contains(&leaving)

@@ -158,20 +158,13 @@ async fn a_booting_instance_is_registered_once_running_and_healthy_not_before() 
         "health_interval: 1s\n",
         &upstream_yaml("web", "web", 80, "http"),
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            .len()
-            == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\").len() == 2",
+        || env.servers(UpstreamKind::Http, "web").len() == 2,
+    )
+    .await;
     let started = Instant::now();
     let id = env.tb.fleet().boot_instance(
         SUB,
@@ -207,20 +200,13 @@ async fn instance_views_are_read_on_their_own_slower_interval() {
         "health_interval: 4s\n",
         &upstream_yaml("web", "web", 80, "http"),
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            .len()
-            == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\").len() == 2",
+        || env.servers(UpstreamKind::Http, "web").len() == 2,
+    )
+    .await;
     env.tb.clear_requests();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let reqs = env.tb.requests_to(Service::Arm);

@@ -20,14 +20,6 @@ fn flexible(env: &Env, set: &str, n: usize) {
     env.tb.fleet().scale_to(SUB, RG, set, n);
 }
 
-fn start(env: &Env, cfg: &std::path::Path) -> Daemon {
-    Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    )
-}
-
 /// One upstream `pool` fed by the named sets, draining for `drain` seconds, instance
 /// views read every second.
 fn pool_config(env: &Env, sets: &str, drain: u64) -> std::path::PathBuf {
@@ -47,7 +39,7 @@ fn all_ips(env: &Env, sets: &[&str]) -> Vec<String> {
 
 /// Starts the daemon and waits until `pool` holds every instance of `sets`.
 async fn synced(env: &Env, cfg: &std::path::Path, sets: &[&str]) -> Daemon {
-    let d = start(env, cfg);
+    let d = Daemon::run(env, cfg).spawn();
     let want = all_ips(env, sets);
     assert!(
         eventually(Duration::from_secs(20), || env.servers(HTTP, "pool")
@@ -58,15 +50,6 @@ async fn synced(env: &Env, cfg: &std::path::Path, sets: &[&str]) -> Daemon {
         d.log_text()
     );
     d
-}
-
-/// Waits until the daemon's log holds `text`.
-async fn logged(d: &Daemon, text: &str) {
-    assert!(
-        eventually(Duration::from_secs(15), || d.log_text().contains(text)).await,
-        "never logged {text:?}:\n{}",
-        d.log_text()
-    );
 }
 
 /// Asserts `pool` holds exactly `want`, every one active, for `period` (checked every
@@ -111,24 +94,19 @@ async fn an_empty_instance_view_list_keeps_every_server_of_the_set() {
         Fault::EmptyList,
         usize::MAX,
     );
-    logged(
-        &d,
-        "Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): 10 of its 10 members came without an instance view",
-    )
-    .await;
+    d.expect_logged("Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): 10 of its 10 members came without an instance view", Duration::from_secs(15)).await;
     // Longer than drain_timeout: nothing drained, nothing removed.
     stays(&env, &d, &before, Duration::from_secs(4)).await;
     // Once the views are back, the set syncs again: a real leave drains.
     env.tb.faults().clear();
     let leaving = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "9"));
     env.tb.fleet().remove_instance(SUB, RG, "web", "9");
-    assert!(
-        eventually(Duration::from_secs(15), || env.draining(HTTP, "pool")
-            == vec![leaving.clone()])
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(15),
+        "env.draining(HTTP, \"pool\") == vec![leaving.clone()]",
+        || env.draining(HTTP, "pool") == vec![leaving.clone()],
+    )
+    .await;
     stop(d).await;
 }
 
@@ -149,7 +127,11 @@ async fn missing_instance_views_in_any_form_keep_the_sets_servers() {
         },
         usize::MAX,
     );
-    logged(&d, "1 of its 10 members came without an instance view").await;
+    d.expect_logged(
+        "1 of its 10 members came without an instance view",
+        Duration::from_secs(15),
+    )
+    .await;
     stays(&env, &d, &before, Duration::from_secs(4)).await;
     // Every item is there but without its instanceView field.
     env.tb.faults().clear();
@@ -161,7 +143,11 @@ async fn missing_instance_views_in_any_form_keep_the_sets_servers() {
         },
         usize::MAX,
     );
-    logged(&d, "10 of its 10 members came without an instance view").await;
+    d.expect_logged(
+        "10 of its 10 members came without an instance view",
+        Duration::from_secs(15),
+    )
+    .await;
     stays(&env, &d, &before, Duration::from_secs(4)).await;
     stop(d).await;
 }
@@ -182,11 +168,7 @@ async fn an_empty_nic_list_of_a_uniform_set_keeps_its_servers_while_the_flexible
         Fault::EmptyList,
         usize::MAX,
     );
-    logged(
-        &d,
-        "Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)",
-    )
-    .await;
+    d.expect_logged("Not using this read of scale set rg-web/web (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)", Duration::from_secs(15)).await;
     // The other set of the same upstream goes on: its new instance is added.
     env.tb.fleet().scale_to(SUB, RG, "flex", 8);
     let want = {
@@ -225,11 +207,7 @@ async fn an_empty_member_list_of_a_flexible_set_keeps_its_servers_while_the_unif
         Fault::EmptyList,
         usize::MAX,
     );
-    logged(
-        &d,
-        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)",
-    )
-    .await;
+    d.expect_logged("Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): the read found no instances, but its capacity is 3 (3 members at the last read used)", Duration::from_secs(15)).await;
     env.tb.fleet().scale_to(SUB, RG, "web", 8);
     let want = all_ips(&env, &["web", "flex"]);
     assert!(
@@ -258,7 +236,11 @@ async fn an_instance_that_leaves_after_a_failed_read_drains_for_the_whole_drain_
         Fault::EmptyList,
         usize::MAX,
     );
-    logged(&d, "Not using this read of scale set rg-web/web").await;
+    d.expect_logged(
+        "Not using this read of scale set rg-web/web",
+        Duration::from_secs(15),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // The instance really leaves now, and the NIC list is right again.
     let leaving = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "1"));
@@ -305,13 +287,12 @@ async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave
         },
         usize::MAX,
     );
-    assert!(
-        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
-            == vec![wrong.clone()])
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(10),
+        "env.draining(HTTP, \"pool\") == vec![wrong.clone()]",
+        || env.draining(HTTP, "pool") == vec![wrong.clone()],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The read proves wrong: the instance is there and ready. The drain is cancelled.
     env.tb.faults().clear();
@@ -361,11 +342,7 @@ async fn flexible_members_listed_without_their_instance_view_keep_the_sets_serve
         },
         usize::MAX,
     );
-    logged(
-        &d,
-        "Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): 6 of its 6 members came without an instance view",
-    )
-    .await;
+    d.expect_logged("Not using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001): 6 of its 6 members came without an instance view", Duration::from_secs(15)).await;
     // The Uniform set of the same upstream goes on.
     env.tb.fleet().scale_to(SUB, RG, "web", 3);
     let want = all_ips(&env, &["web", "flex"]);

@@ -50,11 +50,7 @@ async fn a_budget_too_small_for_the_interval_stretches_cycles_and_says_so_once()
         "arm_read_burst: 4\narm_reads_per_second: 4\nhealth_interval: 1s\n",
         &ups,
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     let all_synced =
         || (0..6).all(|i| env.servers(UpstreamKind::Http, &format!("set{i}")).len() == 2);
     assert!(
@@ -106,11 +102,7 @@ async fn computes_own_limits_slow_instance_view_reads_before_a_429() {
         upstream_yaml("b", "b", 80, "http")
     );
     let cfg = env.config("health_interval: 1s\n", &ups);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     tokio::time::sleep(Duration::from_secs(10)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)).await, 0);

@@ -14,23 +14,19 @@ async fn daemon_started_with_nginx_asg_sync_flags_follows_the_fleet_and_stops_on
     env.upstream(UpstreamKind::Http, "web");
     let cfg = env.config("", &upstream_yaml("web", "web", 80, "http"));
     let log_path = env.dir.path().join("asg-sync.log");
-    let mut d = Daemon::spawn(
-        &[
+    let mut d = Daemon::run(&env, &cfg)
+        .args(&[
             &format!("-config_path={}", cfg.display()),
             &format!("-log_path={}", log_path.display()),
-        ],
-        &env.sp_env(),
-        &env.dir.path().join("stderr.log"),
-    );
+        ])
+        .log("stderr.log")
+        .spawn();
     let synced = |n: usize| {
         let servers = env.servers(UpstreamKind::Http, "web");
         servers.len() == n && servers == env.ips("web", 80)
     };
-    assert!(
-        eventually(Duration::from_secs(15), || synced(2)).await,
-        "{}",
-        d.log_text()
-    );
+    d.until(Duration::from_secs(15), "synced(2)", || synced(2))
+        .await;
     env.tb.fleet().scale_to(SUB, RG, "web", 5);
     assert!(
         eventually(Duration::from_secs(15), || synced(5)).await,
@@ -68,11 +64,7 @@ async fn sighup_applies_a_valid_new_file_and_keeps_running_on_an_invalid_one() {
         "log_format: json\n",
         &upstream_yaml("web", "web", 80, "http"),
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     assert!(
         eventually(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -83,14 +75,12 @@ async fn sighup_applies_a_valid_new_file_and_keeps_running_on_an_invalid_one() {
     // An invalid file: the old configuration keeps running.
     env.write("config.yaml", "upstreams: [\n");
     d.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || d
-            .log_text()
-            .contains("reload failed"))
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(10),
+        "d.log_text().contains(\"reload failed\")",
+        || d.log_text().contains("reload failed"),
+    )
+    .await;
     env.tb.fleet().scale_to(SUB, RG, "web", 3);
     assert!(
         eventually(Duration::from_secs(15), || env
@@ -106,14 +96,12 @@ async fn sighup_applies_a_valid_new_file_and_keeps_running_on_an_invalid_one() {
         &upstream_yaml("web", "web", 8080, "http"),
     );
     d.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            == env.ips("web", 8080))
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\") == env.ips(\"web\", 8080)",
+        || env.servers(UpstreamKind::Http, "web") == env.ips("web", 8080),
+    )
+    .await;
     d.signal("INT");
     assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
     let log = d.log_text();
@@ -130,11 +118,7 @@ async fn daemon_refuses_to_start_on_a_missing_upstream() {
     let env = testbed(TestbedOptions::default()).await;
     env.uniform("web", 2);
     let cfg = env.config("", &upstream_yaml("web", "web", 80, "http"));
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     assert_eq!(d.wait(Duration::from_secs(15)).await, 1);
     assert!(
         d.log_text().contains("UpstreamNotFound"),

@@ -34,11 +34,7 @@ async fn slow_start(port: u16) -> (Env, Daemon) {
         THROTTLED,
     );
     let cfg = env.config("", &upstream_yaml("web", "web", port, "http"));
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let d = Daemon::run(&env, &cfg).spawn();
     assert!(
         eventually(Duration::from_secs(15), || env
             .tb
@@ -150,20 +146,13 @@ async fn sighup_with_an_alias_bomb_keeps_the_running_configuration_within_its_me
     env.upstream(UpstreamKind::Http, "web");
     let good = upstream_yaml("web", "web", 80, "http");
     let cfg = env.config("", &good);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            .len()
-            == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\").len() == 2",
+        || env.servers(UpstreamKind::Http, "web").len() == 2,
+    )
+    .await;
     // 128 MiB more address space than the running daemon has: the 300 MB a 60 KB string
     // aliased 5,000 times would take cannot fit.
     let pid = d.child.id().expect("pid");
@@ -181,14 +170,12 @@ async fn sighup_with_an_alias_bomb_keeps_the_running_configuration_within_its_me
     );
     env.config("", &bomb);
     d.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || d
-            .log_text()
-            .contains("reload failed"))
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(10),
+        "d.log_text().contains(\"reload failed\")",
+        || d.log_text().contains("reload failed"),
+    )
+    .await;
     assert!(
         d.child.try_wait().expect("try_wait").is_none(),
         "the daemon survives the reload:\n{}",

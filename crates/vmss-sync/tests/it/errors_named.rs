@@ -120,12 +120,8 @@ async fn an_arm_outage_with_two_sets_is_named_in_readyz_and_the_log() {
     );
     let cfg = env.write("config.yaml", &text);
     let log = env.dir.path().join("daemon.log");
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &log,
-    );
-    let addr = ops_common::admin_addr(&d).await;
+    let d = Daemon::run(&env, &cfg).log_path(&log).spawn();
+    let addr = d.admin_addr().await;
     let named = ops_common::eventually_async(Duration::from_secs(40), || {
         let addr = addr.clone();
         async move {

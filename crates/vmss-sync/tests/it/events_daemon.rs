@@ -74,17 +74,6 @@ fn daemon_env(env: &Env) -> Vec<(String, String)> {
     envs
 }
 
-async fn logged(d: &Daemon, needle: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if d.log_text().contains(needle) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing() {
     let az = AzuriteQueue::start();
@@ -95,11 +84,10 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
     env.upstream(UpstreamKind::Http, "web");
     let cfg = events_config(&env, &az, "crash", "2s");
     let first = env.ips("web", 80);
-    let a = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &daemon_env(&env),
-        &env.dir.path().join("a.log"),
-    );
+    let a = Daemon::run(&env, &cfg)
+        .env(&daemon_env(&env))
+        .log("a.log")
+        .spawn();
     assert!(
         reached(&env, &first, Instant::now(), Duration::from_secs(20))
             .await
@@ -123,7 +111,9 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
     .await
     .expect("enqueue");
     assert!(
-        logged(&a, "Event received.", Duration::from_secs(10)).await,
+        a.logged("Event received.", Duration::from_secs(10))
+            .await
+            .is_some(),
         "{}",
         a.log_text()
     );
@@ -145,11 +135,10 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
     assert_eq!(back[0].dequeue_count, 2, "handed out once before the crash");
     // ... and the next daemon handles it and deletes it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let b = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &daemon_env(&env),
-        &env.dir.path().join("b.log"),
-    );
+    let b = Daemon::run(&env, &cfg)
+        .env(&daemon_env(&env))
+        .log("b.log")
+        .spawn();
     let out = env.ips("web", 80);
     assert!(
         reached(&env, &out, Instant::now(), Duration::from_secs(20))
@@ -159,7 +148,9 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
         b.log_text()
     );
     assert!(
-        logged(&b, "Event received.", Duration::from_secs(10)).await,
+        b.logged("Event received.", Duration::from_secs(10))
+            .await
+            .is_some(),
         "{}",
         b.log_text()
     );
@@ -191,33 +182,25 @@ async fn of_two_replicas_only_the_leader_consumes_events() {
         "b.yaml",
         &config_text(&env, &env.tb.nginx_nplus_url(), &extra),
     );
-    let a = Daemon::spawn(
-        &["run", "--config", a_cfg.to_str().unwrap()],
-        &replica_env(&env),
-        &env.dir.path().join("a.log"),
-    );
+    let a = Daemon::run(&env, &a_cfg)
+        .env(&replica_env(&env))
+        .log("a.log")
+        .spawn();
     assert!(
-        logged(
-            &a,
-            "this replica is now the leader",
-            Duration::from_secs(15)
-        )
-        .await,
+        a.logged("this replica is now the leader", Duration::from_secs(15))
+            .await
+            .is_some(),
         "{}",
         a.log_text()
     );
-    let b = Daemon::spawn(
-        &["run", "--config", b_cfg.to_str().unwrap()],
-        &replica_env(&env),
-        &env.dir.path().join("b.log"),
-    );
+    let b = Daemon::run(&env, &b_cfg)
+        .env(&replica_env(&env))
+        .log("b.log")
+        .spawn();
     assert!(
-        logged(
-            &b,
-            "another replica holds the lease",
-            Duration::from_secs(15)
-        )
-        .await,
+        b.logged("another replica holds the lease", Duration::from_secs(15))
+            .await
+            .is_some(),
         "{}",
         b.log_text()
     );
@@ -264,11 +247,10 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
     let cfg = env.write("config.yaml", &text);
     let mut envs = env.sp_env();
     envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &envs,
-        &env.dir.path().join("vmss-sync.log"),
-    );
+    let daemon = Daemon::run(&env, &cfg)
+        .env(&envs)
+        .log("vmss-sync.log")
+        .spawn();
     let first = env.ips("web", 80);
     assert!(
         reached(&env, &first, Instant::now(), Duration::from_secs(20))
@@ -349,7 +331,7 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
     assert!(log.contains("concern no configured upstream"), "{log}");
 
     // What the metrics say.
-    let page = ops_common::get(&ops_common::admin_addr(&daemon).await, "/metrics")
+    let page = ops_common::get(&daemon.admin_addr().await, "/metrics")
         .await
         .body;
     let events = |t: &str, o: &str| {
@@ -387,7 +369,7 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
         Some(1.0),
         "{page}"
     );
-    let ready = ops_common::get(&ops_common::admin_addr(&daemon).await, "/readyz")
+    let ready = ops_common::get(&daemon.admin_addr().await, "/readyz")
         .await
         .json();
     assert_eq!(ready["event_queue"]["readable"], true, "{ready}");
@@ -402,11 +384,10 @@ async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booti
     env.uniform("web", 2);
     env.upstream(UpstreamKind::Http, "web");
     let cfg = events_config(&env, &az, "boot", "30s");
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &daemon_env(&env),
-        &env.dir.path().join("d.log"),
-    );
+    let d = Daemon::run(&env, &cfg)
+        .env(&daemon_env(&env))
+        .log("d.log")
+        .spawn();
     let first = env.ips("web", 80);
     assert!(
         reached(&env, &first, Instant::now(), Duration::from_secs(20))
@@ -433,7 +414,9 @@ async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booti
     .await
     .expect("enqueue");
     assert!(
-        logged(&d, "Event received.", Duration::from_secs(5)).await,
+        d.logged("Event received.", Duration::from_secs(5))
+            .await
+            .is_some(),
         "{}",
         d.log_text()
     );
@@ -466,11 +449,10 @@ async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
         .replace("sync_interval: 60s", "sync_interval: 1s")
         .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
     std::fs::write(&cfg, text).unwrap();
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &daemon_env(&env),
-        &env.dir.path().join("d.log"),
-    );
+    let d = Daemon::run(&env, &cfg)
+        .env(&daemon_env(&env))
+        .log("d.log")
+        .spawn();
     let first = env.ips("web", 80);
     assert!(
         reached(&env, &first, Instant::now(), Duration::from_secs(20))
@@ -480,7 +462,9 @@ async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
         d.log_text()
     );
     assert!(
-        logged(&d, "Cannot read the event queue", Duration::from_secs(10)).await,
+        d.logged("Cannot read the event queue", Duration::from_secs(10))
+            .await
+            .is_some(),
         "{}",
         d.log_text()
     );
@@ -494,7 +478,7 @@ async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
         "{}",
         d.log_text()
     );
-    let addr = ops_common::admin_addr(&d).await;
+    let addr = d.admin_addr().await;
     let ready = ops_common::get(&addr, "/readyz").await;
     let body = ready.json();
     assert_eq!(

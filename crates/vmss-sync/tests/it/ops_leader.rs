@@ -45,11 +45,10 @@ impl Pair {
     }
 
     fn spawn(&self, cfg: &std::path::Path, name: &str) -> Daemon {
-        Daemon::spawn(
-            &["run", "--config", cfg.to_str().unwrap()],
-            &replica_env(&self.env),
-            &self.env.dir.path().join(format!("{name}.log")),
-        )
+        Daemon::run(&self.env, &cfg)
+            .env(&replica_env(&self.env))
+            .log(&format!("{name}.log"))
+            .spawn()
     }
 
     fn synced(&self, n: usize) -> bool {
@@ -78,19 +77,6 @@ impl Pair {
     }
 }
 
-async fn wait_log(d: &Daemon, needle: &str, within: Duration) -> Option<Instant> {
-    let deadline = Instant::now() + within;
-    loop {
-        if d.log_text().contains(needle) {
-            return Some(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 const LEADER: &str = "this replica is now the leader";
 const STANDBY: &str = "another replica holds the lease";
 
@@ -99,29 +85,22 @@ async fn two_replicas_have_one_writer_and_the_standby_takes_over_within_one_leas
     let (p, a_cfg, b_cfg) = Pair::new("kill9").await;
     let mut a = p.spawn(&a_cfg, "a");
     assert!(
-        wait_log(&a, LEADER, Duration::from_secs(15))
-            .await
-            .is_some(),
+        a.logged(LEADER, Duration::from_secs(15)).await.is_some(),
         "{}",
         a.log_text()
     );
-    assert!(
-        eventually(Duration::from_secs(15), || p.synced(2)).await,
-        "{}",
-        a.log_text()
-    );
+    a.until(Duration::from_secs(15), "p.synced(2)", || p.synced(2))
+        .await;
     let b = p.spawn(&b_cfg, "b");
     assert!(
-        wait_log(&b, STANDBY, Duration::from_secs(15))
-            .await
-            .is_some(),
+        b.logged(STANDBY, Duration::from_secs(15)).await.is_some(),
         "{}",
         b.log_text()
     );
 
     // The leader and the standby say what they are.
-    let a_addr = admin_addr(&a).await;
-    let b_addr = admin_addr(&b).await;
+    let a_addr = a.admin_addr().await;
+    let b_addr = b.admin_addr().await;
     let ok = eventually_async(Duration::from_secs(10), || {
         let (a_addr, b_addr) = (a_addr.clone(), b_addr.clone());
         async move {
@@ -166,15 +145,13 @@ async fn two_replicas_have_one_writer_and_the_standby_takes_over_within_one_leas
     let killed = Instant::now();
     let _ = a.wait(Duration::from_secs(5)).await;
     p.env.tb.fleet().scale_to(SUB, RG, "web", 6);
-    let took_over = wait_log(&b, LEADER, LEASE + RETRY + Duration::from_secs(5))
+    let took_over = b
+        .logged(LEADER, LEASE + RETRY + Duration::from_secs(5))
         .await
         .unwrap_or_else(|| panic!("B never took over:\n{}", b.log_text()));
     let failover = took_over - killed;
-    assert!(
-        eventually(Duration::from_secs(10), || p.synced(6)).await,
-        "{}",
-        b.log_text()
-    );
+    b.until(Duration::from_secs(10), "p.synced(6)", || p.synced(6))
+        .await;
     let in_sync = killed.elapsed();
     println!(
         "failover after kill -9 of the leader: the standby became leader {:.2} s later (lease {} s), \
@@ -209,18 +186,14 @@ async fn a_leader_whose_lease_is_broken_stops_writing_before_the_standby_writes(
     let (p, a_cfg, b_cfg) = Pair::new("broken").await;
     let a = p.spawn(&a_cfg, "a");
     assert!(
-        wait_log(&a, LEADER, Duration::from_secs(15))
-            .await
-            .is_some(),
+        a.logged(LEADER, Duration::from_secs(15)).await.is_some(),
         "{}",
         a.log_text()
     );
     assert!(eventually(Duration::from_secs(15), || p.synced(2)).await);
     let b = p.spawn(&b_cfg, "b");
     assert!(
-        wait_log(&b, STANDBY, Duration::from_secs(15))
-            .await
-            .is_some(),
+        b.logged(STANDBY, Duration::from_secs(15)).await.is_some(),
         "{}",
         b.log_text()
     );
@@ -245,14 +218,16 @@ async fn a_leader_whose_lease_is_broken_stops_writing_before_the_standby_writes(
     let outside = p.azurite.lease_client("broken", "leader");
     outside.break_lease(None).await.expect("break the lease");
     let broken = Instant::now();
-    let lost = wait_log(&a, "lost the lease", LEASE)
+    let lost = a
+        .logged("lost the lease", LEASE)
         .await
         .unwrap_or_else(|| panic!("A did not notice:\n{}", a.log_text()));
     // A write A had already sent when its gate closed may still land: give it 500 ms (the
     // gate closes a third of the lease before the lease could expire, for that).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let a_writes_when_stopped = p.counts().0;
-    let b_leads = wait_log(&b, LEADER, LEASE + RETRY + Duration::from_secs(5))
+    let b_leads = b
+        .logged(LEADER, LEASE + RETRY + Duration::from_secs(5))
         .await
         .unwrap_or_else(|| panic!("B never took over:\n{}\nA:\n{}", b.log_text(), a.log_text()));
     assert!(
@@ -276,7 +251,7 @@ async fn a_leader_whose_lease_is_broken_stops_writing_before_the_standby_writes(
     assert!(b_final > 0);
     p.assert_one_writer_at_a_time();
     // A is a standby now and says so.
-    let a_addr = admin_addr(&a).await;
+    let a_addr = a.admin_addr().await;
     let page = get(&a_addr, "/metrics").await.body;
     assert_eq!(sample(&page, "vmss_sync_leader", ""), Some(0.0), "{page}");
     assert_eq!(
@@ -302,15 +277,12 @@ async fn a_leader_that_cannot_reach_storage_stops_writing_before_its_lease_could
         leader_yaml(&azurite, "unreachable", LEASE.as_secs())
     );
     let cfg = env.write("a.yaml", &config_text(&env, &env.tb.nginx_url(), &extra));
-    let a = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &replica_env(&env),
-        &env.dir.path().join("a.log"),
-    );
+    let a = Daemon::run(&env, &cfg)
+        .env(&replica_env(&env))
+        .log("a.log")
+        .spawn();
     assert!(
-        wait_log(&a, LEADER, Duration::from_secs(15))
-            .await
-            .is_some(),
+        a.logged(LEADER, Duration::from_secs(15)).await.is_some(),
         "{}",
         a.log_text()
     );
@@ -326,7 +298,8 @@ async fn a_leader_that_cannot_reach_storage_stops_writing_before_its_lease_could
     // expire: at most lease − margin (10 s) after the last successful renewal.
     azurite.stop();
     let down = Instant::now();
-    let stopped = wait_log(&a, "stopped writing before it can expire", LEASE)
+    let stopped = a
+        .logged("stopped writing before it can expire", LEASE)
         .await
         .unwrap_or_else(|| panic!("A kept its gate open:\n{}", a.log_text()));
     let after = stopped - down;
@@ -347,7 +320,7 @@ async fn a_leader_that_cannot_reach_storage_stops_writing_before_its_lease_could
         writes_before,
         "no write without the lease"
     );
-    let addr = admin_addr(&a).await;
+    let addr = a.admin_addr().await;
     let ready = get(&addr, "/readyz").await;
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(
@@ -360,15 +333,12 @@ async fn a_leader_that_cannot_reach_storage_stops_writing_before_its_lease_could
     // Storage comes back (empty: the emulator kept nothing): the lease blob is created
     // again, the replica leads and catches up.
     let _azurite = Azurite::start_on(port);
-    assert!(
-        eventually(Duration::from_secs(20), || env
-            .servers(UpstreamKind::Http, "web")
-            .len()
-            == 4)
-        .await,
-        "{}",
-        a.log_text()
-    );
+    a.until(
+        Duration::from_secs(20),
+        "env.servers(UpstreamKind::Http, \"web\").len() == 4",
+        || env.servers(UpstreamKind::Http, "web").len() == 4,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -376,18 +346,14 @@ async fn a_clean_shutdown_releases_the_lease_and_the_standby_takes_over_at_once(
     let (p, a_cfg, b_cfg) = Pair::new("release").await;
     let mut a = p.spawn(&a_cfg, "a");
     assert!(
-        wait_log(&a, LEADER, Duration::from_secs(15))
-            .await
-            .is_some(),
+        a.logged(LEADER, Duration::from_secs(15)).await.is_some(),
         "{}",
         a.log_text()
     );
     assert!(eventually(Duration::from_secs(15), || p.synced(2)).await);
     let b = p.spawn(&b_cfg, "b");
     assert!(
-        wait_log(&b, STANDBY, Duration::from_secs(15))
-            .await
-            .is_some(),
+        b.logged(STANDBY, Duration::from_secs(15)).await.is_some(),
         "{}",
         b.log_text()
     );
@@ -399,7 +365,8 @@ async fn a_clean_shutdown_releases_the_lease_and_the_standby_takes_over_at_once(
         "{}",
         a.log_text()
     );
-    let led = wait_log(&b, LEADER, Duration::from_secs(5))
+    let led = b
+        .logged(LEADER, Duration::from_secs(5))
         .await
         .unwrap_or_else(|| panic!("B did not take over:\n{}", b.log_text()));
     println!(
@@ -560,15 +527,9 @@ async fn token_auth_sends_a_storage_token_from_the_credential_chain() {
         "leader_election:\n  account_url: {account_url}\n  container: leases\n  lease_duration: 15s\n  auth: token\n"
     );
     let cfg = env.write("a.yaml", &config_text(&env, &env.tb.nginx_url(), &extra));
-    let mut a = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("a.log"),
-    );
+    let mut a = Daemon::run(&env, &cfg).log("a.log").spawn();
     assert!(
-        wait_log(&a, LEADER, Duration::from_secs(15))
-            .await
-            .is_some(),
+        a.logged(LEADER, Duration::from_secs(15)).await.is_some(),
         "{}",
         a.log_text()
     );

@@ -45,18 +45,11 @@ async fn run_and_collect(format: &str) -> (String, String) {
         .collect();
     e.push(("NGINX_KEY".into(), API_KEY.into()));
     e.push(("RUST_LOG".into(), "trace".into()));
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &e,
-        &env.dir.path().join("daemon.log"),
-    );
-    let addr = admin_addr(&d).await;
+    let mut d = Daemon::run(&env, &cfg).env(&e).spawn();
+    let addr = d.admin_addr().await;
     let synced = |n: usize| env.servers(UpstreamKind::Http, "web").len() == n;
-    assert!(
-        eventually(Duration::from_secs(20), || synced(2)).await,
-        "{}",
-        d.log_text()
-    );
+    d.until(Duration::from_secs(20), "synced(2)", || synced(2))
+        .await;
     env.tb.fleet().scale_to(SUB, RG, "web", 4);
     assert!(eventually(Duration::from_secs(15), || synced(4)).await);
     // A failed reload goes through the error path too.

@@ -62,21 +62,14 @@ async fn metrics_follow_a_scale_out_and_in_throttling_and_reloads() {
         "config.yaml",
         &config_text(&env, &env.tb.nginx_url(), "readiness_max_age: 5s\n"),
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    let addr = admin_addr(&d).await;
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    let addr = d.admin_addr().await;
     let synced = |n: usize| {
         env.servers(UpstreamKind::Http, "web") == env.ips("web", 80)
             && env.ips("web", 80).len() == n
     };
-    assert!(
-        eventually(Duration::from_secs(15), || synced(2)).await,
-        "{}",
-        d.log_text()
-    );
+    d.until(Duration::from_secs(15), "synced(2)", || synced(2))
+        .await;
 
     // Right after the first writes: 2 added, 2 active servers, one leader (the only replica).
     let (ok, page) = scrape_until(&addr, Duration::from_secs(10), |page| {
@@ -291,12 +284,8 @@ async fn healthz_and_readyz_answer_as_the_readme_says() {
         "config.yaml",
         &config_text(&env, &env.tb.nginx_url(), "readiness_max_age: 3s\n"),
     );
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    let addr = admin_addr(&d).await;
+    let mut d = Daemon::run(&env, &cfg).spawn();
+    let addr = d.admin_addr().await;
     assert!(
         eventually(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -390,11 +379,7 @@ async fn admin_listen_off_serves_nothing_and_the_daemon_still_syncs() {
     let text = config_text(&env, &env.tb.nginx_url(), "")
         .replace("admin_listen: 127.0.0.1:0\n", "admin_listen: off\n");
     let cfg = env.write("config.yaml", &text);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     assert!(
         eventually(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -421,13 +406,9 @@ async fn idle_daemon_memory_and_cpu_are_small() {
     let text = config_text(&env, &env.tb.nginx_url(), "")
         .replace("sync_interval: 1s\n", "sync_interval: 5s\n");
     let cfg = env.write("config.yaml", &text);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut d = Daemon::run(&env, &cfg).spawn();
     let pid = d.child.id().expect("pid");
-    let addr = admin_addr(&d).await;
+    let addr = d.admin_addr().await;
     assert!(
         eventually(Duration::from_secs(15), || env
             .servers(UpstreamKind::Http, "web")
@@ -500,21 +481,14 @@ async fn synced_daemon(env: &Env) -> (Daemon, String) {
     env.uniform("web", 2);
     env.upstream(UpstreamKind::Http, "web");
     let cfg = env.write("config.yaml", &config_text(env, &env.tb.nginx_url(), ""));
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("daemon.log"),
-    );
-    let addr = admin_addr(&d).await;
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            .len()
-            == 2)
-        .await,
-        "{}",
-        d.log_text()
-    );
+    let d = Daemon::run(&env, &cfg).spawn();
+    let addr = d.admin_addr().await;
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\").len() == 2",
+        || env.servers(UpstreamKind::Http, "web").len() == 2,
+    )
+    .await;
     (d, addr)
 }
 

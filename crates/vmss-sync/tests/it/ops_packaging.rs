@@ -552,11 +552,7 @@ async fn under_type_notify_it_reports_ready_reloading_and_stopping_on_the_notify
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
     let mut vars = env.sp_env();
     vars.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &vars,
-        &env.dir.path().join("daemon.log"),
-    );
+    let mut daemon = Daemon::run(&env, &cfg).env(&vars).spawn();
     let log = daemon.log.clone();
     let mut buf = vec![0u8; 4096];
     let mut next = async || -> String {

@@ -87,11 +87,7 @@ async fn scale_in_under_load(first_ip: u8, window: Option<Duration>) -> Run {
              target: edge\n    drain_timeout: 1s\n"
         ),
     );
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("vmss-sync.log"),
-    );
+    let daemon = Daemon::run(&env, &cfg).log("vmss-sync.log").spawn();
     let client = client();
     let all = env.ips("web", port);
     assert_eq!(

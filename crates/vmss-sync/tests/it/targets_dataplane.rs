@@ -335,19 +335,18 @@ async fn dataplane_fake_is_strict_about_auth_fields_and_versions() {
 async fn dataplane_leaving_servers_drain_with_weight_zero_then_free_their_slot() {
     let env = setup("web", 3).await;
     let cfg = env.config(&target(&env, ""), &upstream_draining("web", "web", "2s"));
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env_with(&env, DATAPLANE_PASSWORD),
-        &env.dir.path().join("vmss-sync.log"),
-    );
+    let mut daemon = Daemon::run(&env, &cfg)
+        .env(&env_with(&env, DATAPLANE_PASSWORD))
+        .log("vmss-sync.log")
+        .spawn();
     let all = env.ips("web", 8080);
-    assert!(
-        eventually(std::time::Duration::from_secs(20), || held(&env, "web")
-            == all)
-        .await,
-        "{}",
-        daemon.log_text()
-    );
+    daemon
+        .until(
+            std::time::Duration::from_secs(20),
+            "held(&env, \"web\") == all",
+            || held(&env, "web") == all,
+        )
+        .await;
     env.tb.fleet().scale_to(SUB, RG, "web", 2);
     let want = env.ips("web", 8080);
     let leaving: Vec<String> = all.iter().filter(|a| !want.contains(a)).cloned().collect();

@@ -116,11 +116,7 @@ async fn haproxy_runtime_traffic_follows_scale_out_scale_in_and_survives_a_reloa
         &runtime_target("edge", &hap.socket, ""),
         &upstream_to("web", "web", port, "edge", "2s"),
     );
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("vmss-sync.log"),
-    );
+    let mut daemon = Daemon::run(&env, &cfg).log("vmss-sync.log").spawn();
 
     let want = env.ips("web", port);
     assert_eq!(want.len(), 3);
@@ -322,11 +318,7 @@ async fn scale_under_load(first_ip: u8, backend_extra: &str, vanish_first: bool)
         &runtime_target("edge", &hap.socket, ""),
         &upstream_to("load", "load", port, "edge", "1s"),
     );
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &env.dir.path().join("vmss-sync.log"),
-    );
+    let daemon = Daemon::run(&env, &cfg).log("vmss-sync.log").spawn();
     let client = client();
     let want = env.ips("load", port);
     assert_eq!(

@@ -44,12 +44,7 @@ async fn one_file_feeds_nginx_plus_haproxy_runtime_dataplane_and_nginx_from_one_
     std::fs::create_dir(&ngx_dir).unwrap();
     let file = ngx_dir.join("upstreams.conf");
     placeholder_upstreams(&file, &["web_oss"]);
-    let nginx = Nginx::start(
-        &ngx_dir,
-        "web_oss",
-        &file,
-    )
-    .await;
+    let nginx = Nginx::start(&ngx_dir, "web_oss", &file).await;
     let nginx_bin = which("nginx");
     let flags = Nginx::flags(&ngx_dir).join("\", \"");
 

@@ -82,11 +82,9 @@ async fn nginx_file_traffic_follows_scale_out_and_scale_in_and_reloads_only_on_c
     );
 
     let cfg = env.config(&file_target(dir, &file), &upstream_to("web", "web", port));
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &dir.join("vmss-sync.log"),
-    );
+    let mut daemon = Daemon::run(&env, &cfg)
+        .log_path(&dir.join("vmss-sync.log"))
+        .spawn();
     let want = env.ips("web", port);
     let got = until_answered(&client, &nginx.url(), &want, WAIT).await;
     assert_eq!(
@@ -210,11 +208,9 @@ async fn adopted_then_repaired(initial: &str, overwrite: &str) {
 
     // Nobody edits the file: traffic reaches the instances.
     let cfg = env.config(&file_target(dir, &file), &upstream_to("web", "web", port));
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &dir.join("vmss-sync.log"),
-    );
+    let mut daemon = Daemon::run(&env, &cfg)
+        .log_path(&dir.join("vmss-sync.log"))
+        .spawn();
     let want = env.ips("web", port);
     let got = until_answered(&client, &nginx.url(), &want, WAIT).await;
     assert_eq!(got, want, "placeholder adopted\n{}", daemon.log_text());

@@ -41,21 +41,17 @@ async fn run_keeps_syncing_other_targets_while_one_is_unusable_and_syncs_it_once
         .unwrap()
         .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
     let cfg = env.write("config.yaml", &text);
-    let mut d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &env.sp_env(),
-        &dir.join("daemon.log"),
-    );
-    let admin = admin_addr(&d).await;
+    let mut d = Daemon::run(&env, &cfg)
+        .log_path(&dir.join("daemon.log"))
+        .spawn();
+    let admin = d.admin_addr().await;
     // NGINX Plus is synced all the same.
-    assert!(
-        eventually(Duration::from_secs(15), || env
-            .servers(UpstreamKind::Http, "web")
-            == env.ips("web", 80))
-        .await,
-        "{}",
-        d.log_text()
-    );
+    d.until(
+        Duration::from_secs(15),
+        "env.servers(UpstreamKind::Http, \"web\") == env.ips(\"web\", 80)",
+        || env.servers(UpstreamKind::Http, "web") == env.ips("web", 80),
+    )
+    .await;
     let log = d.log_text();
     assert!(log.contains("refusing to overwrite it"), "{log}");
     assert!(

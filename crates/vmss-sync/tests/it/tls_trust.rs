@@ -372,11 +372,10 @@ async fn the_lease_blob_behind_a_private_ca_needs_the_leader_election_ca_file() 
         &ops_common::config_text(&env, &env.tb.nginx_url(), &le("")),
     );
     let log = env.dir.path().join("without.log");
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &ops_common::replica_env(&env),
-        &log,
-    );
+    let d = Daemon::run(&env, &cfg)
+        .env(&ops_common::replica_env(&env))
+        .log_path(&log)
+        .spawn();
     let refused = eventually(std::time::Duration::from_secs(20), || {
         let t = d.log_text();
         t.contains("TLS failed") && t.contains("UnknownIssuer")
@@ -393,11 +392,10 @@ async fn the_lease_blob_behind_a_private_ca_needs_the_leader_election_ca_file() 
         &ops_common::config_text(&env, &env.tb.nginx_url(), &le(&ca)),
     );
     let log = env.dir.path().join("with.log");
-    let d = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        &ops_common::replica_env(&env),
-        &log,
-    );
+    let d = Daemon::run(&env, &cfg)
+        .env(&ops_common::replica_env(&env))
+        .log_path(&log)
+        .spawn();
     let synced = eventually(std::time::Duration::from_secs(30), || {
         env.servers(UpstreamKind::Http, "web") == env.ips("web", 80)
     })

@@ -63,20 +63,15 @@ impl Cx<'_> {
         if node.is_null() {
             return Slot::Empty(node.pos);
         }
-        if !matches!(node.kind, NodeKind::Map(_)) {
-            self.error(
-                node.pos,
-                path,
-                None,
-                format!(
-                    "events must be a mapping with queue_url and its auth, not {}",
-                    node.describe()
-                ),
-            );
+        let Some(b) = self.section(
+            node,
+            path,
+            "queue_url and its auth",
+            EVENTS_FIELDS,
+            Section::Events,
+        ) else {
             return Slot::Invalid;
-        }
-        let mut b = EventsBuilder::default();
-        self.mapping(node, path, EVENTS_FIELDS, &mut b, Section::Events);
+        };
         let key = |k: &str| format!("{path}.{k}");
         let suffix = " for events";
 

@@ -99,21 +99,15 @@ impl Cx<'_> {
         if node.is_null() {
             return Slot::Empty(node.pos);
         }
-        if !matches!(node.kind, NodeKind::Map(_)) {
-            self.error(
-                node.pos,
-                path,
-                None,
-                format!(
-                    "leader_election must be a mapping with account_url, container and the other \
-                     lease settings, not {}",
-                    node.describe()
-                ),
-            );
+        let Some(b) = self.section(
+            node,
+            path,
+            "account_url, container and the other lease settings",
+            LEADER_FIELDS,
+            Section::LeaderElection,
+        ) else {
             return Slot::Invalid;
-        }
-        let mut b = LeaderBuilder::default();
-        self.mapping(node, path, LEADER_FIELDS, &mut b, Section::LeaderElection);
+        };
         let key = |k: &str| format!("{path}.{k}");
         let suffix = " for leader_election";
 

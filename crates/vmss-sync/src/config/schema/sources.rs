@@ -198,21 +198,15 @@ impl Cx<'_> {
         if node.is_null() {
             return Slot::Empty(node.pos);
         }
-        if !matches!(node.kind, NodeKind::Map(_)) {
-            self.error(
-                node.pos,
-                path,
-                None,
-                format!(
-                    "tags must be a mapping with allow and deny (each a mapping of tag names to \
-                     values), not {}",
-                    node.describe()
-                ),
-            );
+        let Some(b) = self.section(
+            node,
+            path,
+            "allow and deny (each a mapping of tag names to values)",
+            TAGS_FIELDS,
+            Section::Tags,
+        ) else {
             return Slot::Invalid;
-        }
-        let mut b = TagsBuilder::default();
-        self.mapping(node, path, TAGS_FIELDS, &mut b, Section::Tags);
+        };
         let allow = b.allow.or_default(BTreeMap::new());
         let deny = b.deny.or_default(BTreeMap::new());
         match (allow, deny) {
@@ -296,21 +290,16 @@ impl Cx<'_> {
         if node.is_null() {
             return Slot::Set(ServicesConfig::default(), node.pos, String::new());
         }
-        if !matches!(node.kind, NodeKind::Map(_)) {
-            self.error(
-                node.pos,
-                path,
-                None,
-                format!(
-                    "services must be a mapping with name_tag, port_tag, instance_port_tag and \
-                     separator (each optional; services: {{}} takes the defaults), not {}",
-                    node.describe()
-                ),
-            );
+        let Some(b) = self.section(
+            node,
+            path,
+            "name_tag, port_tag, instance_port_tag and separator (each optional; \
+             services: {} takes the defaults)",
+            SERVICES_FIELDS,
+            Section::Services,
+        ) else {
             return Slot::Invalid;
-        }
-        let mut b = ServicesBuilder::default();
-        self.mapping(node, path, SERVICES_FIELDS, &mut b, Section::Services);
+        };
         let d = ServicesConfig::default();
         let name_tag = b.name_tag.or_default(d.name_tag);
         let port_tag = b.port_tag.or_default(d.port_tag);

@@ -784,21 +784,15 @@ impl Cx<'_> {
         if node.is_null() {
             return Slot::Empty(node.pos);
         }
-        if !matches!(node.kind, NodeKind::Map(_)) {
-            self.error(
-                node.pos,
-                path,
-                None,
-                format!(
-                    "server_slots must be a mapping with base, growth_factor and growth_type, \
-                     not {}",
-                    node.describe()
-                ),
-            );
+        let Some(b) = self.section(
+            node,
+            path,
+            "base, growth_factor and growth_type",
+            SLOTS_FIELDS,
+            Section::ServerSlots,
+        ) else {
             return Slot::Invalid;
-        }
-        let mut b = SlotsBuilder::default();
-        self.mapping(node, path, SLOTS_FIELDS, &mut b, Section::ServerSlots);
+        };
         let defaults = ServerSlots::default();
         let base = match b.base {
             Slot::Set(0, pos, raw) => {

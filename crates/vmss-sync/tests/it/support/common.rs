@@ -191,13 +191,80 @@ pub async fn run(args: &[&str], env: &[(String, String)]) -> Output {
     }
 }
 
-/// A daemon process; killed by pid when dropped (also when the test fails).
+/// How to start `vmss-sync` as a daemon. [`Daemon::run`] is `vmss-sync run --config CFG`
+/// with the testbed's service principal ([`Env::sp_env`]), stdout and stderr to
+/// `daemon.log` in the test's directory; the methods change one of those, [`spawn`]
+/// starts it.
+///
+/// [`spawn`]: DaemonBuilder::spawn
+pub struct DaemonBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl DaemonBuilder {
+    /// The whole command line instead of `run --config CFG`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// The environment instead of the service principal's.
+    pub fn env(mut self, vars: &[(String, String)]) -> Self {
+        self.env = vars.to_vec();
+        self
+    }
+
+    /// One more environment variable.
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The log file's name in the test's directory instead of `daemon.log`.
+    pub fn log(mut self, name: &str) -> Self {
+        self.log = self.dir.join(name);
+        self
+    }
+
+    /// The log file's path instead of `daemon.log` in the test's directory.
+    pub fn log_path(mut self, path: &Path) -> Self {
+        self.log = path.to_path_buf();
+        self
+    }
+
+    pub fn spawn(self) -> Daemon {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Daemon::spawn(&args, &self.env, &self.log)
+    }
+}
+
+/// A daemon process; killed by pid when dropped (also when the test fails). Its stdout and
+/// stderr go to one file, `log`; the wait helpers print it when they give up.
 pub struct Daemon {
     pub child: tokio::process::Child,
     pub log: PathBuf,
 }
 
 impl Daemon {
+    /// `vmss-sync run --config CFG` for the testbed of `env` (see [`DaemonBuilder`]).
+    pub fn run(env: &Env, cfg: &Path) -> DaemonBuilder {
+        DaemonBuilder {
+            args: vec![
+                "run".into(),
+                "--config".into(),
+                cfg.to_str().expect("UTF-8 config path").into(),
+            ],
+            env: env.sp_env(),
+            dir: env.dir.path().to_path_buf(),
+            log: env.dir.path().join("daemon.log"),
+        }
+    }
+
+    /// Starts `vmss-sync ARGS` (the builder's `spawn`; a test that needs nothing of the
+    /// builder may call it directly).
     pub fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Daemon {
         let file = std::fs::File::create(log).expect("log file");
         let err = file.try_clone().expect("clone log file");
@@ -231,9 +298,78 @@ impl Daemon {
             .unwrap_or(-1)
     }
 
+    /// Everything the daemon printed so far (stdout and stderr).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The printed lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log_text().lines().map(str::to_string).collect()
+    }
+
+    /// Waits until `f` holds (polled every 50 ms); panics with `what` and the daemon's
+    /// log after `within`.
+    pub async fn until(&self, within: Duration, what: &str, f: impl FnMut() -> bool) {
+        assert!(
+            eventually(within, f).await,
+            "{what}: not within {within:?}; daemon log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// When the daemon first printed `needle`, if within `within` (the moment it was
+    /// seen, polled every 20 ms).
+    pub async fn logged(&self, needle: &str, within: Duration) -> Option<std::time::Instant> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.log_text().contains(needle) {
+                return Some(std::time::Instant::now());
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// When the daemon first printed `needle`; panics with the log when it did not within
+    /// `within`.
+    pub async fn expect_logged(&self, needle: &str, within: Duration) -> std::time::Instant {
+        match self.logged(needle, within).await {
+            Some(at) => at,
+            None => panic!(
+                "never logged {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// The admin endpoint's address (`admin_listen: 127.0.0.1:0`), read from the log line
+    /// "Admin endpoint listening on http://ADDR"; panics with the log after 20 s.
+    pub async fn admin_addr(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(a) = admin_addr_in(&self.log_text()) {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no admin address logged:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The admin address a daemon logged ("Admin endpoint listening on http://ADDR ...").
+pub fn admin_addr_in(log: &str) -> Option<String> {
+    let marker = "Admin endpoint listening on http://";
+    let start = log.find(marker)? + marker.len();
+    let rest = &log[start..];
+    let end = rest.find([' ', '\n', '\x1b'])?;
+    Some(rest[..end].to_string())
 }
 
 impl Drop for Daemon {

@@ -183,31 +183,6 @@ pub fn replica_env(env: &super::common::Env) -> Vec<(String, String)> {
     e
 }
 
-/// The admin address a daemon logged ("Admin endpoint listening on http://ADDR ...").
-pub fn admin_addr_in(log: &str) -> Option<String> {
-    let marker = "Admin endpoint listening on http://";
-    let start = log.find(marker)? + marker.len();
-    let rest = &log[start..];
-    let end = rest.find([' ', '\n', '\x1b'])?;
-    Some(rest[..end].to_string())
-}
-
-/// Waits (up to 20 s) for the daemon to log its admin address.
-pub async fn admin_addr(d: &super::common::Daemon) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(a) = admin_addr_in(&d.log_text()) {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no admin address logged:\n{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// An answer of the admin endpoint.
 pub struct Answer {
     pub status: u16,
