@@ -2,7 +2,7 @@
 //! give the entries they own, one write lock per Azure resource in the process, the
 //! shortest poll of a long-running operation, and ARM errors as [`TargetError`]s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -41,6 +41,25 @@ pub(crate) fn resource_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
         LazyLock::new(|| Mutex::new(HashMap::new()));
     let mut m = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
     Arc::clone(m.entry(key.to_ascii_lowercase()).or_default())
+}
+
+/// The first half of both Azure targets' `check`: an upstream they serve has a fixed port
+/// (`ports` holds one per upstream name); the entries themselves carry none, so
+/// `observe` reports each as `ip:{that port}`. `label` names the target in the error.
+pub(crate) fn has_fixed_port(
+    ports: &BTreeMap<String, u16>,
+    upstream: &str,
+    label: &str,
+) -> Result<(), TargetError> {
+    if ports.contains_key(upstream) {
+        return Ok(());
+    }
+    Err(TargetError {
+        message: format!(
+            "upstream {upstream} has no fixed port; {label} needs one (the port itself is ignored)"
+        ),
+        permanence: Permanence::Permanent,
+    })
 }
 
 /// A transient error with this message.

@@ -27,7 +27,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::azure_common::{
-    from_arm, from_write, id_of, ip_of, name_for, resource_lock, transient, MIN_POLL,
+    from_arm, from_write, has_fixed_port, id_of, ip_of, name_for, resource_lock, transient,
+    MIN_POLL,
 };
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use crate::azure::arm::ArmWriteError;
@@ -224,16 +225,7 @@ impl Target for LbBackendPool {
     }
 
     async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
-        if !self.ports.contains_key(&upstream.name) {
-            return Err(TargetError {
-                message: format!(
-                    "upstream {} has no fixed port; {} needs one (the port itself is ignored)",
-                    upstream.name,
-                    self.label()
-                ),
-                permanence: Permanence::Permanent,
-            });
-        }
+        has_fixed_port(&self.ports, &upstream.name, &self.label())?;
         self.read().await.map(|_| ())
     }
 

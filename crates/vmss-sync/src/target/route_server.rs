@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::azure_common::{
-    from_arm, from_write, id_of, ip_of, name_for, resource_lock, transient, MIN_POLL,
+    from_arm, from_write, has_fixed_port, id_of, ip_of, name_for, resource_lock, transient,
+    MIN_POLL,
 };
 use super::{ApplyReport, Permanence, Target, TargetError, UpstreamRef};
 use crate::azure::arm::ArmWriteError;
@@ -172,16 +173,7 @@ impl Target for RouteServer {
     }
 
     async fn check(&self, upstream: &UpstreamRef) -> Result<(), TargetError> {
-        if !self.ports.contains_key(&upstream.name) {
-            return Err(TargetError {
-                message: format!(
-                    "upstream {} has no fixed port; {} needs one (the port itself is ignored)",
-                    upstream.name,
-                    self.label()
-                ),
-                permanence: Permanence::Permanent,
-            });
-        }
+        has_fixed_port(&self.ports, &upstream.name, &self.label())?;
         self.list().await.map(|_| ())
     }
 

@@ -8,7 +8,7 @@ use crate::support::common;
 use crate::support::ops_common;
 
 use common::*;
-use ops_common::{admin_addr, get, sample};
+use ops_common::{get, sample};
 use std::time::Duration;
 use vmss_testbed::{TestbedOptions, UpstreamKind};
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use url::{Host, Url};
 
 use super::super::{EventsConfig, QueueAuthConfig, Secret};
-use super::yaml::{Node, NodeKind};
+use super::yaml::Node;
 use super::{field, is_loopback, redact_userinfo, Cx, Field, Section, Slot};
 
 /// Default visibility timeout: how long a message handed out stays hidden (a reconcile

@@ -10,7 +10,7 @@ use url::{Host, Url};
 
 use super::super::{LeaderElectionConfig, Secret, StorageAuth};
 use super::parse_go_duration;
-use super::yaml::{Node, NodeKind};
+use super::yaml::Node;
 use super::{field, is_loopback, redact_userinfo, Cx, Field, Section, Slot};
 
 /// Default address of the admin endpoint.

@@ -5,7 +5,6 @@ use super::{DrainKind, Harness};
 use crate::support::targets_common::*;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

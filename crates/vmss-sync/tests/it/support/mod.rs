@@ -7,9 +7,10 @@
 //!   from its log (`ops_common::admin_addr`); Prometheus (`ops_metrics`) likewise
 //!   (`--web.listen-address=127.0.0.1:0`, its "Listening on" log line).
 //! - HAProxy and nginx (`targets_common::Haproxy`, `Nginx`) get a listener the test bound
-//!   on port 0 as an inherited descriptor (`ports::ChildListener`: close-on-exec cleared in
-//!   the child only): HAProxy through `bind fd@N`, nginx through `NGINX="N;"` (its binary
-//!   upgrade hand-over) with a `listen` line naming the same address. Both keep it across
+//!   on port 0 as an inherited descriptor, their standard input (`ports::ChildListener`;
+//!   the workspace forbids the `unsafe` of clearing close-on-exec on another descriptor):
+//!   HAProxy through `bind fd@0`, nginx through `NGINX="0;"` (its binary-upgrade
+//!   hand-over) with a `listen` line naming the same address. Both keep it across
 //!   their reloads (HAProxy's master-worker `USR2`, `nginx -s reload`); the test keeps its
 //!   copy until the guard drops, so the port stays taken while the guard lives.
 //! - A port where connections must be refused (`azure_auth`'s IMDS, `errors_named`'s NGINX

@@ -3,9 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// A listening socket on 127.0.0.1 at a port the OS chose, kept open by the test for as
@@ -17,37 +16,27 @@ pub struct ChildListener {
 }
 
 impl ChildListener {
+    /// The descriptor number the child finds the listener at: its standard input.
+    pub const FD: i32 = 0;
+
     pub fn bind() -> ChildListener {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("listener address").port();
         ChildListener { listener, port }
     }
 
-    /// The descriptor's number, the same in the child (it is inherited, not duplicated).
-    pub fn fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
-    }
-
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Lets `cmd`'s child inherit the listener: Rust opens every descriptor close-on-exec,
-    /// so the flag is cleared in the child between fork and exec (never in this process,
-    /// where other tests spawn children at the same time).
+    /// Makes the listener `cmd`'s standard input, descriptor [`ChildListener::FD`] in the
+    /// child. Rust opens every descriptor close-on-exec and the workspace forbids the
+    /// `unsafe` a `pre_exec` clearing the flag would need; the one descriptor a child
+    /// inherits without either is one of its standard streams, and HAProxy and nginx read
+    /// nothing from standard input.
     pub fn hand_to(&self, cmd: &mut Command) {
-        let fd = self.fd();
-        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on a
-        // descriptor the child holds (a copy of ours), and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let copy = self.listener.try_clone().expect("duplicate the listener");
+        cmd.stdin(Stdio::from(OwnedFd::from(copy)));
     }
 }
 

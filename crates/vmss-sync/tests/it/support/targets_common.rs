@@ -347,14 +347,13 @@ impl Haproxy {
              retries 3\n    option redispatch 1\n\n\
              frontend fe\n    bind fd@{fd}\n    default_backend {default_backend}\n\n{backends}",
             sock = socket.display(),
-            fd = listener.fd()
+            fd = ChildListener::FD
         );
         std::fs::write(&cfg, text).expect("write haproxy.cfg");
         let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
         let mut cmd = Command::new(which("haproxy"));
         cmd.args(["-W", "-db", "-f"])
             .arg(&cfg)
-            .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
         listener.hand_to(&mut cmd);
@@ -487,8 +486,7 @@ impl Nginx {
         std::fs::write(&conf, text).expect("write nginx.conf");
         let mut cmd = Command::new(which("nginx"));
         cmd.args(Self::flags(dir))
-            .env("NGINX", format!("{};", listener.fd()))
-            .stdin(Stdio::null())
+            .env("NGINX", format!("{};", ChildListener::FD))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         listener.hand_to(&mut cmd);
