@@ -138,7 +138,10 @@ async fn once_text_log(launcher: &[&str], extra_env: &[(&str, &str)]) -> (i32, S
     }
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            crate::support::ports::refused_url(),
+        )
         .env("RUST_LOG", "info")
         .envs(env.sp_env())
         .envs(extra_env.iter().copied())
