@@ -9,7 +9,7 @@
 //! token, the key, a signature, a SAS nor a pop receipt ever appears in an error.
 
 use crate::azure::auth::{check_secure, AuthError, TokenCredential};
-use crate::leader::blob::message_suffix;
+use crate::leader::blob::{message_suffix, storage_failure, xml_unescape as unescape};
 use crate::leader::shared_key::SharedKey;
 use crate::net::transport_detail;
 use reqwest::Method;
@@ -19,8 +19,6 @@ use url::Url;
 
 pub use crate::leader::blob::{STORAGE_API_VERSION, STORAGE_SCOPE};
 
-/// Longest service message kept in an error.
-const MAX_MESSAGE: usize = 200;
 /// The most messages one Get Messages returns (the service's limit).
 pub const MAX_BATCH: u32 = 32;
 
@@ -254,25 +252,10 @@ impl QueueClient {
             queue: self.name.clone(),
             detail: transport_detail(&e),
         })?;
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(resp);
         }
-        let header_code = resp
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = resp.text().await.unwrap_or_default();
-        let body_code = element(&text, "Code").filter(|c| !c.is_empty());
-        let message = element(&text, "Message")
-            .and_then(|m| m.lines().next().map(|l| l.trim().to_string()))
-            .filter(|m| !m.is_empty())
-            .map(|m| crate::azure::auth::truncate_chars(&m, MAX_MESSAGE))
-            .unwrap_or_default();
-        let code = header_code
-            .or(body_code)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        let (status, code, message) = storage_failure(resp).await;
         if status == reqwest::StatusCode::UNAUTHORIZED {
             if let (QueueAuth::Token(credential), Some(t)) = (&self.auth, token) {
                 credential.invalidate(STORAGE_SCOPE, &t).await;
@@ -374,45 +357,6 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&apos;")
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let Some(end) = tail.find(';').filter(|e| *e <= 10) else {
-            out.push('&');
-            rest = &tail[1..];
-            continue;
-        };
-        let entity = &tail[1..end];
-        let ch = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e => e
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| e.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &tail[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The text of the first `<name>` element in `xml` (entities decoded).

@@ -147,14 +147,77 @@ fn lease_result(r: &Result<reqwest::Response, LeaseError>) -> LeaseResult {
     }
 }
 
-/// `<Code>` and the first line of `<Message>` of a Storage XML error body.
+/// What a Storage service (Blob, Queue) says of a failed request, for the lease client
+/// and the queue client alike: its status, its error code (`x-ms-error-code`, else the
+/// body's `<Code>`, else the status's reason) and the first line of the body's `<Message>`
+/// ("" when there is none).
+pub(crate) async fn storage_failure(
+    resp: reqwest::Response,
+) -> (reqwest::StatusCode, String, String) {
+    let status = resp.status();
+    let header_code = resp
+        .headers()
+        .get("x-ms-error-code")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.text().await.unwrap_or_default();
+    let (body_code, message) = parse_error_body(&body);
+    let code = header_code
+        .or(body_code)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    (status, code, message.unwrap_or_default())
+}
+
+/// XML text with its entities decoded (the five named ones and character references; an
+/// `&` that starts none is kept as it is).
+pub(crate) fn xml_unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let Some(end) = tail.find(';').filter(|e| *e <= 10) else {
+            out.push('&');
+            rest = &tail[1..];
+            continue;
+        };
+        let entity = &tail[1..end];
+        let ch = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e => e
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| e.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `<Code>` and the first line of `<Message>` of a Storage XML error body (entities
+/// decoded).
 fn parse_error_body(body: &str) -> (Option<String>, Option<String>) {
     let element = |name: &str| {
         let open = format!("<{name}>");
         let close = format!("</{name}>");
         let start = body.find(&open)? + open.len();
         let end = body[start..].find(&close)? + start;
-        Some(body[start..end].trim().to_string())
+        Some(xml_unescape(body[start..end].trim()))
     };
     let message = element("Message").and_then(|m| {
         let first = m.lines().next().unwrap_or_default().trim().to_string();
@@ -284,20 +347,10 @@ impl BlobLeaseClient {
             path: self.path.clone(),
             detail: transport_detail(&e),
         })?;
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(resp);
         }
-        let header_code = resp
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.text().await.unwrap_or_default();
-        let (body_code, message) = parse_error_body(&body);
-        let code = header_code
-            .or(body_code)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        let (status, code, message) = storage_failure(resp).await;
         if status == reqwest::StatusCode::UNAUTHORIZED {
             if let (BlobAuth::Token(credential), Some(t)) = (&self.auth, token) {
                 credential.invalidate(STORAGE_SCOPE, &t).await;
@@ -308,7 +361,7 @@ impl BlobLeaseClient {
             path: self.path.clone(),
             status: status.as_u16(),
             code,
-            message: message.unwrap_or_default(),
+            message,
         })
     }
 
