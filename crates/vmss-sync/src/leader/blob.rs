@@ -513,6 +513,10 @@ mod tests {
             Some("There is already a lease present.")
         );
         assert_eq!(parse_error_body(""), (None, None));
+        // Entities are decoded, as in the queue's answers.
+        let (_, message) =
+            parse_error_body("<Error><Code>X</Code><Message>a &amp; b &lt;c&gt;</Message></Error>");
+        assert_eq!(message.as_deref(), Some("a & b <c>"));
     }
 
     #[test]

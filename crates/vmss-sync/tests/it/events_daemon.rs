@@ -68,12 +68,6 @@ fn events_config(
     env.write("config.yaml", &text)
 }
 
-fn daemon_env(env: &Env) -> Vec<(String, String)> {
-    let mut envs = env.sp_env();
-    envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
-    envs
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing() {
     let az = AzuriteQueue::start();
@@ -85,7 +79,7 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
     let cfg = events_config(&env, &az, "crash", "2s");
     let first = env.ips("web", 80);
     let a = Daemon::run(&env, &cfg)
-        .env(&daemon_env(&env))
+        .var("QUEUE_KEY", DEV_KEY)
         .log("a.log")
         .spawn();
     assert!(
@@ -136,7 +130,7 @@ async fn a_daemon_killed_between_receiving_and_deleting_an_event_loses_nothing()
     // ... and the next daemon handles it and deletes it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let b = Daemon::run(&env, &cfg)
-        .env(&daemon_env(&env))
+        .var("QUEUE_KEY", DEV_KEY)
         .log("b.log")
         .spawn();
     let out = env.ips("web", 80);
@@ -245,10 +239,8 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
         az.queue_url("vmss-events"),
     );
     let cfg = env.write("config.yaml", &text);
-    let mut envs = env.sp_env();
-    envs.push(("QUEUE_KEY".into(), DEV_KEY.into()));
     let daemon = Daemon::run(&env, &cfg)
-        .env(&envs)
+        .var("QUEUE_KEY", DEV_KEY)
         .log("vmss-sync.log")
         .spawn();
     let first = env.ips("web", 80);
@@ -385,7 +377,7 @@ async fn after_a_scale_out_event_follow_ups_register_instances_that_finish_booti
     env.upstream(UpstreamKind::Http, "web");
     let cfg = events_config(&env, &az, "boot", "30s");
     let d = Daemon::run(&env, &cfg)
-        .env(&daemon_env(&env))
+        .var("QUEUE_KEY", DEV_KEY)
         .log("d.log")
         .spawn();
     let first = env.ips("web", 80);
@@ -450,7 +442,7 @@ async fn a_queue_that_cannot_be_read_is_reported_while_the_timer_goes_on() {
         .replace("admin_listen: off", "admin_listen: 127.0.0.1:0");
     std::fs::write(&cfg, text).unwrap();
     let d = Daemon::run(&env, &cfg)
-        .env(&daemon_env(&env))
+        .var("QUEUE_KEY", DEV_KEY)
         .log("d.log")
         .spawn();
     let first = env.ips("web", 80);

@@ -550,9 +550,9 @@ async fn under_type_notify_it_reports_ready_reloading_and_stopping_on_the_notify
     let cfg = env.config("", &upstream_yaml("web", "web", 80, "http"));
     let sock_path = env.dir.path().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
-    let mut vars = env.sp_env();
-    vars.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
-    let mut daemon = Daemon::run(&env, &cfg).env(&vars).spawn();
+    let mut daemon = Daemon::run(&env, &cfg)
+        .var("NOTIFY_SOCKET", &sock_path.display().to_string())
+        .spawn();
     let log = daemon.log.clone();
     let mut buf = vec![0u8; 4096];
     let mut next = async || -> String {
