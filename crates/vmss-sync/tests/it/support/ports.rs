@@ -60,3 +60,35 @@ pub fn refused_addr() -> SocketAddr {
 pub fn refused_url() -> String {
     format!("http://{}", refused_addr())
 }
+
+#[test]
+fn refused_addr_refuses_connections_and_no_socket_can_listen_there() {
+    let addr = refused_addr();
+    let refused = std::net::TcpStream::connect(addr).expect_err("nobody listens there");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(TcpListener::bind(addr).is_err(), "{addr} is taken");
+    assert_eq!(refused_addr(), addr, "one address for the whole run");
+}
+
+#[test]
+fn a_child_listener_stays_taken_and_reaches_the_child_as_its_standard_input() {
+    let l = ChildListener::bind();
+    assert!(
+        TcpListener::bind(l.addr()).is_err(),
+        "{} is taken",
+        l.addr()
+    );
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "test -S /dev/stdin"]);
+    l.hand_to(&mut cmd);
+    assert!(
+        cmd.status().expect("sh runs").success(),
+        "stdin is a socket"
+    );
+    // After the child is gone the test's copy still holds the port.
+    assert!(
+        TcpListener::bind(l.addr()).is_err(),
+        "{} is still taken",
+        l.addr()
+    );
+}
