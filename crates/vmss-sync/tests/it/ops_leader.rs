@@ -45,7 +45,7 @@ impl Pair {
     }
 
     fn spawn(&self, cfg: &std::path::Path, name: &str) -> Daemon {
-        Daemon::run(&self.env, &cfg)
+        Daemon::run(&self.env, cfg)
             .env(&replica_env(&self.env))
             .log(&format!("{name}.log"))
             .spawn()

@@ -481,7 +481,7 @@ async fn synced_daemon(env: &Env) -> (Daemon, String) {
     env.uniform("web", 2);
     env.upstream(UpstreamKind::Http, "web");
     let cfg = env.write("config.yaml", &config_text(env, &env.tb.nginx_url(), ""));
-    let d = Daemon::run(&env, &cfg).spawn();
+    let d = Daemon::run(env, &cfg).spawn();
     let addr = d.admin_addr().await;
     d.until(
         Duration::from_secs(15),

@@ -367,7 +367,7 @@ impl Haproxy {
             socket,
             cfg,
             port,
-            listener: listener,
+            listener,
         };
         let addr = h.listener.addr();
         let log_path = h.dir.join("haproxy.log");
@@ -500,7 +500,7 @@ impl Nginx {
             conf,
             upstreams: upstreams.to_path_buf(),
             port,
-            listener: listener,
+            listener,
         };
         let addr = n.listener.addr();
         let log_path = n.dir.join("error.log");
