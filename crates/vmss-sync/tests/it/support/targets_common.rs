@@ -322,8 +322,8 @@ async fn wait_answering(addr: SocketAddr, proc: &mut Proc, log: impl Fn() -> Str
 
 /// A real HAProxy in master-worker mode, in the foreground (`-W -db`), with an admin stats
 /// socket in `dir`. Its frontend listens on a socket the test bound (port 0) and handed to
-/// it (`bind fd@N`): the master keeps the descriptor and hands it to every new worker, also
-/// after a reload.
+/// it as its standard input (`bind fd@0`): the master keeps the descriptor and hands it to
+/// every new worker, also after a reload.
 pub struct Haproxy {
     pub proc: Proc,
     pub dir: PathBuf,
