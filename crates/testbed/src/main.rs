@@ -10,7 +10,8 @@ use vmss_testbed::{Orchestration, Testbed, TestbedOptions, UpstreamKind};
 #[derive(Parser)]
 #[command(
     name = "vmss-testbed",
-    about = "Fake Azure (ARM, Entra ID, IMDS) and NGINX Plus API"
+    about = "Fake Azure (ARM reads, Route Server and Load Balancer pool writes, Entra ID, IMDS), \
+             NGINX Plus API and HAProxy Data Plane API"
 )]
 struct Cli {
     #[command(subcommand)]
