@@ -314,3 +314,636 @@ fn relative_links_in_the_docs_lead_to_existing_files_and_headings() {
     assert!(count > 20, "only {count} relative links found");
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The library's and binary's source as one text, with string continuations (`\` at the end
+/// of a line and the next line's indentation) joined and `\"` unescaped, so that a message
+/// split over two source lines reads as the user sees it.
+fn source_text() -> String {
+    let mut files = Vec::new();
+    rust_files(&repo_root().join("crates/vmss-sync/src"), &mut files);
+    let mut all = String::new();
+    for f in files {
+        let text = read(&f);
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            match line.strip_suffix('\\') {
+                Some(head) => {
+                    all.push_str(head);
+                    if let Some(next) = lines.peek_mut() {
+                        *next = next.trim_start();
+                    }
+                }
+                None => {
+                    all.push_str(line);
+                    all.push('\n');
+                }
+            }
+        }
+    }
+    all.replace("\\\"", "\"")
+}
+
+/// Every inline code span (`` `…` ``) of `text`.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// Words of a quoted message that stand for a value: `NAME`, `STATUS`, `HTTP`, `N`, `404`,
+/// `30s` (upper-case words, and words that start with a digit). `…` is one too.
+fn is_placeholder(word: &str) -> bool {
+    word.starts_with(|c: char| c.is_ascii_digit())
+        || word
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The literal pieces of a quoted message: the text between its placeholders, without
+/// the punctuation and spaces at either end, keeping only pieces with two letters or more.
+fn literal_pieces(message: &str) -> Vec<String> {
+    let message = message.replace("...", "…");
+    let mut pieces = Vec::new();
+    let mut current = String::new();
+    let mut word = String::new();
+    let flush_word = |word: &mut String, current: &mut String, pieces: &mut Vec<String>| {
+        if is_placeholder(word) {
+            pieces.push(std::mem::take(current));
+        } else {
+            current.push_str(word);
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        flush_word(&mut word, &mut current, &mut pieces);
+        if c == '…' {
+            pieces.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    flush_word(&mut word, &mut current, &mut pieces);
+    pieces.push(current);
+    pieces
+        .into_iter()
+        .map(|p| {
+            p.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+                .to_owned()
+        })
+        .filter(|p| p.chars().filter(|c| c.is_alphabetic()).count() >= 2)
+        .collect()
+}
+
+/// Words in troubleshooting.md's messages that other programs write, not vmss-sync: they
+/// are taken out of a message before its pieces are looked for in the source.
+const FOREIGN_WORDS: [&str; 6] = [
+    // rustls's Display of an untrusted or misnamed certificate and of a plain-http answer.
+    "invalid peer certificate: UnknownIssuer",
+    "invalid peer certificate: NotValidForName",
+    "received corrupt message",
+    // The NGINX Plus API's own error texts and codes.
+    "upstream not found (UpstreamNotFound)",
+    "(UpstreamStatic)",
+    "method disabled (MethodDisabled)",
+];
+
+/// The messages troubleshooting.md quotes: the code spans of its `###` headings, and the
+/// first cell of the rows of its tables whose first column is `Message` or `Words`.
+fn quoted_messages(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    for (n, line) in prose_lines(text) {
+        let t = line.trim();
+        if t.starts_with("### ") {
+            out.extend(code_spans(t).into_iter().map(|s| (n, s.to_owned())));
+        }
+        if !t.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        let first = t.trim_matches('|').split('|').next().unwrap_or("").trim();
+        if first == "Message" || first == "Words" {
+            in_table = true;
+        } else if in_table && !first.starts_with("---") {
+            out.extend(code_spans(first).into_iter().map(|s| (n, s.to_owned())));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_message_troubleshooting_quotes_is_written_by_the_source() {
+    let page = Path::new("docs/troubleshooting.md");
+    let text = read(&repo_root().join(page));
+    let source = source_text();
+    let messages = quoted_messages(&text);
+    assert!(
+        messages.len() >= 25,
+        "only {} quoted messages found in {}",
+        messages.len(),
+        page.display()
+    );
+    println!("{} quoted messages checked", messages.len());
+    let mut missing = Vec::new();
+    for (line, message) in &messages {
+        let mut ours = message.clone();
+        for foreign in FOREIGN_WORDS {
+            ours = ours.replace(foreign, "…");
+        }
+        for piece in literal_pieces(&ours) {
+            if !source.contains(&piece) {
+                missing.push(format!(
+                    "{}:{line}: `{message}`: {piece:?} is in no string of crates/vmss-sync/src",
+                    page.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "messages quoted in the troubleshooting page that the code does not write (fix the \
+         page to say what the code says):\n{}",
+        missing.join("\n")
+    );
+}
+
+/// What `/metrics` serves (classic format) once a daemon has run a cycle of one upstream
+/// that held a condition, and sent one ARM request: family name → (type, label names of
+/// its series).
+fn served_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
+    use std::time::Duration;
+    use vmss_sync::metrics::{Format, Metrics};
+    use vmss_sync::reconcile::{CycleReport, Mode, UpstreamOutcome};
+    let m = Metrics::new();
+    m.declare_upstreams([("web", vmss_sync::model::UpstreamKind::Http, "nginx-plus")]);
+    let outcome = UpstreamOutcome {
+        upstream: "web".into(),
+        template: None,
+        target: "nginx-plus",
+        kind: vmss_sync::model::UpstreamKind::Http,
+        group: "web-vmss".into(),
+        plan: Some(vmss_sync::plan::Plan::default()),
+        hold: None,
+        report: None,
+        error: None,
+        conditions: vec!["unusable"],
+        observed: 2,
+        desired: 2,
+        active: 2,
+        draining: 0,
+        duration: Duration::from_millis(20),
+    };
+    m.record_cycle(
+        &CycleReport {
+            outcomes: vec![outcome],
+            duration: Duration::from_millis(25),
+        },
+        Mode::Apply,
+    );
+    let mut arm = vmss_sync::azure::arm::ArmStats::default();
+    arm.by_operation
+        .insert("VirtualMachineScaleSets_Get".into(), 1);
+    arm.by_status.insert(200, 1);
+    arm.by_operation_status
+        .insert(("VirtualMachineScaleSets_Get".into(), 200), 1);
+    m.record_arm(&arm);
+    let text = m.encode_as(Format::Classic);
+    let mut families: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+            families.insert(name.to_owned(), (kind.to_owned(), BTreeSet::new()));
+        }
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, labels) = match line.split_once('{') {
+            Some((s, rest)) => (s, rest.split_once('}').map(|(l, _)| l).unwrap_or("")),
+            None => (line.split(' ').next().unwrap_or(""), ""),
+        };
+        let family = [series, series.trim_end_matches("_bucket")]
+            .into_iter()
+            .chain(["_sum", "_count"].map(|s| series.trim_end_matches(s)))
+            .find(|f| families.contains_key(*f));
+        let Some(family) = family else { continue };
+        let entry = families.get_mut(family).expect("family");
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let name = pair.split('=').next().unwrap_or("").trim_matches(',');
+            if name != "le" {
+                entry.1.insert(name.to_owned());
+            }
+        }
+    }
+    families
+}
+
+/// The metric names a page mentions: `vmss_sync_…` and `process_…` words.
+fn metric_words(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for prefix in ["vmss_sync_", "process_"] {
+        let mut rest = text;
+        while let Some(i) = rest.find(prefix) {
+            let before = text.len() - rest.len() + i;
+            let boundary = text[..before]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            let word: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + word.len()..];
+            if boundary && word.len() > prefix.len() {
+                out.insert(word);
+            }
+        }
+    }
+    out
+}
+
+/// The family of a documented series name: `x_bucket`, `x_sum` and `x_count` of a
+/// histogram `x` are `x`.
+fn family_of<'a>(word: &'a str, served: &BTreeMap<String, (String, BTreeSet<String>)>) -> &'a str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = word.strip_suffix(suffix) {
+            if served.get(base).is_some_and(|(k, _)| k == "histogram") {
+                return base;
+            }
+        }
+    }
+    word
+}
+
+#[test]
+fn every_metric_the_docs_name_is_served_and_observability_md_lists_every_served_one() {
+    let root = repo_root();
+    let served = served_metrics();
+    assert!(
+        served
+            .keys()
+            .filter(|k| k.starts_with("vmss_sync_"))
+            .count()
+            > 30,
+        "too few metric families served: {served:?}"
+    );
+    let mut unknown = Vec::new();
+    for file in doc_files() {
+        for word in metric_words(&read(&root.join(&file))) {
+            let family = family_of(&word, &served);
+            // process_max_fds is absent when the limit is unlimited, as the page says.
+            if !served.contains_key(family) && family != "process_max_fds" {
+                unknown.push(format!("{}: {word}", file.display()));
+            }
+        }
+    }
+    let reference = read(&root.join("docs/observability.md"));
+    let listed = metric_words(&reference);
+    let unlisted: Vec<&String> = served.keys().filter(|k| !listed.contains(*k)).collect();
+    assert!(
+        unknown.is_empty() && unlisted.is_empty(),
+        "metric names in the docs that /metrics does not serve:\n  {}\n\
+         metrics served that docs/observability.md does not list:\n  {}",
+        unknown.join("\n  "),
+        unlisted
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+/// Every row `| `metric` | … |` of a table with a `labels` column, in every page: the metric,
+/// its type (when the table has a `type` column) and its label names (the code spans of the
+/// labels cell outside parentheses), with the page and line.
+fn documented_metric_rows() -> Vec<(String, String, Option<String>, BTreeSet<String>)> {
+    let root = repo_root();
+    let mut rows = Vec::new();
+    for file in doc_files() {
+        let text = read(&root.join(&file));
+        let mut columns: Option<(Option<usize>, usize)> = None;
+        for (n, line) in prose_lines(&text) {
+            let t = line.trim();
+            if !t.starts_with('|') {
+                columns = None;
+                continue;
+            }
+            let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+            let lower: Vec<String> = cells.iter().map(|c| c.to_lowercase()).collect();
+            if let Some(labels) = lower.iter().position(|c| c == "labels") {
+                columns = Some((lower.iter().position(|c| c == "type"), labels));
+                continue;
+            }
+            let Some((type_col, labels_col)) = columns else {
+                continue;
+            };
+            let Some(name) = cells[0]
+                .strip_prefix('`')
+                .and_then(|c| c.strip_suffix('`'))
+                .filter(|c| c.starts_with("vmss_sync_") || c.starts_with("process_"))
+            else {
+                continue;
+            };
+            let mut depth = 0;
+            let mut outside = String::new();
+            for c in cells.get(labels_col).copied().unwrap_or("").chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    c if depth == 0 => outside.push(c),
+                    _ => {}
+                }
+            }
+            let labels = code_spans(&outside)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            let kind = type_col
+                .and_then(|i| cells.get(i))
+                .map(|c| c.split_whitespace().next().unwrap_or("").to_owned());
+            rows.push((
+                format!("{}:{n}", file.display()),
+                name.to_owned(),
+                kind,
+                labels,
+            ));
+        }
+    }
+    rows
+}
+
+#[test]
+fn every_metric_table_row_has_the_served_type_and_labels() {
+    let served = served_metrics();
+    let rows = documented_metric_rows();
+    assert!(rows.len() > 30, "only {} metric rows found", rows.len());
+    let mut wrong = Vec::new();
+    let mut labels_checked = 0;
+    for (at, name, kind, labels) in &rows {
+        let Some((served_kind, served_labels)) = served.get(name) else {
+            if name != "process_max_fds" {
+                wrong.push(format!("{at}: {name} is not served"));
+            }
+            continue;
+        };
+        if let Some(k) = kind {
+            if k != served_kind {
+                wrong.push(format!(
+                    "{at}: {name} is a {served_kind}, the page says {k}"
+                ));
+            }
+        }
+        // A family without series yet (labelled by what the first request brings) shows no
+        // label names; the others must show exactly the documented ones.
+        if !served_labels.is_empty() || labels.is_empty() {
+            labels_checked += 1;
+            if labels != served_labels {
+                wrong.push(format!(
+                    "{at}: {name} has the labels {served_labels:?}, the page says {labels:?}"
+                ));
+            }
+        }
+    }
+    println!(
+        "{} metric rows, {labels_checked} label sets compared",
+        rows.len()
+    );
+    assert!(
+        labels_checked > 20,
+        "only {labels_checked} label sets compared"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The subcommands of `vmss-sync` a doc may show.
+const SUBCOMMANDS: [&str; 5] = ["run", "once", "plan", "validate", "generate"];
+
+/// The arguments of every `vmss-sync …` command line in `text`: in code blocks, each line
+/// (with `\` continuations joined); in prose, each code span. `vmss-sync` counts as the
+/// command when it (or a path ending in `/vmss-sync`, or `ExecStart=` one) opens the
+/// command, after an optional `$` or `sudo`, and is followed by a subcommand or a flag.
+/// The arguments end at a comment, a pipe, a redirection or `&&`; `[` `]` around an
+/// optional part are dropped and `a|b` alternatives give the first.
+fn command_lines(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut candidates: Vec<(usize, String)> = Vec::new();
+    let mut fence: Option<&str> = None;
+    let mut joined = String::new();
+    let mut prose = String::new();
+    let mut prose_start = 0;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        match fence {
+            Some(f) if t.starts_with(f) => fence = None,
+            Some(_) => match line.trim_end().strip_suffix('\\') {
+                Some(head) => joined.push_str(head),
+                None => {
+                    joined.push_str(line);
+                    candidates.push((i + 1, std::mem::take(&mut joined)));
+                }
+            },
+            None if t.starts_with("```") || t.starts_with("~~~") => {
+                fence = Some(&t[..3]);
+                for (n, span) in prose_spans(&prose, prose_start) {
+                    candidates.push((n, span));
+                }
+                prose.clear();
+            }
+            None => {
+                if prose.is_empty() {
+                    prose_start = i + 1;
+                }
+                prose.push_str(line);
+                prose.push('\n');
+            }
+        }
+    }
+    for (n, span) in prose_spans(&prose, prose_start) {
+        candidates.push((n, span));
+    }
+    let mut out = Vec::new();
+    for (n, candidate) in candidates {
+        let words: Vec<&str> = candidate.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            let is_command = *w == "vmss-sync" || w.ends_with("/vmss-sync");
+            let opens = i == 0 || matches!(words[i - 1], "$" | "sudo" | "exec");
+            let Some(next) = words.get(i + 1) else {
+                continue;
+            };
+            if !(is_command && opens && (SUBCOMMANDS.contains(next) || next.starts_with('-'))) {
+                continue;
+            }
+            let args: Vec<String> = words[i + 1..]
+                .iter()
+                .take_while(|a| {
+                    !(a.starts_with('#') || matches!(**a, "|" | ">" | "&&" | ";" | "&"))
+                })
+                .map(|a| a.trim_matches(|c| c == '[' || c == ']'))
+                .filter(|a| !a.is_empty())
+                .map(|a| a.split('|').next().unwrap_or(a).to_owned())
+                .collect();
+            out.push((n, args));
+        }
+    }
+    out
+}
+
+/// The code spans of a run of prose lines that starts at line `first`, each with its line.
+fn prose_spans(prose: &str, first: usize) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut line = first;
+    for (i, part) in prose.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push((line, part.replace('\n', " ")));
+        }
+        line += part.matches('\n').count();
+    }
+    out
+}
+
+#[test]
+fn every_vmss_sync_command_line_in_the_docs_is_accepted_by_the_parser() {
+    let root = repo_root();
+    let mut seen = BTreeSet::new();
+    let mut refused = Vec::new();
+    for file in doc_files() {
+        for (line, args) in command_lines(&read(&root.join(&file))) {
+            if !seen.insert(args.clone()) {
+                continue;
+            }
+            // `--help` at the end: clap checks every argument before it and then prints
+            // help instead of running, so nothing is read or started.
+            let out = Command::new(env!("CARGO_BIN_EXE_vmss-sync"))
+                .args(&args)
+                .arg("--help")
+                .output()
+                .expect("run vmss-sync");
+            if !out.status.success() {
+                refused.push(format!(
+                    "{}:{line}: vmss-sync {}: exit {:?}: {}",
+                    file.display(),
+                    args.join(" "),
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+    }
+    println!("{} distinct command lines checked", seen.len());
+    assert!(
+        seen.len() >= 10,
+        "only {} command lines found: {seen:?}",
+        seen.len()
+    );
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
+}
+
+/// `Actions` and `DataActions` of a role definition, lower case (Azure compares them so).
+fn role_actions(role: &serde_json::Value) -> BTreeSet<String> {
+    ["Actions", "DataActions"]
+        .iter()
+        .filter_map(|k| role[*k].as_array())
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+#[test]
+fn every_role_and_action_in_the_docs_matches_a_packaged_role() {
+    let root = repo_root();
+    let dir = root.join("packaging/azure-roles");
+    let mut packaged = BTreeMap::new();
+    for entry in fs::read_dir(&dir).expect("packaging/azure-roles") {
+        let path = entry.expect("entry").path();
+        let role: serde_json::Value =
+            serde_json::from_str(&read(&path)).expect("role definition is JSON");
+        packaged.insert(
+            path.file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned(),
+            role_actions(&role),
+        );
+    }
+    let discovery = packaged
+        .get("vmss-sync-discovery.json")
+        .expect("the discovery role")
+        .clone();
+    let every_action: BTreeSet<&String> = packaged.values().flatten().collect();
+    let mut blocks = 0;
+    let mut wrong = Vec::new();
+    for file in doc_files() {
+        let text = read(&root.join(&file));
+        // Role definitions shown whole: the actions of one packaged role, or of one
+        // without the discovery actions (a page about a target shows only its own).
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() != "```json" {
+                continue;
+            }
+            let body: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim() != "```")
+                .copied()
+                .collect();
+            let Ok(role) = serde_json::from_str::<serde_json::Value>(&body.join("\n")) else {
+                continue;
+            };
+            if role.get("Actions").is_none() {
+                continue;
+            }
+            blocks += 1;
+            let shown = role_actions(&role);
+            let with_discovery: BTreeSet<String> = shown.union(&discovery).cloned().collect();
+            let fits = packaged
+                .values()
+                .any(|p| shown.is_subset(p) && p.is_subset(&with_discovery));
+            if !fits {
+                wrong.push(format!(
+                    "{}:{}: the role {:?} matches no file of packaging/azure-roles/ (with or \
+                     without the discovery actions): {shown:?}",
+                    file.display(),
+                    i + 1,
+                    role["Name"]
+                ));
+            }
+        }
+        // Any action named in full must be in some packaged role.
+        for span in code_spans(&text) {
+            let a = span.to_ascii_lowercase();
+            if a.starts_with("microsoft.")
+                && ["/read", "/write", "/delete", "/action"]
+                    .iter()
+                    .any(|s| a.ends_with(s))
+                && !every_action.contains(&a)
+            {
+                wrong.push(format!(
+                    "{}: `{span}` is in no role of packaging/azure-roles/",
+                    file.display()
+                ));
+            }
+        }
+    }
+    println!("{blocks} role definitions compared");
+    assert!(
+        blocks >= 3,
+        "only {blocks} role definitions found in the docs"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -582,3 +582,28 @@ async fn an_api_offering_only_unknown_versions_is_refused_with_the_list() {
     );
     assert!(env.nginx_writes().is_empty());
 }
+
+/// The exit code the docs give `plan` (README, operations.md): 0 only when every upstream
+/// was read and nothing would be held; a plan that would hold removals exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_exits_1_when_removals_would_be_held_and_0_once_capacity_agrees() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 10);
+    env.upstream(UpstreamKind::Http, "web");
+    let cfg = env.config("", &http_upstream("web"));
+    let path = cfg.to_str().unwrap();
+    assert_eq!(
+        run(&["once", "--config", path], &env.sp_env()).await.code,
+        0
+    );
+    let writes = env.nginx_writes().len();
+    env.tb.fleet().scale_to(SUB, RG, "web", 3);
+    env.tb.fleet().set_capacity_only(SUB, RG, "web", 10);
+    let out = run(&["plan", "--config", path], &env.sp_env()).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("would hold removals"), "{}", out.stdout);
+    env.tb.fleet().set_capacity_only(SUB, RG, "web", 3);
+    let out = run(&["plan", "--config", path], &env.sp_env()).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(env.nginx_writes().len(), writes, "plan writes nothing");
+}
