@@ -402,8 +402,10 @@ fn literal_pieces(message: &str) -> Vec<String> {
     }
     flush_word(&mut word, &mut current, &mut pieces);
     pieces.push(current);
+    // A message is a chain of `context: cause`; each link is written by its own string.
     pieces
-        .into_iter()
+        .iter()
+        .flat_map(|p| p.split(": "))
         .map(|p| {
             p.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
                 .to_owned()
@@ -414,7 +416,9 @@ fn literal_pieces(message: &str) -> Vec<String> {
 
 /// Words in troubleshooting.md's messages that other programs write, not vmss-sync: they
 /// are taken out of a message before its pieces are looked for in the source.
-const FOREIGN_WORDS: [&str; 6] = [
+const FOREIGN_WORDS: [&str; 7] = [
+    // An example address.
+    "unix:/run/haproxy/admin.sock",
     // rustls's Display of an untrusted or misnamed certificate and of a plain-http answer.
     "invalid peer certificate: UnknownIssuer",
     "invalid peer certificate: NotValidForName",
@@ -425,10 +429,21 @@ const FOREIGN_WORDS: [&str; 6] = [
     "method disabled (MethodDisabled)",
 ];
 
-/// The messages troubleshooting.md quotes: the code spans of its `###` headings, and the
-/// first cell of the rows of its tables whose first column is `Message` or `Words`.
+/// The messages troubleshooting.md quotes: the code spans of its `###` headings, the first
+/// cell of the rows of its tables whose first column is `Message` or `Words`, and every code
+/// span of its prose that reads like a message (three words or more, one `: ` at least).
 fn quoted_messages(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
+    // The page with its fenced blocks blanked, so that lines keep their numbers.
+    let mut prose = vec![""; text.lines().count()];
+    for (n, line) in prose_lines(text) {
+        prose[n - 1] = line;
+    }
+    for (n, span) in prose_spans(&(prose.join("\n") + "\n"), 1) {
+        if span.contains(": ") && span.split_whitespace().count() >= 3 {
+            out.push((n, span));
+        }
+    }
     let mut in_table = false;
     for (n, line) in prose_lines(text) {
         let t = line.trim();
