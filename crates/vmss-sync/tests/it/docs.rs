@@ -1,7 +1,11 @@
 //! The documentation against the code: every configuration key the parser accepts is in the
 //! reference (`docs/configuration.md`) and every key the reference lists is accepted; every
 //! YAML block marked as a complete configuration passes `vmss-sync validate`; the README stays
-//! under 12 KB; relative links (and their `#anchors`) in README.md and docs/ lead somewhere.
+//! under 12 KB; relative links (and their `#anchors`) in README.md and docs/ lead somewhere;
+//! metric names, types and labels match what `/metrics` serves and observability.md lists
+//! every served family; troubleshooting.md quotes only messages the source writes; every
+//! `vmss-sync …` command line parses; role definitions match packaging/azure-roles/; the
+//! repository paths named exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -961,4 +965,70 @@ fn every_role_and_action_in_the_docs_matches_a_packaged_role() {
         "only {blocks} role definitions found in the docs"
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.len() >= part.len() && rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+#[test]
+fn every_repository_path_the_docs_name_exists() {
+    let root = repo_root();
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for file in doc_files() {
+        for (n, line) in prose_lines(&read(&root.join(&file))) {
+            for span in code_spans(line) {
+                let span = span.trim_start_matches("./");
+                let path = if let Some(rest) = span.strip_prefix("tests/it/") {
+                    format!("crates/vmss-sync/tests/it/{rest}")
+                } else if ["packaging/", "crates/", "scripts/", ".ci/"]
+                    .iter()
+                    .any(|p| span.starts_with(p))
+                    && !span.contains(' ')
+                {
+                    span.to_owned()
+                } else {
+                    continue;
+                };
+                checked += 1;
+                let full = root.join(&path);
+                let (dir, name) = match path.rsplit_once('/') {
+                    Some((d, n)) => (root.join(d), n),
+                    None => (root.clone(), path.as_str()),
+                };
+                let found = if name.contains('*') {
+                    fs::read_dir(&dir).is_ok_and(|entries| {
+                        entries
+                            .filter_map(Result::ok)
+                            .any(|e| glob_matches(name, &e.file_name().to_string_lossy()))
+                    })
+                } else {
+                    full.exists()
+                };
+                if !found {
+                    missing.push(format!("{}:{n}: `{span}` does not exist", file.display()));
+                }
+            }
+        }
+    }
+    println!("{checked} repository paths checked");
+    assert!(checked > 20, "only {checked} repository paths found");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
