@@ -195,8 +195,9 @@ pub fn start_elector(
 }
 
 /// Starts the consumer of an `events` section: a Queue client authorised by a token from
-/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS;
-/// it reads only while `may_consume` (this replica may write).
+/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS,
+/// trusting `events.ca_file` besides the system's roots; it reads only while `may_consume`
+/// (this replica may write).
 pub fn start_events(
     ev: &crate::config::EventsConfig,
     env: &Env,
@@ -206,7 +207,8 @@ pub fn start_events(
     use crate::config::QueueAuthConfig;
     use crate::events::queue::{QueueAuth, QueueClient};
     let timeout = Duration::from_secs(10);
-    let http = reqwest::Client::builder()
+    let http = crate::net::client_builder(ev.ca_file.as_deref())
+        .map_err(|e| DaemonError::Build(format!("events.ca_file: {e}")))?
         .connect_timeout(timeout)
         .build()
         .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
