@@ -1,149 +1,20 @@
-//! Helpers of the operations tests (`ops_*.rs`): Azurite, the admin endpoint of a daemon,
-//! leader-election configuration files and /proc measurements. Used with `common`.
+//! Helpers of the operations tests (`ops_*.rs`): the admin endpoint of a daemon,
+//! leader-election configuration files (Azurite: `super::azurite`) and /proc measurements.
+//! Used with `common`.
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The emulator's account and its well-known development key (public, documented by
-/// Microsoft; not a secret anywhere).
-pub const DEV_ACCOUNT: &str = "devstoreaccount1";
-pub const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub use super::azurite::{Azurite, DEV_ACCOUNT, DEV_KEY};
 
-/// Where `azurite-blob` is: `$AZURITE_BLOB` (set by scripts/test.sh), the repository's
-/// `.tools/azurite`, or `PATH`.
-pub fn azurite_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AZURITE_BLOB").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.tools/azurite/node_modules/.bin/azurite-blob");
-    if local.exists() {
-        return local;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("azurite-blob");
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "Azurite is not installed: run ./scripts/test.sh (it installs it), or \
-         `npm install --prefix .tools/azurite azurite@3`, or set AZURITE_BLOB"
-    );
-}
-
-/// A free loopback port (bound then released).
+/// A loopback port nobody listens on (bound then released: for an endpoint that must
+/// refuse connections, or a child that takes a port number; another socket may take it
+/// in between).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
-}
-
-/// An Azurite blob service on loopback, in memory; killed by pid when dropped (also when
-/// the test fails).
-pub struct Azurite {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Azurite {
-    /// Starts Azurite on a free port and waits until it accepts connections.
-    pub fn start() -> Azurite {
-        Self::start_on(free_port())
-    }
-
-    /// Starts Azurite on `port`.
-    pub fn start_on(port: u16) -> Azurite {
-        let dir = tempfile::tempdir().expect("azurite dir");
-        let log = std::fs::File::create(dir.path().join("azurite.out")).expect("azurite log");
-        let child = Command::new(azurite_bin())
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &port.to_string(),
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-            ])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn azurite-blob");
-        let mut a = Azurite {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(c) = a.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("azurite-blob exited: {status}\n{}", a.output());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Azurite did not start:\n{}",
-                a.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        a
-    }
-
-    /// `http://127.0.0.1:PORT/devstoreaccount1`.
-    pub fn account_url(&self) -> String {
-        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.port)
-    }
-
-    /// What Azurite printed.
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("azurite.out")).unwrap_or_default()
-    }
-
-    /// Kills Azurite (by pid) and waits for it.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// A lease client for `container/blob` with the development key (for the tests'
-    /// outside view: lease state, breaking a lease).
-    pub fn lease_client(
-        &self,
-        container: &str,
-        blob: &str,
-    ) -> vmss_sync::leader::blob::BlobLeaseClient {
-        use vmss_sync::leader::blob::{BlobAuth, BlobLeaseClient};
-        use vmss_sync::leader::shared_key::SharedKey;
-        BlobLeaseClient::new(
-            &url::Url::parse(&self.account_url()).expect("account url"),
-            container,
-            blob,
-            BlobAuth::SharedKey(SharedKey::new(DEV_ACCOUNT, DEV_KEY).expect("dev key")),
-            reqwest::Client::new(),
-            Duration::from_secs(5),
-        )
-        .expect("lease client")
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// The `leader_election` section for Azurite with Shared Key (the key from `${LEASE_KEY}`).
