@@ -468,7 +468,6 @@ impl Testbed {
                 &self.shared.opts,
                 TokenFlow::Direct,
                 ARM_AUDIENCE,
-                &self.shared.urls.authority,
             )
             .token
     }
@@ -482,7 +481,6 @@ impl Testbed {
                 &self.shared.opts,
                 TokenFlow::Direct,
                 ARM_AUDIENCE,
-                &self.shared.urls.authority,
             )
             .token;
         if let Some(info) = store.tokens.get_mut(&token) {
@@ -495,6 +493,18 @@ impl Testbed {
     /// `issue_token`.
     pub fn tokens_issued(&self) -> usize {
         lock(&self.shared.tokens).total_http_issued()
+    }
+
+    /// The tokens issued for `audience` (compared without a trailing slash), e.g.
+    /// `https://storage.azure.com`: what a test looks for in logs that must not show them.
+    pub fn tokens_for(&self, audience: &str) -> Vec<String> {
+        let want = audience.trim_end_matches('/');
+        lock(&self.shared.tokens)
+            .tokens
+            .iter()
+            .filter(|(_, i)| i.audience.trim_end_matches('/') == want)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Tokens issued by one flow.
@@ -583,9 +593,9 @@ fn serve(sh: &Shared, service: Service, req: &Req) -> Reply {
         Service::Authority => {
             tokens::authority(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req)
         }
-        Service::Imds => tokens::imds(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req),
+        Service::Imds => tokens::imds(&sh.opts, &mut lock(&sh.tokens), req),
         Service::AppServiceMsi => {
-            tokens::app_service(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req)
+            tokens::app_service(&sh.opts, &mut lock(&sh.tokens), req)
         }
         Service::Nginx => nginx::handle(
             &sh.nginx,

@@ -1,6 +1,8 @@
 //! Token issuing: fake Entra ID (client secret and workload identity), fake IMDS, fake
-//! App Service / Container Apps managed identity endpoint. Tokens are JWT-shaped but only
-//! their exact string matters: the fake ARM accepts exactly the tokens issued here.
+//! App Service / Container Apps managed identity endpoint. Tokens are JWT-shaped, with the
+//! claims Entra ID gives (audience, the v1 issuer `https://sts.windows.net/TENANT/`,
+//! `iat`/`nbf`/`exp`; Azurite's `--oauth basic` checks them, not the signature); the fake
+//! ARM accepts exactly the tokens issued here.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -54,7 +56,6 @@ impl TokenStore {
         opts: &TestbedOptions,
         flow: TokenFlow,
         audience: &str,
-        authority: &str,
     ) -> Issued {
         let lifetime = opts.token_lifetime;
         let now = now_epoch();
@@ -62,7 +63,9 @@ impl TokenStore {
         let header = json!({"typ": "JWT", "alg": "RS256", "kid": "vmss-testbed"});
         let claims = json!({
             "aud": audience,
-            "iss": format!("{}/{}/", authority.trim_end_matches('/'), opts.tenant_id),
+            // Entra ID's v1 issuer, whatever authority host minted it (as real tokens for
+            // ARM and Storage carry it; Azurite's `--oauth basic` checks this prefix).
+            "iss": format!("https://sts.windows.net/{}/", opts.tenant_id),
             "iat": now, "nbf": now, "exp": exp,
             "appid": opts.client_id, "tid": opts.tenant_id, "oid": guid(), "sub": guid(),
             "idtyp": "app", "jti": guid(),
@@ -312,7 +315,7 @@ fn token(
         );
     };
     let audience = normalize_resource(resource);
-    let t = store.issue(opts, flow, &audience, authority_url);
+    let t = store.issue(opts, flow, &audience);
     Reply::json(
         200,
         &json!({
@@ -349,7 +352,6 @@ fn imds_error(status: u16, error: &str, description: &str) -> Reply {
 pub(crate) fn imds(
     opts: &TestbedOptions,
     store: &mut TokenStore,
-    authority_url: &str,
     req: &Req,
 ) -> Reply {
     if req.path.trim_end_matches('/') != "/metadata/identity/oauth2/token" {
@@ -415,7 +417,7 @@ pub(crate) fn imds(
         return imds_error(400, "invalid_request", "Identity not found");
     }
     let audience = normalize_resource(&resource);
-    let t = store.issue(opts, TokenFlow::Imds, &audience, authority_url);
+    let t = store.issue(opts, TokenFlow::Imds, &audience);
     Reply::json(
         200,
         &json!({
@@ -447,7 +449,6 @@ fn msi_error(status: u16, message: &str) -> Reply {
 pub(crate) fn app_service(
     opts: &TestbedOptions,
     store: &mut TokenStore,
-    authority_url: &str,
     req: &Req,
 ) -> Reply {
     if req.path.trim_end_matches('/') != "/msi/token" {
@@ -480,7 +481,7 @@ pub(crate) fn app_service(
         return msi_error(400, "Unable to load the proper Managed Identity.");
     }
     let audience = normalize_resource(&resource);
-    let t = store.issue(opts, TokenFlow::AppServiceMsi, &audience, authority_url);
+    let t = store.issue(opts, TokenFlow::AppServiceMsi, &audience);
     Reply::json(
         200,
         &json!({
