@@ -510,9 +510,12 @@ impl Daemon {
             self.record(&report, mode);
             self.metrics.events.cycle(trigger);
             trigger = "timer";
-            let next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+            let mut next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
             // Between cycles, events and their follow-ups reconcile the upstreams they
-            // concern; the timer's full cycle stays the safety net.
+            // concern; the timer's full cycle stays the safety net. A reconcile of every
+            // upstream (all of them concerned) is a full cycle come early: the timer then
+            // counts `sync_interval` from it, so every upstream is still read at least
+            // once per `sync_interval`, never less often.
             loop {
                 let follow_up = self.follow_ups.next();
                 tokio::select! {
@@ -526,8 +529,16 @@ impl Daemon {
                         trigger = "leadership";
                         break;
                     }
-                    Some(batch) = next_batch(&mut self.events) => self.on_events(batch).await,
-                    _ = sleep_until_opt(follow_up) => self.on_follow_up().await,
+                    Some(batch) = next_batch(&mut self.events) => {
+                        if self.on_events(batch).await {
+                            next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+                        }
+                    }
+                    _ = sleep_until_opt(follow_up) => {
+                        if self.on_follow_up().await {
+                            next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+                        }
+                    }
                 }
             }
         }
@@ -555,9 +566,17 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 }
 
 impl Daemon {
+    /// True when `selections` are every upstream's: a reconcile of them is a full cycle.
+    fn covers_all(&self, selections: &std::collections::BTreeSet<crate::discovery::Selection>) -> bool {
+        let all = self.reconciler.selection_list();
+        !all.is_empty() && all.iter().all(|s| selections.contains(s))
+    }
+
     /// Reconciles the upstreams a burst of events concerns, then lets the consumer delete
-    /// the messages. Events for nothing selected are only counted.
-    async fn on_events(&mut self, batch: crate::events::consumer::Batch) {
+    /// the messages. Events for nothing selected are only counted. True when the
+    /// reconcile concerned every upstream (a full cycle).
+    async fn on_events(&mut self, batch: crate::events::consumer::Batch) -> bool {
+        let mut full = false;
         let selections = self.reconciler.selection_list();
         let routed = crate::events::route_all(&batch.events, &selections);
         for e in &batch.events {
@@ -584,6 +603,7 @@ impl Daemon {
                 .reconciler
                 .reconcile_selected(&routed.selections, mode)
                 .await;
+            full = self.covers_all(&routed.selections);
             log_cycle(&report);
             self.record(&report, mode);
             self.metrics.events.cycle("event");
@@ -608,13 +628,15 @@ impl Daemon {
             }
         }
         let _ = batch.done.send(());
+        full
     }
 
     /// A follow-up read after a scale event (new instances boot and turn healthy); the
-    /// series stops once nothing is coming up any more.
-    async fn on_follow_up(&mut self) {
+    /// series stops once nothing is coming up any more. True when it concerned every
+    /// upstream (a full cycle).
+    async fn on_follow_up(&mut self) -> bool {
         let Some(selections) = self.follow_ups.take_due(tokio::time::Instant::now()) else {
-            return;
+            return false;
         };
         let mode = if self.may_write() {
             Mode::Apply
@@ -629,6 +651,7 @@ impl Daemon {
             // Everything has come up: the timer is enough again.
             self.follow_ups.clear();
         }
+        self.covers_all(&selections)
     }
 }
 
