@@ -680,3 +680,82 @@ async fn an_event_queue_behind_an_untrusted_certificate_is_refused_with_a_tls_er
         .expect("get");
     assert_eq!(left.len(), 1, "nothing consumed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconcile_of_every_upstream_by_an_event_restarts_the_timer() {
+    let az = Azurite::queue();
+    let q = az.client("restart", DEV_KEY);
+    q.create().await.expect("create queue");
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(UpstreamKind::Http, "web");
+    let text = format!(
+        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
+         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 3s\n\
+         health_interval: 60s\nadmin_listen: 127.0.0.1:0\nlog_level: debug\n\
+         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
+         poll_interval: 100ms\n\
+         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
+         kind: http\n    drain_timeout: 0s\n",
+        env.tb.nginx_url(),
+        env.tb.arm_url(),
+        az.queue_url("restart"),
+    );
+    let cfg = env.write("restart.yaml", &text);
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &daemon_env(&env),
+        &env.dir.path().join("restart.log"),
+    );
+    let first = env.ips("web", 80);
+    assert!(
+        reached(&env, &first, Instant::now(), Duration::from_secs(20))
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    // An event for the only upstream every 1.5 s for 9 s: each reconcile reads all of it,
+    // so the 3 s timer never comes due.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        q.put_message(&event_message(
+            "Microsoft.Resources.ResourceWriteSuccess",
+            &set_id("web"),
+            false,
+        ))
+        .await
+        .expect("enqueue");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let page = ops_common::get(&ops_common::admin_addr(&daemon).await, "/metrics")
+        .await
+        .body;
+    let cycles = |t: &str| {
+        ops_common::sample(
+            &page,
+            "vmss_sync_cycles_by_trigger_total",
+            &format!("trigger=\"{t}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert!(cycles("event") >= 5.0, "{page}");
+    assert_eq!(
+        cycles("timer"),
+        1.0,
+        "only the first cycle: every event reconcile was a full one\n{page}\n{}",
+        daemon.log_text()
+    );
+    // Without events the timer runs again within sync_interval.
+    tokio::time::sleep(Duration::from_millis(3800)).await;
+    let page = ops_common::get(&ops_common::admin_addr(&daemon).await, "/metrics")
+        .await
+        .body;
+    let timer = ops_common::sample(
+        &page,
+        "vmss_sync_cycles_by_trigger_total",
+        "trigger=\"timer\"",
+    )
+    .unwrap_or(-1.0);
+    assert!(timer >= 2.0, "the timer goes on\n{page}");
+}
