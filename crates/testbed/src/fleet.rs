@@ -559,7 +559,13 @@ impl FleetState {
 
     /// The resource id of an instance: a Uniform set's `.../virtualMachines/ID`, or the
     /// ordinary VM of a Flexible member or a standalone VM.
-    fn instance_subject(&self, sub: &str, rg: &str, set: &str, id: u64) -> Option<(String, String)> {
+    fn instance_subject(
+        &self,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+    ) -> Option<(String, String)> {
         let ss = self.set(sub, rg, set)?;
         let inst = ss.instances.get(&id);
         Some(if ss.ordinary_vms() {
@@ -584,7 +590,15 @@ impl FleetState {
 
     /// An event of one instance: `verb` is `write`, `delete` or an action (`start`,
     /// `powerOff`, `deallocate`).
-    fn raise_instance(&self, event_type: &'static str, sub: &str, rg: &str, set: &str, id: u64, verb: &str) {
+    fn raise_instance(
+        &self,
+        event_type: &'static str,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+        verb: &str,
+    ) {
         let Some((subject, kind)) = self.instance_subject(sub, rg, set, id) else {
             return;
         };
@@ -604,10 +618,14 @@ impl FleetState {
         let Some((vm, _)) = self.instance_subject(sub, rg, set, id) else {
             return;
         };
-        let subscription = self.set(sub, rg, set).map_or_else(|| sub.to_string(), |s| s.sub.clone());
+        let subscription = self
+            .set(sub, rg, set)
+            .map_or_else(|| sub.to_string(), |s| s.sub.clone());
         sink(FleetEvent {
             event_type: AVAILABILITY_CHANGED,
-            subject: format!("{vm}/providers/Microsoft.ResourceHealth/availabilityStatuses/current"),
+            subject: format!(
+                "{vm}/providers/Microsoft.ResourceHealth/availabilityStatuses/current"
+            ),
             operation: String::new(),
             availability: Some(state),
             subscription,
@@ -636,7 +654,15 @@ impl FleetState {
     /// The events of an instance's power state going from `before` to `after`: the
     /// action's success when `action` (an ARM operation, not the platform) caused it, and
     /// Resource Health's when the VM became available or unavailable.
-    fn power_changed(&self, sub: &str, rg: &str, set: &str, id: u64, before: &str, after: &str, action: bool) {
+    fn power_changed(
+        &self,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+        (before, after): (&str, &str),
+        action: bool,
+    ) {
         if before.eq_ignore_ascii_case(after) {
             return;
         }
@@ -681,7 +707,9 @@ impl FleetState {
                 .set(&s.sub, &s.rg, &s.set)
                 .is_some_and(|ss| ss.instances.contains_key(&s.id));
             let subject = self.instance_subject(&s.sub, &s.rg, &s.set, s.id);
-            let standalone = self.set(&s.sub, &s.rg, &s.set).is_some_and(|ss| ss.standalone);
+            let standalone = self
+                .set(&s.sub, &s.rg, &s.set)
+                .is_some_and(|ss| ss.standalone);
             self.remove_instance(&s.sub, &s.rg, &s.set, s.id);
             if let (true, Some((subject, kind))) = (existed, subject) {
                 // The scale-in's (or the delete's) operation succeeds when the instance
@@ -699,7 +727,8 @@ impl FleetState {
         else {
             return;
         };
-        let (power_before, prov_before) = (inst.power_state.clone(), inst.provisioning_state.clone());
+        let (power_before, prov_before) =
+            (inst.power_state.clone(), inst.provisioning_state.clone());
         if let Some(p) = &s.change.power {
             inst.power_state = p.clone();
         }
@@ -712,13 +741,23 @@ impl FleetState {
         let (power_after, prov_after) = (inst.power_state.clone(), inst.provisioning_state.clone());
         // A create or update (a scale-out's boot, a rolling upgrade) has succeeded.
         let finished = prov_after.eq_ignore_ascii_case("Succeeded")
-            && matches!(prov_before.to_ascii_lowercase().as_str(), "creating" | "updating");
+            && matches!(
+                prov_before.to_ascii_lowercase().as_str(),
+                "creating" | "updating"
+            );
         if finished {
             self.raise_instance(RESOURCE_WRITE, &s.sub, &s.rg, &s.set, s.id, "write");
         }
         // Power changes on a timeline are the platform's (boot, eviction, upgrade): no
         // action of anyone's, but Resource Health sees them.
-        self.power_changed(&s.sub, &s.rg, &s.set, s.id, &power_before, &power_after, false);
+        self.power_changed(
+            &s.sub,
+            &s.rg,
+            &s.set,
+            s.id,
+            (&power_before, &power_after),
+            false,
+        );
     }
 }
 
@@ -824,7 +863,14 @@ impl Fleet {
             Some(v) => inst.tags.insert(key.to_string(), v.to_string()),
             None => inst.tags.remove(key),
         };
-        st.raise_instance(RESOURCE_WRITE, subscription, resource_group, scale_set, n, "write");
+        st.raise_instance(
+            RESOURCE_WRITE,
+            subscription,
+            resource_group,
+            scale_set,
+            n,
+            "write",
+        );
     }
 
     /// Gives the scale set's model the Application Health extension (on) or takes it away.
@@ -1161,7 +1207,12 @@ impl Fleet {
             let subject = st.instance_subject(subscription, resource_group, scale_set, n);
             st.remove_instance(subscription, resource_group, scale_set, n);
             if let Some((subject, kind)) = subject {
-                st.raise(RESOURCE_DELETE, subscription, subject, &format!("{kind}/delete"));
+                st.raise(
+                    RESOURCE_DELETE,
+                    subscription,
+                    subject,
+                    &format!("{kind}/delete"),
+                );
             }
         }
     }
@@ -1233,7 +1284,14 @@ impl Fleet {
         let n = st.find(subscription, resource_group, scale_set, instance_id);
         let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
         let before = std::mem::replace(&mut inst.power_state, state.to_string());
-        st.power_changed(subscription, resource_group, scale_set, n, &before, state, true);
+        st.power_changed(
+            subscription,
+            resource_group,
+            scale_set,
+            n,
+            (&before, state),
+            true,
+        );
     }
 
     /// Sets `properties.provisioningState` of an instance, e.g. "Creating", "Deleting",

@@ -464,11 +464,7 @@ impl Testbed {
     /// Mints a valid ARM bearer token directly (for tests that skip authentication).
     pub fn issue_token(&self) -> String {
         lock(&self.shared.tokens)
-            .issue(
-                &self.shared.opts,
-                TokenFlow::Direct,
-                ARM_AUDIENCE,
-            )
+            .issue(&self.shared.opts, TokenFlow::Direct, ARM_AUDIENCE)
             .token
     }
 
@@ -477,11 +473,7 @@ impl Testbed {
     pub fn issue_token_as(&self, principal: &str) -> String {
         let mut store = lock(&self.shared.tokens);
         let token = store
-            .issue(
-                &self.shared.opts,
-                TokenFlow::Direct,
-                ARM_AUDIENCE,
-            )
+            .issue(&self.shared.opts, TokenFlow::Direct, ARM_AUDIENCE)
             .token;
         if let Some(info) = store.tokens.get_mut(&token) {
             info.principal = principal.to_string();
@@ -594,9 +586,7 @@ fn serve(sh: &Shared, service: Service, req: &Req) -> Reply {
             tokens::authority(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req)
         }
         Service::Imds => tokens::imds(&sh.opts, &mut lock(&sh.tokens), req),
-        Service::AppServiceMsi => {
-            tokens::app_service(&sh.opts, &mut lock(&sh.tokens), req)
-        }
+        Service::AppServiceMsi => tokens::app_service(&sh.opts, &mut lock(&sh.tokens), req),
         Service::Nginx => nginx::handle(
             &sh.nginx,
             &sh.opts.nginx_versions,

@@ -51,12 +51,7 @@ pub(crate) struct Issued {
 }
 
 impl TokenStore {
-    pub fn issue(
-        &mut self,
-        opts: &TestbedOptions,
-        flow: TokenFlow,
-        audience: &str,
-    ) -> Issued {
+    pub fn issue(&mut self, opts: &TestbedOptions, flow: TokenFlow, audience: &str) -> Issued {
         let lifetime = opts.token_lifetime;
         let now = now_epoch();
         let exp = now + lifetime.as_secs();
@@ -349,11 +344,7 @@ fn imds_error(status: u16, error: &str, description: &str) -> Reply {
 }
 
 /// GET /metadata/identity/oauth2/token
-pub(crate) fn imds(
-    opts: &TestbedOptions,
-    store: &mut TokenStore,
-    req: &Req,
-) -> Reply {
+pub(crate) fn imds(opts: &TestbedOptions, store: &mut TokenStore, req: &Req) -> Reply {
     if req.path.trim_end_matches('/') != "/metadata/identity/oauth2/token" {
         return Reply::json(
             404,
@@ -446,11 +437,7 @@ fn msi_error(status: u16, message: &str) -> Reply {
 }
 
 /// GET {identity_endpoint}?api-version=2019-08-01&resource=...
-pub(crate) fn app_service(
-    opts: &TestbedOptions,
-    store: &mut TokenStore,
-    req: &Req,
-) -> Reply {
+pub(crate) fn app_service(opts: &TestbedOptions, store: &mut TokenStore, req: &Req) -> Reply {
     if req.path.trim_end_matches('/') != "/msi/token" {
         return msi_error(404, "Not Found");
     }

@@ -114,7 +114,11 @@ const TRIGGERS: [&str; 5] = ["timer", "event", "follow_up", "reload", "leadershi
 fn trigger_counts(page: &str) -> [f64; 5] {
     let mut out = [0.0; 5];
     for (i, t) in TRIGGERS.iter().enumerate() {
-        out[i] = metric_sum_labelled(page, "vmss_sync_cycles_by_trigger_total", &format!("trigger=\"{t}\""));
+        out[i] = metric_sum_labelled(
+            page,
+            "vmss_sync_cycles_by_trigger_total",
+            &format!("trigger=\"{t}\""),
+        );
     }
     out
 }
@@ -312,8 +316,9 @@ async fn run(mode: Mode, events: usize, queue_port: u16, page_size: usize) -> Re
     tb.clear_requests();
     // Which cycle made which reads: cycles run one at a time and are counted when they
     // end, so the reads between two counts belong to the cycle counted second.
-    let attributed: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (f64, usize)>>> =
-        Default::default();
+    let attributed: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<String, (f64, usize)>>,
+    > = Default::default();
     let sampler = {
         let (tb, metrics, attributed) = (tb.clone(), metrics.clone(), attributed.clone());
         tokio::spawn(async move {
@@ -459,9 +464,7 @@ async fn main() -> Res<()> {
             );
         }
     }
-    println!(
-        "(p99 of {events} samples is their maximum but one at most)"
-    );
+    println!("(p99 of {events} samples is their maximum but one at most)");
     if !hours {
         return Ok(());
     }

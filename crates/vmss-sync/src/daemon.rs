@@ -567,7 +567,10 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 
 impl Daemon {
     /// True when `selections` are every upstream's: a reconcile of them is a full cycle.
-    fn covers_all(&self, selections: &std::collections::BTreeSet<crate::discovery::Selection>) -> bool {
+    fn covers_all(
+        &self,
+        selections: &std::collections::BTreeSet<crate::discovery::Selection>,
+    ) -> bool {
         let all = self.reconciler.selection_list();
         !all.is_empty() && all.iter().all(|s| selections.contains(s))
     }

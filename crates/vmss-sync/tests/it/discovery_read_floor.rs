@@ -240,7 +240,10 @@ async fn a_uniform_set_s_nic_list_is_read_again_only_when_its_instance_views_sho
     let env = fleet().await;
     set(&env, RG, "web", Orchestration::Uniform, 3);
     env.upstream(UpstreamKind::Http, "web");
-    let rec = reconciler(&env, &upstream("web", "    virtual_machine_scale_set: web\n"));
+    let rec = reconciler(
+        &env,
+        &upstream("web", "    virtual_machine_scale_set: web\n"),
+    );
     assert!(rec.startup_check().await.is_empty());
     assert_eq!(cycle(&env, &rec).await, 1, "the first cycle reads the NICs");
     // Same members, all Succeeded: the views read says so, the addresses are kept.
@@ -257,7 +260,11 @@ async fn a_uniform_set_s_nic_list_is_read_again_only_when_its_instance_views_sho
     f.set_provisioning_state(SUB, RG, "web", "1", "Updating");
     assert_eq!(cycle(&env, &rec).await, 1, "a member Updating");
     f.set_provisioning_state(SUB, RG, "web", "1", "Succeeded");
-    assert_eq!(cycle(&env, &rec).await, 1, "Succeeded now, not at the last read");
+    assert_eq!(
+        cycle(&env, &rec).await,
+        1,
+        "Succeeded now, not at the last read"
+    );
     assert_eq!(cycle(&env, &rec).await, 0, "settled");
     // A member gone: read, and removed.
     f.scale_to(SUB, RG, "web", 3);
@@ -287,7 +294,11 @@ async fn without_instance_views_due_a_cycle_reads_the_nic_list_for_the_members()
     let rec = vmss_sync::daemon::build(&cfg, &vars).expect("reconciler");
     assert!(rec.startup_check().await.is_empty());
     assert_eq!(cycle(&env, &rec).await, 1);
-    assert_eq!(cycle(&env, &rec).await, 1, "no views this cycle: the NIC list");
+    assert_eq!(
+        cycle(&env, &rec).await,
+        1,
+        "no views this cycle: the NIC list"
+    );
     env.tb.fleet().scale_to(SUB, RG, "web", 3);
     assert_eq!(cycle(&env, &rec).await, 1);
     assert_eq!(env.servers(UpstreamKind::Http, "web"), env.ips("web", 80));

@@ -47,12 +47,7 @@ async fn queue_empty(q: &vmss_sync::events::queue::QueueClient, within: Duration
 }
 
 /// A configuration with `sync_interval: 60s` and the event queue.
-fn events_config(
-    env: &Env,
-    az: &Azurite,
-    queue: &str,
-    visibility: &str,
-) -> std::path::PathBuf {
+fn events_config(env: &Env, az: &Azurite, queue: &str, visibility: &str) -> std::path::PathBuf {
     let text = format!(
         "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
          api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
@@ -672,7 +667,10 @@ async fn an_event_queue_behind_an_untrusted_certificate_is_refused_with_a_tls_er
     );
     assert!(!log.contains("Event received."), "{log}");
     // Polling goes on: the timer's first cycle synced the upstream anyway.
-    assert_eq!(env.all_servers(UpstreamKind::Http, "web"), env.ips("web", 80));
+    assert_eq!(
+        env.all_servers(UpstreamKind::Http, "web"),
+        env.ips("web", 80)
+    );
     // The message is still there for a replica that can read it.
     let left = q
         .get_messages(32, Duration::from_secs(1))

@@ -31,12 +31,7 @@ struct Rig {
     _azurite: Azurite,
 }
 
-async fn rig(
-    setup: impl FnOnce(&Env),
-    upstream: &str,
-    cloud: bool,
-    only: &[&'static str],
-) -> Rig {
+async fn rig(setup: impl FnOnce(&Env), upstream: &str, cloud: bool, only: &[&'static str]) -> Rig {
     let az = Azurite::queue();
     let q = az.client("fleet", DEV_KEY);
     q.create().await.expect("create queue");
@@ -78,12 +73,22 @@ impl Rig {
 
     async fn settle(&self, want: &[String]) {
         let ok = eventually(Duration::from_secs(20), || self.servers() == want).await;
-        assert!(ok, "first cycle: {:?}\n{}", self.servers(), self.daemon.log_text());
+        assert!(
+            ok,
+            "first cycle: {:?}\n{}",
+            self.servers(),
+            self.daemon.log_text()
+        );
     }
 
     /// Applies `change`, waits for the forwarded event of type `kind`, and returns how
     /// long after that event was raised the upstream held exactly `want`.
-    async fn reacts(&self, kind: &str, change: impl FnOnce(), want: impl Fn() -> Vec<String>) -> Duration {
+    async fn reacts(
+        &self,
+        kind: &str,
+        change: impl FnOnce(),
+        want: impl Fn() -> Vec<String>,
+    ) -> Duration {
         let before = Instant::now();
         change();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -197,7 +202,9 @@ async fn a_tag_write_event_reaches_the_target_within_2_s() {
     let r = rig(
         |env| {
             env.uniform("tagged", 2);
-            env.tb.fleet().set_tag(SUB, RG, "tagged", "pool", Some("other"));
+            env.tb
+                .fleet()
+                .set_tag(SUB, RG, "tagged", "pool", Some("other"));
         },
         "  - name: web\n    port: 80\n    kind: http\n    tags:\n      allow:\n        pool: web\n",
         false,

@@ -124,7 +124,14 @@ fn listening_port(output: &str) -> Option<u16> {
     output
         .lines()
         .filter(|l| l.contains("successfully listens on"))
-        .find_map(|l| l.rsplit(':').next()?.trim().trim_end_matches('/').parse().ok())
+        .find_map(|l| {
+            l.rsplit(':')
+                .next()?
+                .trim()
+                .trim_end_matches('/')
+                .parse()
+                .ok()
+        })
 }
 
 /// A running Azurite service.

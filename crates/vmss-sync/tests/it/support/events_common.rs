@@ -55,9 +55,12 @@ impl Forwarder {
         let log = std::sync::Arc::clone(&sent);
         let task = tokio::spawn(async move {
             while let Some((at, ev)) = rx.recv().await {
-                let text = base64::engine::general_purpose::STANDARD
-                    .encode(ev.json(cloud).to_string());
-                queue.put_message(&text).await.expect("enqueue a fleet event");
+                let text =
+                    base64::engine::general_purpose::STANDARD.encode(ev.json(cloud).to_string());
+                queue
+                    .put_message(&text)
+                    .await
+                    .expect("enqueue a fleet event");
                 log.lock().unwrap().push((at, ev));
             }
         });
