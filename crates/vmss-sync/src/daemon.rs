@@ -566,15 +566,6 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 }
 
 impl Daemon {
-    /// True when `selections` are every upstream's: a reconcile of them is a full cycle.
-    fn covers_all(
-        &self,
-        selections: &std::collections::BTreeSet<crate::discovery::Selection>,
-    ) -> bool {
-        let all = self.reconciler.selection_list();
-        !all.is_empty() && all.iter().all(|s| selections.contains(s))
-    }
-
     /// Reconciles the upstreams a burst of events concerns, then lets the consumer delete
     /// the messages. Events for nothing selected are only counted. True when the
     /// reconcile concerned every upstream (a full cycle).
@@ -606,7 +597,7 @@ impl Daemon {
                 .reconciler
                 .reconcile_selected(&routed.selections, mode)
                 .await;
-            full = self.covers_all(&routed.selections);
+            full = crate::events::covers(&routed.selections, &self.reconciler.selection_list());
             log_cycle(&report);
             self.record(&report, mode);
             self.metrics.events.cycle("event");
@@ -654,7 +645,7 @@ impl Daemon {
             // Everything has come up: the timer is enough again.
             self.follow_ups.clear();
         }
-        self.covers_all(&selections)
+        crate::events::covers(&selections, &self.reconciler.selection_list())
     }
 }
 
