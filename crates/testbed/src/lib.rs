@@ -51,7 +51,10 @@ pub use arm::ComputeLimits;
 pub use chaos::{MemberState, ScaleSetState};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
-pub use fleet::{Change, EventSink, Fleet, FleetEvent, Orchestration, STANDALONE_VMS};
+pub use fleet::{
+    Change, EventSink, Fleet, FleetEvent, Orchestration, AVAILABILITY_CHANGED, RESOURCE_ACTION,
+    RESOURCE_DELETE, RESOURCE_WRITE, STANDALONE_VMS,
+};
 pub use network::{LroHeaders, Network, NetworkOperation};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;
