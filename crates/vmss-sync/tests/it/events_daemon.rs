@@ -757,3 +757,32 @@ async fn a_reconcile_of_every_upstream_by_an_event_restarts_the_timer() {
     .unwrap_or(-1.0);
     assert!(timer >= 2.0, "the timer goes on\n{page}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_non_pem_events_ca_file_exits_2_naming_file_key_and_value() {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 1);
+    env.upstream(UpstreamKind::Http, "web");
+    let not_pem = env.write("not-a-ca.pem", "hello\n");
+    let missing = env.dir.path().join("missing-ca.pem");
+    for ca in [&missing, &not_pem] {
+        let text = format!(
+            "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
+             api_endpoint: {}\nresource_manager_endpoint: {}\n\
+             events:\n  queue_url: https://acct1.queue.core.windows.net/q\n  ca_file: {}\n\
+             upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
+             kind: http\n",
+            env.tb.nginx_url(),
+            env.tb.arm_url(),
+            ca.display(),
+        );
+        let cfg = env.write("bad-ca.yaml", &text);
+        let out = run(&["run", "--config", cfg.to_str().unwrap()], &env.sp_env()).await;
+        assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(all.contains("bad-ca.yaml:8:"), "the file and line: {all}");
+        assert!(all.contains("events.ca_file"), "the key: {all}");
+        assert!(all.contains(&ca.display().to_string()), "the value: {all}");
+        assert!(env.nginx_writes().is_empty(), "nothing written");
+    }
+}
