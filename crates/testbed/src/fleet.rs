@@ -220,35 +220,73 @@ struct Scheduled {
 
 /// A resource event Event Grid would raise for a change of the fleet, at the moment it
 /// would raise it: when the operation has succeeded (a scale-out once its instances
-/// exist, a scale-in once its instances are gone, after the terminate window if any).
+/// exist, a scale-in once its instances are gone, after the terminate window if any; a
+/// start, stop or deallocate once the VM is in that state; a tag write at once), and a
+/// Resource Health availability change (`AvailabilityStatusChanged`) when a VM becomes
+/// available or unavailable (started, stopped, deallocated, evicted), which Resource
+/// Health reports whoever caused it. An application health change (`vmHealth`) raises
+/// nothing: Resource Health does not report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetEvent {
-    /// `Microsoft.Resources.ResourceWriteSuccess` or `...ResourceDeleteSuccess`.
+    /// `Microsoft.Resources.ResourceWriteSuccess`, `...ResourceDeleteSuccess`,
+    /// `...ResourceActionSuccess` or
+    /// `Microsoft.ResourceNotifications.HealthResources.AvailabilityStatusChanged`.
     pub event_type: &'static str,
-    /// The resource id (the scale set, or a deleted instance's VM).
+    /// The resource id: the scale set, a Uniform instance
+    /// (`.../virtualMachineScaleSets/SET/virtualMachines/ID`), an ordinary VM (a Flexible
+    /// member or a standalone VM), or for a health event the VM's
+    /// `.../providers/Microsoft.ResourceHealth/availabilityStatuses/current`.
     pub subject: String,
+    /// The ARM operation (`data.operationName`), e.g.
+    /// `Microsoft.Compute/virtualMachines/deallocate/action`; empty for a health event.
+    pub operation: String,
+    /// For a health event: `Available` or `Unavailable`.
+    pub availability: Option<&'static str>,
     /// The subscription (the topic's).
     pub subscription: String,
     /// A unique id.
     pub id: String,
 }
 
+/// Event types the fleet raises.
+pub const RESOURCE_WRITE: &str = "Microsoft.Resources.ResourceWriteSuccess";
+pub const RESOURCE_DELETE: &str = "Microsoft.Resources.ResourceDeleteSuccess";
+pub const RESOURCE_ACTION: &str = "Microsoft.Resources.ResourceActionSuccess";
+pub const AVAILABILITY_CHANGED: &str =
+    "Microsoft.ResourceNotifications.HealthResources.AvailabilityStatusChanged";
+
 impl FleetEvent {
     /// The event as Event Grid writes it into a queue message, before base64: the Event
     /// Grid schema, or CloudEvents 1.0 with `cloud`.
     pub fn json(&self, cloud: bool) -> serde_json::Value {
         let time = crate::util::rfc3339_now();
-        let data = serde_json::json!({
-            "resourceUri": self.subject,
-            "resourceProvider": "Microsoft.Compute",
-            "operationName": if self.event_type.ends_with("DeleteSuccess") {
-                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete"
-            } else {
-                "Microsoft.Compute/virtualMachineScaleSets/write"
-            },
-            "status": "Succeeded",
-            "subscriptionId": self.subscription,
-        });
+        let data = match self.availability {
+            // Azure Resource Notifications: the health resource and its new state.
+            Some(state) => serde_json::json!({
+                "resourceInfo": {
+                    "id": self.subject,
+                    "name": "current",
+                    "type": "Microsoft.ResourceHealth/availabilityStatuses",
+                    "properties": {
+                        "targetResourceId": self.subject
+                            .split("/providers/Microsoft.ResourceHealth")
+                            .next()
+                            .unwrap_or_default(),
+                        "targetResourceType": "Microsoft.Compute/virtualMachines",
+                        "availabilityState": state,
+                        "occurredTime": time,
+                    },
+                },
+                "operationalInfo": {"resourceEventTime": time},
+            }),
+            None => serde_json::json!({
+                "resourceUri": self.subject,
+                "resourceProvider": "Microsoft.Compute",
+                "operationName": self.operation,
+                "status": "Succeeded",
+                "subscriptionId": self.subscription,
+            }),
+        };
         if cloud {
             serde_json::json!({
                 "source": format!("/subscriptions/{}", self.subscription),
@@ -287,6 +325,8 @@ pub(crate) struct FleetState {
     next_ip: u32,
     timeline: Vec<Scheduled>,
     sink: Sink,
+    /// A thread applies due changes while a sink is set.
+    ticking: bool,
 }
 
 impl Default for FleetState {
@@ -296,6 +336,7 @@ impl Default for FleetState {
             next_ip: u32::from(Ipv4Addr::new(10, 0, 0, 4)),
             timeline: Vec::new(),
             sink: Sink(None),
+            ticking: false,
         }
     }
 }
@@ -501,25 +542,163 @@ impl FleetState {
 
     /// Hands an event for the set (and, with `deleted`, that instance) to the sink.
     fn emit(&self, sub: &str, rg: &str, set: &str, deleted: Option<u64>) {
+        match deleted {
+            None => {
+                if let Some(id) = self.set(sub, rg, set).map(ScaleSet::id) {
+                    self.raise(
+                        RESOURCE_WRITE,
+                        sub,
+                        id,
+                        "Microsoft.Compute/virtualMachineScaleSets/write",
+                    );
+                }
+            }
+            Some(id) => self.raise_instance(RESOURCE_DELETE, sub, rg, set, id, "delete"),
+        }
+    }
+
+    /// The resource id of an instance: a Uniform set's `.../virtualMachines/ID`, or the
+    /// ordinary VM of a Flexible member or a standalone VM.
+    fn instance_subject(
+        &self,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+    ) -> Option<(String, String)> {
+        let ss = self.set(sub, rg, set)?;
+        let inst = ss.instances.get(&id);
+        Some(if ss.ordinary_vms() {
+            let name = match inst {
+                Some(i) => ss.vm_name(i),
+                None => ss.flex_vm_name(id),
+            };
+            (
+                format!(
+                    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{name}",
+                    ss.sub, ss.rg
+                ),
+                "Microsoft.Compute/virtualMachines".to_string(),
+            )
+        } else {
+            (
+                format!("{}/virtualMachines/{id}", ss.id()),
+                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines".to_string(),
+            )
+        })
+    }
+
+    /// An event of one instance: `verb` is `write`, `delete` or an action (`start`,
+    /// `powerOff`, `deallocate`).
+    fn raise_instance(
+        &self,
+        event_type: &'static str,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+        verb: &str,
+    ) {
+        let Some((subject, kind)) = self.instance_subject(sub, rg, set, id) else {
+            return;
+        };
+        let operation = if event_type == RESOURCE_ACTION {
+            format!("{kind}/{verb}/action")
+        } else {
+            format!("{kind}/{verb}")
+        };
+        self.raise(event_type, sub, subject, &operation);
+    }
+
+    /// Resource Health's event for an instance's VM becoming `state`.
+    fn raise_availability(&self, sub: &str, rg: &str, set: &str, id: u64, state: &'static str) {
         let Some(sink) = &self.sink.0 else {
             return;
         };
-        let Some(ss) = self.set(sub, rg, set) else {
+        let Some((vm, _)) = self.instance_subject(sub, rg, set, id) else {
             return;
         };
-        let (event_type, subject) = match deleted {
-            None => ("Microsoft.Resources.ResourceWriteSuccess", ss.id()),
-            Some(id) => (
-                "Microsoft.Resources.ResourceDeleteSuccess",
-                format!("{}/virtualMachines/{id}", ss.id()),
+        let subscription = self
+            .set(sub, rg, set)
+            .map_or_else(|| sub.to_string(), |s| s.sub.clone());
+        sink(FleetEvent {
+            event_type: AVAILABILITY_CHANGED,
+            subject: format!(
+                "{vm}/providers/Microsoft.ResourceHealth/availabilityStatuses/current"
             ),
+            operation: String::new(),
+            availability: Some(state),
+            subscription,
+            id: guid(),
+        });
+    }
+
+    fn raise(&self, event_type: &'static str, sub: &str, subject: String, operation: &str) {
+        let Some(sink) = &self.sink.0 else {
+            return;
         };
+        let subscription = self
+            .subs
+            .get(&sub.to_ascii_lowercase())
+            .map_or_else(|| sub.to_string(), |s| s.name.clone());
         sink(FleetEvent {
             event_type,
             subject,
-            subscription: ss.sub.clone(),
+            operation: operation.to_string(),
+            availability: None,
+            subscription,
             id: guid(),
         });
+    }
+
+    /// The events of an instance's power state going from `before` to `after`: the
+    /// action's success when `action` (an ARM operation, not the platform) caused it, and
+    /// Resource Health's when the VM became available or unavailable.
+    fn power_changed(
+        &self,
+        sub: &str,
+        rg: &str,
+        set: &str,
+        id: u64,
+        (before, after): (&str, &str),
+        action: bool,
+    ) {
+        if before.eq_ignore_ascii_case(after) {
+            return;
+        }
+        if action {
+            let verb = match after.to_ascii_lowercase().as_str() {
+                "running" => Some("start"),
+                "stopped" => Some("powerOff"),
+                "deallocated" => Some("deallocate"),
+                _ => None,
+            };
+            if let Some(verb) = verb {
+                self.raise_instance(RESOURCE_ACTION, sub, rg, set, id, verb);
+            }
+        }
+        let available = |p: &str| p.eq_ignore_ascii_case("running");
+        let down = |p: &str| matches!(p.to_ascii_lowercase().as_str(), "stopped" | "deallocated");
+        if available(after) && !available(before) {
+            self.raise_availability(sub, rg, set, id, "Available");
+        } else if down(after) && !down(before) {
+            self.raise_availability(sub, rg, set, id, "Unavailable");
+        }
+    }
+
+    /// The events of an instance created on its own (not by a scale-out): its VM's write
+    /// for an ordinary VM, the set's write (a scale-out by one) for a Uniform set.
+    fn created(&self, sub: &str, rg: &str, set: &str, instance: &str) {
+        let Some(ss) = self.set(sub, rg, set) else {
+            return;
+        };
+        if ss.ordinary_vms() {
+            if let Some(n) = ss.find(instance) {
+                self.raise_instance(RESOURCE_WRITE, sub, rg, set, n, "write");
+            }
+        } else {
+            self.emit(sub, rg, set, None);
+        }
     }
 
     fn apply(&mut self, s: &Scheduled) {
@@ -527,11 +706,18 @@ impl FleetState {
             let existed = self
                 .set(&s.sub, &s.rg, &s.set)
                 .is_some_and(|ss| ss.instances.contains_key(&s.id));
+            let subject = self.instance_subject(&s.sub, &s.rg, &s.set, s.id);
+            let standalone = self
+                .set(&s.sub, &s.rg, &s.set)
+                .is_some_and(|ss| ss.standalone);
             self.remove_instance(&s.sub, &s.rg, &s.set, s.id);
-            if existed {
-                // The scale-in's operation succeeds when its instances are gone.
-                self.emit(&s.sub, &s.rg, &s.set, Some(s.id));
-                self.emit(&s.sub, &s.rg, &s.set, None);
+            if let (true, Some((subject, kind))) = (existed, subject) {
+                // The scale-in's (or the delete's) operation succeeds when the instance
+                // is gone.
+                self.raise(RESOURCE_DELETE, &s.sub, subject, &format!("{kind}/delete"));
+                if !standalone {
+                    self.emit(&s.sub, &s.rg, &s.set, None);
+                }
             }
             return;
         }
@@ -541,6 +727,8 @@ impl FleetState {
         else {
             return;
         };
+        let (power_before, prov_before) =
+            (inst.power_state.clone(), inst.provisioning_state.clone());
         if let Some(p) = &s.change.power {
             inst.power_state = p.clone();
         }
@@ -550,6 +738,26 @@ impl FleetState {
         if let Some(h) = &s.change.health {
             inst.health = h.clone();
         }
+        let (power_after, prov_after) = (inst.power_state.clone(), inst.provisioning_state.clone());
+        // A create or update (a scale-out's boot, a rolling upgrade) has succeeded.
+        let finished = prov_after.eq_ignore_ascii_case("Succeeded")
+            && matches!(
+                prov_before.to_ascii_lowercase().as_str(),
+                "creating" | "updating"
+            );
+        if finished {
+            self.raise_instance(RESOURCE_WRITE, &s.sub, &s.rg, &s.set, s.id, "write");
+        }
+        // Power changes on a timeline are the platform's (boot, eviction, upgrade): no
+        // action of anyone's, but Resource Health sees them.
+        self.power_changed(
+            &s.sub,
+            &s.rg,
+            &s.set,
+            s.id,
+            (&power_before, &power_after),
+            false,
+        );
     }
 }
 
@@ -614,6 +822,7 @@ impl Fleet {
                 terminate_notification: None,
             },
         );
+        st.emit(subscription, resource_group, name, None);
     }
 
     /// Sets (or, with `None`, removes) a tag on a scale set.
@@ -633,6 +842,7 @@ impl Fleet {
             Some(v) => ss.tags.insert(key.to_string(), v.to_string()),
             None => ss.tags.remove(key),
         };
+        st.emit(subscription, resource_group, scale_set, None);
     }
 
     /// Sets (or removes) a tag on one instance (a Flexible member or standalone VM: its
@@ -647,11 +857,20 @@ impl Fleet {
         value: Option<&str>,
     ) {
         let mut st = lock(&self.state);
+        let n = st.find(subscription, resource_group, scale_set, instance);
         let inst = st.instance_mut(subscription, resource_group, scale_set, instance);
         match value {
             Some(v) => inst.tags.insert(key.to_string(), v.to_string()),
             None => inst.tags.remove(key),
         };
+        st.raise_instance(
+            RESOURCE_WRITE,
+            subscription,
+            resource_group,
+            scale_set,
+            n,
+            "write",
+        );
     }
 
     /// Gives the scale set's model the Application Health extension (on) or takes it away.
@@ -695,11 +914,20 @@ impl Fleet {
             .set(subscription, resource_group, name)
             .map(|s| s.instances.keys().copied().collect())
             .unwrap_or_default();
+        let id = st.set(subscription, resource_group, name).map(ScaleSet::id);
         for id in ids {
             st.unindex(subscription, resource_group, name, id);
         }
         if let Some(group) = st.rg_mut(subscription, resource_group) {
             group.sets.remove(&set_key(name));
+        }
+        if let Some(id) = id {
+            st.raise(
+                RESOURCE_DELETE,
+                subscription,
+                id,
+                "Microsoft.Compute/virtualMachineScaleSets/delete",
+            );
         }
     }
 
@@ -712,7 +940,10 @@ impl Fleet {
         scale_set: &str,
         ip: Ipv4Addr,
     ) -> String {
-        lock(&self.state).add_instance(subscription, resource_group, scale_set, ip)
+        let mut st = lock(&self.state);
+        let id = st.add_instance(subscription, resource_group, scale_set, ip);
+        st.created(subscription, resource_group, scale_set, &id);
+        id
     }
 
     /// Adds a standalone VM (not in any scale set) with its own NIC and the given IP, or
@@ -763,6 +994,7 @@ impl Fleet {
             ip,
             Some(name.to_string()),
         );
+        st.created(subscription, resource_group, STANDALONE_VMS, name);
     }
 
     /// Puts a standalone VM in another region (`location`; default `eastus`).
@@ -869,11 +1101,36 @@ impl Fleet {
         }
     }
 
-    /// Hands every later event of the fleet (scale-outs and scale-ins by [`Fleet::scale_to`],
-    /// and the end of a terminate window) to `sink`, as Event Grid would raise them: when
-    /// the operation has succeeded. `None` stops it.
+    /// Hands every later event of the fleet to `sink`, as Event Grid would raise them, when
+    /// the operation has succeeded ([`FleetEvent`]): scale-outs and scale-ins
+    /// ([`Fleet::scale_to`], the end of a terminate window, [`Fleet::delete_instance`]),
+    /// sets, VMs and instances created or deleted, tag writes, power actions
+    /// ([`Fleet::set_power_state`]), creates and updates that finish, and Resource Health's
+    /// availability changes (also for the platform's power changes: boot, eviction,
+    /// upgrade). `None` stops it.
+    ///
+    /// While a sink is set, a thread applies the fleet's scheduled changes as they fall due
+    /// (every 20 ms), so their events are raised on time even when nobody reads the fleet.
     pub fn set_event_sink(&self, sink: Option<EventSink>) {
-        lock(&self.state).sink = Sink(sink);
+        let mut st = lock(&self.state);
+        let start = sink.is_some() && !st.ticking;
+        st.sink = Sink(sink);
+        if start {
+            st.ticking = true;
+            let state = Arc::downgrade(&self.state);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let Some(state) = state.upgrade() else {
+                    return;
+                };
+                let mut st = lock(&state);
+                if st.sink.0.is_none() {
+                    st.ticking = false;
+                    return;
+                }
+                st.advance(Instant::now());
+            });
+        }
     }
 
     /// Gives the scale set a terminate notification with this delay (`notBeforeTimeout`,
@@ -947,7 +1204,16 @@ impl Fleet {
             .set(subscription, resource_group, scale_set)
             .and_then(|s| s.find(instance_id));
         if let Some(n) = found {
+            let subject = st.instance_subject(subscription, resource_group, scale_set, n);
             st.remove_instance(subscription, resource_group, scale_set, n);
+            if let Some((subject, kind)) = subject {
+                st.raise(
+                    RESOURCE_DELETE,
+                    subscription,
+                    subject,
+                    &format!("{kind}/delete"),
+                );
+            }
         }
     }
 
@@ -1015,8 +1281,17 @@ impl Fleet {
         state: &str,
     ) {
         let mut st = lock(&self.state);
-        st.instance_mut(subscription, resource_group, scale_set, instance_id)
-            .power_state = state.to_string();
+        let n = st.find(subscription, resource_group, scale_set, instance_id);
+        let inst = st.instance_mut(subscription, resource_group, scale_set, instance_id);
+        let before = std::mem::replace(&mut inst.power_state, state.to_string());
+        st.power_changed(
+            subscription,
+            resource_group,
+            scale_set,
+            n,
+            (&before, state),
+            true,
+        );
     }
 
     /// Sets `properties.provisioningState` of an instance, e.g. "Creating", "Deleting",

@@ -51,7 +51,10 @@ pub use arm::ComputeLimits;
 pub use chaos::{MemberState, ScaleSetState};
 pub use dataplane::{server as dataplane_server, DataPlane, DATAPLANE_PASSWORD, DATAPLANE_USER};
 pub use faults::{Fault, Faults};
-pub use fleet::{Change, EventSink, Fleet, FleetEvent, Orchestration, STANDALONE_VMS};
+pub use fleet::{
+    Change, EventSink, Fleet, FleetEvent, Orchestration, AVAILABILITY_CHANGED, RESOURCE_ACTION,
+    RESOURCE_DELETE, RESOURCE_WRITE, STANDALONE_VMS,
+};
 pub use network::{LroHeaders, Network, NetworkOperation};
 pub use nginx::{NginxPlus, UpstreamKind};
 pub use tokens::TokenFlow;
@@ -464,12 +467,7 @@ impl Testbed {
     /// Mints a valid ARM bearer token directly (for tests that skip authentication).
     pub fn issue_token(&self) -> String {
         lock(&self.shared.tokens)
-            .issue(
-                &self.shared.opts,
-                TokenFlow::Direct,
-                ARM_AUDIENCE,
-                &self.shared.urls.authority,
-            )
+            .issue(&self.shared.opts, TokenFlow::Direct, ARM_AUDIENCE)
             .token
     }
 
@@ -478,12 +476,7 @@ impl Testbed {
     pub fn issue_token_as(&self, principal: &str) -> String {
         let mut store = lock(&self.shared.tokens);
         let token = store
-            .issue(
-                &self.shared.opts,
-                TokenFlow::Direct,
-                ARM_AUDIENCE,
-                &self.shared.urls.authority,
-            )
+            .issue(&self.shared.opts, TokenFlow::Direct, ARM_AUDIENCE)
             .token;
         if let Some(info) = store.tokens.get_mut(&token) {
             info.principal = principal.to_string();
@@ -495,6 +488,18 @@ impl Testbed {
     /// `issue_token`.
     pub fn tokens_issued(&self) -> usize {
         lock(&self.shared.tokens).total_http_issued()
+    }
+
+    /// The tokens issued for `audience` (compared without a trailing slash), e.g.
+    /// `https://storage.azure.com`: what a test looks for in logs that must not show them.
+    pub fn tokens_for(&self, audience: &str) -> Vec<String> {
+        let want = audience.trim_end_matches('/');
+        lock(&self.shared.tokens)
+            .tokens
+            .iter()
+            .filter(|(_, i)| i.audience.trim_end_matches('/') == want)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Tokens issued by one flow.
@@ -583,10 +588,8 @@ fn serve(sh: &Shared, service: Service, req: &Req) -> Reply {
         Service::Authority => {
             tokens::authority(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req)
         }
-        Service::Imds => tokens::imds(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req),
-        Service::AppServiceMsi => {
-            tokens::app_service(&sh.opts, &mut lock(&sh.tokens), &sh.urls.authority, req)
-        }
+        Service::Imds => tokens::imds(&sh.opts, &mut lock(&sh.tokens), req),
+        Service::AppServiceMsi => tokens::app_service(&sh.opts, &mut lock(&sh.tokens), req),
         Service::Nginx => nginx::handle(
             &sh.nginx,
             &sh.opts.nginx_versions,

@@ -1,6 +1,8 @@
 //! Token issuing: fake Entra ID (client secret and workload identity), fake IMDS, fake
-//! App Service / Container Apps managed identity endpoint. Tokens are JWT-shaped but only
-//! their exact string matters: the fake ARM accepts exactly the tokens issued here.
+//! App Service / Container Apps managed identity endpoint. Tokens are JWT-shaped, with the
+//! claims Entra ID gives (audience, the v1 issuer `https://sts.windows.net/TENANT/`,
+//! `iat`/`nbf`/`exp`; Azurite's `--oauth basic` checks them, not the signature); the fake
+//! ARM accepts exactly the tokens issued here.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -49,20 +51,16 @@ pub(crate) struct Issued {
 }
 
 impl TokenStore {
-    pub fn issue(
-        &mut self,
-        opts: &TestbedOptions,
-        flow: TokenFlow,
-        audience: &str,
-        authority: &str,
-    ) -> Issued {
+    pub fn issue(&mut self, opts: &TestbedOptions, flow: TokenFlow, audience: &str) -> Issued {
         let lifetime = opts.token_lifetime;
         let now = now_epoch();
         let exp = now + lifetime.as_secs();
         let header = json!({"typ": "JWT", "alg": "RS256", "kid": "vmss-testbed"});
         let claims = json!({
             "aud": audience,
-            "iss": format!("{}/{}/", authority.trim_end_matches('/'), opts.tenant_id),
+            // Entra ID's v1 issuer, whatever authority host minted it (as real tokens for
+            // ARM and Storage carry it; Azurite's `--oauth basic` checks this prefix).
+            "iss": format!("https://sts.windows.net/{}/", opts.tenant_id),
             "iat": now, "nbf": now, "exp": exp,
             "appid": opts.client_id, "tid": opts.tenant_id, "oid": guid(), "sub": guid(),
             "idtyp": "app", "jti": guid(),
@@ -312,7 +310,7 @@ fn token(
         );
     };
     let audience = normalize_resource(resource);
-    let t = store.issue(opts, flow, &audience, authority_url);
+    let t = store.issue(opts, flow, &audience);
     Reply::json(
         200,
         &json!({
@@ -346,12 +344,7 @@ fn imds_error(status: u16, error: &str, description: &str) -> Reply {
 }
 
 /// GET /metadata/identity/oauth2/token
-pub(crate) fn imds(
-    opts: &TestbedOptions,
-    store: &mut TokenStore,
-    authority_url: &str,
-    req: &Req,
-) -> Reply {
+pub(crate) fn imds(opts: &TestbedOptions, store: &mut TokenStore, req: &Req) -> Reply {
     if req.path.trim_end_matches('/') != "/metadata/identity/oauth2/token" {
         return Reply::json(
             404,
@@ -415,7 +408,7 @@ pub(crate) fn imds(
         return imds_error(400, "invalid_request", "Identity not found");
     }
     let audience = normalize_resource(&resource);
-    let t = store.issue(opts, TokenFlow::Imds, &audience, authority_url);
+    let t = store.issue(opts, TokenFlow::Imds, &audience);
     Reply::json(
         200,
         &json!({
@@ -444,12 +437,7 @@ fn msi_error(status: u16, message: &str) -> Reply {
 }
 
 /// GET {identity_endpoint}?api-version=2019-08-01&resource=...
-pub(crate) fn app_service(
-    opts: &TestbedOptions,
-    store: &mut TokenStore,
-    authority_url: &str,
-    req: &Req,
-) -> Reply {
+pub(crate) fn app_service(opts: &TestbedOptions, store: &mut TokenStore, req: &Req) -> Reply {
     if req.path.trim_end_matches('/') != "/msi/token" {
         return msi_error(404, "Not Found");
     }
@@ -480,7 +468,7 @@ pub(crate) fn app_service(
         return msi_error(400, "Unable to load the proper Managed Identity.");
     }
     let audience = normalize_resource(&resource);
-    let t = store.issue(opts, TokenFlow::AppServiceMsi, &audience, authority_url);
+    let t = store.issue(opts, TokenFlow::AppServiceMsi, &audience);
     Reply::json(
         200,
         &json!({

@@ -9,12 +9,19 @@
 //! `.tools/azurite`, or `PATH`). Each mode runs N scale events (alternately 10 → 12 → 10
 //! instances) at random gaps of 2 to 6 s.
 //!
-//! ARM reads per hour are given two ways: as measured over the run (at the run's high
-//! event rate), and for an hour with E = 0, 2 or 12 scale events, from the measured reads
-//! per reconcile: polling = 720 cycles; events = 60 timer cycles + E × (1 reconcile + at
-//! most 5 follow-ups, which run only while new instances are still coming up).
+//! The first part measures the delays, and which reads each kind of reconcile makes
+//! (timer, event, follow-up: the reads between two counts of
+//! `vmss_sync_cycles_by_trigger_total` belong to the cycle counted second). The second part
+//! measures ARM reads per hour over one hour compressed `--compress` times (10: 360 s;
+//! `sync_interval` and `health_interval` divided by it, so polling reads every 500 ms
+//! with views every 1.5 s, events every 6 s), polling and events side by side, with 0, 2
+//! and 12 scale events at random moments of the hour. What is not compressed (the time a
+//! cycle takes, the queue's 200 ms poll and 100 ms coalescing, the follow-ups' fixed
+//! delays) can only lower the polling count (its cycles stretch by their own duration)
+//! and add to the events' delay; instances here are ready at once, so no follow-up runs.
 //!
-//! Run with `cargo run --release -p vmss-sync --example bench_events [-- --events N]`.
+//! Run with `cargo run -p vmss-sync --example bench_events [-- --events N] [--compress N]
+//! [--page-size N] [--no-hour]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,8 +81,53 @@ enum Mode {
 struct Run {
     delays: Vec<Duration>,
     reads: usize,
-    seconds: f64,
     cycles: f64,
+    /// Reads by kind of request.
+    kinds: std::collections::BTreeMap<&'static str, usize>,
+    /// Per trigger: (cycles, reads they made).
+    by_trigger: std::collections::BTreeMap<String, (f64, usize)>,
+}
+
+/// What an ARM request read.
+fn kind_of(path: &str, query: &str) -> &'static str {
+    let p = path.to_ascii_lowercase();
+    let q = query.to_ascii_lowercase();
+    if p.contains("/networkinterfaces") {
+        "nic list"
+    } else if p.ends_with("/virtualmachines") && q.contains("instanceview") {
+        "vm list + views"
+    } else if p.ends_with("/virtualmachines") && q.contains("statusonly") {
+        "vm status list"
+    } else if p.ends_with("/virtualmachines") {
+        "vm list"
+    } else if p.contains("/virtualmachinescalesets/") {
+        "scale set get"
+    } else if p.ends_with("/virtualmachinescalesets") {
+        "scale set list"
+    } else {
+        "other"
+    }
+}
+
+const TRIGGERS: [&str; 5] = ["timer", "event", "follow_up", "reload", "leadership"];
+
+fn trigger_counts(page: &str) -> [f64; 5] {
+    let mut out = [0.0; 5];
+    for (i, t) in TRIGGERS.iter().enumerate() {
+        out[i] = metric_sum_labelled(
+            page,
+            "vmss_sync_cycles_by_trigger_total",
+            &format!("trigger=\"{t}\""),
+        );
+    }
+    out
+}
+
+fn metric_sum_labelled(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -120,26 +172,54 @@ fn metric_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn run(mode: Mode, events: usize, queue_port: u16) -> Res<Run> {
-    let opts = TestbedOptions::default();
-    let tb = Testbed::start(opts.clone()).await?;
+/// Timing of one daemon: `sync_interval` and `health_interval` (the hour compressed by
+/// `compress` divides both).
+fn timing(mode: Mode, compress: u32) -> (Duration, Duration) {
+    let sync = match mode {
+        Mode::Poll5s => Duration::from_secs(5),
+        Mode::Events60s => Duration::from_secs(60),
+    };
+    (sync / compress, Duration::from_secs(15) / compress)
+}
+
+/// A testbed with the set `web` (10 instances) behind the fake NGINX Plus and a daemon
+/// in this process syncing it; with events, the fleet's events go to a fresh queue.
+async fn setup(
+    mode: Mode,
+    queue_port: u16,
+    compress: u32,
+    page_size: usize,
+) -> Res<(
+    std::sync::Arc<Testbed>,
+    std::sync::Arc<vmss_sync::metrics::Metrics>,
+    tokio::sync::mpsc::Sender<Control>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let opts = TestbedOptions {
+        page_size,
+        ..TestbedOptions::default()
+    };
+    let tb = std::sync::Arc::new(Testbed::start(opts.clone()).await?);
     tb.fleet()
         .add_scale_set(SUB, RG, "web", Orchestration::Uniform, "eastus");
     tb.fleet().scale_to(SUB, RG, "web", 10);
     tb.nginx().add_upstream(UpstreamKind::Http, "web");
     let dir = tempfile::tempdir()?;
-    let queue = match mode {
-        Mode::Poll5s => "unused".to_string(),
-        Mode::Events60s => format!("bench{}", fastrand::u32(..)),
-    };
+    let queue = format!("bench{}", fastrand::u32(..));
     let queue_url = format!("http://127.0.0.1:{queue_port}/{DEV_ACCOUNT}/{queue}");
-    let extra = match mode {
-        Mode::Poll5s => "sync_interval: 5s\n".to_string(),
-        Mode::Events60s => format!(
-            "sync_interval: 60s\nevents:\n  queue_url: {queue_url}\n  auth: shared_key\n  \
+    let (sync, health) = timing(mode, compress);
+    let mut extra = format!(
+        "sync_interval: {}ms\nhealth_interval: {}ms\narm_read_burst: 10000\n\
+         arm_reads_per_second: 10000\n",
+        sync.as_millis(),
+        health.as_millis()
+    );
+    if mode == Mode::Events60s {
+        extra.push_str(&format!(
+            "events:\n  queue_url: {queue_url}\n  auth: shared_key\n  \
              account_key: ${{QUEUE_KEY}}\n  poll_interval: 200ms\n"
-        ),
-    };
+        ));
+    }
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -184,10 +264,13 @@ async fn run(mode: Mode, events: usize, queue_port: u16) -> Res<Run> {
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9"),
         ("QUEUE_KEY", DEV_KEY),
     ]);
-    let daemon = Daemon::start(config, env).await?;
+    let daemon = Daemon::start(config.clone(), env).await?;
     let metrics = daemon.metrics();
     let (ctl, rx) = tokio::sync::mpsc::channel(4);
-    let running = tokio::spawn(daemon.run(rx));
+    let running = tokio::spawn(async move {
+        let _dir = dir;
+        daemon.run(rx).await
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while active(&tb) != wanted(&tb) {
         if Instant::now() > deadline {
@@ -195,9 +278,71 @@ async fn run(mode: Mode, events: usize, queue_port: u16) -> Res<Run> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok((tb, metrics, ctl, running))
+}
+
+/// ARM reads of one hour, compressed `compress` times (both intervals divided), with
+/// `events` scale events at random moments of it.
+async fn hour(
+    mode: Mode,
+    events: usize,
+    queue_port: u16,
+    compress: u32,
+    page_size: usize,
+) -> Res<usize> {
+    let (tb, _metrics, ctl, running) = setup(mode, queue_port, compress, page_size).await?;
+    let length = Duration::from_secs(3600) / compress;
+    let mut at: Vec<Duration> = (0..events)
+        .map(|_| length.mul_f64(fastrand::f64()))
+        .collect();
+    at.sort();
+    tb.clear_requests();
+    let started = tokio::time::Instant::now();
+    for (i, t) in at.iter().enumerate() {
+        tokio::time::sleep_until(started + *t).await;
+        tb.fleet()
+            .scale_to(SUB, RG, "web", if i % 2 == 0 { 12 } else { 10 });
+    }
+    tokio::time::sleep_until(started + length).await;
+    let reads = tb.requests_to(Service::Arm).len();
+    ctl.send(Control::Shutdown).await?;
+    let _ = running.await;
+    Ok(reads)
+}
+
+async fn run(mode: Mode, events: usize, queue_port: u16, page_size: usize) -> Res<Run> {
+    let (tb, metrics, ctl, running) = setup(mode, queue_port, 1, page_size).await?;
     let cycles_before = metric_sum(&metrics.encode(), "vmss_sync_cycles_by_trigger_total");
     tb.clear_requests();
-    let started = Instant::now();
+    // Which cycle made which reads: cycles run one at a time and are counted when they
+    // end, so the reads between two counts belong to the cycle counted second.
+    let attributed: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<String, (f64, usize)>>,
+    > = Default::default();
+    let sampler = {
+        let (tb, metrics, attributed) = (tb.clone(), metrics.clone(), attributed.clone());
+        tokio::spawn(async move {
+            let mut last = trigger_counts(&metrics.encode());
+            let mut last_reads = 0usize;
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let now = trigger_counts(&metrics.encode());
+                let reads = tb.requests_to(Service::Arm).len();
+                let grew: Vec<usize> = (0..TRIGGERS.len()).filter(|i| now[*i] > last[*i]).collect();
+                if !grew.is_empty() {
+                    let mut a = attributed.lock().unwrap();
+                    let share = (reads - last_reads) / grew.len();
+                    for i in grew {
+                        let e = a.entry(TRIGGERS[i].to_string()).or_default();
+                        e.0 += now[i] - last[i];
+                        e.1 += share;
+                    }
+                    last_reads = reads;
+                }
+                last = now;
+            }
+        })
+    };
     let mut delays = Vec::new();
     for i in 0..events {
         tokio::time::sleep(Duration::from_millis(2000 + fastrand::u64(..4000))).await;
@@ -213,8 +358,14 @@ async fn run(mode: Mode, events: usize, queue_port: u16) -> Res<Run> {
         }
         delays.push(t0.elapsed());
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let reads = tb.requests_to(Service::Arm).len();
+    sampler.abort();
+    let log = tb.requests_to(Service::Arm);
+    let reads = log.len();
+    let mut kinds = std::collections::BTreeMap::new();
+    for r in &log {
+        *kinds.entry(kind_of(&r.path, &r.query)).or_default() += 1;
+    }
+    let by_trigger = attributed.lock().unwrap().clone();
     let cycles = metric_sum(&metrics.encode(), "vmss_sync_cycles_by_trigger_total") - cycles_before;
     ctl.send(Control::Shutdown).await?;
     let _ = running.await;
@@ -222,35 +373,40 @@ async fn run(mode: Mode, events: usize, queue_port: u16) -> Res<Run> {
     Ok(Run {
         delays,
         reads,
-        seconds,
         cycles,
+        kinds,
+        by_trigger,
     })
 }
 
 #[tokio::main]
 async fn main() -> Res<()> {
     let mut events = 15usize;
+    let mut compress = 10u32;
+    let mut hours = true;
+    let mut page_size = TestbedOptions::default().page_size;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--events" => events = args.next().ok_or("--events N")?.parse()?,
+            "--compress" => compress = args.next().ok_or("--compress N")?.parse()?,
+            "--no-hour" => hours = false,
+            "--page-size" => page_size = args.next().ok_or("--page-size N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let bin = azurite_queue()
         .ok_or("azurite-queue not found: run ./scripts/test.sh, or set AZURITE_QUEUE")?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    // Azurite binds port 0 and says which port it got.
     let dir = tempfile::tempdir()?;
+    let out = dir.path().join("azurite.out");
     let _azurite = Azurite(
         Command::new(bin)
             .args([
                 "--queueHost",
                 "127.0.0.1",
                 "--queuePort",
-                &port.to_string(),
+                "0",
                 "--inMemoryPersistence",
                 "--skipApiVersionCheck",
                 "--loose",
@@ -258,76 +414,88 @@ async fn main() -> Res<()> {
             ])
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&out)?))
             .stderr(Stdio::null())
             .spawn()?,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("Azurite did not start".into());
+    let port = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(p) = text
+            .lines()
+            .filter(|l| l.contains("successfully listens on"))
+            .find_map(|l| l.rsplit(':').next()?.trim().parse::<u16>().ok())
+        {
+            break p;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if Instant::now() > deadline {
+            return Err(format!("Azurite did not start:\n{text}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     println!(
-        "one Uniform scale set of 10 instances, {events} scale events (10 <-> 12) at 2-6 s gaps, \
-         health_interval 15 s (default)"
+        "one Uniform scale set of 10 instances (testbed pages of {page_size}), {events} scale \
+         events (10 <-> 12) at 2-6 s gaps, health_interval 15 s (default)"
     );
     println!(
-        "{:<22} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11} {:>12} {:>8} {:>8} {:>8}",
-        "mode",
-        "median",
-        "p99",
-        "max",
-        "reads",
-        "cycles",
-        "reads/cycle",
-        "reads/h run",
-        "h@0ev",
-        "h@2ev",
-        "h@12ev"
+        "{:<22} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11}",
+        "mode", "median", "p99", "max", "reads", "cycles", "reads/cycle"
     );
-    let mut per_hour = Vec::new();
     for (mode, label) in [
         (Mode::Poll5s, "poll every 5 s"),
         (Mode::Events60s, "events + 60 s timer"),
     ] {
-        let r = run(mode, events, port).await?;
-        let per_cycle = r.reads as f64 / r.cycles.max(1.0);
-        // Reads in an hour with `e` scale events, each worth at most 1 reconcile and 5
-        // follow-ups (while new instances boot).
-        let hour = |e: f64| match mode {
-            Mode::Poll5s => 720.0 * per_cycle,
-            Mode::Events60s => (60.0 + e * 6.0) * per_cycle,
-        };
-        per_hour.push([hour(0.0), hour(2.0), hour(12.0)]);
+        let r = run(mode, events, port, page_size).await?;
         println!(
-            "{:<22} {:>7.2}s {:>7.2}s {:>7.2}s {:>6} {:>7} {:>11.1} {:>12.0} {:>8.0} {:>8.0} {:>8.0}",
+            "{:<22} {:>7.2}s {:>7.2}s {:>7.2}s {:>6} {:>7} {:>11.1}",
             label,
             quantile(&r.delays, 0.5).as_secs_f64(),
             quantile(&r.delays, 0.99).as_secs_f64(),
             r.delays.last().copied().unwrap_or_default().as_secs_f64(),
             r.reads,
             r.cycles,
-            per_cycle,
-            r.reads as f64 / r.seconds * 3600.0,
-            hour(0.0),
-            hour(2.0),
-            hour(12.0)
+            r.reads as f64 / r.cycles.max(1.0),
         );
+        println!("  reads by kind: {:?}", r.kinds);
+        for (t, (c, n)) in &r.by_trigger {
+            println!(
+                "  {t:<10} cycles {c:>4} reads {n:>5} = {:.1} per cycle",
+                *n as f64 / c.max(1.0)
+            );
+        }
     }
-    if let [poll, ev] = per_hour[..] {
-        println!(
-            "ARM reads per hour, polling / events: {:.1}x with no scale event, {:.1}x with 2, \
-             {:.1}x with 12 (each event counted with 5 follow-ups)",
-            poll[0] / ev[0].max(1.0),
-            poll[1] / ev[1].max(1.0),
-            poll[2] / ev[2].max(1.0)
-        );
+    println!("(p99 of {events} samples is their maximum but one at most)");
+    if !hours {
+        return Ok(());
     }
+    // ARM reads per hour, measured: one hour compressed `compress` times (sync_interval
+    // and health_interval divided by it), with 0, 2 and 12 scale events at random moments;
+    // the four runs go side by side.
+    let length = 3600 / compress;
     println!(
-        "(p99 of {events} samples is their maximum but one at most; reads/h (run) is at the \
-         run's event rate, far above a real one)"
+        "\nARM reads in one hour, measured over a timeline compressed {compress}x ({length} s; \
+         intervals divided by {compress}: polling {} ms / views {} ms, events timer {} ms):",
+        timing(Mode::Poll5s, compress).0.as_millis(),
+        timing(Mode::Poll5s, compress).1.as_millis(),
+        timing(Mode::Events60s, compress).0.as_millis()
     );
+    let (p0, p2, p12, e0, e2, e12) = tokio::join!(
+        hour(Mode::Poll5s, 0, port, compress, page_size),
+        hour(Mode::Poll5s, 2, port, compress, page_size),
+        hour(Mode::Poll5s, 12, port, compress, page_size),
+        hour(Mode::Events60s, 0, port, compress, page_size),
+        hour(Mode::Events60s, 2, port, compress, page_size),
+        hour(Mode::Events60s, 12, port, compress, page_size),
+    );
+    println!(
+        "  {:>14} {:>14} {:>20} {:>8}",
+        "scale events/h", "polling 5 s", "events + 60 s timer", "fewer"
+    );
+    for (e, p, n) in [(0, p0?, e0?), (2, p2?, e2?), (12, p12?, e12?)] {
+        println!(
+            "  {e:>14} {p:>14} {n:>20} {:>7.1}x",
+            p as f64 / (n as f64).max(1.0)
+        );
+    }
     Ok(())
 }

@@ -195,8 +195,9 @@ pub fn start_elector(
 }
 
 /// Starts the consumer of an `events` section: a Queue client authorised by a token from
-/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS;
-/// it reads only while `may_consume` (this replica may write).
+/// the credential chain (scope `https://storage.azure.com/.default`), Shared Key or a SAS,
+/// trusting `events.ca_file` besides the system's roots; it reads only while `may_consume`
+/// (this replica may write).
 pub fn start_events(
     ev: &crate::config::EventsConfig,
     env: &Env,
@@ -206,7 +207,8 @@ pub fn start_events(
     use crate::config::QueueAuthConfig;
     use crate::events::queue::{QueueAuth, QueueClient};
     let timeout = Duration::from_secs(10);
-    let http = reqwest::Client::builder()
+    let http = crate::net::client_builder(ev.ca_file.as_deref())
+        .map_err(|e| DaemonError::Build(format!("events.ca_file: {e}")))?
         .connect_timeout(timeout)
         .build()
         .map_err(|e| DaemonError::Build(format!("cannot build the HTTP client: {e}")))?;
@@ -508,9 +510,12 @@ impl Daemon {
             self.record(&report, mode);
             self.metrics.events.cycle(trigger);
             trigger = "timer";
-            let next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+            let mut next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
             // Between cycles, events and their follow-ups reconcile the upstreams they
-            // concern; the timer's full cycle stays the safety net.
+            // concern; the timer's full cycle stays the safety net. A reconcile of every
+            // upstream (all of them concerned) is a full cycle come early: the timer then
+            // counts `sync_interval` from it, so every upstream is still read at least
+            // once per `sync_interval`, never less often.
             loop {
                 let follow_up = self.follow_ups.next();
                 tokio::select! {
@@ -524,8 +529,16 @@ impl Daemon {
                         trigger = "leadership";
                         break;
                     }
-                    Some(batch) = next_batch(&mut self.events) => self.on_events(batch).await,
-                    _ = sleep_until_opt(follow_up) => self.on_follow_up().await,
+                    Some(batch) = next_batch(&mut self.events) => {
+                        if self.on_events(batch).await {
+                            next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+                        }
+                    }
+                    _ = sleep_until_opt(follow_up) => {
+                        if self.on_follow_up().await {
+                            next_cycle = tokio::time::Instant::now() + jittered(self.config.sync_interval);
+                        }
+                    }
                 }
             }
         }
@@ -554,8 +567,10 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 
 impl Daemon {
     /// Reconciles the upstreams a burst of events concerns, then lets the consumer delete
-    /// the messages. Events for nothing selected are only counted.
-    async fn on_events(&mut self, batch: crate::events::consumer::Batch) {
+    /// the messages. Events for nothing selected are only counted. True when the
+    /// reconcile concerned every upstream (a full cycle).
+    async fn on_events(&mut self, batch: crate::events::consumer::Batch) -> bool {
+        let mut full = false;
         let selections = self.reconciler.selection_list();
         let routed = crate::events::route_all(&batch.events, &selections);
         for e in &batch.events {
@@ -582,6 +597,7 @@ impl Daemon {
                 .reconciler
                 .reconcile_selected(&routed.selections, mode)
                 .await;
+            full = crate::events::covers(&routed.selections, &self.reconciler.selection_list());
             log_cycle(&report);
             self.record(&report, mode);
             self.metrics.events.cycle("event");
@@ -606,13 +622,15 @@ impl Daemon {
             }
         }
         let _ = batch.done.send(());
+        full
     }
 
     /// A follow-up read after a scale event (new instances boot and turn healthy); the
-    /// series stops once nothing is coming up any more.
-    async fn on_follow_up(&mut self) {
+    /// series stops once nothing is coming up any more. True when it concerned every
+    /// upstream (a full cycle).
+    async fn on_follow_up(&mut self) -> bool {
         let Some(selections) = self.follow_ups.take_due(tokio::time::Instant::now()) else {
-            return;
+            return false;
         };
         let mode = if self.may_write() {
             Mode::Apply
@@ -627,6 +645,7 @@ impl Daemon {
             // Everything has come up: the timer is enough again.
             self.follow_ups.clear();
         }
+        crate::events::covers(&selections, &self.reconciler.selection_list())
     }
 }
 

@@ -327,6 +327,118 @@ async fn compute_reports_its_throttling_policies_and_enforces_them_when_asked() 
 }
 
 #[tokio::test]
+async fn every_fleet_change_event_grid_reports_raises_its_event_with_the_right_subject() {
+    use std::sync::{Arc, Mutex};
+    use vmss_testbed::{AVAILABILITY_CHANGED, RESOURCE_ACTION, RESOURCE_DELETE, RESOURCE_WRITE};
+    let e = env().await;
+    e.set("uni", Orchestration::Uniform, 2);
+    e.set("flex", Orchestration::Flexible, 1);
+    let f = e.tb.fleet();
+    f.add_vm(SUB, RG, "solo", None);
+    let seen: Arc<Mutex<Vec<vmss_testbed::FleetEvent>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    f.set_event_sink(Some(Arc::new(move |ev| sink.lock().unwrap().push(ev))));
+    let take = || -> Vec<(&'static str, String, String)> {
+        std::mem::take(&mut *seen.lock().unwrap())
+            .into_iter()
+            .map(|ev| {
+                let tail: Vec<&str> = ev.subject.split('/').skip(8).collect();
+                (ev.event_type, tail.join("/"), ev.operation.clone())
+            })
+            .collect()
+    };
+    let compute = "Microsoft.Compute";
+    // A power action on a Uniform instance: the action, and Resource Health's change.
+    f.set_power_state(SUB, RG, "uni", "1", "deallocated");
+    assert_eq!(
+        take(),
+        [
+            (
+                RESOURCE_ACTION,
+                "uni/virtualMachines/1".to_string(),
+                format!("{compute}/virtualMachineScaleSets/virtualMachines/deallocate/action")
+            ),
+            (
+                AVAILABILITY_CHANGED,
+                "uni/virtualMachines/1/providers/Microsoft.ResourceHealth/availabilityStatuses/current"
+                    .to_string(),
+                String::new()
+            ),
+        ]
+    );
+    f.set_power_state(SUB, RG, "uni", "1", "starting");
+    assert!(take().is_empty(), "not a success yet");
+    f.set_power_state(SUB, RG, "uni", "1", "running");
+    let started = take();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert!(started[0].2.ends_with("/start/action"), "{started:?}");
+    // A Flexible member and a standalone VM are ordinary VMs.
+    f.set_power_state(SUB, RG, "flex", "0", "stopped");
+    let stopped = take();
+    assert_eq!(stopped[0].1, "flex_0");
+    assert_eq!(
+        stopped[0].2,
+        format!("{compute}/virtualMachines/powerOff/action")
+    );
+    // VMs created and deleted; tags written.
+    let id = f.add_instance(SUB, RG, "flex", "10.8.0.9".parse().unwrap());
+    assert_eq!(
+        take(),
+        [(
+            RESOURCE_WRITE,
+            format!("flex_{id}"),
+            format!("{compute}/virtualMachines/write")
+        )]
+    );
+    f.remove_instance(SUB, RG, STANDALONE_VMS, "solo");
+    assert_eq!(
+        take(),
+        [(
+            RESOURCE_DELETE,
+            "solo".to_string(),
+            format!("{compute}/virtualMachines/delete")
+        )]
+    );
+    f.set_tag(SUB, RG, "uni", "pool", Some("web"));
+    assert_eq!(
+        take(),
+        [(
+            RESOURCE_WRITE,
+            "uni".to_string(),
+            format!("{compute}/virtualMachineScaleSets/write")
+        )]
+    );
+    f.set_instance_tag(SUB, RG, "uni", "0", "port", Some("8080"));
+    assert_eq!(take()[0].1, "uni/virtualMachines/0");
+    // A Spot eviction is the platform's: only Resource Health reports it, when the VM is
+    // deallocated, without anyone reading the fleet.
+    f.evict_instance(SUB, RG, "uni", "0");
+    assert!(take().is_empty());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let evicted = take();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].0, AVAILABILITY_CHANGED);
+    // An application health change raises nothing (Resource Health does not report it).
+    f.set_health(SUB, RG, "uni", "1", Some("unhealthy"));
+    assert!(take().is_empty());
+    // Both schemas of a health event.
+    f.set_power_state(SUB, RG, "uni", "1", "stopped");
+    let ev = std::mem::take(&mut *seen.lock().unwrap()).pop().unwrap();
+    assert_eq!(ev.event_type, AVAILABILITY_CHANGED);
+    let eg = ev.json(false);
+    assert_eq!(eg["eventType"], AVAILABILITY_CHANGED);
+    assert_eq!(
+        eg["data"]["resourceInfo"]["properties"]["availabilityState"],
+        "Unavailable"
+    );
+    let ce = ev.json(true);
+    assert_eq!(ce["specversion"], "1.0");
+    assert_eq!(ce["type"], AVAILABILITY_CHANGED);
+    assert_eq!(ce["subject"], ev.subject);
+    f.set_event_sink(None);
+}
+
+#[tokio::test]
 async fn the_fleet_raises_the_resource_events_event_grid_would_when_operations_succeed() {
     use std::sync::{Arc, Mutex};
     let e = env().await;

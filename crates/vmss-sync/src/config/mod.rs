@@ -233,6 +233,9 @@ pub struct EventsConfig {
     pub max_dequeue_count: u32,
     /// Pause between reads of an empty queue. Default 1 s.
     pub poll_interval: Duration,
+    /// PEM certificates trusted for the queue's HTTPS, besides the system's (checked at
+    /// load: readable, holding a certificate).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Authorisation of Queue service requests.

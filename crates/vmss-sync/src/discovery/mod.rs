@@ -173,7 +173,16 @@ pub struct DiscoveryState {
     used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
     /// The startup check's successful scale set reads, kept for the first cycle.
     primed: Mutex<Option<(Instant, Results)>>,
+    /// Each Uniform set's last NIC list, with when it was read: a cycle that reads the
+    /// set's instance views and finds the same members, all `Succeeded` then and now,
+    /// takes their addresses from it instead of listing the NICs again (at most
+    /// [`NIC_LIST_MAX_AGE`] old).
+    nic_lists: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
 }
+
+/// A Uniform set's NIC list is read again at least this often, whatever its instance
+/// views say (the addresses of unchanged members are otherwise taken from it).
+pub const NIC_LIST_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// The startup check's reads serve a first cycle that starts at most this long after them.
 const PRIMED_FOR: Duration = Duration::from_secs(30);
@@ -229,6 +238,40 @@ impl DiscoveryState {
 
     fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
         self.views().get(key)?.get(id).copied()
+    }
+
+    fn nic_lists(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Out>)>> {
+        self.nic_lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when the set's last NIC list is recent enough to be reused.
+    fn nic_list_fresh(&self, key: &str, now: Instant) -> bool {
+        self.nic_lists()
+            .get(key)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < NIC_LIST_MAX_AGE)
+    }
+
+    /// The set's last NIC list when `views`, just read, show exactly its members, each
+    /// `Succeeded` now and at the previous read of views (no create, update or delete
+    /// under way or finished unseen that could have changed an address).
+    fn same_members(&self, key: &str, views: &HashMap<Arc<str>, InstanceView>) -> Option<Arc<Out>> {
+        let nics = self.nic_lists().get(key).map(|(_, n)| Arc::clone(n))?;
+        let Out::Nics(list) = nics.as_ref() else {
+            return None;
+        };
+        let members: HashSet<&str> = list.iter().map(|n| n.vm.as_ref()).collect();
+        let settled = |v: Option<InstanceView>| {
+            v.is_some_and(|v| v.provisioning == Some(Provisioning::Succeeded))
+        };
+        let same = members.len() == views.len()
+            && views.iter().all(|(id, v)| {
+                members.contains(id.as_ref()) && settled(Some(*v)) && settled(self.cached(key, id))
+            });
+        same.then_some(nics)
+    }
+
+    fn keep_nic_list(&self, key: &str, at: Instant, nics: Arc<Out>) {
+        self.nic_lists().insert(key.to_string(), (at, nics));
     }
 
     /// Keeps the successful reads of `done` for the next cycle.
@@ -993,7 +1036,11 @@ pub async fn discover(
         }
         match p.mode {
             Orchestration::Uniform => {
-                ops.push(p.nics());
+                // With views due and a recent NIC list, the views tell whether the
+                // members changed; the NIC list is read (step 3) only if they did.
+                if !(due && state.nic_list_fresh(&p.cache_key(), now)) {
+                    ops.push(p.nics());
+                }
                 if due {
                     ops.push(p.uviews());
                 }
@@ -1039,8 +1086,25 @@ pub async fn discover(
     }
     run_all(arm, ops, opts.concurrency, &mut done).await;
 
-    // Step 3: NIC lists named only by NIC ids, and early views for new members.
+    // Step 3: NIC lists named only by NIC ids, Uniform NIC lists whose members changed,
+    // and early views for new members.
     let mut ops = Vec::new();
+    let mut nics_kept: HashSet<String> = HashSet::new();
+    for p in plans.values() {
+        if p.mode == Orchestration::Uniform && !done.contains_key(&p.nics().key()) {
+            let kept = match get(&done, &p.uviews()) {
+                Ok(Out::Views(v)) => state.same_members(&p.cache_key(), v),
+                _ => None,
+            };
+            match kept {
+                Some(nics) => {
+                    nics_kept.insert(p.nics().key());
+                    done.insert(p.nics().key(), Ok(nics));
+                }
+                None => ops.push(p.nics()),
+            }
+        }
+    }
     for p in plans.values() {
         match p.mode {
             Orchestration::Uniform => {
@@ -1097,6 +1161,15 @@ pub async fn discover(
         }
     }
     run_all(arm, ops, opts.concurrency, &mut done).await;
+    for p in plans.values().filter(|p| p.mode == Orchestration::Uniform) {
+        let key = p.nics().key();
+        if nics_kept.contains(&key) {
+            continue;
+        }
+        if let Some(Ok(nics)) = done.get(&key) {
+            state.keep_nic_list(&p.cache_key(), now, Arc::clone(nics));
+        }
+    }
 
     // Assemble.
     let nics = NicIndex::new(&done);

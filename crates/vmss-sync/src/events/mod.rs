@@ -353,6 +353,12 @@ pub fn route_all(events: &[Event], selections: &[Selection]) -> Routed {
     out
 }
 
+/// True when `selections` hold every one of `all` (not empty): a reconcile of them is a
+/// full cycle.
+pub fn covers(selections: &std::collections::BTreeSet<Selection>, all: &[Selection]) -> bool {
+    !all.is_empty() && all.iter().all(|s| selections.contains(s))
+}
+
 /// After a scale event, new instances take minutes to boot and turn healthy: reads at
 /// these delays after the event follow them without waiting for the timer.
 pub const FOLLOW_UP_AFTER: [std::time::Duration; 5] = [

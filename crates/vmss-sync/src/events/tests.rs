@@ -301,3 +301,16 @@ fn follow_ups_are_a_bounded_series_restarted_by_a_new_event_and_merged() {
     f.clear();
     assert_eq!(f.next(), None);
 }
+
+#[test]
+fn a_reconcile_covers_all_only_when_it_holds_every_selection() {
+    let a = sel(Some("rg"), &["a"], false);
+    let b = sel(Some("rg"), &["b"], false);
+    let all = [a.clone(), b.clone()];
+    let both: std::collections::BTreeSet<Selection> = all.iter().cloned().collect();
+    let one: std::collections::BTreeSet<Selection> = [a.clone()].into_iter().collect();
+    assert!(covers(&both, &all));
+    assert!(!covers(&one, &all));
+    assert!(covers(&one, &[a]));
+    assert!(!covers(&both, &[]), "no upstream: nothing to cover");
+}

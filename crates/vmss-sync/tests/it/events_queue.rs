@@ -13,7 +13,7 @@ use vmss_sync::events::{parse_message, route, EventType};
 
 #[tokio::test]
 async fn messages_are_hidden_while_handled_deleted_by_pop_receipt_and_return_when_not_deleted() {
-    let az = AzuriteQueue::start();
+    let az = Azurite::queue();
     let q = az.client("events", DEV_KEY);
     q.create().await.expect("create");
     q.create().await.expect("creating again is fine");
@@ -65,7 +65,7 @@ async fn messages_are_hidden_while_handled_deleted_by_pop_receipt_and_return_whe
 
 #[tokio::test]
 async fn a_wrong_key_is_refused_and_the_error_shows_no_key() {
-    let az = AzuriteQueue::start();
+    let az = Azurite::queue();
     az.client("events", DEV_KEY).create().await.expect("create");
     let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
     let err = az
@@ -91,7 +91,7 @@ async fn a_wrong_key_is_refused_and_the_error_shows_no_key() {
 
 #[tokio::test]
 async fn event_grid_messages_read_back_from_the_queue_are_parsed_and_routed() {
-    let az = AzuriteQueue::start();
+    let az = Azurite::queue();
     let q = az.client("events", DEV_KEY);
     q.create().await.expect("create");
     let sub = "5f2ae4a1-7a6c-4b43-9c0e-1f7c0d3b2e11";

@@ -29,6 +29,7 @@ mod e2e_once;
 mod e2e_signals;
 mod errors_named;
 mod events_daemon;
+mod events_fleet;
 mod events_queue;
 mod layering;
 mod licenses;

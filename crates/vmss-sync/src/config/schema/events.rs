@@ -42,6 +42,7 @@ pub(super) struct EventsBuilder {
     visibility_timeout: Slot<Duration>,
     max_dequeue_count: Slot<u32>,
     poll_interval: Slot<Duration>,
+    ca_file: Slot<std::path::PathBuf>,
 }
 
 /// Keys of `events`.
@@ -55,6 +56,7 @@ pub(super) const EVENTS_FIELDS: &[Field<EventsBuilder>] = &[
     field("visibility_timeout", |cx, n, p, b| b.visibility_timeout = cx.go_duration(n, p)),
     field("max_dequeue_count", |cx, n, p, b| b.max_dequeue_count = cx.count(n, p)),
     field("poll_interval", |cx, n, p, b| b.poll_interval = cx.go_duration(n, p)),
+    field("ca_file", |cx, n, p, b| b.ca_file = cx.ca_file(n, p)),
 ];
 
 impl Cx<'_> {
@@ -175,12 +177,14 @@ impl Cx<'_> {
         let visibility_timeout = b.visibility_timeout.or_default(DEFAULT_VISIBILITY_TIMEOUT);
         let max_dequeue_count = b.max_dequeue_count.or_default(DEFAULT_MAX_DEQUEUE_COUNT);
         let poll_interval = b.poll_interval.or_default(DEFAULT_POLL_INTERVAL);
+        let ca_file = b.ca_file.optional();
         match (
             queue_url,
             auth,
             visibility_timeout,
             max_dequeue_count,
             poll_interval,
+            ca_file,
         ) {
             (
                 Some(queue_url),
@@ -188,6 +192,7 @@ impl Cx<'_> {
                 Some(visibility_timeout),
                 Some(max_dequeue_count),
                 Some(poll_interval),
+                Some(ca_file),
             ) => Slot::Set(
                 EventsConfig {
                     queue_url,
@@ -195,6 +200,7 @@ impl Cx<'_> {
                     visibility_timeout,
                     max_dequeue_count: max_dequeue_count.max(1),
                     poll_interval,
+                    ca_file,
                 },
                 node.pos,
                 String::new(),
@@ -374,5 +380,30 @@ mod tests {
         assert!(e.contains("not an events setting"), "{e}");
         let e = with("  - queue_url\n").unwrap_err();
         assert!(e.contains("events must be a mapping"), "{e}");
+    }
+
+    #[test]
+    fn events_ca_file_must_be_an_absolute_readable_pem_file_and_is_named_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "  queue_url: https://acct1.queue.core.windows.net/q\n";
+        let missing = dir.path().join("missing.pem");
+        let e = with(&format!("{url}  ca_file: {}\n", missing.display())).unwrap_err();
+        assert!(
+            e.contains("events.ca_file") && e.contains(&missing.display().to_string()),
+            "{e}"
+        );
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello, not a certificate\n").unwrap();
+        let e = with(&format!("{url}  ca_file: {}\n", not_pem.display())).unwrap_err();
+        assert!(
+            e.contains("events.ca_file") && e.contains(&not_pem.display().to_string()),
+            "{e}"
+        );
+        let e = with(&format!("{url}  ca_file: relative/ca.pem\n")).unwrap_err();
+        assert!(
+            e.contains("events.ca_file") && e.contains("absolute path"),
+            "{e}"
+        );
+        assert_eq!(with(url).unwrap().events.unwrap().ca_file, None);
     }
 }

@@ -4,7 +4,7 @@
 //! - In-process servers (the testbed, `targets_common::Backends::start_free`, the fake
 //!   servers of single tests) bind port 0 and keep their listener.
 //! - The daemon binds its admin endpoint on port 0 and the tests read the address back
-//!   from its log (`ops_common::admin_addr`); Prometheus (`ops_metrics`) likewise
+//!   from its log (`common`'s daemon guard, `admin_addr`); Prometheus (`ops_metrics`) likewise
 //!   (`--web.listen-address=127.0.0.1:0`, its "Listening on" log line).
 //! - HAProxy and nginx (`targets_common::Haproxy`, `Nginx`) get a listener the test bound
 //!   on port 0 as an inherited descriptor, their standard input (`ports::ChildListener`;
@@ -17,12 +17,13 @@
 //!   Plus endpoint, the IMDS of every spawned daemon) is `ports::refused_addr`: a socket
 //!   bound for the whole run and never listening (a SYN gets a reset), so no test can
 //!   listen there meanwhile.
-//! - Still released before use: Azurite's port (`ops_common::free_port`,
-//!   `events_common::free_port`): Azurite takes a port number, not a socket, and its
-//!   launchers are left to their own change.
+//! - Azurite (`azurite`, blob or queue) is started on port 0 and the tests read the port
+//!   it bound from its output.
 
+pub mod azurite;
 pub mod common;
 pub mod events_common;
 pub mod ops_common;
+pub mod pki;
 pub mod ports;
 pub mod targets_common;
