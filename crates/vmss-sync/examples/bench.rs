@@ -745,7 +745,13 @@ fn measure_fleet(args: &[String]) -> Res<()> {
             if limits { "ARM limits" } else { "lifted" },
             cold.as_secs_f64()
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // BENCH_SETTLE_MS: a pause after the cold start, so that a profiler can be switched
+        // on for the steady cycles alone (`callgrind_control -i on`, docs/benchmarks.md).
+        let settle = std::env::var("BENCH_SETTLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        tokio::time::sleep(Duration::from_millis(settle)).await;
         let before = rec.arm().stats();
         let cpu0 = cpu_time();
         // Lifted: cycles back to back. Limits: as the daemon runs them, one every

@@ -147,13 +147,19 @@ impl Provisioning {
             .get(..18)
             .filter(|p| p.eq_ignore_ascii_case("ProvisioningState/"))
             .map_or(s, |_| &s[18..]);
-        match s.to_ascii_lowercase().as_str() {
-            "succeeded" => Provisioning::Succeeded,
-            "creating" => Provisioning::Creating,
-            "updating" => Provisioning::Updating,
-            "deleting" => Provisioning::Deleting,
-            "failed" => Provisioning::Failed,
-            _ => Provisioning::Other,
+        let is = |w: &str| s.eq_ignore_ascii_case(w);
+        if is("succeeded") {
+            Provisioning::Succeeded
+        } else if is("creating") {
+            Provisioning::Creating
+        } else if is("updating") {
+            Provisioning::Updating
+        } else if is("deleting") {
+            Provisioning::Deleting
+        } else if is("failed") {
+            Provisioning::Failed
+        } else {
+            Provisioning::Other
         }
     }
 }
@@ -180,15 +186,18 @@ pub enum Power {
 impl Power {
     /// Parses the part after `PowerState/` (case-insensitive).
     pub fn parse(s: &str) -> Power {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "running" => Power::Running,
-            "starting" => Power::Starting,
-            "stopping" => Power::Stopping,
-            "stopped" => Power::Stopped,
-            "deallocating" => Power::Deallocating,
-            "deallocated" => Power::Deallocated,
-            _ => Power::Unknown,
-        }
+        let s = s.trim();
+        [
+            ("running", Power::Running),
+            ("starting", Power::Starting),
+            ("stopping", Power::Stopping),
+            ("stopped", Power::Stopped),
+            ("deallocating", Power::Deallocating),
+            ("deallocated", Power::Deallocated),
+        ]
+        .into_iter()
+        .find(|(w, _)| s.eq_ignore_ascii_case(w))
+        .map_or(Power::Unknown, |(_, p)| p)
     }
 }
 
@@ -207,10 +216,13 @@ pub enum Health {
 impl Health {
     /// Parses the part after `HealthState/` (case-insensitive).
     pub fn parse(s: &str) -> Health {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "healthy" => Health::Healthy,
-            "unhealthy" => Health::Unhealthy,
-            _ => Health::Unknown,
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("healthy") {
+            Health::Healthy
+        } else if s.eq_ignore_ascii_case("unhealthy") {
+            Health::Unhealthy
+        } else {
+            Health::Unknown
         }
     }
 }

@@ -40,7 +40,7 @@ mod select;
 pub use select::{glob, is_glob, Groups, Selection, TagFilter};
 
 use crate::azure::arm::{ArmClient, ArmError, ListRequest};
-use crate::azure::models::{self, VirtualMachine, VirtualMachineScaleSet};
+use crate::azure::models::{self, VirtualMachineScaleSet, VmRow};
 use crate::model::{
     Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
     ScaleSetSnapshot,
@@ -292,17 +292,14 @@ struct Nic {
 
 impl Nic {
     fn from_model(n: models::NicSummary) -> Option<Nic> {
-        use std::hash::{Hash, Hasher};
+        let ip = n.primary_ipv4();
+        let primary = n.is_primary();
+        let order = n.id_hash;
         let vm = n.vm_id()?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        n.id.as_deref()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .hash(&mut h);
         Some(Nic {
-            ip: n.primary_ipv4(),
-            primary: n.is_primary(),
-            order: h.finish(),
+            ip,
+            primary,
+            order,
             vm: Arc::from(vm),
         })
     }
@@ -326,17 +323,16 @@ struct Vm {
 }
 
 impl Vm {
-    fn from_model(v: VirtualMachine, groups: &mut Interner) -> Option<Vm> {
-        let id = v.key()?;
+    fn from_model(v: VmRow, groups: &mut Interner) -> Option<Vm> {
+        let id = v.id.clone()?;
         let rg = groups.get(models::resource_group_of(&id)?);
         let nic_rg = v
             .primary_nic()
-            .and_then(|n| models::resource_group_of(&n).map(|g| groups.get(g)))
+            .and_then(|n| models::resource_group_of(n).map(|g| groups.get(g)))
             .filter(|g| *g != rg);
         let provisioning = v
             .properties
             .provisioning_state
-            .as_ref()
             .map(|p| Provisioning::parse(p.as_str()));
         let view = v
             .properties
@@ -345,8 +341,8 @@ impl Vm {
             .map(|iv| view_of(iv, provisioning));
         let location = v
             .location
-            .as_deref()
-            .map(location_name)
+            .as_ref()
+            .map(|l| location_name(l.as_str()))
             .filter(|l| !l.is_empty())
             .map(|l| groups.get(&l));
         Some(Vm {
@@ -365,7 +361,7 @@ impl Vm {
     /// of a Flexible set, which a tag selection takes alone when its own tags match and its
     /// set is not selected. Members without tags of their own are dropped (no selection can
     /// take them alone) unless `members` (the status list, read for their views).
-    fn listed(v: VirtualMachine, groups: &mut Interner, members: bool) -> Option<Vm> {
+    fn listed(v: VmRow, groups: &mut Interner, members: bool) -> Option<Vm> {
         let set = v.scale_set_key();
         if set.is_some() && !members && v.tags.is_empty() {
             return None;
@@ -418,21 +414,14 @@ impl Interner {
     }
 }
 
-fn view_of(iv: &models::VmInstanceView, fallback: Option<Provisioning>) -> InstanceView {
-    let provisioning = iv
-        .statuses
-        .iter()
-        .filter_map(|s| s.code.as_deref())
-        .find(|c| {
-            c.get(..18)
-                .is_some_and(|p| p.eq_ignore_ascii_case("ProvisioningState/"))
-        })
-        .map(Provisioning::parse)
-        .or(fallback);
+fn view_of(iv: &models::ViewSummary, fallback: Option<Provisioning>) -> InstanceView {
     InstanceView {
-        provisioning,
-        power: iv.power_state().map(|p| Power::parse(&p)),
-        health: iv.health_state().map(|h| Health::parse(&h)),
+        provisioning: iv
+            .provisioning
+            .map(|p| Provisioning::parse(p.as_str()))
+            .or(fallback),
+        power: iv.power.map(|p| Power::parse(p.as_str())),
+        health: iv.health.map(|h| Health::parse(h.as_str())),
     }
 }
 
@@ -525,12 +514,11 @@ impl Op {
                 // (a member known from the NIC list without a view is a failed read).
                 let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
                 let views = arm
-                    .list_map(&req, |v: models::VirtualMachineScaleSetVm| {
-                        let id: Arc<str> = Arc::from(v.id.as_deref()?.trim().to_ascii_lowercase());
+                    .list_map(&req, |v: models::ScaleSetVmView| {
+                        let id: Arc<str> = Arc::from(v.id?);
                         let prov = v
                             .properties
                             .provisioning_state
-                            .as_ref()
                             .map(|p| Provisioning::parse(p.as_str()));
                         let iv = v.properties.instance_view.as_ref()?;
                         Some((id, view_of(iv, prov)))
