@@ -728,8 +728,8 @@ fn pick_ipv4<'a>(
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct NicSummary {
-    /// A hash of the NIC's lower-cased id ([`lower_hash`]): a stable order among one VM's
-    /// NICs, without keeping the id.
+    /// A hash of the NIC's lower-cased name, the last segment of its id ([`lower_hash`]):
+    /// a stable order among one VM's NICs, without keeping the id.
     #[serde(rename = "id", deserialize_with = "id_hash")]
     pub id_hash: u64,
     #[serde(deserialize_with = "null_default")]
@@ -1087,9 +1087,14 @@ fn lower_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     })
 }
 
-/// A stable 64-bit hash (FNV-1a) of an id's lower-cased text, without keeping the id.
+/// A stable 64-bit hash (FNV-1a) of the lower-cased last segment of an id (a NIC's name:
+/// the NICs of one VM are told apart by it), without keeping the id.
 fn id_hash<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    Ok(lenient_with(d, |s| Some(lower_hash(s)))?.unwrap_or_else(|| lower_hash("")))
+    fn last(s: &str) -> Option<u64> {
+        let s = s.trim().trim_end_matches('/');
+        Some(lower_hash(s.rsplit_once('/').map_or(s, |(_, name)| name)))
+    }
+    Ok(lenient_with(d, last)?.unwrap_or_else(|| lower_hash("")))
 }
 
 /// FNV-1a over the ASCII-lower-cased bytes of `s`.

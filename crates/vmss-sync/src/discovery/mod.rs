@@ -45,7 +45,11 @@ use crate::model::{
     Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
     ScaleSetSnapshot,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The maps of a cycle hold 100,000 ARM ids at a time: hashed with [`crate::model::FastHasher`].
+type HashMap<K, V> = std::collections::HashMap<K, V, crate::model::FastBuild>;
+type HashSet<K> = std::collections::HashSet<K, crate::model::FastBuild>;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -245,7 +249,7 @@ impl DiscoveryState {
     fn take_primed(&self, now: Instant) -> Results {
         match self.primed.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some((at, done)) if now.saturating_duration_since(at) <= PRIMED_FOR => done,
-            _ => Results::new(),
+            _ => Results::default(),
         }
     }
 }
@@ -573,7 +577,7 @@ type Results = HashMap<String, Result<Arc<Out>, DiscoveryError>>;
 async fn run_all(arm: &ArmClient, ops: Vec<Op>, concurrency: usize, done: &mut Results) {
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut planned = HashSet::new();
+    let mut planned = HashSet::default();
     for op in ops {
         let key = op.key();
         if done.contains_key(&key) || !planned.insert(key.clone()) {
@@ -912,7 +916,7 @@ pub async fn check(
     opts: &Options,
 ) -> BTreeMap<Selection, Result<Vec<String>, DiscoveryError>> {
     let sels: Vec<&Selection> = selections.iter().collect();
-    let mut done = Results::new();
+    let mut done = Results::default();
     let ops = plan_sets(state, &sels);
     run_all(arm, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
@@ -936,7 +940,7 @@ pub async fn discover(
     let now = Instant::now();
     let mut seen = BTreeSet::new();
     let sels: Vec<&Selection> = selections.iter().filter(|s| seen.insert(*s)).collect();
-    let mut done = Results::new();
+    let mut done = Results::default();
 
     // Step 1: scale sets and standalone VM lists (those the startup check just read are
     // not read again).
@@ -973,7 +977,7 @@ pub async fn discover(
 
     // Step 2: members.
     let mut ops = Vec::new();
-    let mut views_read: HashSet<String> = HashSet::new();
+    let mut views_read: HashSet<String> = HashSet::default();
     for p in plans.values() {
         let due = p.views && state.due(&p.cache_key(), now, interval, pressure(p.sub()));
         if due {
@@ -1089,7 +1093,7 @@ pub async fn discover(
     // Assemble.
     let nics = NicIndex::new(&done);
     let mut snapshots: HashMap<String, Result<Arc<ScaleSetSnapshot>, DiscoveryError>> =
-        HashMap::new();
+        HashMap::default();
     for (key, p) in &plans {
         let expanded = views_read.contains(&p.cache_key());
         snapshots.insert(key.clone(), snapshot(p, expanded, &done, &nics, state, now));
@@ -1115,7 +1119,7 @@ pub async fn discover(
             let ids = if sel.includes_vms() {
                 set_ids(&sets)
             } else {
-                HashSet::new()
+                HashSet::default()
             };
             for m in sets {
                 match snapshots.get(&m.key.to_string().to_ascii_lowercase()) {
@@ -1186,7 +1190,7 @@ struct NicIndex<'a> {
 impl<'a> NicIndex<'a> {
     fn new(done: &'a Results) -> Self {
         let mut by_vm: Vec<&Nic> = Vec::new();
-        let mut groups = HashMap::new();
+        let mut groups = HashMap::default();
         for (key, r) in done {
             let Some(group) = key.strip_prefix("nics ") else {
                 continue;
