@@ -650,6 +650,36 @@ fn port_of(
     }
 }
 
+/// `ip:port`, as `format!("{ip}:{port}")` writes it, without the formatting machinery
+/// (100,000 of them per cycle).
+pub fn server_address(ip: Ipv4Addr, port: u16) -> String {
+    fn push_decimal(s: &mut String, mut n: u32) {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            s.push(char::from(*d));
+        }
+    }
+    let mut s = String::with_capacity(21);
+    for (k, octet) in ip.octets().into_iter().enumerate() {
+        if k > 0 {
+            s.push('.');
+        }
+        push_decimal(&mut s, u32::from(octet));
+    }
+    s.push(':');
+    push_decimal(&mut s, u32::from(port));
+    s
+}
+
 /// Builds the desired servers of one upstream from what its selection found: the ready
 /// instances, each once, at its port. Instances without a usable port are returned
 /// apart, with the reason. Held sets are left out ([`held_servers`]).
@@ -676,7 +706,7 @@ pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers
         }
         match port_of(inst, set_tags, reg) {
             Ok(port) => {
-                out.insert(format!("{}:{}", inst.ip, port), reg.params);
+                out.insert(server_address(inst.ip, port), reg.params);
             }
             Err(reason) => unported.push(Unported {
                 vm_id: inst.vm_id.to_string(),
@@ -691,6 +721,19 @@ pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn server_address_is_what_format_writes() {
+        for (ip, port) in [
+            (Ipv4Addr::new(0, 0, 0, 0), 0),
+            (Ipv4Addr::new(10, 0, 0, 4), 80),
+            (Ipv4Addr::new(255, 255, 255, 255), 65535),
+            (Ipv4Addr::new(192, 168, 100, 9), 8080),
+            (Ipv4Addr::new(1, 20, 199, 250), 10),
+        ] {
+            assert_eq!(server_address(ip, port), format!("{ip}:{port}"));
+        }
+    }
 
     fn params() -> ServerParams {
         ServerParams {

@@ -471,7 +471,16 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
         timeout: up.drain_timeout,
         elapsed: &elapsed,
     };
-    let (desired, rest) = plan::except(&desired, &observed, &held.servers);
+    // Held servers are left out of planning (copies only when some are held).
+    let (desired, rest) = if held.servers.is_empty() {
+        (
+            std::borrow::Cow::Borrowed(&desired),
+            std::borrow::Cow::Borrowed(&observed[..]),
+        )
+    } else {
+        let (d, o) = plan::except(&desired, &observed, &held.servers);
+        (std::borrow::Cow::Owned(d), std::borrow::Cow::Owned(o))
+    };
     let mut p = plan::plan(&desired, &rest, &drain);
     for s in found.held() {
         let Some(h) = &s.held else { continue };
