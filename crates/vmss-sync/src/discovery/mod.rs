@@ -447,6 +447,11 @@ impl Interner {
     }
 
     fn get(&mut self, name: &str) -> Arc<str> {
+        if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+            if let Some(a) = self.names.get(name) {
+                return Arc::clone(a);
+            }
+        }
         let lower = name.to_ascii_lowercase();
         if let Some(a) = self.names.get(lower.as_str()) {
             return Arc::clone(a);
@@ -1310,9 +1315,17 @@ fn snapshot(
                     fresh_views = Some(v.clone());
                 }
             }
+            // One shared copy per VM id ([`Ids`]): equal ids are the same pointer.
+            let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
             let mut sorted: Vec<&Nic> = list.iter().collect();
-            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
-            for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
+            sorted.sort_by(|a, b| {
+                if Arc::ptr_eq(&a.vm, &b.vm) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.vm.cmp(&b.vm)
+                }
+            });
+            for vm_nics in sorted.chunk_by(|a, b| same(&a.vm, &b.vm)) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
                     let view = match (&fresh_views, p.views) {
