@@ -484,7 +484,10 @@ impl std::hash::Hasher for FastHasher {
         self.add(i as u64);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // The product's high bits mix every input bit, its low bits only the low ones, and
+        // hash tables pick buckets by the low bits: ids that differ only at their end
+        // (`…/virtualMachines/12`) would share buckets. Rotated as rustc-hash 2 does.
+        self.0.rotate_left(26)
     }
 }
 
@@ -721,6 +724,22 @@ pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn fast_hasher_spreads_ids_that_differ_only_at_their_end_over_buckets() {
+        use std::hash::BuildHasher;
+        let b = FastBuild::default();
+        let mut buckets = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let id = format!(
+                "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/\
+                 virtualmachinescalesets/big-000/virtualmachines/{i}"
+            );
+            buckets.insert(b.hash_one(id.as_str()) & 1023);
+        }
+        // 1,000 keys over 1,024 buckets: about 632 distinct buckets when spread at random.
+        assert!(buckets.len() > 550, "{} buckets", buckets.len());
+    }
 
     #[test]
     fn server_address_is_what_format_writes() {
