@@ -617,13 +617,7 @@ impl Op {
 type Results = HashMap<String, Result<Arc<Out>, DiscoveryError>>;
 
 /// Runs every read not already in `done`, at most `concurrency` at a time.
-async fn run_all(
-    arm: &ArmClient,
-    ids: &Ids,
-    ops: Vec<Op>,
-    concurrency: usize,
-    done: &mut Results,
-) {
+async fn run_all(arm: &ArmClient, ids: &Ids, ops: Vec<Op>, concurrency: usize, done: &mut Results) {
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut planned = HashSet::default();

@@ -4,8 +4,7 @@
 use super::apply::{gate_open, WriteGate, NOT_LEADER};
 use super::drain::DrainBook;
 use super::outcome::{
-    count_states, finish, kind_word, states_after, target_name, CycleReport, Order,
-    UpstreamOutcome,
+    count_states, finish, kind_word, states_after, target_name, CycleReport, Order, UpstreamOutcome,
 };
 use super::specs::UpstreamSpec;
 use crate::azure::arm::ArmClient;
