@@ -23,7 +23,9 @@
 //! budget (cold start to every upstream in sync, then cycles one every `sync_interval` for
 //! two `health_interval`s as the daemon runs them: their average and longest wall time,
 //! and the 429s). `--only lifted|limits` runs one half, `--cycles N` sets the steady
-//! cycles measured (at least), `BENCH_VERBOSE=1` prints every figure.
+//! cycles measured (at least), `BENCH_VERBOSE=1` prints every figure, `BENCH_SETTLE_MS=N`
+//! pauses the daemon's process N ms after its cold start (to switch a profiler on for the
+//! steady cycles alone; docs/benchmarks.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
