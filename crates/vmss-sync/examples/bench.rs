@@ -23,7 +23,9 @@
 //! budget (cold start to every upstream in sync, then cycles one every `sync_interval` for
 //! two `health_interval`s as the daemon runs them: their average and longest wall time,
 //! and the 429s). `--only lifted|limits` runs one half, `--cycles N` sets the steady
-//! cycles measured (at least), `BENCH_VERBOSE=1` prints every figure.
+//! cycles measured (at least), `BENCH_VERBOSE=1` prints every figure, `BENCH_SETTLE_MS=N`
+//! pauses the daemon's process N ms after its cold start (to switch a profiler on for the
+//! steady cycles alone; docs/benchmarks.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -746,7 +748,13 @@ fn measure_fleet(args: &[String]) -> Res<()> {
             if limits { "ARM limits" } else { "lifted" },
             cold.as_secs_f64()
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // BENCH_SETTLE_MS: a pause after the cold start, so that a profiler can be switched
+        // on for the steady cycles alone (`callgrind_control -i on`, docs/benchmarks.md).
+        let settle = std::env::var("BENCH_SETTLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        tokio::time::sleep(Duration::from_millis(settle)).await;
         let before = rec.arm().stats();
         let cpu0 = cpu_time();
         // Lifted: cycles back to back. Limits: as the daemon runs them, one every

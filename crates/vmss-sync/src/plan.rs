@@ -92,15 +92,19 @@ impl Drain<'static> {
 /// - A server that is not wanted is first drained (when `drain.timeout` is not zero)
 ///   and removed once it has drained for `drain.timeout`.
 pub fn plan(desired: &DesiredServers, observed: &[ObservedServer], drain: &Drain<'_>) -> Plan {
-    let mut by_server: BTreeMap<&str, Vec<&ObservedServer>> = BTreeMap::new();
-    for o in observed {
-        by_server.entry(o.server.as_str()).or_default().push(o);
-    }
+    // The observed servers sorted by (address, id), walked one address at a time beside
+    // the desired ones (sorted too): no map or list per server.
+    let mut sorted: Vec<&ObservedServer> = observed.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.server.cmp(&b.server).then(a.id.cmp(&b.id)));
     let mut out = Plan::default();
-    for (server, entries) in &mut by_server {
-        entries.sort_by_key(|o| o.id);
-        let Some(params) = desired.get(*server) else {
-            for o in entries.iter() {
+    let mut wanted = desired.iter().peekable();
+    for entries in sorted.chunk_by(|a, b| a.server == b.server) {
+        let server = entries[0].server.as_str();
+        while let Some((s, p)) = wanted.next_if(|(s, _)| s.as_str() < server) {
+            out.add.push((s.clone(), *p));
+        }
+        let Some((_, params)) = wanted.next_if(|(s, _)| s.as_str() == server) else {
+            for o in entries {
                 leave(o, drain, &mut out);
             }
             continue;
@@ -124,11 +128,7 @@ pub fn plan(desired: &DesiredServers, observed: &[ObservedServer], drain: &Drain
             });
         }
     }
-    for (server, params) in desired {
-        if !by_server.contains_key(server.as_str()) {
-            out.add.push((server.clone(), *params));
-        }
-    }
+    out.add.extend(wanted.map(|(s, p)| (s.clone(), *p)));
     out
 }
 

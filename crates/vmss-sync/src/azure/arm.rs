@@ -774,6 +774,8 @@ impl ArmClient {
             }
             url = next;
         }
+        // A list is kept for the rest of the cycle: without the room it grew into.
+        out.shrink_to_fit();
         Ok(out)
     }
 

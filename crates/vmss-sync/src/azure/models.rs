@@ -723,12 +723,15 @@ fn pick_ipv4<'a>(
 }
 
 /// A NIC as discovery reads it from list pages of thousands: only what picks its VM's
-/// address (the other fields are skipped while decoding, never stored).
+/// address (the other fields are skipped while decoding, never stored; what is only
+/// compared is decoded without allocating).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct NicSummary {
-    #[serde(deserialize_with = "lenient_string")]
-    pub id: Option<String>,
+    /// A hash of the NIC's lower-cased name, the last segment of its id ([`lower_hash`]):
+    /// a stable order among one VM's NICs, without keeping the id.
+    #[serde(rename = "id", deserialize_with = "id_hash")]
+    pub id_hash: u64,
     #[serde(deserialize_with = "null_default")]
     pub properties: NicSummaryProperties,
 }
@@ -739,9 +742,17 @@ pub struct NicSummaryProperties {
     #[serde(deserialize_with = "lenient_bool")]
     pub primary: Option<bool>,
     #[serde(deserialize_with = "null_default")]
-    pub virtual_machine: Option<SubResource>,
+    pub virtual_machine: Option<VmRef>,
     #[serde(deserialize_with = "lenient_vec")]
     pub ip_configurations: Vec<IpConfigurationSummary>,
+}
+
+/// `{"id": "..."}` of the VM a NIC is attached to, trimmed and lower-cased.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct VmRef {
+    #[serde(deserialize_with = "lower_id")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -754,13 +765,11 @@ pub struct IpConfigurationSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct IpConfigurationSummaryProperties {
-    #[serde(rename = "privateIPAddress", deserialize_with = "lenient_string")]
-    pub private_ip_address: Option<String>,
-    #[serde(
-        rename = "privateIPAddressVersion",
-        deserialize_with = "lenient_string"
-    )]
-    pub private_ip_address_version: Option<String>,
+    /// Parsed as [`parse_ipv4_lenient`] (None when absent or not an IPv4 address).
+    #[serde(rename = "privateIPAddress", deserialize_with = "lenient_ipv4")]
+    pub private_ip_address: Option<Ipv4Addr>,
+    #[serde(rename = "privateIPAddressVersion", deserialize_with = "lenient_code")]
+    pub private_ip_address_version: Option<Code>,
     #[serde(rename = "primary", deserialize_with = "lenient_bool")]
     pub primary: Option<bool>,
 }
@@ -768,25 +777,27 @@ pub struct IpConfigurationSummaryProperties {
 impl NicSummary {
     /// The primary ipConfiguration's private IPv4 address (as [`primary_ipv4`]).
     pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
-        pick_ipv4(self.properties.ip_configurations.iter().map(|c| {
-            (
-                c.properties.primary,
-                c.properties.private_ip_address.as_deref(),
-                c.properties.private_ip_address_version.as_deref(),
-            )
-        }))
+        let configs = &self.properties.ip_configurations;
+        let only = match configs.as_slice() {
+            [c] if c.properties.primary.is_none() => Some(c),
+            _ => None,
+        };
+        let c = configs
+            .iter()
+            .find(|c| c.properties.primary == Some(true))
+            .or(only)?;
+        if c.properties
+            .private_ip_address_version
+            .is_some_and(|v| !v.as_str().eq_ignore_ascii_case("ipv4"))
+        {
+            return None;
+        }
+        c.properties.private_ip_address
     }
 
     /// The lower-cased id of the VM it is attached to.
-    pub fn vm_id(&self) -> Option<String> {
-        self.properties
-            .virtual_machine
-            .as_ref()?
-            .id
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_ascii_lowercase)
+    pub fn vm_id(self) -> Option<String> {
+        self.properties.virtual_machine?.id
     }
 
     /// NIC-level `properties.primary` (absent → false).
@@ -950,6 +961,332 @@ impl VirtualMachineScaleSetVm {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Lean rows for discovery's big lists
+// ---------------------------------------------------------------------------
+//
+// A cycle at 100,000 instances decodes about 500 MB of list pages. The rows below keep
+// only what discovery uses, and decode what is only compared (status codes, provisioning
+// states, regions, IP versions, addresses, a NIC's id) without allocating: straight from
+// the borrowed JSON text into inline values.
+
+/// Bytes a [`Code`] keeps.
+const CODE_CAP: usize = 31;
+
+/// A short string kept inline (a status code, a provisioning state, a region): decoding
+/// one allocates nothing. A longer value keeps its first 31 bytes (cut at a character
+/// boundary): no value vmss-sync acts on is that long, so it still reads as unknown.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Code {
+    len: u8,
+    buf: [u8; CODE_CAP],
+}
+
+impl Code {
+    /// `s`, cut to 31 bytes.
+    pub fn new(s: &str) -> Code {
+        let mut end = s.len().min(CODE_CAP);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0u8; CODE_CAP];
+        buf[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Code {
+            len: end as u8,
+            buf,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// The part after `prefix` when the code starts with it (ASCII case-insensitive).
+    pub fn suffix(&self, prefix: &str) -> Option<&str> {
+        let s = self.as_str();
+        let head = s.get(..prefix.len())?;
+        head.eq_ignore_ascii_case(prefix)
+            .then(|| &s[prefix.len()..])
+    }
+}
+
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Decodes a string token with `f`, borrowing the text (no allocation); numbers are
+/// given as their text, anything else (null, bools, objects, arrays) is None, as
+/// [`lenient_string`].
+fn lenient_with<'de, D, T>(d: D, f: fn(&str) -> Option<T>) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct V<T>(fn(&str) -> Option<T>);
+    impl<'de, T> Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok((self.0)(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok((self.0)(&v.to_string()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok((self.0)(&v.to_string()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok((self.0)(
+                &serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()),
+            ))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_option(V(f))
+}
+
+fn lenient_code<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Code>, D::Error> {
+    lenient_with(d, |s| Some(Code::new(s)))
+}
+
+/// A private address as [`parse_ipv4_lenient`] reads it; absent or not IPv4 → None.
+fn lenient_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    lenient_with(d, parse_ipv4_lenient)
+}
+
+/// An id, trimmed and lower-cased (the join keys); empty → None.
+fn lower_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_with(d, |s| {
+        Some(s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    })
+}
+
+/// A stable 64-bit hash (FNV-1a) of the lower-cased last segment of an id (a NIC's name:
+/// the NICs of one VM are told apart by it), without keeping the id.
+fn id_hash<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    fn last(s: &str) -> Option<u64> {
+        let s = s.trim().trim_end_matches('/');
+        Some(lower_hash(s.rsplit_once('/').map_or(s, |(_, name)| name)))
+    }
+    Ok(lenient_with(d, last)?.unwrap_or_else(|| lower_hash("")))
+}
+
+/// FNV-1a over the ASCII-lower-cased bytes of `s`.
+pub fn lower_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An instance view reduced to its three states (the code's part after its prefix:
+/// `succeeded`, `running`, `healthy`, as ARM spells them), decoded without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewSummary {
+    /// The first `ProvisioningState/…` status.
+    pub provisioning: Option<Code>,
+    /// The first `PowerState/…` status.
+    pub power: Option<Code>,
+    /// `vmHealth.status.code` after its first `/` (the whole code without one).
+    pub health: Option<Code>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawView {
+    #[serde(deserialize_with = "fold_statuses")]
+    statuses: (Option<Code>, Option<Code>),
+    #[serde(deserialize_with = "null_default")]
+    vm_health: Option<RawHealth>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawHealth {
+    #[serde(deserialize_with = "null_default")]
+    status: Option<RawStatus>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawStatus {
+    #[serde(deserialize_with = "lenient_code")]
+    code: Option<Code>,
+}
+
+impl<'de> Deserialize<'de> for ViewSummary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawView::deserialize(d)?;
+        let health = raw
+            .vm_health
+            .and_then(|h| h.status)
+            .and_then(|s| s.code)
+            .map(|c| {
+                let s = c.as_str();
+                Code::new(s.split_once('/').map_or(s, |(_, state)| state))
+            });
+        Ok(ViewSummary {
+            provisioning: raw.statuses.0,
+            power: raw.statuses.1,
+            health,
+        })
+    }
+}
+
+/// `statuses`, folded as they are decoded into the first provisioning and power states
+/// (elements that are not objects are skipped; `null` is empty; anything else fails, as
+/// [`lenient_vec`]).
+fn fold_statuses<'de, D>(d: D) -> Result<(Option<Code>, Option<Code>), D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::{SeqAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = (Option<Code>, Option<Code>);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of statuses")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok((None, None))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok((None, None))
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let (mut prov, mut power) = (None, None);
+            while let Some(s) = seq.next_element::<ObjectOrSkip<RawStatus>>()? {
+                let Some(code) = s.0.and_then(|s| s.code) else {
+                    continue;
+                };
+                if let Some(p) = code.suffix("ProvisioningState/") {
+                    prov = prov.or(Some(Code::new(p)));
+                } else if let Some(p) = code.suffix("PowerState/") {
+                    power = power.or(Some(Code::new(p)));
+                }
+            }
+            Ok((prov, power))
+        }
+    }
+    d.deserialize_option(V)
+}
+
+/// A scale set VM as discovery reads it from `VirtualMachineScaleSetVMs_List` with
+/// `$expand=instanceView`: its id, provisioning state and instance view only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ScaleSetVmView {
+    /// Trimmed and lower-cased.
+    #[serde(deserialize_with = "lower_id")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: ScaleSetVmViewProperties,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ScaleSetVmViewProperties {
+    #[serde(deserialize_with = "lenient_code")]
+    pub provisioning_state: Option<Code>,
+    #[serde(deserialize_with = "null_default")]
+    pub instance_view: Option<ViewSummary>,
+}
+
+/// A VM as discovery reads it from `VirtualMachines_List` / `_ListAll` (Flexible members
+/// and standalone VMs): what selects it, joins it to its NIC and says its state.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct VmRow {
+    /// Trimmed and lower-cased.
+    #[serde(deserialize_with = "lower_id")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "lenient_code")]
+    pub location: Option<Code>,
+    #[serde(deserialize_with = "lenient_tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_default")]
+    pub properties: VmRowProperties,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VmRowProperties {
+    #[serde(deserialize_with = "lenient_code")]
+    pub provisioning_state: Option<Code>,
+    /// The scale set the VM belongs to (Flexible orchestration), if any.
+    #[serde(deserialize_with = "null_default")]
+    pub virtual_machine_scale_set: Option<SubResource>,
+    #[serde(deserialize_with = "null_default")]
+    pub network_profile: NetworkProfile,
+    /// Present with `$expand=instanceView` (and with `statusOnly=true`).
+    #[serde(deserialize_with = "null_default")]
+    pub instance_view: Option<ViewSummary>,
+}
+
+impl VmRow {
+    /// Lower-cased id of the scale set the VM belongs to.
+    pub fn scale_set_key(&self) -> Option<String> {
+        self.properties
+            .virtual_machine_scale_set
+            .as_ref()?
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+
+    /// The id of the primary NIC (the only NIC when none is flagged), as ARM wrote it.
+    pub fn primary_nic(&self) -> Option<&str> {
+        self.properties.network_profile.primary()
+    }
+}
+
+impl NetworkProfile {
+    /// The id of the primary NIC (the only NIC when none is flagged), trimmed.
+    pub fn primary(&self) -> Option<&str> {
+        let nics = &self.network_interfaces;
+        let only = match nics.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        };
+        nics.iter()
+            .find(|n| n.properties.primary == Some(true))
+            .or(only)
+            .and_then(|n| n.id.as_deref())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+}
+
 /// A list page: `{"value": [...], "nextLink": "..."}`. `value` is required
 /// (a body without it is not a page).
 #[derive(Debug, Clone, Deserialize)]
@@ -972,8 +1309,26 @@ where
     T: serde::de::DeserializeOwned,
     F: FnMut(T) -> Option<U>,
 {
+    // A body checked as UTF-8 once, as a whole, is decoded from `str`: serde_json then does
+    // not check each string it reads again (a tenth of a cycle's CPU at 10,000 instances).
+    // A body that is not UTF-8 is decoded from its bytes, for serde_json's own error.
+    match std::str::from_utf8(body) {
+        Ok(text) => decode_page_from(serde_json::Deserializer::from_str(text), f, out),
+        Err(_) => decode_page_from(serde_json::Deserializer::from_slice(body), f, out),
+    }
+}
+
+fn decode_page_from<'de, R, T, U, F>(
+    mut de: serde_json::Deserializer<R>,
+    f: &mut F,
+    out: &mut Vec<U>,
+) -> Result<Option<String>, serde_json::Error>
+where
+    R: serde_json::de::Read<'de>,
+    T: serde::de::DeserializeOwned,
+    F: FnMut(T) -> Option<U>,
+{
     use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(body);
     let next = PageSeed {
         f,
         out,

@@ -40,12 +40,16 @@ mod select;
 pub use select::{glob, is_glob, Groups, Selection, TagFilter};
 
 use crate::azure::arm::{ArmClient, ArmError, ListRequest};
-use crate::azure::models::{self, VirtualMachine, VirtualMachineScaleSet};
+use crate::azure::models::{self, VirtualMachineScaleSet, VmRow};
 use crate::model::{
     Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
     ScaleSetSnapshot,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The maps of a cycle hold 100,000 ARM ids at a time: hashed with [`crate::model::FastBuild`].
+type HashMap<K, V> = std::collections::HashMap<K, V, crate::model::FastBuild>;
+type HashSet<K> = std::collections::HashSet<K, crate::model::FastBuild>;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -178,6 +182,7 @@ pub struct DiscoveryState {
     /// takes their addresses from it instead of listing the NICs again (at most
     /// [`NIC_LIST_MAX_AGE`] old).
     nic_lists: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
+    ids: Ids,
 }
 
 /// A Uniform set's NIC list is read again at least this often, whatever its instance
@@ -288,7 +293,7 @@ impl DiscoveryState {
     fn take_primed(&self, now: Instant) -> Results {
         match self.primed.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some((at, done)) if now.saturating_duration_since(at) <= PRIMED_FOR => done,
-            _ => Results::new(),
+            _ => Results::default(),
         }
     }
 }
@@ -334,19 +339,16 @@ struct Nic {
 }
 
 impl Nic {
-    fn from_model(n: models::NicSummary) -> Option<Nic> {
-        use std::hash::{Hash, Hasher};
+    fn from_model(n: models::NicSummary, ids: &Ids) -> Option<Nic> {
+        let ip = n.primary_ipv4();
+        let primary = n.is_primary();
+        let order = n.id_hash;
         let vm = n.vm_id()?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        n.id.as_deref()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .hash(&mut h);
         Some(Nic {
-            ip: n.primary_ipv4(),
-            primary: n.is_primary(),
-            order: h.finish(),
-            vm: Arc::from(vm),
+            ip,
+            primary,
+            order,
+            vm: ids.get(vm),
         })
     }
 }
@@ -369,17 +371,16 @@ struct Vm {
 }
 
 impl Vm {
-    fn from_model(v: VirtualMachine, groups: &mut Interner) -> Option<Vm> {
-        let id = v.key()?;
+    fn from_model(v: VmRow, groups: &mut Interner) -> Option<Vm> {
+        let id = v.id.clone()?;
         let rg = groups.get(models::resource_group_of(&id)?);
         let nic_rg = v
             .primary_nic()
-            .and_then(|n| models::resource_group_of(&n).map(|g| groups.get(g)))
+            .and_then(|n| models::resource_group_of(n).map(|g| groups.get(g)))
             .filter(|g| *g != rg);
         let provisioning = v
             .properties
             .provisioning_state
-            .as_ref()
             .map(|p| Provisioning::parse(p.as_str()));
         let view = v
             .properties
@@ -388,8 +389,8 @@ impl Vm {
             .map(|iv| view_of(iv, provisioning));
         let location = v
             .location
-            .as_deref()
-            .map(location_name)
+            .as_ref()
+            .map(|l| location_name(l.as_str()))
             .filter(|l| !l.is_empty())
             .map(|l| groups.get(&l));
         Some(Vm {
@@ -400,7 +401,7 @@ impl Vm {
             provisioning,
             view,
             tags: v.tags,
-            id: Arc::from(id),
+            id: groups.ids.get(id),
         })
     }
 
@@ -408,7 +409,7 @@ impl Vm {
     /// of a Flexible set, which a tag selection takes alone when its own tags match and its
     /// set is not selected. Members without tags of their own are dropped (no selection can
     /// take them alone) unless `members` (the status list, read for their views).
-    fn listed(v: VirtualMachine, groups: &mut Interner, members: bool) -> Option<Vm> {
+    fn listed(v: VmRow, groups: &mut Interner, members: bool) -> Option<Vm> {
         let set = v.scale_set_key();
         if set.is_some() && !members && v.tags.is_empty() {
             return None;
@@ -444,38 +445,74 @@ fn location_name(s: &str) -> String {
         .collect()
 }
 
+/// VM ids (lower-cased, about 150 bytes each), one copy per VM shared by every read and
+/// snapshot that names it: the NIC lists, the instance views, the VM lists and the sets'
+/// last used snapshots (at 100,000 instances, four copies of each were 50 MB).
+#[derive(Clone, Default)]
+struct Ids(Arc<Mutex<HashSet<Arc<str>>>>);
+
+impl Ids {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared copy of `id`.
+    fn get(&self, id: String) -> Arc<str> {
+        let mut set = self.lock();
+        if let Some(a) = set.get(id.as_str()) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(id);
+        set.insert(Arc::clone(&a));
+        a
+    }
+
+    /// Forgets the ids nothing else holds any more.
+    fn prune(&self) {
+        self.lock().retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
 /// Resource group names, regions and set ids, lower-cased and shared: a list of 10,000
 /// VMs names only a few.
-#[derive(Default)]
-struct Interner(HashSet<Arc<str>>);
+struct Interner {
+    names: HashSet<Arc<str>>,
+    /// Where the VM ids go.
+    ids: Ids,
+}
 
 impl Interner {
+    fn new(ids: &Ids) -> Self {
+        Interner {
+            names: HashSet::default(),
+            ids: ids.clone(),
+        }
+    }
+
     fn get(&mut self, name: &str) -> Arc<str> {
+        if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+            if let Some(a) = self.names.get(name) {
+                return Arc::clone(a);
+            }
+        }
         let lower = name.to_ascii_lowercase();
-        if let Some(a) = self.0.get(lower.as_str()) {
+        if let Some(a) = self.names.get(lower.as_str()) {
             return Arc::clone(a);
         }
         let a: Arc<str> = Arc::from(lower);
-        self.0.insert(Arc::clone(&a));
+        self.names.insert(Arc::clone(&a));
         a
     }
 }
 
-fn view_of(iv: &models::VmInstanceView, fallback: Option<Provisioning>) -> InstanceView {
-    let provisioning = iv
-        .statuses
-        .iter()
-        .filter_map(|s| s.code.as_deref())
-        .find(|c| {
-            c.get(..18)
-                .is_some_and(|p| p.eq_ignore_ascii_case("ProvisioningState/"))
-        })
-        .map(Provisioning::parse)
-        .or(fallback);
+fn view_of(iv: &models::ViewSummary, fallback: Option<Provisioning>) -> InstanceView {
     InstanceView {
-        provisioning,
-        power: iv.power_state().map(|p| Power::parse(&p)),
-        health: iv.health_state().map(|h| Health::parse(&h)),
+        provisioning: iv
+            .provisioning
+            .map(|p| Provisioning::parse(p.as_str()))
+            .or(fallback),
+        power: iv.power.map(|p| Power::parse(p.as_str())),
+        health: iv.health.map(|h| Health::parse(h.as_str())),
     }
 }
 
@@ -547,7 +584,7 @@ impl Op {
         k.to_ascii_lowercase()
     }
 
-    async fn run(&self, arm: &ArmClient) -> Result<Out, ArmError> {
+    async fn run(&self, arm: &ArmClient, ids: &Ids) -> Result<Out, ArmError> {
         Ok(match self {
             Op::SetGet { sub, rg, name } => {
                 Out::Set(Box::new(arm.get_scale_set(sub, rg, name).await?))
@@ -557,10 +594,9 @@ impl Op {
                     .await?,
             ),
             Op::UniformNics { sub, rg, name } => Out::Nics(
-                arm.list_map(
-                    &ListRequest::scale_set_nics(sub, rg, name)?,
-                    Nic::from_model,
-                )
+                arm.list_map(&ListRequest::scale_set_nics(sub, rg, name)?, |n| {
+                    Nic::from_model(n, ids)
+                })
                 .await?,
             ),
             Op::UniformViews { sub, rg, name } => {
@@ -568,12 +604,11 @@ impl Op {
                 // (a member known from the NIC list without a view is a failed read).
                 let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
                 let views = arm
-                    .list_map(&req, |v: models::VirtualMachineScaleSetVm| {
-                        let id: Arc<str> = Arc::from(v.id.as_deref()?.trim().to_ascii_lowercase());
+                    .list_map(&req, |v: models::ScaleSetVmView| {
+                        let id = ids.get(v.id?);
                         let prov = v
                             .properties
                             .provisioning_state
-                            .as_ref()
                             .map(|p| Provisioning::parse(p.as_str()));
                         let iv = v.properties.instance_view.as_ref()?;
                         Some((id, view_of(iv, prov)))
@@ -587,7 +622,7 @@ impl Op {
                 set_id,
                 expand,
             } => {
-                let mut groups = Interner::default();
+                let mut groups = Interner::new(ids);
                 Out::Vms(
                     arm.list_map(
                         &ListRequest::vms(sub, Some(rg), Some(set_id), *expand)?,
@@ -597,7 +632,7 @@ impl Op {
                 )
             }
             Op::VmList { sub, rg } => {
-                let mut groups = Interner::default();
+                let mut groups = Interner::new(ids);
                 Out::Vms(
                     arm.list_map(&ListRequest::vms(sub, rg.as_deref(), None, false)?, |v| {
                         Vm::listed(v, &mut groups, false)
@@ -606,7 +641,7 @@ impl Op {
                 )
             }
             Op::VmStatus { sub } => {
-                let mut groups = Interner::default();
+                let mut groups = Interner::new(ids);
                 Out::Vms(
                     arm.list_map(&ListRequest::vm_statuses(sub)?, |v| {
                         Vm::listed(v, &mut groups, true).filter(|v| v.view.is_some())
@@ -615,7 +650,7 @@ impl Op {
                 )
             }
             Op::Nics { sub, rg } => Out::Nics(
-                arm.list_map(&ListRequest::nics(sub, rg)?, Nic::from_model)
+                arm.list_map(&ListRequest::nics(sub, rg)?, |n| Nic::from_model(n, ids))
                     .await?,
             ),
         })
@@ -625,21 +660,22 @@ impl Op {
 type Results = HashMap<String, Result<Arc<Out>, DiscoveryError>>;
 
 /// Runs every read not already in `done`, at most `concurrency` at a time.
-async fn run_all(arm: &ArmClient, ops: Vec<Op>, concurrency: usize, done: &mut Results) {
+async fn run_all(arm: &ArmClient, ids: &Ids, ops: Vec<Op>, concurrency: usize, done: &mut Results) {
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut planned = HashSet::new();
+    let mut planned = HashSet::default();
     for op in ops {
         let key = op.key();
         if done.contains_key(&key) || !planned.insert(key.clone()) {
             continue;
         }
         let arm = arm.clone();
+        let ids = ids.clone();
         let limit = Arc::clone(&limit);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let r = op
-                .run(&arm)
+                .run(&arm, &ids)
                 .await
                 .map(Arc::new)
                 .map_err(DiscoveryError::from);
@@ -967,11 +1003,11 @@ pub async fn check(
     opts: &Options,
 ) -> BTreeMap<Selection, Result<Vec<String>, DiscoveryError>> {
     let sels: Vec<&Selection> = selections.iter().collect();
-    let mut done = Results::new();
+    let mut done = Results::default();
     let ops = plan_sets(state, &sels);
-    run_all(arm, ops, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
-    run_all(arm, fb, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, fb, opts.concurrency, &mut done).await;
     state.prime(Instant::now(), &done);
     sels.iter()
         .map(|s| {
@@ -989,19 +1025,21 @@ pub async fn discover(
     opts: &Options,
 ) -> Discovered {
     let now = Instant::now();
+    // The ids of VMs gone since the last cycle (held by nothing but the shared copies).
+    state.ids.prune();
     let mut seen = BTreeSet::new();
     let sels: Vec<&Selection> = selections.iter().filter(|s| seen.insert(*s)).collect();
-    let mut done = Results::new();
+    let mut done = Results::default();
 
     // Step 1: scale sets and standalone VM lists (those the startup check just read are
     // not read again).
     let mut primed = state.take_primed(now);
     let ops = plan_sets(state, &sels);
     reuse(&mut primed, &ops, &mut done);
-    run_all(arm, ops, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
     reuse(&mut primed, &fb, &mut done);
-    run_all(arm, fb, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, fb, opts.concurrency, &mut done).await;
 
     let mut matched: BTreeMap<Selection, Result<Vec<Matched>, DiscoveryError>> = BTreeMap::new();
     let mut plans: BTreeMap<String, SetPlan> = BTreeMap::new();
@@ -1028,7 +1066,7 @@ pub async fn discover(
 
     // Step 2: members.
     let mut ops = Vec::new();
-    let mut views_read: HashSet<String> = HashSet::new();
+    let mut views_read: HashSet<String> = HashSet::default();
     for p in plans.values() {
         let due = p.views && state.due(&p.cache_key(), now, interval, pressure(p.sub()));
         if due {
@@ -1084,12 +1122,12 @@ pub async fn discover(
             status_subs.insert(sub);
         }
     }
-    run_all(arm, ops, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
 
     // Step 3: NIC lists named only by NIC ids, Uniform NIC lists whose members changed,
     // and early views for new members.
     let mut ops = Vec::new();
-    let mut nics_kept: HashSet<String> = HashSet::new();
+    let mut nics_kept: HashSet<String> = HashSet::default();
     for p in plans.values() {
         if p.mode == Orchestration::Uniform && !done.contains_key(&p.nics().key()) {
             let kept = match get(&done, &p.uviews()) {
@@ -1160,7 +1198,7 @@ pub async fn discover(
             ops.push(Op::VmStatus { sub: sub.clone() });
         }
     }
-    run_all(arm, ops, opts.concurrency, &mut done).await;
+    run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
     for p in plans.values().filter(|p| p.mode == Orchestration::Uniform) {
         let key = p.nics().key();
         if nics_kept.contains(&key) {
@@ -1174,7 +1212,7 @@ pub async fn discover(
     // Assemble.
     let nics = NicIndex::new(&done);
     let mut snapshots: HashMap<String, Result<Arc<ScaleSetSnapshot>, DiscoveryError>> =
-        HashMap::new();
+        HashMap::default();
     for (key, p) in &plans {
         let expanded = views_read.contains(&p.cache_key());
         snapshots.insert(key.clone(), snapshot(p, expanded, &done, &nics, state, now));
@@ -1200,7 +1238,7 @@ pub async fn discover(
             let ids = if sel.includes_vms() {
                 set_ids(&sets)
             } else {
-                HashSet::new()
+                HashSet::default()
             };
             for m in sets {
                 match snapshots.get(&m.key.to_string().to_ascii_lowercase()) {
@@ -1271,7 +1309,7 @@ struct NicIndex<'a> {
 impl<'a> NicIndex<'a> {
     fn new(done: &'a Results) -> Self {
         let mut by_vm: Vec<&Nic> = Vec::new();
-        let mut groups = HashMap::new();
+        let mut groups = HashMap::default();
         for (key, r) in done {
             let Some(group) = key.strip_prefix("nics ") else {
                 continue;
@@ -1344,9 +1382,17 @@ fn snapshot(
                     fresh_views = Some(v.clone());
                 }
             }
+            // One shared copy per VM id ([`Ids`]): equal ids are the same pointer.
+            let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
             let mut sorted: Vec<&Nic> = list.iter().collect();
-            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
-            for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
+            sorted.sort_by(|a, b| {
+                if Arc::ptr_eq(&a.vm, &b.vm) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.vm.cmp(&b.vm)
+                }
+            });
+            for vm_nics in sorted.chunk_by(|a, b| same(&a.vm, &b.vm)) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
                     let view = match (&fresh_views, p.views) {

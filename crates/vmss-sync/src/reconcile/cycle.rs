@@ -4,13 +4,13 @@
 use super::apply::{gate_open, WriteGate, NOT_LEADER};
 use super::drain::DrainBook;
 use super::outcome::{
-    check_failed, count_states, finish, kind_word, still_unusable, target_name, CycleReport, Order,
-    UpstreamOutcome,
+    check_failed, count_states, finish, kind_word, states_after, still_unusable, target_name,
+    CycleReport, Order, UpstreamOutcome,
 };
 use super::specs::UpstreamSpec;
 use crate::azure::arm::ArmClient;
 use crate::discovery::{self, Discovered, DiscoveryState, Selection};
-use crate::model::{desired_servers, held_servers, Found, ObservedServer, Registration};
+use crate::model::{desired_servers, held_servers, Found, Registration};
 use crate::plan::{self, Drain, Hold};
 use crate::target::{ApplyReport, Permanence};
 use std::collections::BTreeMap;
@@ -339,8 +339,9 @@ pub(super) struct Prepared {
     pub(super) outcome: UpstreamOutcome,
     /// True when the plan has something to write and this replica may write it.
     pub(super) write: bool,
-    /// The servers observed (for the counts after the writes).
-    pub(super) observed: Vec<ObservedServer>,
+    /// The (active, draining) counts once the plan is written (the observed servers
+    /// themselves are not kept until the writes are done).
+    pub(super) after: (usize, usize),
     /// When the plan was made (drain clocks start then).
     pub(super) now: Instant,
 }
@@ -395,12 +396,12 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
     } = job;
     let mut out = UpstreamOutcome::new(&up, template);
     let now = Instant::now();
-    let prepared = |out, write, observed| Prepared {
+    let prepared = |out, write, after| Prepared {
         order,
         spec: up.clone(),
         outcome: out,
         write,
-        observed,
+        after,
         now,
     };
     let observed = match up.target.observe(&up.upstream).await {
@@ -425,7 +426,7 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
             };
             tracing::warn!(upstream = %up.upstream.name, target = up.target.kind(), "{msg}");
             out.error = Some(msg);
-            return prepared(out, false, Vec::new());
+            return prepared(out, false, (0, 0));
         }
     };
     let reg = Registration {
@@ -457,7 +458,16 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
         timeout: up.drain_timeout,
         elapsed: &elapsed,
     };
-    let (desired, rest) = plan::except(&desired, &observed, &held.servers);
+    // Held servers are left out of planning (copies only when some are held).
+    let (desired, rest) = if held.servers.is_empty() {
+        (
+            std::borrow::Cow::Borrowed(&desired),
+            std::borrow::Cow::Borrowed(&observed[..]),
+        )
+    } else {
+        let (d, o) = plan::except(&desired, &observed, &held.servers);
+        (std::borrow::Cow::Owned(d), std::borrow::Cow::Owned(o))
+    };
     let mut p = plan::plan(&desired, &rest, &drain);
     for s in found.held() {
         let Some(h) = &s.held else { continue };
@@ -499,6 +509,9 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
     if wanted && !write {
         out.error = Some(NOT_LEADER.to_string());
     }
+    let after = states_after(&observed, &p);
+    drop(rest);
+    drop(observed);
     out.plan = Some(p);
-    prepared(out, write, observed)
+    prepared(out, write, after)
 }

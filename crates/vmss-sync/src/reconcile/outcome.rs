@@ -4,7 +4,7 @@ use super::cycle::Prepared;
 use super::drain::DrainBook;
 use super::specs::UpstreamSpec;
 use crate::model::{ObservedServer, ServerState, UpstreamKind};
-use crate::plan::{self, Hold, Plan};
+use crate::plan::{Hold, Plan};
 use crate::target::{ApplyReport, Permanence, TargetError};
 use std::time::Duration;
 
@@ -166,6 +166,26 @@ pub(super) fn count_states(servers: &[ObservedServer]) -> (usize, usize) {
     (servers.len() - draining, draining)
 }
 
+/// The (active, draining) counts of `observed` once `plan` is written: what
+/// `count_states(&plan::simulate(observed, plan))` gives, without copying the servers (so
+/// that an upstream's observed servers need not be kept until its writes are done).
+pub(super) fn states_after(observed: &[ObservedServer], plan: &Plan) -> (usize, usize) {
+    let removed: std::collections::HashSet<u64> = plan.remove.iter().map(|r| r.id).collect();
+    // The first update of a server is the one `simulate` applies.
+    let mut updated: std::collections::HashMap<u64, ServerState> = Default::default();
+    for u in plan.update.iter().rev() {
+        updated.insert(u.id, u.state);
+    }
+    let (mut active, mut draining) = (plan.add.len(), 0);
+    for o in observed.iter().filter(|o| !removed.contains(&o.id)) {
+        match updated.get(&o.id).copied().unwrap_or(o.state) {
+            ServerState::Active => active += 1,
+            ServerState::Draining => draining += 1,
+        }
+    }
+    (active, draining)
+}
+
 /// Completes an outcome with what the writes did (None: nothing was written), starts
 /// the drain clocks of servers set draining, and logs the changes and errors.
 pub(super) fn finish(
@@ -176,7 +196,7 @@ pub(super) fn finish(
     let Prepared {
         spec: up,
         mut outcome,
-        observed,
+        after,
         now,
         ..
     } = p;
@@ -200,7 +220,7 @@ pub(super) fn finish(
         .map(|u| u.server.clone())
         .collect();
     drains.cancelled(&up.upstream.name, &restored);
-    (outcome.active, outcome.draining) = count_states(&plan::simulate(&observed, plan));
+    (outcome.active, outcome.draining) = after;
     let kind = up.target.kind();
     let changed = !(report.added.is_empty()
         && report.removed.is_empty()
@@ -252,4 +272,61 @@ pub(super) fn finish(
     outcome.conditions.extend(report.conditions.iter().copied());
     outcome.report = Some(report);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServerParams;
+    use crate::plan::{self, Removal, Update};
+
+    #[test]
+    fn states_after_counts_what_simulate_gives() {
+        let p = ServerParams {
+            max_conns: 0,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            slow_start: Duration::ZERO,
+        };
+        let o = |id: u64, state| ObservedServer {
+            id,
+            server: format!("10.0.0.{id}:80"),
+            params: Some(p),
+            state,
+        };
+        let observed = vec![
+            o(1, ServerState::Active),
+            o(2, ServerState::Active),
+            o(3, ServerState::Draining),
+            o(4, ServerState::Draining),
+            o(5, ServerState::Active),
+        ];
+        let update = |id: u64, state, was| Update {
+            id,
+            server: format!("10.0.0.{id}:80"),
+            params: None,
+            state,
+            was,
+        };
+        let plan = Plan {
+            add: vec![("10.0.0.9:80".into(), p), ("10.0.0.8:80".into(), p)],
+            update: vec![
+                update(2, ServerState::Draining, ServerState::Active),
+                update(3, ServerState::Active, ServerState::Draining),
+                update(2, ServerState::Active, ServerState::Draining),
+            ],
+            remove: vec![Removal {
+                id: 4,
+                server: "10.0.0.4:80".into(),
+                state: ServerState::Draining,
+            }],
+        };
+        let want = count_states(&plan::simulate(&observed, &plan));
+        assert_eq!(states_after(&observed, &plan), want);
+        assert_eq!(want, (5, 1));
+        assert_eq!(
+            states_after(&observed, &Plan::default()),
+            count_states(&observed)
+        );
+    }
 }
