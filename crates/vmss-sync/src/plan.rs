@@ -964,7 +964,10 @@ mod tests {
             let r = SetRead { capacity: None, found, previous: prev, seen, without_view: 0 };
             let reference = prev.or(seen);
             match reference {
-                None => prop_assert!(matches!(judge_read(&r), Judgement::AddOnly(ReadFault::NoReference { .. }))),
+                None => prop_assert!(
+                    matches!(judge_read(&r), Judgement::AddOnly(ReadFault::NoReference { .. })),
+                    "no reference: add only"
+                ),
                 Some(p) if found * 2 <= p && (found > 0 || p > 0) => prop_assert_ne!(judge_read(&r), Judgement::Use),
                 Some(_) => {}
             }
@@ -976,7 +979,10 @@ mod tests {
         ) {
             let r = SetRead { capacity: Some(cap), found, previous: prev, seen: None, without_view: 0 };
             if (found as u64) * 2 <= cap && prev.is_none_or(|p| found < p) {
-                prop_assert!(matches!(judge_read(&r), Judgement::AddOnly(ReadFault::Short { .. })));
+                prop_assert!(
+                    matches!(judge_read(&r), Judgement::AddOnly(ReadFault::Short { .. })),
+                    "a short read is add-only"
+                );
             }
         }
 
