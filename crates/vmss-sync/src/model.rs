@@ -327,12 +327,14 @@ pub enum ReadFault {
         /// Members at the last read used (None: none since the start).
         previous: Option<usize>,
     },
-    /// At most half of the set's capacity (or, when ARM gave none, of its members at the
-    /// last read used), and fewer than its members at the last read used (or no read used
-    /// since the start). Such a read may add, never make a server leave.
+    /// Fewer than the set's capacity (or, when ARM gave none, at most half of its members
+    /// before), and fewer than its members at the last read used (or no read used since
+    /// the start). Such a read may add, never make a server leave.
     Short {
         /// Members found (with an address).
         found: usize,
+        /// What the read was judged against: the capacity, or else the members before.
+        reference: u64,
         /// `sku.capacity` (None: ARM did not say).
         capacity: Option<u64>,
         /// Members at the last read used (None: none since the start).
@@ -384,13 +386,24 @@ impl fmt::Display for ReadFault {
             ),
             ReadFault::Short {
                 found,
-                capacity,
+                capacity: Some(c),
                 previous: p,
+                ..
             } => write!(
                 f,
-                "the read found {found} instances, at most half of its capacity of {} \
-                 and fewer than before ({})",
-                Count(*capacity),
+                "the read found {found} instances, fewer than its capacity of {c} and fewer \
+                 than before ({})",
+                previous(p)
+            ),
+            ReadFault::Short {
+                found,
+                capacity: None,
+                previous: p,
+                reference,
+            } => write!(
+                f,
+                "the read found {found} instances, at most half of the {reference} found \
+                 before, and its capacity is unknown ({})",
                 previous(p)
             ),
             ReadFault::NoReference { found } => write!(
@@ -498,7 +511,8 @@ pub struct Found {
 
 impl Found {
     /// Instances found (wanted or not), for the guard. Held sets are not counted: their
-    /// servers are not planned.
+    /// servers are not planned. Add-only sets are (their capacity too, so the guard does
+    /// not read their short read as agreeing with a mass removal).
     pub fn found(&self) -> usize {
         self.used().map(|s| s.instances.len()).sum::<usize>() + self.vms.len()
     }

@@ -355,12 +355,13 @@ impl Judgement {
 ///   or when a member lacks an instance view while views are needed (`NoViews`), however
 ///   it is missing (an empty list, a missing item, a missing field): nothing in it can
 ///   be trusted;
-/// - add-only (`AddOnly`) when it found at most half the reference and fewer than the
-///   last read used (or no read was used since the start) (`Short`), or when there is no
-///   reference at all (`NoReference`: no capacity, nothing read before): what it found is
-///   there, what it did not find may be there too. A scale-out in progress once a read
-///   has been used (members only grow) and a scale-in (the capacity drops first) are
-///   used as they are;
+/// - add-only (`AddOnly`) when it found fewer members than the capacity and fewer than
+///   the last read used (or no read was used since the start) (`Short`): the set says
+///   members are there that the read did not find. Without a capacity, when it found at
+///   most half the members before (`Short`), or when there is nothing to judge it against
+///   (`NoReference`). What it found is there; what it did not find may be there too. A
+///   scale-out in progress once a read has been used (members only grow) and a scale-in
+///   (the capacity drops first) are used as they are;
 /// - used otherwise. A capacity of zero with no member found is a set that really is
 ///   empty.
 pub fn judge_read(r: &SetRead) -> Judgement {
@@ -383,10 +384,15 @@ pub fn judge_read(r: &SetRead) -> Judgement {
     let Some(reference) = reference else {
         return Judgement::AddOnly(ReadFault::NoReference { found: r.found });
     };
-    let at_most_half = reference > 0 && (r.found as u64).saturating_mul(2) <= reference;
-    if at_most_half && r.previous.is_none_or(|p| r.found < p) {
+    let found = r.found as u64;
+    let short = match r.capacity {
+        Some(c) => found < c,
+        None => reference > 0 && found.saturating_mul(2) <= reference,
+    };
+    if short && r.previous.is_none_or(|p| r.found < p) {
         return Judgement::AddOnly(ReadFault::Short {
             found: r.found,
+            reference,
             capacity: r.capacity,
             previous: r.previous,
         });
@@ -774,7 +780,23 @@ mod tests {
             ),
             "exactly half is short"
         );
-        assert_eq!(judge_read(&read(Some(10), 6, Some(10), 0)), Judgement::Use);
+        assert!(
+            matches!(
+                judge_read(&read(Some(6), 4, Some(6), 0)),
+                Judgement::AddOnly(ReadFault::Short { found: 4, .. })
+            ),
+            "a list cut short at a page boundary, more than half found"
+        );
+        assert_eq!(
+            judge_read(&read(Some(10), 10, Some(12), 0)),
+            Judgement::Use,
+            "the capacity dropped first: a scale-in"
+        );
+        assert_eq!(
+            judge_read(&read(Some(10), 9, Some(9), 0)),
+            Judgement::Use,
+            "no member lost since the last read used"
+        );
         assert!(
             matches!(
                 judge_read(&read(Some(8), 4, None, 0)),
@@ -850,8 +872,13 @@ mod tests {
         );
         assert_eq!(
             msg(read(Some(8), 4, None, 0)),
-            "the read found 4 instances, at most half of its capacity of 8 and fewer than \
-             before (no earlier read used)"
+            "the read found 4 instances, fewer than its capacity of 8 and fewer than before \
+             (no earlier read used)"
+        );
+        assert_eq!(
+            msg(read(None, 3, Some(6), 0)),
+            "the read found 3 instances, at most half of the 6 found before, and its \
+             capacity is unknown (6 members at the last read used)"
         );
     }
 
@@ -974,11 +1001,12 @@ mod tests {
         }
 
         #[test]
-        fn a_short_read_only_adds_and_never_holds_what_it_found(
-            cap in 1u64..40, found in 1usize..40, prev in prop::option::of(0usize..40)
+        fn a_read_below_the_capacity_that_lost_members_only_adds_and_never_holds_what_it_found(
+            cap in 1u64..40, found in 1usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40)
         ) {
-            let r = SetRead { capacity: Some(cap), found, previous: prev, seen: None, without_view: 0 };
-            if (found as u64) * 2 <= cap && prev.is_none_or(|p| found < p) {
+            let r = SetRead { capacity: Some(cap), found, previous: prev, seen, without_view: 0 };
+            if (found as u64) < cap && prev.is_none_or(|p| found < p) {
                 prop_assert!(
                     matches!(judge_read(&r), Judgement::AddOnly(ReadFault::Short { .. })),
                     "a short read is add-only"

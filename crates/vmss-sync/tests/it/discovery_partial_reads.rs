@@ -295,8 +295,10 @@ async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave
     env.upstream(HTTP, "pool");
     let cfg = pool_config(&env, "web", 3);
     let d = synced(&env, &cfg, &["web"]).await;
-    // One NIC missing from the list: 9 of 10 is a plausible read, so the server drains.
+    // One NIC missing from the list while the set's capacity says 9 too: a plausible
+    // read (it agrees with the capacity), so the server drains.
     let wrong = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "3"));
+    env.tb.fleet().set_capacity_only(SUB, RG, "web", 9);
     env.tb.faults().inject(
         Service::Arm,
         "/virtualMachineScaleSets/web/networkInterfaces",
@@ -423,7 +425,7 @@ async fn right_after_a_restart_a_flexible_read_of_exactly_half_its_capacity_drai
     stays(&env, &d, &before, Duration::from_secs(5)).await;
     logged(
         &d,
-        "Using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001) only to add: the read found 4 instances, at most half of its capacity of 8 and fewer than before (no earlier read used)",
+        "Using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001) only to add: the read found 4 instances, fewer than its capacity of 8 and fewer than before (no earlier read used)",
     )
     .await;
     // The same short read again and again (the fault persists): still nothing leaves.
@@ -461,7 +463,7 @@ async fn a_short_read_after_a_used_one_adds_new_members_but_drains_none() {
     stays(&env, &d, &before, Duration::from_secs(4)).await;
     logged(
         &d,
-        "only to add: the read found 4 instances, at most half of its capacity of 8 and fewer than before (8 members at the last read used)",
+        "only to add: the read found 4 instances, fewer than its capacity of 8 and fewer than before (8 members at the last read used)",
     )
     .await;
     // A scale-out to 15 while the reads stay short: flex_14 … flex_20 boot, the fault
@@ -518,7 +520,7 @@ async fn a_two_instance_set_whose_one_member_lacks_an_address_at_start_up_gets_t
     );
     assert!(
         d.log_text()
-            .contains("only to add: the read found 1 instances, at most half of its capacity of 2"),
+            .contains("only to add: the read found 1 instances, fewer than its capacity of 2"),
         "{}",
         d.log_text()
     );
@@ -558,8 +560,8 @@ async fn a_reload_keeps_the_sets_read_history_so_a_short_read_right_after_it_dra
         .to_string();
     assert!(
         after_reload.contains(
-            "only to add: the read found 4 instances, at most half of its capacity of 8 and \
-             fewer than before (8 members at the last read used)"
+            "only to add: the read found 4 instances, fewer than its capacity of 8 and fewer \
+             than before (8 members at the last read used)"
         ) && !after_reload.contains("no earlier read used"),
         "the reload forgot the set's reads:\n{}",
         d.log_text()
@@ -580,5 +582,50 @@ async fn a_reload_keeps_the_sets_read_history_so_a_short_read_right_after_it_dra
     )
     .await;
     stays(&env, &d, &before, Duration::from_secs(3)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_cut_short_that_still_finds_most_members_drains_none_while_the_capacity_counts_them()
+{
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 6);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 2);
+    let d = synced(&env, &cfg, &["web"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    // The set's NIC list comes back without its last member, as a list whose last page
+    // answered `{"value": []}` would (the chaos soak, seed 0x5eed0040, lost 2 of 6 so):
+    // 5 of 6, more than half, while the capacity still says 6.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/5/".into(),
+        },
+        usize::MAX,
+    );
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    logged(
+        &d,
+        "only to add: the read found 5 instances, fewer than its capacity of 6 and fewer than before (6 members at the last read used)",
+    )
+    .await;
+    // A real scale-in lowers the capacity first: its instance drains at once.
+    env.tb.faults().clear();
+    env.tb.fleet().scale_to(SUB, RG, "web", 5);
+    let leaving: Vec<String> = before
+        .iter()
+        .filter(|s| !env.ips("web", 80).contains(s))
+        .cloned()
+        .collect();
+    assert_eq!(leaving.len(), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
+            == leaving)
+        .await,
+        "{}",
+        d.log_text()
+    );
     stop(d).await;
 }
