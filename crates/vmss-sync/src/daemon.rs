@@ -435,8 +435,10 @@ impl Daemon {
                 return;
             }
         };
+        // The new reconciler keeps each scale set's read history and the drain clocks:
+        // a reload is not a restart, and must not judge the next reads as right after one.
         let built = match build_with_metrics(&config, &self.env, Some(&self.metrics)) {
-            Ok(r) => checked(r).await,
+            Ok(r) => checked(r.inherit(&self.reconciler)).await,
             Err(e) => Err(e),
         };
         match built {

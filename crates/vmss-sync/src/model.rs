@@ -339,15 +339,25 @@ pub enum ReadFault {
         /// Members at the last read used (None: none since the start).
         previous: Option<usize>,
     },
-    /// Fewer than half of the set's capacity, and fewer than its members at the last read
-    /// used.
+    /// Fewer than the set's capacity (or, when ARM gave none, at most half of its members
+    /// before), and fewer than its members at the last read used (or no read used since
+    /// the start). Such a read may add, never make a server leave.
     Short {
         /// Members found (with an address).
         found: usize,
+        /// What the read was judged against: the capacity, or else the members before.
+        reference: u64,
         /// `sku.capacity` (None: ARM did not say).
         capacity: Option<u64>,
         /// Members at the last read used (None: none since the start).
         previous: Option<usize>,
+    },
+    /// ARM gave no capacity and no read of the set has been used since the start: there
+    /// is nothing to judge the read against. Such a read may add, never make a server
+    /// leave.
+    NoReference {
+        /// Members found (with an address).
+        found: usize,
     },
     /// Members (known from the NIC list, or the member list of a Flexible set) without an
     /// instance view while instance views are needed.
@@ -388,14 +398,30 @@ impl fmt::Display for ReadFault {
             ),
             ReadFault::Short {
                 found,
-                capacity,
+                capacity: Some(c),
                 previous: p,
+                ..
             } => write!(
                 f,
-                "the read found {found} instances, fewer than half of its capacity of {} \
-                 and fewer than before ({})",
-                Count(*capacity),
+                "the read found {found} instances, fewer than its capacity of {c} and fewer \
+                 than before ({})",
                 previous(p)
+            ),
+            ReadFault::Short {
+                found,
+                capacity: None,
+                previous: p,
+                reference,
+            } => write!(
+                f,
+                "the read found {found} instances, at most half of the {reference} found \
+                 before, and its capacity is unknown ({})",
+                previous(p)
+            ),
+            ReadFault::NoReference { found } => write!(
+                f,
+                "the read found {found} instances, but its capacity is unknown and no \
+                 earlier read was used to judge it against"
             ),
             ReadFault::NoViews { missing, members } => write!(
                 f,
@@ -405,15 +431,24 @@ impl fmt::Display for ReadFault {
     }
 }
 
-/// A scale set whose read was judged failed this cycle.
+/// A scale set whose read was not used as complete this cycle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldRead {
     /// Why.
     pub fault: ReadFault,
-    /// True when the snapshot's instances are the members of the last read used; false
-    /// when no read of the set has been used since the start (its servers are then not
-    /// known, and nothing leaves the upstreams it feeds).
+    /// True when the set's earlier members are known (a read of it was used since the
+    /// start); false when not (its servers are then not known, and nothing leaves the
+    /// upstreams it feeds).
     pub members_known: bool,
+    /// True for a read that may add but not remove (`plan::Judgement::AddOnly`): the
+    /// snapshot's instances are this read's members and are planned (ready ones added or
+    /// restored), but none of the set's servers ([`HeldRead::earlier`] and this read's)
+    /// leaves. False for a read not used at all: the snapshot's instances are the set's
+    /// members known from earlier reads, kept exactly as they are.
+    pub add_only: bool,
+    /// With `add_only`: the set's members known from earlier reads (the last read used and
+    /// every read not used since), whose servers must not leave either.
+    pub earlier: Vec<Instance>,
 }
 
 impl ScaleSetSnapshot {
@@ -493,7 +528,8 @@ pub struct Found {
 
 impl Found {
     /// Instances found (wanted or not), for the guard. Held sets are not counted: their
-    /// servers are not planned.
+    /// servers are not planned. Add-only sets are (their capacity too, so the guard does
+    /// not read their short read as agreeing with a mass removal).
     pub fn found(&self) -> usize {
         self.used().map(|s| s.instances.len()).sum::<usize>() + self.vms.len()
     }
@@ -516,39 +552,50 @@ impl Found {
         Some(total)
     }
 
-    /// The sets whose read is used this cycle.
+    /// The sets whose read is planned this cycle: used, or add-only.
     fn used(&self) -> impl Iterator<Item = &std::sync::Arc<ScaleSetSnapshot>> {
-        self.sets.iter().filter(|s| s.held.is_none())
+        self.sets
+            .iter()
+            .filter(|s| s.held.as_ref().is_none_or(|h| h.add_only))
     }
 
-    /// The sets whose read was judged failed this cycle.
+    /// The sets whose read was not used as complete this cycle (held or add-only).
     pub fn held(&self) -> impl Iterator<Item = &std::sync::Arc<ScaleSetSnapshot>> {
         self.sets.iter().filter(|s| s.held.is_some())
     }
 }
 
-/// The servers of an upstream that belong to held sets: kept exactly as they are.
+/// The servers of an upstream that belong to sets whose read was not used as complete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeldServers {
-    /// Their addresses (`ip:port`): the held sets' members at their last read used, at
-    /// their port, whatever their state.
+    /// Kept exactly as they are (left out of planning): the addresses (`ip:port`) of the
+    /// held sets' members known from earlier reads, at their port, whatever their state.
     pub servers: std::collections::BTreeSet<String>,
-    /// True when a held set's members are not known (no read of it used since the
+    /// Planned, but never leaving: the addresses of the add-only sets' members, this
+    /// read's and those known from earlier reads.
+    pub staying: std::collections::BTreeSet<String>,
+    /// True when such a set's members are not known (no read of it used since the
     /// start): then no server may leave the upstream.
     pub unknown: bool,
 }
 
-/// The servers that belong to the held sets of what an upstream found
+/// The servers that belong to the held and add-only sets of what an upstream found
 /// ([`ScaleSetSnapshot::held`]).
 pub fn held_servers(found: &Found, reg: &Registration<'_>) -> HeldServers {
     let mut out = HeldServers::default();
     for s in found.held() {
-        if s.held.as_ref().is_some_and(|h| !h.members_known) {
+        let Some(h) = &s.held else { continue };
+        if !h.members_known {
             out.unknown = true;
         }
-        for inst in &s.instances {
+        let into = if h.add_only {
+            &mut out.staying
+        } else {
+            &mut out.servers
+        };
+        for inst in s.instances.iter().chain(&h.earlier) {
             if let Ok(port) = port_of(inst, Some(&s.tags), reg) {
-                out.servers.insert(format!("{}:{}", inst.ip, port));
+                into.insert(format!("{}:{}", inst.ip, port));
             }
         }
     }
@@ -643,7 +690,8 @@ pub fn server_address(ip: Ipv4Addr, port: u16) -> String {
 
 /// Builds the desired servers of one upstream from what its selection found: the ready
 /// instances, each once, at its port. Instances without a usable port are returned
-/// apart, with the reason. Held sets are left out ([`held_servers`]).
+/// apart, with the reason. Held sets are left out ([`held_servers`]); add-only sets are
+/// planned.
 pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers, Vec<Unported>) {
     let mut out = DesiredServers::new();
     let mut unported = Vec::new();

@@ -4,7 +4,7 @@
 //! the observed state gives exactly the desired state, and planning again then gives an
 //! empty plan. `guard` decides whether a plan's removals may run given what the scale
 //! sets themselves say about their size. `judge_read` decides, per scale set, whether a
-//! read of its members can be used at all.
+//! read of its members can be used, used to add only, or not at all.
 
 use crate::model::{DesiredServers, ObservedServer, ReadFault, ServerParams, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
@@ -188,6 +188,9 @@ pub enum Hold {
         set: String,
         /// Why its read was not used.
         fault: ReadFault,
+        /// True when the read was used to add (none of the set's servers left); false
+        /// when it was not used at all (its servers were kept as they are).
+        add_only: bool,
     },
 }
 
@@ -230,10 +233,22 @@ impl std::fmt::Display for Hold {
                  instances against a capacity of {}; keeping them until the two agree",
                 Capacity(*capacity)
             ),
-            Hold::ReadFailed { set, fault } => write!(
+            Hold::ReadFailed {
+                set,
+                fault,
+                add_only: false,
+            } => write!(
                 f,
                 "the read of scale set {set} was not used ({fault}); keeping its servers as \
                  they are"
+            ),
+            Hold::ReadFailed {
+                set,
+                fault,
+                add_only: true,
+            } => write!(
+                f,
+                "the read of scale set {set} was used only to add ({fault})"
             ),
         }
     }
@@ -299,48 +314,90 @@ pub struct SetRead {
     pub found: usize,
     /// Members at the last read of the set that was used (None: none since the start).
     pub previous: Option<usize>,
+    /// Members found by the reads of the set not used since the last one used (or since
+    /// the start), all together (None: no such read). Only a set without capacity and
+    /// without a read used is judged against it.
+    pub seen: Option<usize>,
     /// Members found without an instance view while views are needed.
     pub without_view: usize,
+}
+
+/// What to do with one scale set's membership read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// The read is complete as far as can be told: it is planned as it is, and becomes
+    /// the reference the next reads are judged against.
+    Use,
+    /// The read may be missing members: its ready members are planned (added, restored,
+    /// parameters updated), but none of the set's servers leaves, and the read does not
+    /// become the reference.
+    AddOnly(ReadFault),
+    /// The read is not used at all: the set's servers are kept exactly as they are.
+    Hold(ReadFault),
+}
+
+impl Judgement {
+    /// The fault, when the read is not used as complete.
+    pub fn fault(&self) -> Option<&ReadFault> {
+        match self {
+            Judgement::Use => None,
+            Judgement::AddOnly(f) | Judgement::Hold(f) => Some(f),
+        }
+    }
 }
 
 /// Judges one scale set's membership read on its own, whatever the upstreams it feeds
 /// look like. The reference size is the set's capacity (the truth for the set: it moves
 /// first on a scale-in or out), or, when ARM did not say, its members at the last read
-/// used. The read is a failed read when:
+/// used, or else the members seen by the reads since the start. The read is:
 ///
-/// - it found no member while the reference is above zero (`Empty`);
-/// - it found fewer than half the reference **and** fewer than the last read used
-///   (`Short`): a scale-out in progress (members only grow) and a scale-in (the capacity
-///   drops first) are never held;
-/// - a member lacks an instance view while views are needed (`NoViews`), however it is
-///   missing (an empty list, a missing item, a missing field).
-///
-/// A capacity of zero with no member found is a set that really is empty.
-pub fn judge_read(r: &SetRead) -> Option<ReadFault> {
+/// - held (`Hold`) when it found no member while the reference is above zero (`Empty`),
+///   or when a member lacks an instance view while views are needed (`NoViews`), however
+///   it is missing (an empty list, a missing item, a missing field): nothing in it can
+///   be trusted;
+/// - add-only (`AddOnly`) when it found fewer members than the capacity and fewer than
+///   the last read used (or no read was used since the start) (`Short`): the set says
+///   members are there that the read did not find. Without a capacity, when it found at
+///   most half the members before (`Short`), or when there is nothing to judge it against
+///   (`NoReference`). What it found is there; what it did not find may be there too. A
+///   scale-out in progress once a read has been used (members only grow) and a scale-in
+///   (the capacity drops first) are used as they are;
+/// - used otherwise. A capacity of zero with no member found is a set that really is
+///   empty.
+pub fn judge_read(r: &SetRead) -> Judgement {
     let reference = r
         .capacity
         .or(r.previous.map(|p| p as u64))
-        .unwrap_or_default();
-    if reference > 0 && r.found == 0 {
-        return Some(ReadFault::Empty {
-            capacity: r.capacity,
-            previous: r.previous,
-        });
-    }
-    if (r.found as u64).saturating_mul(2) < reference && r.previous.is_none_or(|p| r.found < p) {
-        return Some(ReadFault::Short {
-            found: r.found,
+        .or(r.seen.map(|p| p as u64));
+    if reference.is_some_and(|c| c > 0) && r.found == 0 {
+        return Judgement::Hold(ReadFault::Empty {
             capacity: r.capacity,
             previous: r.previous,
         });
     }
     if r.without_view > 0 {
-        return Some(ReadFault::NoViews {
+        return Judgement::Hold(ReadFault::NoViews {
             missing: r.without_view,
             members: r.found,
         });
     }
-    None
+    let Some(reference) = reference else {
+        return Judgement::AddOnly(ReadFault::NoReference { found: r.found });
+    };
+    let found = r.found as u64;
+    let short = match r.capacity {
+        Some(c) => found < c,
+        None => reference > 0 && found.saturating_mul(2) <= reference,
+    };
+    if short && r.previous.is_none_or(|p| r.found < p) {
+        return Judgement::AddOnly(ReadFault::Short {
+            found: r.found,
+            reference,
+            capacity: r.capacity,
+            previous: r.previous,
+        });
+    }
+    Judgement::Use
 }
 
 /// Leaves the servers in `keep` out of planning: what remains of `desired` and
@@ -374,6 +431,25 @@ pub fn without_leaving(plan: Plan) -> Plan {
             .filter(|u| u.state == ServerState::Active)
             .collect(),
         remove: Vec::new(),
+        ..plan
+    }
+}
+
+/// Drops every way the servers in `staying` leave: their drains and removals, those of
+/// servers whose drain is over included. Everything else of the plan is kept (the
+/// servers of an add-only read's set never leave; the rest of the upstream syncs).
+pub fn without_leaving_of(plan: Plan, staying: &BTreeSet<String>) -> Plan {
+    Plan {
+        update: plan
+            .update
+            .into_iter()
+            .filter(|u| u.state == ServerState::Active || !staying.contains(&u.server))
+            .collect(),
+        remove: plan
+            .remove
+            .into_iter()
+            .filter(|r| !staying.contains(&r.server))
+            .collect(),
         ..plan
     }
 }
@@ -672,56 +748,175 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn an_empty_or_short_read_against_the_sets_capacity_is_a_failed_read() {
-        let read = |capacity, found, previous, without_view| SetRead {
+    fn read(
+        capacity: Option<u64>,
+        found: usize,
+        previous: Option<usize>,
+        without_view: usize,
+    ) -> SetRead {
+        SetRead {
             capacity,
             found,
             previous,
+            seen: None,
             without_view,
-        };
+        }
+    }
+
+    #[test]
+    fn an_empty_read_or_one_without_views_is_held_and_a_short_one_only_adds() {
         assert!(matches!(
             judge_read(&read(Some(10), 0, Some(10), 0)),
-            Some(ReadFault::Empty { .. })
+            Judgement::Hold(ReadFault::Empty { .. })
         ));
         assert!(matches!(
             judge_read(&read(Some(10), 4, Some(10), 0)),
-            Some(ReadFault::Short { found: 4, .. })
+            Judgement::AddOnly(ReadFault::Short { found: 4, .. })
         ));
-        assert_eq!(judge_read(&read(Some(10), 5, Some(10), 0)), None);
+        assert!(
+            matches!(
+                judge_read(&read(Some(10), 5, Some(10), 0)),
+                Judgement::AddOnly(ReadFault::Short { found: 5, .. })
+            ),
+            "exactly half is short"
+        );
+        assert!(
+            matches!(
+                judge_read(&read(Some(6), 4, Some(6), 0)),
+                Judgement::AddOnly(ReadFault::Short { found: 4, .. })
+            ),
+            "a list cut short at a page boundary, more than half found"
+        );
+        assert_eq!(
+            judge_read(&read(Some(10), 10, Some(12), 0)),
+            Judgement::Use,
+            "the capacity dropped first: a scale-in"
+        );
+        assert_eq!(
+            judge_read(&read(Some(10), 9, Some(9), 0)),
+            Judgement::Use,
+            "no member lost since the last read used"
+        );
+        assert!(
+            matches!(
+                judge_read(&read(Some(8), 4, None, 0)),
+                Judgement::AddOnly(ReadFault::Short { found: 4, .. })
+            ),
+            "half of the capacity right after a start"
+        );
+        assert!(
+            matches!(
+                judge_read(&read(Some(2), 1, None, 0)),
+                Judgement::AddOnly(ReadFault::Short { found: 1, .. })
+            ),
+            "one of two at start-up: added, not held"
+        );
         assert_eq!(
             judge_read(&read(Some(10), 2, Some(2), 0)),
-            None,
+            Judgement::Use,
             "a scale-out in progress"
         );
         assert_eq!(
             judge_read(&read(Some(2), 2, Some(10), 0)),
-            None,
+            Judgement::Use,
             "a scale-in"
         );
         assert_eq!(
             judge_read(&read(Some(0), 0, Some(10), 0)),
-            None,
+            Judgement::Use,
             "scaled to 0"
         );
         assert!(matches!(
             judge_read(&read(None, 0, Some(3), 0)),
-            Some(ReadFault::Empty { .. })
+            Judgement::Hold(ReadFault::Empty { .. })
         ));
-        assert_eq!(judge_read(&read(None, 0, None, 0)), None);
+        assert!(matches!(
+            judge_read(&read(None, 3, Some(6), 0)),
+            Judgement::AddOnly(ReadFault::Short { .. })
+        ));
+        assert_eq!(judge_read(&read(None, 4, Some(6), 0)), Judgement::Use);
+        assert_eq!(
+            judge_read(&read(None, 0, None, 0)),
+            Judgement::AddOnly(ReadFault::NoReference { found: 0 })
+        );
+        assert_eq!(
+            judge_read(&read(None, 5, None, 0)),
+            Judgement::AddOnly(ReadFault::NoReference { found: 5 }),
+            "no capacity and nothing read before: nothing to judge against"
+        );
+        let later = SetRead {
+            seen: Some(5),
+            ..read(None, 5, None, 0)
+        };
+        assert_eq!(
+            judge_read(&later),
+            Judgement::Use,
+            "the members seen since the start are the reference"
+        );
         assert_eq!(
             judge_read(&read(Some(10), 10, Some(10), 10)),
-            Some(ReadFault::NoViews {
+            Judgement::Hold(ReadFault::NoViews {
                 missing: 10,
                 members: 10
             })
         );
-        let msg = judge_read(&read(Some(3), 0, Some(3), 0))
-            .map(|f| f.to_string())
-            .unwrap_or_default();
+        let msg = |r| {
+            judge_read(&r)
+                .fault()
+                .map(|f| f.to_string())
+                .unwrap_or_default()
+        };
         assert_eq!(
-            msg,
+            msg(read(Some(3), 0, Some(3), 0)),
             "the read found no instances, but its capacity is 3 (3 members at the last read used)"
+        );
+        assert_eq!(
+            msg(read(Some(8), 4, None, 0)),
+            "the read found 4 instances, fewer than its capacity of 8 and fewer than before \
+             (no earlier read used)"
+        );
+        assert_eq!(
+            msg(read(None, 3, Some(6), 0)),
+            "the read found 3 instances, at most half of the 6 found before, and its \
+             capacity is unknown (6 members at the last read used)"
+        );
+    }
+
+    #[test]
+    fn an_add_only_sets_servers_never_leave_while_the_rest_of_the_upstream_syncs() {
+        let observed = vec![
+            obs(0, "10.0.0.1:80", Some(params(0))),
+            obs(1, "10.0.0.2:80", Some(params(0))),
+            draining(2, "10.0.0.3:80"),
+            obs(3, "10.0.0.9:80", Some(params(0))),
+            draining(4, "10.0.0.8:80"),
+        ];
+        // The add-only set's read found .1 and .4 (new); .2 and .3 are its members from
+        // earlier reads. .9 and .8 are another set's servers that really left.
+        let staying: BTreeSet<String> =
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+                .map(String::from)
+                .into();
+        let desired: DesiredServers = ["10.0.0.1:80", "10.0.0.4:80"]
+            .map(|s| (s.to_string(), params(0)))
+            .into();
+        let late: BTreeMap<_, _> = [
+            ("10.0.0.3:80".to_string(), Duration::from_secs(99)),
+            ("10.0.0.8:80".to_string(), Duration::from_secs(99)),
+        ]
+        .into();
+        let p = without_leaving_of(plan(&desired, &observed, &drain_of(30, &late)), &staying);
+        assert_eq!(p.add, vec![("10.0.0.4:80".to_string(), params(0))]);
+        assert_eq!(
+            p.drains().map(|u| u.server.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.9:80"]
+        );
+        assert_eq!(
+            p.remove
+                .iter()
+                .map(|r| r.server.as_str())
+                .collect::<Vec<_>>(),
+            ["10.0.0.8:80"]
         );
     }
 
@@ -755,54 +950,118 @@ mod tests {
     proptest! {
         #[test]
         fn a_read_that_agrees_with_the_capacity_or_loses_no_member_is_used(
-            cap in prop::option::of(0u64..40), found in 0usize..40, prev in prop::option::of(0usize..40)
+            cap in prop::option::of(0u64..40), found in 0usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40)
         ) {
-            let r = SetRead { capacity: cap, found, previous: prev, without_view: 0 };
+            let r = SetRead { capacity: cap, found, previous: prev, seen, without_view: 0 };
             let agrees = cap.is_some_and(|c| found as u64 >= c);
             let keeps_members = found > 0 && prev.is_some_and(|p| found >= p);
             if agrees || keeps_members {
-                prop_assert_eq!(judge_read(&r), None);
+                prop_assert_eq!(judge_read(&r), Judgement::Use);
             }
         }
 
         #[test]
         fn an_empty_read_of_a_set_with_capacity_is_never_used(
-            cap in 1u64..40, prev in prop::option::of(0usize..40), without in 0usize..3
+            cap in 1u64..40, prev in prop::option::of(0usize..40), seen in prop::option::of(0usize..40),
+            without in 0usize..3
         ) {
-            let r = SetRead { capacity: Some(cap), found: 0, previous: prev, without_view: without };
+            let r = SetRead { capacity: Some(cap), found: 0, previous: prev, seen, without_view: without };
             prop_assert!(
-                matches!(judge_read(&r), Some(ReadFault::Empty { .. })),
+                matches!(judge_read(&r), Judgement::Hold(ReadFault::Empty { .. })),
                 "an empty read of a set with capacity was used"
             );
         }
 
         #[test]
-        fn a_read_below_half_the_capacity_that_lost_members_is_never_used(
-            cap in 1u64..40, found in 0usize..40, prev in prop::option::of(0usize..40)
+        fn a_read_of_at_most_half_the_capacity_that_lost_members_never_makes_a_server_leave(
+            cap in 1u64..40, found in 0usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40)
         ) {
-            let r = SetRead { capacity: Some(cap), found, previous: prev, without_view: 0 };
-            if (found as u64) * 2 < cap && prev.is_none_or(|p| found < p) {
-                prop_assert!(judge_read(&r).is_some());
+            let r = SetRead { capacity: Some(cap), found, previous: prev, seen, without_view: 0 };
+            if (found as u64) * 2 <= cap && prev.is_none_or(|p| found < p) {
+                prop_assert_ne!(judge_read(&r), Judgement::Use);
             }
         }
 
         #[test]
-        fn a_member_without_a_view_always_fails_the_read(
-            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40), without in 1usize..40
+        fn a_read_without_capacity_is_used_only_against_an_earlier_read(
+            found in 0usize..40, prev in prop::option::of(0usize..40), seen in prop::option::of(0usize..40)
         ) {
-            let r = SetRead { capacity: cap, found, previous: prev, without_view: without.min(found) };
-            prop_assert!(judge_read(&r).is_some());
+            let r = SetRead { capacity: None, found, previous: prev, seen, without_view: 0 };
+            let reference = prev.or(seen);
+            match reference {
+                None => prop_assert!(
+                    matches!(judge_read(&r), Judgement::AddOnly(ReadFault::NoReference { .. })),
+                    "no reference: add only"
+                ),
+                Some(p) if found * 2 <= p && (found > 0 || p > 0) => prop_assert_ne!(judge_read(&r), Judgement::Use),
+                Some(_) => {}
+            }
         }
 
         #[test]
-        fn a_held_read_stays_held_when_fewer_members_are_found(
-            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40)
+        fn a_read_below_the_capacity_that_lost_members_only_adds_and_never_holds_what_it_found(
+            cap in 1u64..40, found in 1usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40)
         ) {
-            let r = SetRead { capacity: cap, found, previous: prev, without_view: 0 };
-            if judge_read(&r).is_some() {
+            let r = SetRead { capacity: Some(cap), found, previous: prev, seen, without_view: 0 };
+            if (found as u64) < cap && prev.is_none_or(|p| found < p) {
+                prop_assert!(
+                    matches!(judge_read(&r), Judgement::AddOnly(ReadFault::Short { .. })),
+                    "a short read is add-only"
+                );
+            }
+        }
+
+        #[test]
+        fn a_member_without_a_view_always_holds_the_read(
+            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40), without in 1usize..40
+        ) {
+            let r = SetRead { capacity: cap, found, previous: prev, seen, without_view: without.min(found) };
+            prop_assert!(matches!(judge_read(&r), Judgement::Hold(_)));
+        }
+
+        #[test]
+        fn a_read_not_used_stays_not_used_when_fewer_members_are_found(
+            cap in prop::option::of(0u64..40), found in 1usize..40, prev in prop::option::of(0usize..40),
+            seen in prop::option::of(0usize..40)
+        ) {
+            let r = SetRead { capacity: cap, found, previous: prev, seen, without_view: 0 };
+            if judge_read(&r) != Judgement::Use {
                 let fewer = SetRead { found: found - 1, ..r };
-                prop_assert!(judge_read(&fewer).is_some());
+                prop_assert_ne!(judge_read(&fewer), Judgement::Use);
             }
+        }
+
+        #[test]
+        fn without_leaving_of_no_staying_server_leaves_and_the_rest_is_planned_as_before(
+            d in arb_desired(), o in arb_observed(), el in arb_elapsed(), t in 0u64..60,
+            staying in prop::collection::btree_set((0u8..12).prop_map(|i| format!("10.0.0.{i}:80")), 0..12)
+        ) {
+            let full = plan(&d, &o, &drain_of(t, &el));
+            let p = without_leaving_of(full.clone(), &staying);
+            // Nothing of the staying servers leaves: each is still there after the plan,
+            // and none that was active is draining.
+            let after = simulate(&o, &p);
+            for x in o.iter().filter(|x| staying.contains(&x.server)) {
+                let kept = after.iter().find(|a| a.id == x.id);
+                prop_assert!(kept.is_some(), "removed {:?}", x);
+                if x.state == ServerState::Active {
+                    prop_assert_eq!(kept.map(|k| k.state), Some(ServerState::Active));
+                }
+            }
+            // Adds, restores and parameter updates are kept, and so is everything that
+            // concerns other servers.
+            prop_assert_eq!(&p.add, &full.add);
+            let others = |v: &Plan| -> (Vec<Update>, Vec<Removal>) {
+                (
+                    v.update.iter().filter(|u| !staying.contains(&u.server) || u.state == ServerState::Active).cloned().collect(),
+                    v.remove.iter().filter(|r| !staying.contains(&r.server)).cloned().collect(),
+                )
+            };
+            prop_assert_eq!(others(&p), others(&full));
         }
 
         #[test]

@@ -175,6 +175,9 @@ pub struct DiscoveryState {
     views: Mutex<HashMap<String, ViewCache>>,
     list_refused: Mutex<HashSet<String>>,
     used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
+    /// Each scale set's members found by its reads not used since its last read used
+    /// (or since the start), by VM id: their servers must not leave either.
+    unused: Mutex<HashMap<String, BTreeMap<Arc<str>, Instance>>>,
     /// The startup check's successful scale set reads, kept for the first cycle.
     primed: Mutex<Option<(Instant, Results)>>,
     /// Each Uniform set's last NIC list, with when it was read: a cycle that reads the
@@ -209,6 +212,40 @@ impl DiscoveryState {
 
     fn use_read(&self, key: &str, snap: Arc<ScaleSetSnapshot>) {
         self.used_reads().insert(key.to_string(), snap);
+        self.unused_reads().remove(key);
+    }
+
+    fn unused_reads(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<Arc<str>, Instance>>> {
+        self.unused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the members of a read that was not used, and gives every member found by
+    /// such reads since the last read used (this one's included).
+    fn not_used(&self, key: &str, members: &[Instance]) -> Vec<Instance> {
+        let mut all = self.unused_reads();
+        let seen = all.entry(key.to_string()).or_default();
+        for m in members {
+            seen.insert(Arc::clone(&m.vm_id), m.clone());
+        }
+        seen.values().cloned().collect()
+    }
+
+    /// How many members the reads not used since the last read used found, together.
+    fn unused_count(&self, key: &str) -> Option<usize> {
+        self.unused_reads().get(key).map(BTreeMap::len)
+    }
+
+    /// Takes over what `from` knows of each scale set's reads: its last read used and the
+    /// members of the reads not used since (instance views are read again). A reload that keeps a
+    /// set judges its next read against the same history as before (a fresh state would
+    /// judge it as right after a start).
+    pub fn adopt_history(&self, from: &DiscoveryState) {
+        let used = from.used_reads().clone();
+        self.used_reads().extend(used);
+        let unused = from.unused_reads().clone();
+        self.unused_reads().extend(unused);
     }
 
     fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewCache>> {
@@ -1458,34 +1495,70 @@ fn snapshot(
     if let (Some(views), 0) = (fresh_views, without_view) {
         state.store(&ck, now, &views);
     }
+    let key = &p.matched.key;
     let verdict = crate::plan::judge_read(&crate::plan::SetRead {
         capacity: model.sku.capacity,
         found: instances.len(),
         previous: state.used_count(&ck),
+        seen: state.unused_count(&ck),
         without_view,
     });
-    if let Some(fault) = verdict {
-        let key = &p.matched.key;
+    let (fault, add_only) = match verdict {
+        crate::plan::Judgement::Use => (None, false),
+        crate::plan::Judgement::AddOnly(f) => (Some(f), true),
+        crate::plan::Judgement::Hold(f) => (Some(f), false),
+    };
+    // Kept for the snapshot of a held set, and for the add-only one (reads not used).
+    let mut held = None;
+    if let Some(fault) = fault {
         let previous = state.used(&ck);
-        tracing::warn!(
-            subscription = %key.subscription,
-            resource_group = %key.resource_group,
-            scale_set = %key.name,
-            "Not using this read of scale set {} (subscription {}): {fault}; its servers are \
-             kept as they are until a read is plausible.",
-            key,
-            key.subscription,
-        );
-        let held = crate::model::HeldRead {
+        let mut earlier: Vec<Instance> = previous
+            .as_ref()
+            .map(|s| s.instances.clone())
+            .unwrap_or_default();
+        // Every member found since the last read used, this read's included: none of
+        // their servers may leave while the reads are not used.
+        let unused = state.not_used(&ck, &instances);
+        earlier.extend(unused);
+        earlier.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        earlier.dedup_by(|a, b| a.vm_id == b.vm_id);
+        if add_only {
+            tracing::warn!(
+                subscription = %key.subscription,
+                resource_group = %key.resource_group,
+                scale_set = %key.name,
+                "Using this read of scale set {} (subscription {}) only to add: {fault}; none \
+                 of its servers leaves until a read is plausible.",
+                key,
+                key.subscription,
+            );
+        } else {
+            tracing::warn!(
+                subscription = %key.subscription,
+                resource_group = %key.resource_group,
+                scale_set = %key.name,
+                "Not using this read of scale set {} (subscription {}): {fault}; its servers are \
+                 kept as they are until a read is plausible.",
+                key,
+                key.subscription,
+            );
+        }
+        held = Some(crate::model::HeldRead {
             fault,
             members_known: previous.is_some(),
-        };
-        let mut snap = previous.map_or_else(
-            || ScaleSetSnapshot {
+            add_only,
+            earlier: if add_only {
+                earlier.clone()
+            } else {
+                Vec::new()
+            },
+        });
+        if !add_only {
+            let snap = ScaleSetSnapshot {
                 key: key.clone(),
                 capacity: model.sku.capacity,
                 orchestration: p.mode,
-                reports_health: false,
+                reports_health: previous.as_ref().is_some_and(|s| s.reports_health),
                 tags: model.tags.clone(),
                 location: model
                     .location
@@ -1493,13 +1566,11 @@ fn snapshot(
                     .map(location_name)
                     .unwrap_or_default(),
                 terminate_delay: model.terminate_delay(),
-                instances: Vec::new(),
-                held: None,
-            },
-            |s| ScaleSetSnapshot::clone(&s),
-        );
-        snap.held = Some(held);
-        return Ok(Arc::new(snap));
+                instances: earlier,
+                held,
+            };
+            return Ok(Arc::new(snap));
+        }
     }
     // A set reports health when its instances do (`vmHealth` in their views). A model
     // that names a health source whose instances report none (the extension not rolled
@@ -1528,9 +1599,11 @@ fn snapshot(
             .unwrap_or_default(),
         terminate_delay: model.terminate_delay(),
         instances,
-        held: None,
+        held,
     });
-    state.use_read(&ck, Arc::clone(&snap));
+    if snap.held.is_none() {
+        state.use_read(&ck, Arc::clone(&snap));
+    }
     Ok(snap)
 }
 

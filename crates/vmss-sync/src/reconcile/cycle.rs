@@ -85,6 +85,16 @@ impl Reconciler {
         self
     }
 
+    /// Takes over what `old` (the reconciler of the configuration this one replaces)
+    /// remembers between cycles: each scale set's read history (what its reads are judged
+    /// against) and the drain clocks. A reload then judges the next read of a set it
+    /// keeps as the cycle before would have, not as right after a start.
+    pub fn inherit(mut self, old: &Reconciler) -> Self {
+        self.state.adopt_history(&old.state);
+        self.drains = Arc::clone(&old.drains);
+        self
+    }
+
     /// Makes every write wait for `gate` to be open (leader election).
     pub fn set_write_gate(&mut self, gate: WriteGate) {
         self.gate = Some(gate);
@@ -474,6 +484,7 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
         let hold = Hold::ReadFailed {
             set: s.key.to_string(),
             fault: h.fault.clone(),
+            add_only: h.add_only,
         };
         tracing::warn!(
             upstream = %up.upstream.name,
@@ -481,16 +492,18 @@ async fn prepare(job: Job, drains: &DrainBook, gate: Option<&WriteGate>, mode: M
             scale_set = %s.key,
             "Holding removals for upstream {}: {hold}{}.",
             up.upstream.name,
-            if h.members_known {
-                ""
-            } else {
-                "; no read of the set has been used since vmss-sync started, so which servers are its is not known and no server leaves the upstream"
+            match (h.add_only, h.members_known) {
+                (_, false) => "; no read of the set has been used since vmss-sync started, so which servers are its is not known and no server leaves the upstream",
+                (true, true) => "; its ready members are added, none of its servers leaves",
+                (false, true) => "",
             }
         );
         out.hold.get_or_insert(hold);
     }
     if held.unknown {
         p = plan::without_leaving(p);
+    } else {
+        p = plan::without_leaving_of(p, &held.staying);
     }
     if let Some(hold) = plan::guard(&p, &rest, found.found(), found.capacity()) {
         tracing::warn!(

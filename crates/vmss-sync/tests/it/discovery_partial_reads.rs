@@ -277,8 +277,10 @@ async fn a_drain_started_by_a_plausible_wrong_read_is_cancelled_and_a_real_leave
     env.upstream(HTTP, "pool");
     let cfg = pool_config(&env, "web", 3);
     let d = synced(&env, &cfg, &["web"]).await;
-    // One NIC missing from the list: 9 of 10 is a plausible read, so the server drains.
+    // One NIC missing from the list while the set's capacity says 9 too: a plausible
+    // read (it agrees with the capacity), so the server drains.
     let wrong = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "web", "3"));
+    env.tb.fleet().set_capacity_only(SUB, RG, "web", 9);
     env.tb.faults().inject(
         Service::Arm,
         "/virtualMachineScaleSets/web/networkInterfaces",
@@ -355,5 +357,241 @@ async fn flexible_members_listed_without_their_instance_view_keep_the_sets_serve
         d.log_text()
     );
     stays(&env, &d, &want, Duration::from_secs(3)).await;
+    stop(d).await;
+}
+
+/// A Flexible set `flex` of capacity 8 whose members are `flex_6` … `flex_13`, so that
+/// dropping the items whose id contains `/virtualMachines/flex_1` from its member list
+/// drops exactly half of them (`flex_10` … `flex_13`).
+fn flexible_of_eight(env: &Env) {
+    flexible(env, "flex", 14);
+    for id in 0..6 {
+        env.tb
+            .fleet()
+            .remove_instance(SUB, RG, "flex", &id.to_string());
+    }
+    assert_eq!(env.ips("flex", 80).len(), 8);
+}
+
+fn half_of_flex_missing(env: &Env) {
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/flex_1".into(),
+        },
+        usize::MAX,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn right_after_a_restart_a_flexible_read_of_exactly_half_its_capacity_drains_nothing() {
+    let env = testbed(TestbedOptions::default()).await;
+    flexible_of_eight(&env);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "flex", 2);
+    // The target holds the set's 8 servers; vmss-sync restarts (no earlier read).
+    let d = synced(&env, &cfg, &["flex"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    assert_eq!(before.len(), 8);
+    stop(d).await;
+    half_of_flex_missing(&env);
+    let d = Daemon::run(&env, &cfg).spawn();
+    // Several cycles, longer than drain_timeout: nothing drained, nothing removed.
+    stays(&env, &d, &before, Duration::from_secs(5)).await;
+    d.expect_logged("Using this read of scale set rg-web/flex (subscription 00000000-0000-0000-0000-000000000001) only to add: the read found 4 instances, fewer than its capacity of 8 and fewer than before (no earlier read used)", Duration::from_secs(15)).await;
+    // The same short read again and again (the fault persists): still nothing leaves.
+    assert!(
+        d.log_text()
+            .matches("only to add: the read found 4 instances")
+            .count()
+            >= 3,
+        "{}",
+        d.log_text()
+    );
+    // Once the read is whole again, a real leave drains.
+    env.tb.faults().clear();
+    let leaving = format!("{}:80", env.tb.fleet().instance_ip(SUB, RG, "flex", "7"));
+    env.tb.fleet().remove_instance(SUB, RG, "flex", "7");
+    assert!(
+        eventually(Duration::from_secs(15), || env.draining(HTTP, "pool")
+            == vec![leaving.clone()])
+        .await,
+        "{}",
+        d.log_text()
+    );
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_read_after_a_used_one_adds_new_members_but_drains_none() {
+    let env = testbed(TestbedOptions::default()).await;
+    flexible_of_eight(&env);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "flex", 2);
+    let d = synced(&env, &cfg, &["flex"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    half_of_flex_missing(&env);
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    d.expect_logged("only to add: the read found 4 instances, fewer than its capacity of 8 and fewer than before (8 members at the last read used)", Duration::from_secs(15)).await;
+    // A scale-out to 15 while the reads stay short: flex_14 … flex_20 boot, the fault
+    // drops flex_14 … flex_19 too, so the read finds 5 of 15 (still short) with one new
+    // member, flex_20. It is added; none of the members the read misses is drained.
+    env.tb.fleet().scale_to(SUB, RG, "flex", 15);
+    let new = env.tb.fleet().instance_ip(SUB, RG, "flex", "20");
+    let want = {
+        let mut v = before.clone();
+        v.push(format!("{new}:80"));
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || env.all_servers(HTTP, "pool")
+            == want)
+        .await,
+        "the new member was never added: {:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    stays(&env, &d, &want, Duration::from_secs(3)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_instance_set_whose_one_member_lacks_an_address_at_start_up_gets_the_other_registered(
+) {
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 2);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 2);
+    // Instance 1's NIC is missing from the set's NIC list: it has no address.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/1/".into(),
+        },
+        usize::MAX,
+    );
+    let d = Daemon::run(&env, &cfg).spawn();
+    let other = vec![format!(
+        "{}:80",
+        env.tb.fleet().instance_ip(SUB, RG, "web", "0")
+    )];
+    assert!(
+        eventually(Duration::from_secs(15), || env.all_servers(HTTP, "pool")
+            == other)
+        .await,
+        "the member with an address was never registered: {:?}\n{}",
+        env.all_servers(HTTP, "pool"),
+        d.log_text()
+    );
+    assert!(
+        d.log_text()
+            .contains("only to add: the read found 1 instances, fewer than its capacity of 2"),
+        "{}",
+        d.log_text()
+    );
+    stays(&env, &d, &other, Duration::from_secs(2)).await;
+    env.tb.faults().clear();
+    let both = all_ips(&env, &["web"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env.servers(HTTP, "pool")
+            == both)
+        .await,
+        "{}",
+        d.log_text()
+    );
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_sets_read_history_so_a_short_read_right_after_it_drains_nothing() {
+    let env = testbed(TestbedOptions::default()).await;
+    flexible_of_eight(&env);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "flex", 2);
+    let d = synced(&env, &cfg, &["flex"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    // SIGHUP, and the set's member list comes back with half its members.
+    half_of_flex_missing(&env);
+    d.signal("HUP");
+    d.expect_logged("Configuration reloaded.", Duration::from_secs(15))
+        .await;
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    // After the reload the read is judged against the history of before it (8 members
+    // at the last read used), not as right after a start.
+    let after_reload = d
+        .log_text()
+        .split("Configuration reloaded.")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        after_reload.contains(
+            "only to add: the read found 4 instances, fewer than its capacity of 8 and fewer \
+             than before (8 members at the last read used)"
+        ) && !after_reload.contains("no earlier read used"),
+        "the reload forgot the set's reads:\n{}",
+        d.log_text()
+    );
+    // An empty list right after another reload: held, nothing drained.
+    env.tb.faults().clear();
+    env.tb.faults().inject_where(
+        Service::Arm,
+        "/providers/Microsoft.Compute/virtualMachines",
+        "/virtualmachinescalesets/flex'",
+        Fault::EmptyList,
+        usize::MAX,
+    );
+    d.signal("HUP");
+    d.expect_logged(
+        "the read found no instances, but its capacity is 8 (8 members at the last read used)",
+        Duration::from_secs(15),
+    )
+    .await;
+    stays(&env, &d, &before, Duration::from_secs(3)).await;
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_cut_short_that_still_finds_most_members_drains_none_while_the_capacity_counts_them()
+{
+    let env = testbed(TestbedOptions::default()).await;
+    env.uniform("web", 6);
+    env.upstream(HTTP, "pool");
+    let cfg = pool_config(&env, "web", 2);
+    let d = synced(&env, &cfg, &["web"]).await;
+    let before = env.all_servers(HTTP, "pool");
+    // The set's NIC list comes back without its last member, as a list whose last page
+    // answered `{"value": []}` would (the chaos soak, seed 0x5eed0040, lost 2 of 6 so):
+    // 5 of 6, more than half, while the capacity still says 6.
+    env.tb.faults().inject(
+        Service::Arm,
+        "/virtualMachineScaleSets/web/networkInterfaces",
+        Fault::DropItems {
+            id_contains: "/virtualMachines/5/".into(),
+        },
+        usize::MAX,
+    );
+    stays(&env, &d, &before, Duration::from_secs(4)).await;
+    d.expect_logged("only to add: the read found 5 instances, fewer than its capacity of 6 and fewer than before (6 members at the last read used)", Duration::from_secs(15)).await;
+    // A real scale-in lowers the capacity first: its instance drains at once.
+    env.tb.faults().clear();
+    env.tb.fleet().scale_to(SUB, RG, "web", 5);
+    let leaving: Vec<String> = before
+        .iter()
+        .filter(|s| !env.ips("web", 80).contains(s))
+        .cloned()
+        .collect();
+    assert_eq!(leaving.len(), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || env.draining(HTTP, "pool")
+            == leaving)
+        .await,
+        "{}",
+        d.log_text()
+    );
     stop(d).await;
 }
