@@ -48,19 +48,40 @@ async fn queue_empty(q: &vmss_sync::events::queue::QueueClient, within: Duration
 
 /// A configuration with `sync_interval: 60s` and the event queue.
 fn events_config(env: &Env, az: &Azurite, queue: &str, visibility: &str) -> std::path::PathBuf {
-    let text = format!(
+    let text = events_yaml(
+        env,
+        az,
+        queue,
+        "60s",
+        "off",
+        &format!("200ms\n  visibility_timeout: {visibility}"),
+    );
+    env.write("config.yaml", &text)
+}
+
+/// One upstream `web` of set `web` and the event queue (Shared Key from `${QUEUE_KEY}`),
+/// with the given `sync_interval`, `admin_listen` and `poll_interval` (and what follows it
+/// in the `events` section).
+fn events_yaml(
+    env: &Env,
+    az: &Azurite,
+    queue: &str,
+    sync: &str,
+    admin: &str,
+    poll: &str,
+) -> String {
+    format!(
         "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
-         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
-         health_interval: 60s\nadmin_listen: off\nlog_level: debug\n\
+         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: {sync}\n\
+         health_interval: 60s\nadmin_listen: {admin}\nlog_level: debug\n\
          events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
-         poll_interval: 200ms\n  visibility_timeout: {visibility}\n\
+         poll_interval: {poll}\n\
          upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
          kind: http\n    drain_timeout: 0s\n",
         env.tb.nginx_url(),
         env.tb.arm_url(),
         az.queue_url(queue),
-    );
-    env.write("config.yaml", &text)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,18 +242,7 @@ async fn with_events_a_scale_out_and_a_scale_in_reach_the_target_within_2_s_at_a
     env.uniform("web", 2);
     env.uniform("other", 1);
     env.upstream(UpstreamKind::Http, "web");
-    let text = format!(
-        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
-         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 60s\n\
-         health_interval: 60s\nadmin_listen: 127.0.0.1:0\nlog_level: debug\n\
-         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
-         poll_interval: 200ms\n\
-         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
-         kind: http\n    drain_timeout: 0s\n",
-        env.tb.nginx_url(),
-        env.tb.arm_url(),
-        az.queue_url("vmss-events"),
-    );
+    let text = events_yaml(&env, &az, "vmss-events", "60s", "127.0.0.1:0", "200ms");
     let cfg = env.write("config.yaml", &text);
     let daemon = Daemon::run(&env, &cfg)
         .var("QUEUE_KEY", DEV_KEY)
@@ -663,18 +673,7 @@ async fn a_reconcile_of_every_upstream_by_an_event_restarts_the_timer() {
     let env = testbed(TestbedOptions::default()).await;
     env.uniform("web", 2);
     env.upstream(UpstreamKind::Http, "web");
-    let text = format!(
-        "cloud_provider: Azure\nsubscription_id: {SUB}\nresource_group_name: {RG}\n\
-         api_endpoint: {}\nresource_manager_endpoint: {}\nsync_interval: 3s\n\
-         health_interval: 60s\nadmin_listen: 127.0.0.1:0\nlog_level: debug\n\
-         events:\n  queue_url: {}\n  auth: shared_key\n  account_key: ${{QUEUE_KEY}}\n  \
-         poll_interval: 100ms\n\
-         upstreams:\n  - name: web\n    virtual_machine_scale_set: web\n    port: 80\n    \
-         kind: http\n    drain_timeout: 0s\n",
-        env.tb.nginx_url(),
-        env.tb.arm_url(),
-        az.queue_url("restart"),
-    );
+    let text = events_yaml(&env, &az, "restart", "3s", "127.0.0.1:0", "100ms");
     let cfg = env.write("restart.yaml", &text);
     let daemon = Daemon::run(&env, &cfg)
         .var("QUEUE_KEY", DEV_KEY)
