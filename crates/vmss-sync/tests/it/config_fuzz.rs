@@ -20,7 +20,24 @@ use std::time::{Duration, Instant};
 const CASES: usize = 3_000;
 /// Every this many cases, the binary also validates the file.
 const BINARY_EVERY: usize = 30;
+/// The seed CI runs; `VMSS_FUZZ_SEED` (decimal or `0x` hex) runs another.
 const SEED: u64 = 0x5eed_c0f1_6000;
+
+/// The seed of this run: `VMSS_FUZZ_SEED` when set, else [`SEED`]. An unreadable value
+/// fails the test rather than running the default unnoticed.
+fn seed() -> u64 {
+    match std::env::var("VMSS_FUZZ_SEED") {
+        Err(_) => SEED,
+        Ok(v) => {
+            let t = v.trim();
+            let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+                None => t.replace('_', "").parse(),
+            };
+            parsed.unwrap_or_else(|e| panic!("VMSS_FUZZ_SEED={v:?}: {e}"))
+        }
+    }
+}
 const MAX_PEAK_KIB: u64 = 64 << 10;
 /// CPU time a case may take (measured in CPU rather than wall time: the machine running
 /// the tests may be busy with other work).
@@ -423,7 +440,7 @@ impl Iterator for Cases {
 fn cases() -> Cases {
     Cases {
         corpus: corpus(),
-        rng: fastrand::Rng::with_seed(SEED),
+        rng: fastrand::Rng::with_seed(seed()),
         next: 0,
     }
 }
@@ -585,9 +602,10 @@ fn worker() {
         let _ = std::fs::remove_file(&path);
     }
     eprintln!(
-        "config fuzz: {CASES} cases ({valid} valid, {invalid} refused; largest file {largest} bytes) \
+        "config fuzz: seed {:#x}, {CASES} cases ({valid} valid, {invalid} refused; largest file {largest} bytes) \
          in {:.1?} ({:.1?} loading in-process; {:?} of CPU in all), {binary_runs} also through `vmss-sync validate` \
          under a 256 MiB address-space limit ({:.1?})",
+        seed(),
         started.elapsed(),
         in_load,
         cpu_time().saturating_sub(cpu_start),
