@@ -424,31 +424,28 @@ pub fn except(
 /// Drops every way a server leaves: drains and removals, those of servers whose drain is
 /// over included (when a held set's servers are not known, none may leave).
 pub fn without_leaving(plan: Plan) -> Plan {
-    Plan {
-        update: plan
-            .update
-            .into_iter()
-            .filter(|u| u.state == ServerState::Active)
-            .collect(),
-        remove: Vec::new(),
-        ..plan
-    }
+    leaving_only_where(plan, |_| false)
 }
 
 /// Drops every way the servers in `staying` leave: their drains and removals, those of
 /// servers whose drain is over included. Everything else of the plan is kept (the
 /// servers of an add-only read's set never leave; the rest of the upstream syncs).
 pub fn without_leaving_of(plan: Plan, staying: &BTreeSet<String>) -> Plan {
+    leaving_only_where(plan, |server| !staying.contains(server))
+}
+
+/// The plan without the drains and removals of the servers for which `may_leave` is false.
+fn leaving_only_where(plan: Plan, may_leave: impl Fn(&str) -> bool) -> Plan {
     Plan {
         update: plan
             .update
             .into_iter()
-            .filter(|u| u.state == ServerState::Active || !staying.contains(&u.server))
+            .filter(|u| u.state == ServerState::Active || may_leave(&u.server))
             .collect(),
         remove: plan
             .remove
             .into_iter()
-            .filter(|r| !staying.contains(&r.server))
+            .filter(|r| may_leave(&r.server))
             .collect(),
         ..plan
     }
