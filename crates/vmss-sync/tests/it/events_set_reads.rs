@@ -426,3 +426,34 @@ async fn a_tag_removed_with_an_event_is_noticed_within_2_s_at_a_60_s_timer() {
         d.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flexible_set_s_timer_cycle_reads_its_members_not_the_set_and_reads_the_set_when_they_change(
+) {
+    let env = fleet().await;
+    let f = env.tb.fleet();
+    f.add_scale_set(SUB, RG, "web", Orchestration::Flexible, "eastus");
+    f.scale_to(SUB, RG, "web", 3);
+    env.upstream(UpstreamKind::Http, "web");
+    let rec = reconciler(&env, &upstream_yaml("web", "web", 80, "http"));
+    let since = Instant::now();
+    assert!(rec.startup_check().await.is_empty());
+    timer_cycle(&env, &rec, Some(since)).await;
+    timer_cycle(&env, &rec, Some(since)).await;
+    // Its members (the group's VM list filtered on the set, with views) and the group's
+    // NIC list; not the set.
+    let steady = timer_cycle(&env, &rec, Some(since)).await;
+    assert_eq!(
+        steady,
+        BTreeMap::from([("nics", 1), ("views", 1)]),
+        "{steady:?}"
+    );
+    f.scale_to(SUB, RG, "web", 1);
+    let scaled_in = timer_cycle(&env, &rec, Some(since)).await;
+    assert_eq!(step1(&scaled_in), 1, "{scaled_in:?}");
+    assert_eq!(env.servers(UpstreamKind::Http, "web"), env.ips("web", 80));
+    assert_eq!(
+        timer_cycle(&env, &rec, Some(since)).await,
+        BTreeMap::from([("nics", 1), ("views", 1)])
+    );
+}
