@@ -26,6 +26,13 @@
 //! The startup check ([`check`]) runs step 1 only; its reads serve the first cycle when it
 //! starts within 30 s, so a start reads each scale set once.
 //!
+//! With events, a timer cycle may take step 1's scale set reads from earlier cycles
+//! ([`Options::sets_watched_since`]): every change they would show is a write to the set,
+//! which raises an event, and an event's reconcile reads its sets afresh. A set whose
+//! member read is empty, has other members than its last read used, or shows a changed
+//! instance view has its scale set read again in the same cycle, before its read is
+//! judged; every reused read is read again once [`Options::max_reuse_age`] old.
+//!
 //! Reads per cycle therefore grow with the number of sets and resource groups, never with
 //! the number of instances (apart from pages). Instance views are the expensive reads in
 //! Compute's throttling ("HighCostGet" policies): they are read at most every
