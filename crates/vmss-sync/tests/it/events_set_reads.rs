@@ -274,7 +274,8 @@ async fn a_tag_removed_without_an_event_is_noticed_once_the_set_list_is_max_reus
     }
     let took = removed.elapsed();
     println!("a tag removed without an event noticed after {took:?} (max_reuse_age {age:?})");
-    assert!(took <= age + Duration::from_millis(500), "{took:?}");
+    // Within max_reuse_age and one cycle (here: 100 ms and the cycle's own time).
+    assert!(took <= age + Duration::from_millis(1500), "{took:?}");
     assert!(
         kept_for > Duration::ZERO,
         "the list read earlier stood meanwhile"
@@ -379,9 +380,10 @@ async fn the_daemon_s_timer_cycles_read_only_instance_views_while_the_queue_is_r
     let failed = reads(&env);
     println!("3.5 s of 1 s timer cycles with the queue unreadable: {failed:?}");
     assert!(step1(&failed) >= 2, "{failed:?}\n{}", d.log_text());
-    assert_eq!(
-        step1(&failed),
-        failed.get("views").copied().unwrap_or(0),
+    // One read of the set per cycle (the window may cut one cycle between its two reads).
+    let views = failed.get("views").copied().unwrap_or(0);
+    assert!(
+        step1(&failed).abs_diff(views) <= 1,
         "one read of the set per cycle: {failed:?}"
     );
 }
