@@ -29,6 +29,9 @@ use tokio::sync::{mpsc, watch};
 /// Timeout of every request to a target.
 pub const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Timeout of every request to the event queue.
+const QUEUE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the outside world can ask of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -206,7 +209,7 @@ pub fn start_events(
 ) -> Result<crate::events::consumer::Consumer, DaemonError> {
     use crate::config::QueueAuthConfig;
     use crate::events::queue::{QueueAuth, QueueClient};
-    let timeout = Duration::from_secs(10);
+    let timeout = QUEUE_READ_TIMEOUT;
     let http = crate::net::client_builder(ev.ca_file.as_deref())
         .map_err(|e| DaemonError::Build(format!("events.ca_file: {e}")))?
         .connect_timeout(timeout)
@@ -396,6 +399,25 @@ impl Daemon {
         }
     }
 
+    /// Sets how old a reused read may be (15 minutes by default), now and after reloads:
+    /// for tests and benchmarks that compress time.
+    pub fn set_max_reuse_age(&mut self, age: std::time::Duration) {
+        self.reconciler.set_max_reuse_age(age);
+    }
+
+    /// Since when the event queue has been read without a break, when it is read now:
+    /// its last read succeeded within two poll intervals and a request timeout. None
+    /// without events, while reads fail, and on a standby.
+    fn queue_watched_since(&self) -> Option<std::time::Instant> {
+        let events = self.events.as_ref()?;
+        let poll = self
+            .config
+            .events
+            .as_ref()
+            .map_or(Duration::ZERO, |e| e.poll_interval);
+        events.watched_since(poll.saturating_mul(2) + QUEUE_READ_TIMEOUT + Duration::from_secs(5))
+    }
+
     /// True when this replica may write now: it is the only one, or it holds the lease.
     fn may_write(&self) -> bool {
         self.elector.as_ref().is_none_or(Elector::is_leader)
@@ -491,13 +513,20 @@ impl Daemon {
         'cycles: loop {
             self.health.heartbeat();
             let started = std::time::Instant::now();
+            // A timer cycle with a watched event queue may reuse the scale set reads of
+            // earlier cycles (every change of a set raises an event, which reads it
+            // afresh); a start, a reload, a new leader and polling read them.
+            let since = match trigger {
+                "timer" => self.queue_watched_since(),
+                _ => None,
+            };
             let discovered = tokio::select! {
                 biased;
                 msg = control.recv() => match msg {
                     Some(Control::Reload) => { self.reload().await; trigger = "reload"; continue; }
                     Some(Control::Shutdown) | None => break,
                 },
-                d = self.reconciler.discover() => d,
+                d = self.reconciler.discover_watched(since) => d,
             };
             let mode = if self.may_write() {
                 Mode::Apply

@@ -958,6 +958,19 @@ mod tests {
             }
         }
 
+        /// With events, a timer cycle may judge a set's read against a capacity read
+        /// earlier (discovery reuses the scale set read only when the membership read is
+        /// not empty and has exactly the members of the last read used): the judgement
+        /// must then be the one any fresh capacity (or none) would give.
+        #[test]
+        fn a_read_with_the_members_of_the_last_read_used_is_judged_alike_whatever_the_capacity(
+            stale in prop::option::of(0u64..40), fresh in prop::option::of(0u64..40),
+            found in 1usize..40, seen in prop::option::of(0usize..40), without in 0usize..3
+        ) {
+            let read = |capacity| SetRead { capacity, found, previous: Some(found), seen, without_view: without };
+            prop_assert_eq!(judge_read(&read(stale)), judge_read(&read(fresh)));
+        }
+
         #[test]
         fn an_empty_read_of_a_set_with_capacity_is_never_used(
             cap in 1u64..40, prev in prop::option::of(0usize..40), seen in prop::option::of(0usize..40),

@@ -26,6 +26,13 @@
 //! The startup check ([`check`]) runs step 1 only; its reads serve the first cycle when it
 //! starts within 30 s, so a start reads each scale set once.
 //!
+//! With events, a timer cycle may take step 1's scale set reads from earlier cycles
+//! ([`Options::sets_watched_since`]): every change they would show is a write to the set,
+//! which raises an event, and an event's reconcile reads its sets afresh. A set whose
+//! member read is empty, has other members than its last read used, or shows a changed
+//! instance view has its scale set read again in the same cycle, before its read is
+//! judged; every reused read is read again once [`Options::max_reuse_age`] old.
+//!
 //! Reads per cycle therefore grow with the number of sets and resource groups, never with
 //! the number of instances (apart from pages). Instance views are the expensive reads in
 //! Compute's throttling ("HighCostGet" policies): they are read at most every
@@ -102,6 +109,24 @@ pub struct Options {
     /// Instance views (power, health) are read at most this often (more often only when
     /// new members appear), and less often while the read budget runs low.
     pub health_interval: Duration,
+    /// A read skipped because an earlier one still holds (a Uniform set's NIC list, a
+    /// scale set read of step 1 reused) is made again at least this often.
+    pub max_reuse_age: Duration,
+    /// Step 1 (the scale set GETs and lists) may be taken from an earlier cycle's
+    /// successful reads made at or after this instant: the moment since which every
+    /// change of a set (capacity, tags, model, deletion: a write to the set, which raises
+    /// an Event Grid event) reaches this daemon as an event, which reads the set afresh.
+    /// `None` (polling, or an event queue not read without a break): step 1 is read
+    /// every cycle.
+    ///
+    /// A reused read of a scale set is read again in the same cycle, before its
+    /// membership read is judged, when that membership read is empty, differs from the
+    /// set's last read used (its VM ids) or shows an instance view that changed since the
+    /// previous read of views; and in any cycle once it is `max_reuse_age` old. With the
+    /// members unchanged and not empty, `plan::judge_read` does not depend on the
+    /// capacity (`found == previous > 0`), so a stale capacity cannot change how a read
+    /// is judged.
+    pub sets_watched_since: Option<Instant>,
 }
 
 impl Default for Options {
@@ -109,9 +134,14 @@ impl Default for Options {
         Options {
             concurrency: 4,
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            max_reuse_age: MAX_REUSE_AGE,
+            sets_watched_since: None,
         }
     }
 }
+
+/// Default of [`Options::max_reuse_age`]: 15 minutes.
+pub const MAX_REUSE_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Default `health_interval` (defined in the model, which the configuration shares).
 pub use crate::model::DEFAULT_HEALTH_INTERVAL;
@@ -185,12 +215,16 @@ pub struct DiscoveryState {
     /// takes their addresses from it instead of listing the NICs again (at most
     /// [`NIC_LIST_MAX_AGE`] old).
     nic_lists: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
+    /// Step 1's successful scale set reads (GETs and lists), by read, with when they were
+    /// made: reused while [`Options::sets_watched_since`] allows.
+    set_reads: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
     ids: Ids,
 }
 
-/// A Uniform set's NIC list is read again at least this often, whatever its instance
-/// views say (the addresses of unchanged members are otherwise taken from it).
-pub const NIC_LIST_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+/// A Uniform set's NIC list is read again at least this often by default, whatever its
+/// instance views say (the addresses of unchanged members are otherwise taken from it):
+/// [`Options::max_reuse_age`].
+pub const NIC_LIST_MAX_AGE: Duration = MAX_REUSE_AGE;
 
 /// The startup check's reads serve a first cycle that starts at most this long after them.
 const PRIMED_FOR: Duration = Duration::from_secs(30);
@@ -287,10 +321,60 @@ impl DiscoveryState {
     }
 
     /// True when the set's last NIC list is recent enough to be reused.
-    fn nic_list_fresh(&self, key: &str, now: Instant) -> bool {
+    fn nic_list_fresh(&self, key: &str, now: Instant, max_age: Duration) -> bool {
         self.nic_lists()
             .get(key)
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < NIC_LIST_MAX_AGE)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < max_age)
+    }
+
+    fn set_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Out>)>> {
+        self.set_reads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves into `done` the earlier reads of the scale set `ops` that may stand for this
+    /// cycle's: made at or after `since` and younger than `max_age`. Gives their keys.
+    fn reuse_sets(
+        &self,
+        ops: &[Op],
+        since: Instant,
+        now: Instant,
+        max_age: Duration,
+        done: &mut Results,
+    ) -> BTreeSet<String> {
+        let cache = self.set_reads();
+        let mut reused = BTreeSet::new();
+        for op in ops.iter().filter(|op| op.is_set_read()) {
+            let key = op.key();
+            if done.contains_key(&key) {
+                continue;
+            }
+            if let Some((at, out)) = cache.get(&key) {
+                if *at >= since && now.saturating_duration_since(*at) < max_age {
+                    done.insert(key.clone(), Ok(Arc::clone(out)));
+                    reused.insert(key);
+                }
+            }
+        }
+        reused
+    }
+
+    /// Keeps the scale set reads of `done` made this cycle (not in `skip`) for later
+    /// cycles, read at `at`; a failed one forgets the earlier read.
+    fn keep_set_reads(&self, done: &Results, skip: &HashSet<String>, at: Instant) {
+        let mut cache = self.set_reads();
+        for (key, r) in done {
+            if skip.contains(key) || !is_set_read_key(key) {
+                continue;
+            }
+            match r {
+                Ok(out) => {
+                    cache.insert(key.clone(), (at, Arc::clone(out)));
+                }
+                Err(_) => {
+                    cache.remove(key);
+                }
+            }
+        }
     }
 
     /// The set's last NIC list when `views`, just read, show exactly its members, each
@@ -605,7 +689,17 @@ enum Op {
     },
 }
 
+/// True for the key of a scale set read of step 1 (a GET or a list of sets).
+fn is_set_read_key(key: &str) -> bool {
+    key.starts_with("get ") || key.starts_with("sets ")
+}
+
 impl Op {
+    /// True for a scale set read of step 1 (a GET or a list of sets).
+    fn is_set_read(&self) -> bool {
+        matches!(self, Op::SetGet { .. } | Op::SetList { .. })
+    }
+
     /// Identity (lower-cased): equal keys are one read.
     fn key(&self) -> String {
         let k = match self {
@@ -1003,6 +1097,29 @@ impl SetPlan {
     fn cache_key(&self) -> String {
         format!("set {}", self.id().to_ascii_lowercase())
     }
+    /// The step 1 reads that may name this set: its GET, its group's list and its
+    /// subscription's list.
+    fn set_ops(&self) -> [Op; 3] {
+        [
+            Op::SetGet {
+                sub: self.sub().to_string(),
+                rg: self.rg().to_string(),
+                name: self.name().to_string(),
+            },
+            Op::SetList {
+                sub: self.sub().to_string(),
+                rg: Some(self.rg().to_string()),
+            },
+            Op::SetList {
+                sub: self.sub().to_string(),
+                rg: None,
+            },
+        ]
+    }
+    /// The keys of [`SetPlan::set_ops`].
+    fn set_reads(&self) -> Vec<String> {
+        self.set_ops().iter().map(Op::key).collect()
+    }
     fn nics(&self) -> Op {
         Op::UniformNics {
             sub: self.sub().to_string(),
@@ -1073,10 +1190,24 @@ pub async fn discover(
     let mut primed = state.take_primed(now);
     let ops = plan_sets(state, &sels);
     reuse(&mut primed, &ops, &mut done);
+    // With events, scale set reads of earlier cycles may stand for this one's.
+    let mut reused = match opts.sets_watched_since {
+        Some(since) => state.reuse_sets(&ops, since, now, opts.max_reuse_age, &mut done),
+        None => BTreeSet::new(),
+    };
+    let not_read_now: HashSet<String> = done.keys().cloned().collect();
     run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
     let fb = fallback_gets(state, &sels, &done);
     reuse(&mut primed, &fb, &mut done);
+    if let Some(since) = opts.sets_watched_since {
+        reused.extend(state.reuse_sets(&fb, since, now, opts.max_reuse_age, &mut done));
+    }
+    let not_read_now: HashSet<String> = not_read_now
+        .into_iter()
+        .chain(reused.iter().cloned())
+        .collect();
     run_all(arm, &state.ids, fb, opts.concurrency, &mut done).await;
+    state.keep_set_reads(&done, &not_read_now, now);
 
     let mut matched: BTreeMap<Selection, Result<Vec<Matched>, DiscoveryError>> = BTreeMap::new();
     let mut plans: BTreeMap<String, SetPlan> = BTreeMap::new();
@@ -1113,7 +1244,7 @@ pub async fn discover(
             Orchestration::Uniform => {
                 // With views due and a recent NIC list, the views tell whether the
                 // members changed; the NIC list is read (step 3) only if they did.
-                if !(due && state.nic_list_fresh(&p.cache_key(), now)) {
+                if !(due && state.nic_list_fresh(&p.cache_key(), now, opts.max_reuse_age)) {
                     ops.push(p.nics());
                 }
                 if due {
@@ -1246,6 +1377,37 @@ pub async fn discover(
         }
     }
 
+    // A reused scale set read stands only for a set whose members and views are as
+    // before: the others' are read again now, before their reads are judged.
+    if !reused.is_empty() {
+        let stale = changed_sets(&plans, &reused, &views_read, &done, state);
+        if !stale.is_empty() {
+            let ops: Vec<Op> = stale
+                .iter()
+                .filter_map(|k| {
+                    done.remove(k);
+                    plans_op(k, &plans)
+                })
+                .collect();
+            let before: HashSet<String> = done.keys().cloned().collect();
+            run_all(arm, &state.ids, ops, opts.concurrency, &mut done).await;
+            state.keep_set_reads(&done, &before, now);
+            for sel in &sels {
+                let r = sets_of(sel, &done);
+                if let Ok(sets) = &r {
+                    for m in sets {
+                        if let Some(p) = plans.get_mut(&m.key.to_string().to_ascii_lowercase()) {
+                            p.matched = m.clone();
+                        }
+                    }
+                }
+                // A set that only the new read names was not read: that selection
+                // fails this cycle (nothing changes) and reads it next cycle.
+                matched.insert((*sel).clone(), r);
+            }
+        }
+    }
+
     // Assemble.
     let nics = NicIndex::new(&done);
     let mut snapshots: HashMap<String, Result<Arc<ScaleSetSnapshot>, DiscoveryError>> =
@@ -1300,6 +1462,97 @@ pub async fn discover(
         results,
         operations: done.len(),
     }
+}
+
+/// The reused scale set reads (of `reused`) that may name a set whose read this cycle is
+/// empty, has other members than its last read used, or shows a changed instance view.
+fn changed_sets(
+    plans: &BTreeMap<String, SetPlan>,
+    reused: &BTreeSet<String>,
+    views_read: &HashSet<String>,
+    done: &Results,
+    state: &DiscoveryState,
+) -> BTreeSet<String> {
+    let flexible = plans.values().any(|p| p.mode == Orchestration::Flexible);
+    let index = flexible.then(|| NicIndex::new(done));
+    let mut stale = BTreeSet::new();
+    for p in plans.values() {
+        let reads = p.set_reads();
+        if !reads.iter().any(|k| reused.contains(k)) {
+            continue;
+        }
+        if !unchanged(p, views_read, done, index.as_ref(), state) {
+            stale.extend(reads.into_iter().filter(|k| reused.contains(k)));
+        }
+    }
+    stale
+}
+
+/// True when the set's read this cycle found members (VM ids with an address), exactly
+/// those of its last read used, each with the instance view read before (when views
+/// were read this cycle).
+fn unchanged(
+    p: &SetPlan,
+    views_read: &HashSet<String>,
+    done: &Results,
+    nics: Option<&NicIndex<'_>>,
+    state: &DiscoveryState,
+) -> bool {
+    let ck = p.cache_key();
+    let Some(used) = state.used(&ck) else {
+        return false;
+    };
+    let expanded = views_read.contains(&ck);
+    // (id, view read this cycle) of each member with an address, sorted by id.
+    let mut members: Vec<(&str, Option<InstanceView>)> = Vec::new();
+    match p.mode {
+        Orchestration::Uniform => {
+            let Ok(Out::Nics(list)) = get(done, &p.nics()) else {
+                return false;
+            };
+            let views = match (expanded, get(done, &p.uviews())) {
+                (true, Ok(Out::Views(v))) => Some(v),
+                (true, _) => return false,
+                (false, _) => None,
+            };
+            for n in list.iter().filter(|n| n.ip.is_some()) {
+                members.push((n.vm.as_ref(), views.and_then(|v| v.get(&n.vm).copied())));
+            }
+        }
+        Orchestration::Flexible => {
+            let (Ok(Out::Vms(vms)), Some(nics)) = (get(done, &p.flex(expanded)), nics) else {
+                return false;
+            };
+            for vm in vms {
+                if let Ok(Some(_)) = nics.address(p.sub(), vm.nic_group(), &vm.id) {
+                    members.push((vm.id.as_ref(), vm.view));
+                }
+            }
+        }
+    }
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    members.dedup_by(|a, b| a.0 == b.0);
+    if members.is_empty() || members.len() != used.instances.len() {
+        return false;
+    }
+    let same_ids = members
+        .iter()
+        .zip(&used.instances)
+        .all(|(m, i)| m.0 == &*i.vm_id);
+    let same_views = !expanded
+        || !p.views
+        || members
+            .iter()
+            .all(|(id, v)| v.is_some() && *v == state.cached(&ck, id));
+    same_ids && same_views
+}
+
+/// The step 1 read named `key` among the reads that may name the planned sets.
+fn plans_op(key: &str, plans: &BTreeMap<String, SetPlan>) -> Option<Op> {
+    plans
+        .values()
+        .flat_map(SetPlan::set_ops)
+        .find(|op| op.key() == key)
 }
 
 /// Lower-cased ids of the scale sets a selection matched.

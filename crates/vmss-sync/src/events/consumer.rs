@@ -12,7 +12,7 @@ use super::{parse_message, Event};
 use crate::metrics::events::EventMetrics;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 /// How the consumer reads.
@@ -51,6 +51,13 @@ pub struct ConsumerStats {
     pub errors: u64,
     /// The last read's error, None once a read works again.
     pub last_error: Option<String>,
+    /// Since when the queue has been read without a break: every read since this
+    /// instant's succeeded, while this replica may consume, and no message was deleted
+    /// without the reconcile it asked for (a malformed one, or one handed out too often).
+    /// Every event enqueued since then reaches the daemon. None while reads fail.
+    pub watched_since: Option<Instant>,
+    /// When the last read succeeded.
+    pub last_read: Option<Instant>,
 }
 
 /// A running consumer.
@@ -96,6 +103,16 @@ impl Consumer {
                 .last_error
                 .clone()
         })
+    }
+
+    /// Since when the queue has been read without a break, provided its last read
+    /// succeeded less than `max_gap` ago: every change of a scale set since then (a write
+    /// to the set raises an event) reaches the daemon as an event. None otherwise (reads
+    /// fail, the consumer is stuck, or this replica does not consume).
+    pub fn watched_since(&self, max_gap: Duration) -> Option<Instant> {
+        let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = s.last_read.is_some_and(|t| t.elapsed() < max_gap);
+        s.watched_since.filter(|_| recent)
     }
 
     /// What it has done so far.
@@ -156,9 +173,12 @@ async fn run(
     let mut failures: u32 = 0;
     loop {
         if !may_consume() {
+            // Another replica may consume meanwhile: the events it takes never come here.
+            note(&stats, |s| s.watched_since = None);
             tokio::time::sleep(opts.poll_interval).await;
             continue;
         }
+        let asked = Instant::now();
         let mut msgs = match client
             .get_messages(MAX_BATCH, opts.visibility_timeout)
             .await
@@ -168,7 +188,11 @@ async fn run(
                     tracing::info!(queue = client.name(), "The event queue can be read again.");
                 }
                 failures = 0;
-                note(&stats, |s| s.last_error = None);
+                note(&stats, |s| {
+                    s.last_error = None;
+                    s.watched_since.get_or_insert(asked);
+                    s.last_read = Some(Instant::now());
+                });
                 if let Some(mx) = metrics {
                     mx.queue_read(true);
                 }
@@ -189,6 +213,7 @@ async fn run(
                 note(&stats, |s| {
                     s.errors += 1;
                     s.last_error = Some(text);
+                    s.watched_since = None;
                 });
                 if let Some(mx) = metrics {
                     mx.queue_read(false);
@@ -253,6 +278,15 @@ async fn run(
                     drop_now.push(m);
                 }
             }
+        }
+        if !drop_now.is_empty() {
+            // Whatever these messages were to say was not acted on: nothing read before
+            // now may stand for a later read.
+            note(&stats, |s| {
+                if s.watched_since.is_some() {
+                    s.watched_since = Some(Instant::now());
+                }
+            });
         }
         delete_all(&client, &drop_now, &stats, metrics).await;
         if handled.is_empty() {

@@ -92,6 +92,7 @@ impl Reconciler {
     pub fn inherit(mut self, old: &Reconciler) -> Self {
         self.state.adopt_history(&old.state);
         self.drains = Arc::clone(&old.drains);
+        self.options.max_reuse_age = old.options.max_reuse_age;
         self
     }
 
@@ -167,12 +168,28 @@ impl Reconciler {
         v
     }
 
+    /// Sets how old a reused read may be (a Uniform set's NIC list, a scale set read
+    /// reused with events): 15 minutes unless tests or benchmarks say otherwise.
+    pub fn set_max_reuse_age(&mut self, age: Duration) {
+        self.options.max_reuse_age = age;
+    }
+
     /// Reads what every upstream selects, each resource once.
     pub async fn discover(&self) -> Discovered {
+        self.discover_watched(None).await
+    }
+
+    /// [`Reconciler::discover`] for a timer cycle with events: scale set reads made at or
+    /// after `since` (the event queue has been read without a break since then) may stand
+    /// for this cycle's (`discovery::Options::sets_watched_since`).
+    pub async fn discover_watched(&self, since: Option<Instant>) -> Discovered {
         let before = self.arm.stats();
         let started = Instant::now();
-        let found =
-            discovery::discover(&self.arm, &self.state, &self.selections(), &self.options).await;
+        let opts = discovery::Options {
+            sets_watched_since: since,
+            ..self.options
+        };
+        let found = discovery::discover(&self.arm, &self.state, &self.selections(), &opts).await;
         self.check_budget(&before, started.elapsed());
         self.check_window(&found);
         found

@@ -31,6 +31,7 @@ mod errors_named;
 mod events_daemon;
 mod events_fleet;
 mod events_queue;
+mod events_set_reads;
 mod layering;
 mod licenses;
 mod ops_config;
