@@ -260,12 +260,181 @@ impl RegisterWhen {
     }
 }
 
+/// A VM's ARM id (lower-cased), held compactly: its parent path (up to and including the
+/// last `/`, the same for every member of a Uniform set or every VM of a resource group)
+/// is one shared string, and only the last segment is the VM's own, inline when short.
+/// One pointer wide; clones share one allocation. Compares, orders and hashes as the
+/// whole id would (100,000 ids of about 150 bytes each were the largest thing held).
+#[derive(Clone)]
+pub struct VmId(std::sync::Arc<VmIdParts>);
+
+struct VmIdParts {
+    parent: std::sync::Arc<str>,
+    last: LastSegment,
+}
+
+/// Longest last segment kept inline (a Uniform member's instance id; a Flexible VM name,
+/// `{set}_{8 hex digits}`, for a set name of up to 13 bytes); longer ones go to the heap.
+/// With it, an id's one allocation is 64 bytes.
+const INLINE_LAST: usize = 22;
+
+enum LastSegment {
+    Inline { len: u8, bytes: [u8; INLINE_LAST] },
+    Heap(Box<str>),
+}
+
+impl LastSegment {
+    fn new(s: &str) -> Self {
+        if s.len() <= INLINE_LAST {
+            let mut bytes = [0u8; INLINE_LAST];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            LastSegment::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            LastSegment::Heap(s.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            LastSegment::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            LastSegment::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl VmId {
+    /// An id whose parent path is `parent` (which must end with `/`, or be empty) and
+    /// whose last segment is `last` (no `/`): what [`VmId::split`] gives.
+    pub fn from_parts(parent: std::sync::Arc<str>, last: &str) -> VmId {
+        VmId(std::sync::Arc::new(VmIdParts {
+            parent,
+            last: LastSegment::new(last),
+        }))
+    }
+
+    /// An id's parent path (up to and including its last `/`) and last segment.
+    pub fn split(id: &str) -> (&str, &str) {
+        match id.rfind('/') {
+            Some(i) => (&id[..=i], &id[i + 1..]),
+            None => ("", id),
+        }
+    }
+
+    /// The parent path, shared by the ids made with the same one.
+    pub fn parent(&self) -> &std::sync::Arc<str> {
+        &self.0.parent
+    }
+
+    /// The last segment (the VM's name, or a Uniform member's instance id).
+    pub fn last(&self) -> &str {
+        // Built from a `&str` cut at a `/`, so always UTF-8.
+        std::str::from_utf8(self.0.last.as_bytes()).unwrap_or_default()
+    }
+
+    /// The last segment's bytes.
+    pub fn last_bytes(&self) -> &[u8] {
+        self.0.last.as_bytes()
+    }
+
+    /// True when both are the same allocation (then equal).
+    pub fn ptr_eq(a: &VmId, b: &VmId) -> bool {
+        std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// How many holders share this allocation.
+    pub fn holders(&self) -> usize {
+        std::sync::Arc::strong_count(&self.0)
+    }
+
+    /// True when this is the id `s`.
+    pub fn is(&self, s: &str) -> bool {
+        let (parent, last) = VmId::split(s);
+        *self.0.parent == *parent && self.0.last.as_bytes() == last.as_bytes()
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0
+            .parent
+            .bytes()
+            .chain(self.0.last.as_bytes().iter().copied())
+    }
+}
+
+impl From<&str> for VmId {
+    fn from(id: &str) -> VmId {
+        let (parent, last) = VmId::split(id);
+        VmId::from_parts(parent.into(), last)
+    }
+}
+
+impl From<String> for VmId {
+    fn from(id: String) -> VmId {
+        VmId::from(id.as_str())
+    }
+}
+
+impl PartialEq for VmId {
+    fn eq(&self, other: &VmId) -> bool {
+        // Ids are always split at their last `/`: equal ids have equal parts.
+        VmId::ptr_eq(self, other)
+            || (self.0.last.as_bytes() == other.0.last.as_bytes()
+                && (std::sync::Arc::ptr_eq(&self.0.parent, &other.0.parent)
+                    || self.0.parent == other.0.parent))
+    }
+}
+
+impl Eq for VmId {}
+
+impl std::hash::Hash for VmId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.parent.hash(state);
+        self.0.last.as_bytes().hash(state);
+    }
+}
+
+impl Ord for VmId {
+    /// As the whole ids compare.
+    fn cmp(&self, other: &VmId) -> std::cmp::Ordering {
+        if VmId::ptr_eq(self, other) {
+            return std::cmp::Ordering::Equal;
+        }
+        if std::sync::Arc::ptr_eq(&self.0.parent, &other.0.parent)
+            || self.0.parent == other.0.parent
+        {
+            return self.0.last.as_bytes().cmp(other.0.last.as_bytes());
+        }
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl PartialOrd for VmId {
+    fn partial_cmp(&self, other: &VmId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.parent)?;
+        f.write_str(self.last())
+    }
+}
+
+impl fmt::Debug for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
 /// One instance (scale set member or standalone VM), with the one address it is
 /// registered under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     /// Lower-cased ARM id of the VM (shared, not copied, between discovery's indexes).
-    pub vm_id: std::sync::Arc<str>,
+    pub vm_id: VmId,
     /// Private IPv4 of the primary IP configuration of the primary NIC.
     pub ip: Ipv4Addr,
     /// Its run-time state; None when no instance view of it has been read yet (a new
@@ -695,7 +864,7 @@ pub fn server_address(ip: Ipv4Addr, port: u16) -> String {
 pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers, Vec<Unported>) {
     let mut out = DesiredServers::new();
     let mut unported = Vec::new();
-    let mut seen: std::collections::HashSet<&str, FastBuild> = Default::default();
+    let mut seen: std::collections::HashSet<&VmId, FastBuild> = Default::default();
     let sets = found.used().flat_map(|s| {
         let when = reg.when.unwrap_or_else(|| s.default_register_when());
         s.instances.iter().map(move |i| (i, Some(&s.tags), when))
@@ -710,7 +879,7 @@ pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers
         (i.as_ref(), None, when)
     });
     for (inst, set_tags, when) in sets.chain(vms) {
-        if !seen.insert(&*inst.vm_id) || !inst.ready(when) {
+        if !seen.insert(&inst.vm_id) || !inst.ready(when) {
             continue;
         }
         match port_of(inst, set_tags, reg) {

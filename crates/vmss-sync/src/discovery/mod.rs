@@ -43,7 +43,7 @@ use crate::azure::arm::{ArmClient, ArmError, ListRequest};
 use crate::azure::models::{self, VirtualMachineScaleSet, VmRow};
 use crate::model::{
     Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
-    ScaleSetSnapshot,
+    ScaleSetSnapshot, VmId,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,49 +121,17 @@ const PRESSURE_STRETCH: u32 = 4;
 /// Instance views read earlier, by VM id, with when they were read.
 struct ViewCache {
     read_at: Instant,
-    /// The parent path the ids share (up to and including the last `/`), kept once.
-    base: Box<str>,
-    /// By the id's last segment when its parent is `base`, else by the whole id (which
-    /// starts with `/`, so the two never meet): 100,000 VM ids are not kept whole.
-    views: HashMap<Box<str>, InstanceView>,
+    /// By the shared id ([`Ids`]): a cache entry holds no string of its own.
+    views: HashMap<VmId, InstanceView>,
 }
 
 impl ViewCache {
-    fn new(read_at: Instant, views: &HashMap<Arc<str>, InstanceView>) -> Self {
-        let base: Box<str> = views
-            .keys()
-            .next()
-            .map(|id| parent_of(id).0)
-            .unwrap_or_default()
-            .into();
-        let views = views
-            .iter()
-            .map(|(id, v)| (Box::from(cache_key_of(&base, id)), *v))
-            .collect();
-        ViewCache {
-            read_at,
-            base,
-            views,
-        }
+    fn new(read_at: Instant, views: HashMap<VmId, InstanceView>) -> Self {
+        ViewCache { read_at, views }
     }
 
-    fn get(&self, id: &str) -> Option<&InstanceView> {
-        self.views.get(cache_key_of(&self.base, id))
-    }
-}
-
-/// An id's parent path (up to and including its last `/`) and last segment.
-fn parent_of(id: &str) -> (&str, &str) {
-    match id.rfind('/') {
-        Some(i) => (&id[..=i], &id[i + 1..]),
-        None => ("", id),
-    }
-}
-
-fn cache_key_of<'a>(base: &str, id: &'a str) -> &'a str {
-    match parent_of(id) {
-        (parent, last) if parent == base => last,
-        _ => id,
+    fn get(&self, id: &VmId) -> Option<&InstanceView> {
+        self.views.get(id)
     }
 }
 
@@ -177,7 +145,7 @@ pub struct DiscoveryState {
     used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
     /// Each scale set's members found by its reads not used since its last read used
     /// (or since the start), by VM id: their servers must not leave either.
-    unused: Mutex<HashMap<String, BTreeMap<Arc<str>, Instance>>>,
+    unused: Mutex<HashMap<String, BTreeMap<VmId, Instance>>>,
     /// The startup check's successful scale set reads, kept for the first cycle.
     primed: Mutex<Option<(Instant, Results)>>,
     /// Each Uniform set's last NIC list, with when it was read: a cycle that reads the
@@ -217,7 +185,7 @@ impl DiscoveryState {
 
     fn unused_reads(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<Arc<str>, Instance>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<VmId, Instance>>> {
         self.unused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -227,7 +195,7 @@ impl DiscoveryState {
         let mut all = self.unused_reads();
         let seen = all.entry(key.to_string()).or_default();
         for m in members {
-            seen.insert(Arc::clone(&m.vm_id), m.clone());
+            seen.insert(m.vm_id.clone(), m.clone());
         }
         seen.values().cloned().collect()
     }
@@ -266,19 +234,19 @@ impl DiscoveryState {
         }
     }
 
-    fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a Arc<str>>) -> bool {
+    fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a VmId>) -> bool {
         match self.views().get(key) {
             None => false,
             Some(c) => ids.all(|id| c.get(id).is_some()),
         }
     }
 
-    fn store(&self, key: &str, at: Instant, views: &HashMap<Arc<str>, InstanceView>) {
+    fn store(&self, key: &str, at: Instant, views: HashMap<VmId, InstanceView>) {
         let cache = ViewCache::new(at, views);
         self.views().insert(key.to_string(), cache);
     }
 
-    fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
+    fn cached(&self, key: &str, id: &VmId) -> Option<InstanceView> {
         self.views().get(key)?.get(id).copied()
     }
 
@@ -296,18 +264,18 @@ impl DiscoveryState {
     /// The set's last NIC list when `views`, just read, show exactly its members, each
     /// `Succeeded` now and at the previous read of views (no create, update or delete
     /// under way or finished unseen that could have changed an address).
-    fn same_members(&self, key: &str, views: &HashMap<Arc<str>, InstanceView>) -> Option<Arc<Out>> {
+    fn same_members(&self, key: &str, views: &HashMap<VmId, InstanceView>) -> Option<Arc<Out>> {
         let nics = self.nic_lists().get(key).map(|(_, n)| Arc::clone(n))?;
         let Out::Nics(list) = nics.as_ref() else {
             return None;
         };
-        let members: HashSet<&str> = list.iter().map(|n| n.vm.as_ref()).collect();
+        let members: HashSet<&VmId> = list.iter().map(|n| &n.vm).collect();
         let settled = |v: Option<InstanceView>| {
             v.is_some_and(|v| v.provisioning == Some(Provisioning::Succeeded))
         };
         let same = members.len() == views.len()
             && views.iter().all(|(id, v)| {
-                members.contains(id.as_ref()) && settled(Some(*v)) && settled(self.cached(key, id))
+                members.contains(id) && settled(Some(*v)) && settled(self.cached(key, id))
             });
         same.then_some(nics)
     }
@@ -368,7 +336,7 @@ impl Discovered {
 #[derive(Clone, Debug)]
 struct Nic {
     /// Lower-cased id of the VM it is attached to (the join key).
-    vm: Arc<str>,
+    vm: VmId,
     /// A stable order among one VM's NICs (a hash of the NIC's lower-cased id).
     order: u64,
     primary: bool,
@@ -385,14 +353,14 @@ impl Nic {
             ip,
             primary,
             order,
-            vm: ids.get(vm),
+            vm: ids.get(&vm),
         })
     }
 }
 
 #[derive(Clone, Debug)]
 struct Vm {
-    id: Arc<str>,
+    id: VmId,
     /// Resource group (lower-cased, shared by the VMs of one list).
     rg: Arc<str>,
     /// Resource group of its primary NIC when not `rg` (lower-cased).
@@ -438,7 +406,7 @@ impl Vm {
             provisioning,
             view,
             tags: v.tags,
-            id: groups.ids.get(id),
+            id: groups.ids.get(&id),
         })
     }
 
@@ -482,31 +450,70 @@ fn location_name(s: &str) -> String {
         .collect()
 }
 
-/// VM ids (lower-cased, about 150 bytes each), one copy per VM shared by every read and
-/// snapshot that names it: the NIC lists, the instance views, the VM lists and the sets'
-/// last used snapshots (at 100,000 instances, four copies of each were 50 MB).
+/// VM ids (lower-cased), one [`VmId`] per VM shared by every read and snapshot that
+/// names it: the NIC lists, the instance views, the VM lists and the sets' last used
+/// snapshots (at 100,000 instances, four copies of each whole id were 50 MB). Interned by
+/// parent path, then by last segment: the ids of one set or resource group share their
+/// parent path.
 #[derive(Clone, Default)]
-struct Ids(Arc<Mutex<HashSet<Arc<str>>>>);
+struct Ids(Arc<Mutex<IdTable>>);
+
+type IdTable = HashMap<Arc<str>, HashSet<ByLast>>;
+
+/// An id in its parent path's table: hashed and compared by its last segment.
+struct ByLast(VmId);
+
+impl PartialEq for ByLast {
+    fn eq(&self, other: &ByLast) -> bool {
+        self.0.last_bytes() == other.0.last_bytes()
+    }
+}
+
+impl Eq for ByLast {}
+
+impl std::hash::Hash for ByLast {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.last_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for ByLast {
+    fn borrow(&self) -> &[u8] {
+        self.0.last_bytes()
+    }
+}
 
 impl Ids {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdTable> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The shared copy of `id`.
-    fn get(&self, id: String) -> Arc<str> {
-        let mut set = self.lock();
-        if let Some(a) = set.get(id.as_str()) {
-            return Arc::clone(a);
-        }
-        let a: Arc<str> = Arc::from(id);
-        set.insert(Arc::clone(&a));
-        a
+    fn get(&self, id: &str) -> VmId {
+        let (parent, last) = VmId::split(id);
+        let mut table = self.lock();
+        let parent = match table.get_key_value(parent) {
+            Some((p, known)) => {
+                if let Some(v) = known.get(last.as_bytes()) {
+                    return v.0.clone();
+                }
+                Arc::clone(p)
+            }
+            None => Arc::from(parent),
+        };
+        let v = VmId::from_parts(Arc::clone(&parent), last);
+        table.entry(parent).or_default().insert(ByLast(v.clone()));
+        v
     }
 
     /// Forgets the ids nothing else holds any more.
     fn prune(&self) {
-        self.lock().retain(|a| Arc::strong_count(a) > 1);
+        let mut table = self.lock();
+        for known in table.values_mut() {
+            known.retain(|v| v.0.holders() > 1);
+            known.shrink_to_fit();
+        }
+        table.retain(|_, known| !known.is_empty());
     }
 }
 
@@ -557,7 +564,7 @@ enum Out {
     Set(Box<VirtualMachineScaleSet>),
     Sets(Vec<VirtualMachineScaleSet>),
     Nics(Vec<Nic>),
-    Views(HashMap<Arc<str>, InstanceView>),
+    Views(HashMap<VmId, InstanceView>),
     Vms(Vec<Vm>),
 }
 
@@ -642,7 +649,7 @@ impl Op {
                 let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
                 let views = arm
                     .list_map(&req, |v: models::ScaleSetVmView| {
-                        let id = ids.get(v.id?);
+                        let id = ids.get(&v.id?);
                         let prov = v
                             .properties
                             .provisioning_state
@@ -1261,7 +1268,7 @@ pub async fn discover(
                     .iter()
                     .filter_map(|v| Some((v.id.clone(), v.view?)))
                     .collect();
-                state.store(&status_key(sub), now, &views);
+                state.store(&status_key(sub), now, views);
             }
         }
     }
@@ -1369,7 +1376,7 @@ impl<'a> NicIndex<'a> {
 
     /// The address of a VM whose NICs are in resource group `rg`: an error when that
     /// group's list failed (or was not made), None when the VM has no NIC with an address.
-    fn address(&self, sub: &str, rg: &str, vm: &str) -> Result<Option<Ipv4Addr>, DiscoveryError> {
+    fn address(&self, sub: &str, rg: &str, vm: &VmId) -> Result<Option<Ipv4Addr>, DiscoveryError> {
         match self.groups.get(&group_key(sub, rg)) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(e.clone()),
@@ -1379,8 +1386,8 @@ impl<'a> NicIndex<'a> {
                 )))
             }
         }
-        let start = self.by_vm.partition_point(|n| &*n.vm < vm);
-        let end = start + self.by_vm[start..].partition_point(|n| &*n.vm == vm);
+        let start = self.by_vm.partition_point(|n| n.vm < *vm);
+        let end = start + self.by_vm[start..].partition_point(|n| n.vm == *vm);
         Ok(pick_address(&self.by_vm[start..end]))
     }
 }
@@ -1408,7 +1415,7 @@ fn snapshot(
     let ck = p.cache_key();
     let mut instances = Vec::new();
     // Views read this cycle, stored only when every member has one.
-    let mut fresh_views: Option<HashMap<Arc<str>, InstanceView>> = None;
+    let mut fresh_views: Option<HashMap<VmId, InstanceView>> = None;
     match p.mode {
         Orchestration::Uniform => {
             let Out::Nics(list) = get(done, &p.nics())? else {
@@ -1420,16 +1427,9 @@ fn snapshot(
                 }
             }
             // One shared copy per VM id ([`Ids`]): equal ids are the same pointer.
-            let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
             let mut sorted: Vec<&Nic> = list.iter().collect();
-            sorted.sort_by(|a, b| {
-                if Arc::ptr_eq(&a.vm, &b.vm) {
-                    std::cmp::Ordering::Equal
-                } else {
-                    a.vm.cmp(&b.vm)
-                }
-            });
-            for vm_nics in sorted.chunk_by(|a, b| same(&a.vm, &b.vm)) {
+            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
                     let view = match (&fresh_views, p.views) {
@@ -1438,7 +1438,7 @@ fn snapshot(
                         (None, true) => state.cached(&ck, vm),
                     };
                     instances.push(Instance {
-                        vm_id: Arc::clone(vm),
+                        vm_id: vm.clone(),
                         ip,
                         view,
                         tags: BTreeMap::new(),
@@ -1493,7 +1493,7 @@ fn snapshot(
         0
     };
     if let (Some(views), 0) = (fresh_views, without_view) {
-        state.store(&ck, now, &views);
+        state.store(&ck, now, views);
     }
     let key = &p.matched.key;
     let verdict = crate::plan::judge_read(&crate::plan::SetRead {
