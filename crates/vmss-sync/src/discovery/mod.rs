@@ -1429,6 +1429,7 @@ fn snapshot(
             // One shared copy per VM id ([`Ids`]): equal ids are the same pointer.
             let mut sorted: Vec<&Nic> = list.iter().collect();
             sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            instances.reserve_exact(sorted.len());
             for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
@@ -1458,6 +1459,7 @@ fn snapshot(
                         .collect(),
                 );
             }
+            instances.reserve_exact(vms.len());
             for vm in vms {
                 let rg = vm.nic_group();
                 let Some(ip) = nics.address(p.sub(), rg, &vm.id)? else {
@@ -1485,6 +1487,8 @@ fn snapshot(
     }
     instances.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
     instances.dedup_by(|a, b| a.vm_id == b.vm_id);
+    // Kept until the set's next read is used: without the room left by growing.
+    instances.shrink_to_fit();
     // The read is judged on its own: against the set's capacity and its members at the
     // last read used, and every member must have a view when views are needed.
     let without_view = if p.views {
