@@ -1138,4 +1138,59 @@ mod tests {
         };
         assert_eq!(exact_empty.capacity(), Some(0));
     }
+
+    /// Ids whose parent paths are prefixes of each other, short and long last segments.
+    fn arb_vm_id() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let segment = prop::sample::select(vec![
+            "",
+            "a",
+            "b",
+            "ab",
+            "a0",
+            "0",
+            "17",
+            "z",
+            "vm_1a2b3c4d",
+            "a-name-longer-than-twenty-two-bytes_00000001",
+        ]);
+        prop::collection::vec(segment, 1..5).prop_map(|parts| parts.join("/"))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn vm_ids_compare_order_and_hash_as_their_whole_strings(
+            a in arb_vm_id(),
+            b in arb_vm_id(),
+        ) {
+            use std::hash::BuildHasher;
+            let (x, y) = (VmId::from(a.as_str()), VmId::from(b.as_str()));
+            proptest::prop_assert_eq!(x.to_string(), a.clone());
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert_eq!(x == y, a == b);
+            proptest::prop_assert!(x.is(&a));
+            proptest::prop_assert_eq!(x.is(&b), a == b);
+            // Made apart (no shared parent), equal ids hash alike.
+            let z = VmId::from(a.clone());
+            let h = FastBuild::default();
+            proptest::prop_assert_eq!(h.hash_one(&x), h.hash_one(&z));
+            proptest::prop_assert_eq!(&x, &z);
+        }
+    }
+
+    #[test]
+    fn a_vm_id_keeps_a_short_last_segment_inline_and_shares_its_parent() {
+        let parent: Arc<str> = Arc::from("/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachinescalesets/web/virtualmachines/");
+        let a = VmId::from_parts(Arc::clone(&parent), "17");
+        let b = VmId::from_parts(Arc::clone(&parent), "a-name-longer-than-twenty-two-bytes_1");
+        assert!(Arc::ptr_eq(a.parent(), b.parent()));
+        assert_eq!(a.last(), "17");
+        assert_eq!(b.last(), "a-name-longer-than-twenty-two-bytes_1");
+        assert_eq!(a.to_string(), format!("{parent}17"));
+        assert!(matches!(a.0.last, LastSegment::Inline { .. }));
+        assert!(matches!(b.0.last, LastSegment::Heap(_)));
+        // One pointer wide; its one allocation (with the counts) fits 64 bytes.
+        assert_eq!(std::mem::size_of::<VmId>(), std::mem::size_of::<usize>());
+        assert!(std::mem::size_of::<VmIdParts>() + 2 * std::mem::size_of::<usize>() <= 56);
+    }
 }

@@ -183,9 +183,7 @@ impl DiscoveryState {
         self.unused_reads().remove(key);
     }
 
-    fn unused_reads(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<VmId, Instance>>> {
+    fn unused_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<VmId, Instance>>> {
         self.unused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1679,4 +1677,42 @@ fn standalone(
     out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
     out.dedup_by(|a, b| a.vm_id == b.vm_id);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachinescalesets/web/virtualmachines/";
+
+    #[test]
+    fn ids_give_one_shared_vm_id_per_id_and_one_parent_per_path() {
+        let ids = Ids::default();
+        let a = ids.get(&format!("{SET}1"));
+        let again = ids.get(&format!("{SET}1"));
+        let b = ids.get(&format!("{SET}2"));
+        assert!(VmId::ptr_eq(&a, &again));
+        assert!(!VmId::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(a.parent(), b.parent()));
+        assert_eq!(a.to_string(), format!("{SET}1"));
+        assert!(b.is(&format!("{SET}2")));
+    }
+
+    #[test]
+    fn ids_prune_forgets_only_the_ids_nothing_else_holds() {
+        let ids = Ids::default();
+        let kept = ids.get(&format!("{SET}1"));
+        let gone = ids.get(&format!("{SET}2"));
+        drop(gone);
+        let other = ids.get("/subscriptions/s/resourcegroups/other/providers/microsoft.compute/virtualmachines/vm_1");
+        drop(other);
+        ids.prune();
+        let table = ids.lock();
+        assert_eq!(table.len(), 1, "the parent path nothing holds is forgotten");
+        let known: Vec<String> = table
+            .values()
+            .flat_map(|s| s.iter().map(|v| v.0.to_string()))
+            .collect();
+        assert_eq!(known, vec![kept.to_string()]);
+    }
 }
