@@ -356,25 +356,39 @@ impl Nic {
     }
 }
 
+/// A VM of a VM list (50,000 Flexible members are read per cycle at 100,000 instances):
+/// what most VMs have inline, the rest boxed.
 #[derive(Clone, Debug)]
 struct Vm {
     id: VmId,
     /// Resource group (lower-cased, shared by the VMs of one list).
     rg: Arc<str>,
+    provisioning: Option<Provisioning>,
+    view: Option<InstanceView>,
+    /// Tags, region, set and NIC group, when the VM has any of them (a Flexible set's
+    /// member in its own list, with its NIC in its group, has none).
+    more: Option<Box<VmMore>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct VmMore {
     /// Resource group of its primary NIC when not `rg` (lower-cased).
     nic_rg: Option<Arc<str>>,
     tags: BTreeMap<String, String>,
-    /// Region (normalised, shared by the VMs of one list); None when ARM did not say.
+    /// Region (normalised, shared by the VMs of one list); None when ARM did not say, and
+    /// for a set's own member list (only a VM taken alone uses it).
     location: Option<Arc<str>>,
     /// Lower-cased id of the Flexible set it belongs to, for VMs read from the VM lists
     /// of a resource group or subscription (None in a set's own member list).
     set: Option<Arc<str>>,
-    provisioning: Option<Provisioning>,
-    view: Option<InstanceView>,
 }
 
+/// The tags of a VM without any.
+static NO_TAGS: BTreeMap<String, String> = BTreeMap::new();
+
 impl Vm {
-    fn from_model(v: VmRow, groups: &mut Interner) -> Option<Vm> {
+    /// `location`: keep the VM's region (a VM taken alone is registered with it).
+    fn from_model(v: VmRow, groups: &mut Interner, location: bool) -> Option<Vm> {
         let id = v.id.clone()?;
         let rg = groups.get(models::resource_group_of(&id)?);
         let nic_rg = v
@@ -393,17 +407,22 @@ impl Vm {
         let location = v
             .location
             .as_ref()
+            .filter(|_| location)
             .map(|l| location_name(l.as_str()))
             .filter(|l| !l.is_empty())
             .map(|l| groups.get(&l));
-        Some(Vm {
-            rg,
+        let more = VmMore {
             nic_rg,
+            tags: v.tags,
             location,
             set: None,
+        };
+        let boxed = more.nic_rg.is_some() || !more.tags.is_empty() || more.location.is_some();
+        Some(Vm {
+            rg,
             provisioning,
             view,
-            tags: v.tags,
+            more: boxed.then(|| Box::new(more)),
             id: groups.ids.get(&id),
         })
     }
@@ -417,25 +436,43 @@ impl Vm {
         if set.is_some() && !members && v.tags.is_empty() {
             return None;
         }
-        let mut vm = Vm::from_model(v, groups)?;
-        vm.set = set.map(|s| groups.get(&s));
-        if members && vm.set.is_some() {
-            // Only the view of a member is used from the status list.
-            vm.tags = BTreeMap::new();
+        let mut vm = Vm::from_model(v, groups, true)?;
+        if let Some(set) = set {
+            let more = vm.more.get_or_insert_with(Box::default);
+            more.set = Some(groups.get(&set));
+            if members {
+                // Only the view of a member is used from the status list.
+                more.tags = BTreeMap::new();
+            }
         }
         Some(vm)
+    }
+
+    fn tags(&self) -> &BTreeMap<String, String> {
+        self.more.as_ref().map_or(&NO_TAGS, |m| &m.tags)
+    }
+
+    fn set(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.set.as_ref())
+    }
+
+    fn location(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.location.as_ref())
+    }
+
+    fn nic_rg(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.nic_rg.as_ref())
     }
 
     /// True when a selection takes this VM alone: its tags match and it is not a member of
     /// a scale set the selection already takes (`sets`: their lower-cased ids).
     fn taken_alone(&self, sel: &Selection, sets: &HashSet<String>) -> bool {
-        sel.selects_vm(&self.rg, &self.tags)
-            && self.set.as_ref().is_none_or(|s| !sets.contains(&**s))
+        sel.selects_vm(&self.rg, self.tags()) && self.set().is_none_or(|s| !sets.contains(&**s))
     }
 
     /// Resource group of its primary NIC.
     fn nic_group(&self) -> &str {
-        self.nic_rg.as_deref().unwrap_or(&self.rg)
+        self.nic_rg().map_or(&self.rg, |g| g)
     }
 }
 
@@ -668,7 +705,7 @@ impl Op {
                 Out::Vms(
                     arm.list_map(
                         &ListRequest::vms(sub, Some(rg), Some(set_id), *expand)?,
-                        |v| Vm::from_model(v, &mut groups),
+                        |v| Vm::from_model(v, &mut groups, false),
                     )
                     .await?,
                 )
@@ -1201,7 +1238,7 @@ pub async fn discover(
                 let expanded = views_read.contains(&p.cache_key());
                 if let Ok(Out::Vms(vms)) = get(&done, &p.flex(expanded)) {
                     for vm in vms {
-                        if let Some(rg) = &vm.nic_rg {
+                        if let Some(rg) = vm.nic_rg() {
                             if !rg.eq_ignore_ascii_case(p.rg()) {
                                 ops.push(Op::Nics {
                                     sub: p.sub().to_string(),
@@ -1477,7 +1514,7 @@ fn snapshot(
                     vm_id: vm.id.clone(),
                     ip,
                     view,
-                    tags: vm.tags.clone(),
+                    tags: vm.tags().clone(),
                     location: None,
                 });
             }
@@ -1669,8 +1706,8 @@ fn standalone(
                 vm_id: vm.id.clone(),
                 ip,
                 view,
-                tags: vm.tags.clone(),
-                location: vm.location.clone(),
+                tags: vm.tags().clone(),
+                location: vm.location().cloned(),
             }));
         }
     }
