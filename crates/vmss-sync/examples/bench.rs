@@ -339,10 +339,8 @@ fn measure_daemon(args: &[String]) -> Res<()> {
     let cfg = config::parse(&text, std::path::Path::new("bench.yaml"), &|k| {
         env.get(k).map(str::to_string)
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // The daemon's own runtime (what `vmss-sync run` runs on).
+    let rt = daemon::runtime()?;
     let result = rt.block_on(async move {
         let rec = daemon::build(&cfg, &env)?;
         let problems = rec.startup_check().await;
@@ -710,10 +708,8 @@ fn measure_fleet(args: &[String]) -> Res<()> {
     let cfg = config::parse(&text, std::path::Path::new("bench-fleet.yaml"), &|k| {
         env.get(k).map(str::to_string)
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // The daemon's own runtime (what `vmss-sync run` runs on).
+    let rt = daemon::runtime()?;
     let result = rt.block_on(async move {
         let started = Instant::now();
         let rec = daemon::build(&cfg, &env)?;

@@ -26,6 +26,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// The async runtime the daemon runs on (`run`, `once` and `plan` alike): one thread.
+///
+/// vmss-sync waits on ARM and on its targets; its own work is decoding ARM's pages and
+/// comparing server lists (about a second of CPU per cycle at 100,000 instances, spread
+/// over the cycle's reads). A second worker thread would decode two pages at once but
+/// costs its own malloc arena: memory freed by one thread is not reused by the other,
+/// and at 100,000 instances that was about a sixth of the daemon's resident memory
+/// (`docs/benchmarks.md`). Blocking work (the NGINX file target's writes) still runs on
+/// tokio's blocking pool.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Timeout of every request to a target.
 pub const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -105,11 +105,7 @@ fn main() -> ExitCode {
         eprintln!("vmss-sync: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match vmss_sync::daemon::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vmss-sync: cannot start the async runtime: {e}");

@@ -260,12 +260,181 @@ impl RegisterWhen {
     }
 }
 
+/// A VM's ARM id (lower-cased), held compactly: its parent path (up to and including the
+/// last `/`, the same for every member of a Uniform set or every VM of a resource group)
+/// is one shared string, and only the last segment is the VM's own, inline when short.
+/// One pointer wide; clones share one allocation. Compares, orders and hashes as the
+/// whole id would (100,000 ids of about 150 bytes each were the largest thing held).
+#[derive(Clone)]
+pub struct VmId(std::sync::Arc<VmIdParts>);
+
+struct VmIdParts {
+    parent: std::sync::Arc<str>,
+    last: LastSegment,
+}
+
+/// Longest last segment kept inline (a Uniform member's instance id; a Flexible VM name,
+/// `{set}_{8 hex digits}`, for a set name of up to 13 bytes); longer ones go to the heap.
+/// With it, an id's one allocation is 64 bytes.
+const INLINE_LAST: usize = 22;
+
+enum LastSegment {
+    Inline { len: u8, bytes: [u8; INLINE_LAST] },
+    Heap(Box<str>),
+}
+
+impl LastSegment {
+    fn new(s: &str) -> Self {
+        if s.len() <= INLINE_LAST {
+            let mut bytes = [0u8; INLINE_LAST];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            LastSegment::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            LastSegment::Heap(s.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            LastSegment::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            LastSegment::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl VmId {
+    /// An id whose parent path is `parent` (which must end with `/`, or be empty) and
+    /// whose last segment is `last` (no `/`): what [`VmId::split`] gives.
+    pub fn from_parts(parent: std::sync::Arc<str>, last: &str) -> VmId {
+        VmId(std::sync::Arc::new(VmIdParts {
+            parent,
+            last: LastSegment::new(last),
+        }))
+    }
+
+    /// An id's parent path (up to and including its last `/`) and last segment.
+    pub fn split(id: &str) -> (&str, &str) {
+        match id.rfind('/') {
+            Some(i) => (&id[..=i], &id[i + 1..]),
+            None => ("", id),
+        }
+    }
+
+    /// The parent path, shared by the ids made with the same one.
+    pub fn parent(&self) -> &std::sync::Arc<str> {
+        &self.0.parent
+    }
+
+    /// The last segment (the VM's name, or a Uniform member's instance id).
+    pub fn last(&self) -> &str {
+        // Built from a `&str` cut at a `/`, so always UTF-8.
+        std::str::from_utf8(self.0.last.as_bytes()).unwrap_or_default()
+    }
+
+    /// The last segment's bytes.
+    pub fn last_bytes(&self) -> &[u8] {
+        self.0.last.as_bytes()
+    }
+
+    /// True when both are the same allocation (then equal).
+    pub fn ptr_eq(a: &VmId, b: &VmId) -> bool {
+        std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// How many holders share this allocation.
+    pub fn holders(&self) -> usize {
+        std::sync::Arc::strong_count(&self.0)
+    }
+
+    /// True when this is the id `s`.
+    pub fn is(&self, s: &str) -> bool {
+        let (parent, last) = VmId::split(s);
+        *self.0.parent == *parent && self.0.last.as_bytes() == last.as_bytes()
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0
+            .parent
+            .bytes()
+            .chain(self.0.last.as_bytes().iter().copied())
+    }
+}
+
+impl From<&str> for VmId {
+    fn from(id: &str) -> VmId {
+        let (parent, last) = VmId::split(id);
+        VmId::from_parts(parent.into(), last)
+    }
+}
+
+impl From<String> for VmId {
+    fn from(id: String) -> VmId {
+        VmId::from(id.as_str())
+    }
+}
+
+impl PartialEq for VmId {
+    fn eq(&self, other: &VmId) -> bool {
+        // Ids are always split at their last `/`: equal ids have equal parts.
+        VmId::ptr_eq(self, other)
+            || (self.0.last.as_bytes() == other.0.last.as_bytes()
+                && (std::sync::Arc::ptr_eq(&self.0.parent, &other.0.parent)
+                    || self.0.parent == other.0.parent))
+    }
+}
+
+impl Eq for VmId {}
+
+impl std::hash::Hash for VmId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.parent.hash(state);
+        self.0.last.as_bytes().hash(state);
+    }
+}
+
+impl Ord for VmId {
+    /// As the whole ids compare.
+    fn cmp(&self, other: &VmId) -> std::cmp::Ordering {
+        if VmId::ptr_eq(self, other) {
+            return std::cmp::Ordering::Equal;
+        }
+        if std::sync::Arc::ptr_eq(&self.0.parent, &other.0.parent)
+            || self.0.parent == other.0.parent
+        {
+            return self.0.last.as_bytes().cmp(other.0.last.as_bytes());
+        }
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl PartialOrd for VmId {
+    fn partial_cmp(&self, other: &VmId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.parent)?;
+        f.write_str(self.last())
+    }
+}
+
+impl fmt::Debug for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
 /// One instance (scale set member or standalone VM), with the one address it is
 /// registered under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     /// Lower-cased ARM id of the VM (shared, not copied, between discovery's indexes).
-    pub vm_id: std::sync::Arc<str>,
+    pub vm_id: VmId,
     /// Private IPv4 of the primary IP configuration of the primary NIC.
     pub ip: Ipv4Addr,
     /// Its run-time state; None when no instance view of it has been read yet (a new
@@ -695,7 +864,7 @@ pub fn server_address(ip: Ipv4Addr, port: u16) -> String {
 pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers, Vec<Unported>) {
     let mut out = DesiredServers::new();
     let mut unported = Vec::new();
-    let mut seen: std::collections::HashSet<&str, FastBuild> = Default::default();
+    let mut seen: std::collections::HashSet<&VmId, FastBuild> = Default::default();
     let sets = found.used().flat_map(|s| {
         let when = reg.when.unwrap_or_else(|| s.default_register_when());
         s.instances.iter().map(move |i| (i, Some(&s.tags), when))
@@ -710,7 +879,7 @@ pub fn desired_servers(found: &Found, reg: &Registration<'_>) -> (DesiredServers
         (i.as_ref(), None, when)
     });
     for (inst, set_tags, when) in sets.chain(vms) {
-        if !seen.insert(&*inst.vm_id) || !inst.ready(when) {
+        if !seen.insert(&inst.vm_id) || !inst.ready(when) {
             continue;
         }
         match port_of(inst, set_tags, reg) {
@@ -968,5 +1137,60 @@ mod tests {
             ..Found::default()
         };
         assert_eq!(exact_empty.capacity(), Some(0));
+    }
+
+    /// Ids whose parent paths are prefixes of each other, short and long last segments.
+    fn arb_vm_id() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let segment = prop::sample::select(vec![
+            "",
+            "a",
+            "b",
+            "ab",
+            "a0",
+            "0",
+            "17",
+            "z",
+            "vm_1a2b3c4d",
+            "a-name-longer-than-twenty-two-bytes_00000001",
+        ]);
+        prop::collection::vec(segment, 1..5).prop_map(|parts| parts.join("/"))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn vm_ids_compare_order_and_hash_as_their_whole_strings(
+            a in arb_vm_id(),
+            b in arb_vm_id(),
+        ) {
+            use std::hash::BuildHasher;
+            let (x, y) = (VmId::from(a.as_str()), VmId::from(b.as_str()));
+            proptest::prop_assert_eq!(x.to_string(), a.clone());
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert_eq!(x == y, a == b);
+            proptest::prop_assert!(x.is(&a));
+            proptest::prop_assert_eq!(x.is(&b), a == b);
+            // Made apart (no shared parent), equal ids hash alike.
+            let z = VmId::from(a.clone());
+            let h = FastBuild::default();
+            proptest::prop_assert_eq!(h.hash_one(&x), h.hash_one(&z));
+            proptest::prop_assert_eq!(&x, &z);
+        }
+    }
+
+    #[test]
+    fn a_vm_id_keeps_a_short_last_segment_inline_and_shares_its_parent() {
+        let parent: Arc<str> = Arc::from("/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachinescalesets/web/virtualmachines/");
+        let a = VmId::from_parts(Arc::clone(&parent), "17");
+        let b = VmId::from_parts(Arc::clone(&parent), "a-name-longer-than-twenty-two-bytes_1");
+        assert!(Arc::ptr_eq(a.parent(), b.parent()));
+        assert_eq!(a.last(), "17");
+        assert_eq!(b.last(), "a-name-longer-than-twenty-two-bytes_1");
+        assert_eq!(a.to_string(), format!("{parent}17"));
+        assert!(matches!(a.0.last, LastSegment::Inline { .. }));
+        assert!(matches!(b.0.last, LastSegment::Heap(_)));
+        // One pointer wide; its one allocation (with the counts) fits 64 bytes.
+        assert_eq!(std::mem::size_of::<VmId>(), std::mem::size_of::<usize>());
+        assert!(std::mem::size_of::<VmIdParts>() + 2 * std::mem::size_of::<usize>() <= 56);
     }
 }

@@ -50,7 +50,7 @@ use crate::azure::arm::{ArmClient, ArmError, ListRequest};
 use crate::azure::models::{self, VirtualMachineScaleSet, VmRow};
 use crate::model::{
     Found, Health, Instance, InstanceView, Orchestration, Power, Provisioning, ScaleSetKey,
-    ScaleSetSnapshot,
+    ScaleSetSnapshot, VmId,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -151,49 +151,17 @@ const PRESSURE_STRETCH: u32 = 4;
 /// Instance views read earlier, by VM id, with when they were read.
 struct ViewCache {
     read_at: Instant,
-    /// The parent path the ids share (up to and including the last `/`), kept once.
-    base: Box<str>,
-    /// By the id's last segment when its parent is `base`, else by the whole id (which
-    /// starts with `/`, so the two never meet): 100,000 VM ids are not kept whole.
-    views: HashMap<Box<str>, InstanceView>,
+    /// By the shared id ([`Ids`]): a cache entry holds no string of its own.
+    views: HashMap<VmId, InstanceView>,
 }
 
 impl ViewCache {
-    fn new(read_at: Instant, views: &HashMap<Arc<str>, InstanceView>) -> Self {
-        let base: Box<str> = views
-            .keys()
-            .next()
-            .map(|id| parent_of(id).0)
-            .unwrap_or_default()
-            .into();
-        let views = views
-            .iter()
-            .map(|(id, v)| (Box::from(cache_key_of(&base, id)), *v))
-            .collect();
-        ViewCache {
-            read_at,
-            base,
-            views,
-        }
+    fn new(read_at: Instant, views: HashMap<VmId, InstanceView>) -> Self {
+        ViewCache { read_at, views }
     }
 
-    fn get(&self, id: &str) -> Option<&InstanceView> {
-        self.views.get(cache_key_of(&self.base, id))
-    }
-}
-
-/// An id's parent path (up to and including its last `/`) and last segment.
-fn parent_of(id: &str) -> (&str, &str) {
-    match id.rfind('/') {
-        Some(i) => (&id[..=i], &id[i + 1..]),
-        None => ("", id),
-    }
-}
-
-fn cache_key_of<'a>(base: &str, id: &'a str) -> &'a str {
-    match parent_of(id) {
-        (parent, last) if parent == base => last,
-        _ => id,
+    fn get(&self, id: &VmId) -> Option<&InstanceView> {
+        self.views.get(id)
     }
 }
 
@@ -207,7 +175,7 @@ pub struct DiscoveryState {
     used: Mutex<HashMap<String, Arc<ScaleSetSnapshot>>>,
     /// Each scale set's members found by its reads not used since its last read used
     /// (or since the start), by VM id: their servers must not leave either.
-    unused: Mutex<HashMap<String, BTreeMap<Arc<str>, Instance>>>,
+    unused: Mutex<HashMap<String, BTreeMap<VmId, Instance>>>,
     /// The startup check's successful scale set reads, kept for the first cycle.
     primed: Mutex<Option<(Instant, Results)>>,
     /// Each Uniform set's last NIC list, with when it was read: a cycle that reads the
@@ -249,9 +217,7 @@ impl DiscoveryState {
         self.unused_reads().remove(key);
     }
 
-    fn unused_reads(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<Arc<str>, Instance>>> {
+    fn unused_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<VmId, Instance>>> {
         self.unused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -261,7 +227,7 @@ impl DiscoveryState {
         let mut all = self.unused_reads();
         let seen = all.entry(key.to_string()).or_default();
         for m in members {
-            seen.insert(Arc::clone(&m.vm_id), m.clone());
+            seen.insert(m.vm_id.clone(), m.clone());
         }
         seen.values().cloned().collect()
     }
@@ -300,19 +266,19 @@ impl DiscoveryState {
         }
     }
 
-    fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a Arc<str>>) -> bool {
+    fn knows_all<'a>(&self, key: &str, mut ids: impl Iterator<Item = &'a VmId>) -> bool {
         match self.views().get(key) {
             None => false,
             Some(c) => ids.all(|id| c.get(id).is_some()),
         }
     }
 
-    fn store(&self, key: &str, at: Instant, views: &HashMap<Arc<str>, InstanceView>) {
+    fn store(&self, key: &str, at: Instant, views: HashMap<VmId, InstanceView>) {
         let cache = ViewCache::new(at, views);
         self.views().insert(key.to_string(), cache);
     }
 
-    fn cached(&self, key: &str, id: &str) -> Option<InstanceView> {
+    fn cached(&self, key: &str, id: &VmId) -> Option<InstanceView> {
         self.views().get(key)?.get(id).copied()
     }
 
@@ -380,18 +346,18 @@ impl DiscoveryState {
     /// The set's last NIC list when `views`, just read, show exactly its members, each
     /// `Succeeded` now and at the previous read of views (no create, update or delete
     /// under way or finished unseen that could have changed an address).
-    fn same_members(&self, key: &str, views: &HashMap<Arc<str>, InstanceView>) -> Option<Arc<Out>> {
+    fn same_members(&self, key: &str, views: &HashMap<VmId, InstanceView>) -> Option<Arc<Out>> {
         let nics = self.nic_lists().get(key).map(|(_, n)| Arc::clone(n))?;
         let Out::Nics(list) = nics.as_ref() else {
             return None;
         };
-        let members: HashSet<&str> = list.iter().map(|n| n.vm.as_ref()).collect();
+        let members: HashSet<&VmId> = list.iter().map(|n| &n.vm).collect();
         let settled = |v: Option<InstanceView>| {
             v.is_some_and(|v| v.provisioning == Some(Provisioning::Succeeded))
         };
         let same = members.len() == views.len()
             && views.iter().all(|(id, v)| {
-                members.contains(id.as_ref()) && settled(Some(*v)) && settled(self.cached(key, id))
+                members.contains(id) && settled(Some(*v)) && settled(self.cached(key, id))
             });
         same.then_some(nics)
     }
@@ -452,7 +418,7 @@ impl Discovered {
 #[derive(Clone, Debug)]
 struct Nic {
     /// Lower-cased id of the VM it is attached to (the join key).
-    vm: Arc<str>,
+    vm: VmId,
     /// A stable order among one VM's NICs (a hash of the NIC's lower-cased id).
     order: u64,
     primary: bool,
@@ -469,30 +435,44 @@ impl Nic {
             ip,
             primary,
             order,
-            vm: ids.get(vm),
+            vm: ids.get(&vm),
         })
     }
 }
 
+/// A VM of a VM list (50,000 Flexible members are read per cycle at 100,000 instances):
+/// what most VMs have inline, the rest boxed.
 #[derive(Clone, Debug)]
 struct Vm {
-    id: Arc<str>,
+    id: VmId,
     /// Resource group (lower-cased, shared by the VMs of one list).
     rg: Arc<str>,
+    provisioning: Option<Provisioning>,
+    view: Option<InstanceView>,
+    /// Tags, region, set and NIC group, when the VM has any of them (a Flexible set's
+    /// member in its own list, with its NIC in its group, has none).
+    more: Option<Box<VmMore>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct VmMore {
     /// Resource group of its primary NIC when not `rg` (lower-cased).
     nic_rg: Option<Arc<str>>,
     tags: BTreeMap<String, String>,
-    /// Region (normalised, shared by the VMs of one list); None when ARM did not say.
+    /// Region (normalised, shared by the VMs of one list); None when ARM did not say, and
+    /// for a set's own member list (only a VM taken alone uses it).
     location: Option<Arc<str>>,
     /// Lower-cased id of the Flexible set it belongs to, for VMs read from the VM lists
     /// of a resource group or subscription (None in a set's own member list).
     set: Option<Arc<str>>,
-    provisioning: Option<Provisioning>,
-    view: Option<InstanceView>,
 }
 
+/// The tags of a VM without any.
+static NO_TAGS: BTreeMap<String, String> = BTreeMap::new();
+
 impl Vm {
-    fn from_model(v: VmRow, groups: &mut Interner) -> Option<Vm> {
+    /// `location`: keep the VM's region (a VM taken alone is registered with it).
+    fn from_model(v: VmRow, groups: &mut Interner, location: bool) -> Option<Vm> {
         let id = v.id.clone()?;
         let rg = groups.get(models::resource_group_of(&id)?);
         let nic_rg = v
@@ -511,18 +491,23 @@ impl Vm {
         let location = v
             .location
             .as_ref()
+            .filter(|_| location)
             .map(|l| location_name(l.as_str()))
             .filter(|l| !l.is_empty())
             .map(|l| groups.get(&l));
-        Some(Vm {
-            rg,
+        let more = VmMore {
             nic_rg,
+            tags: v.tags,
             location,
             set: None,
+        };
+        let boxed = more.nic_rg.is_some() || !more.tags.is_empty() || more.location.is_some();
+        Some(Vm {
+            rg,
             provisioning,
             view,
-            tags: v.tags,
-            id: groups.ids.get(id),
+            more: boxed.then(|| Box::new(more)),
+            id: groups.ids.get(&id),
         })
     }
 
@@ -535,25 +520,43 @@ impl Vm {
         if set.is_some() && !members && v.tags.is_empty() {
             return None;
         }
-        let mut vm = Vm::from_model(v, groups)?;
-        vm.set = set.map(|s| groups.get(&s));
-        if members && vm.set.is_some() {
-            // Only the view of a member is used from the status list.
-            vm.tags = BTreeMap::new();
+        let mut vm = Vm::from_model(v, groups, true)?;
+        if let Some(set) = set {
+            let more = vm.more.get_or_insert_with(Box::default);
+            more.set = Some(groups.get(&set));
+            if members {
+                // Only the view of a member is used from the status list.
+                more.tags = BTreeMap::new();
+            }
         }
         Some(vm)
+    }
+
+    fn tags(&self) -> &BTreeMap<String, String> {
+        self.more.as_ref().map_or(&NO_TAGS, |m| &m.tags)
+    }
+
+    fn set(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.set.as_ref())
+    }
+
+    fn location(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.location.as_ref())
+    }
+
+    fn nic_rg(&self) -> Option<&Arc<str>> {
+        self.more.as_ref().and_then(|m| m.nic_rg.as_ref())
     }
 
     /// True when a selection takes this VM alone: its tags match and it is not a member of
     /// a scale set the selection already takes (`sets`: their lower-cased ids).
     fn taken_alone(&self, sel: &Selection, sets: &HashSet<String>) -> bool {
-        sel.selects_vm(&self.rg, &self.tags)
-            && self.set.as_ref().is_none_or(|s| !sets.contains(&**s))
+        sel.selects_vm(&self.rg, self.tags()) && self.set().is_none_or(|s| !sets.contains(&**s))
     }
 
     /// Resource group of its primary NIC.
     fn nic_group(&self) -> &str {
-        self.nic_rg.as_deref().unwrap_or(&self.rg)
+        self.nic_rg().map_or(&self.rg, |g| g)
     }
 }
 
@@ -566,31 +569,70 @@ fn location_name(s: &str) -> String {
         .collect()
 }
 
-/// VM ids (lower-cased, about 150 bytes each), one copy per VM shared by every read and
-/// snapshot that names it: the NIC lists, the instance views, the VM lists and the sets'
-/// last used snapshots (at 100,000 instances, four copies of each were 50 MB).
+/// VM ids (lower-cased), one [`VmId`] per VM shared by every read and snapshot that
+/// names it: the NIC lists, the instance views, the VM lists and the sets' last used
+/// snapshots (at 100,000 instances, four copies of each whole id were 50 MB). Interned by
+/// parent path, then by last segment: the ids of one set or resource group share their
+/// parent path.
 #[derive(Clone, Default)]
-struct Ids(Arc<Mutex<HashSet<Arc<str>>>>);
+struct Ids(Arc<Mutex<IdTable>>);
+
+type IdTable = HashMap<Arc<str>, HashSet<ByLast>>;
+
+/// An id in its parent path's table: hashed and compared by its last segment.
+struct ByLast(VmId);
+
+impl PartialEq for ByLast {
+    fn eq(&self, other: &ByLast) -> bool {
+        self.0.last_bytes() == other.0.last_bytes()
+    }
+}
+
+impl Eq for ByLast {}
+
+impl std::hash::Hash for ByLast {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.last_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for ByLast {
+    fn borrow(&self) -> &[u8] {
+        self.0.last_bytes()
+    }
+}
 
 impl Ids {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdTable> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The shared copy of `id`.
-    fn get(&self, id: String) -> Arc<str> {
-        let mut set = self.lock();
-        if let Some(a) = set.get(id.as_str()) {
-            return Arc::clone(a);
-        }
-        let a: Arc<str> = Arc::from(id);
-        set.insert(Arc::clone(&a));
-        a
+    fn get(&self, id: &str) -> VmId {
+        let (parent, last) = VmId::split(id);
+        let mut table = self.lock();
+        let parent = match table.get_key_value(parent) {
+            Some((p, known)) => {
+                if let Some(v) = known.get(last.as_bytes()) {
+                    return v.0.clone();
+                }
+                Arc::clone(p)
+            }
+            None => Arc::from(parent),
+        };
+        let v = VmId::from_parts(Arc::clone(&parent), last);
+        table.entry(parent).or_default().insert(ByLast(v.clone()));
+        v
     }
 
     /// Forgets the ids nothing else holds any more.
     fn prune(&self) {
-        self.lock().retain(|a| Arc::strong_count(a) > 1);
+        let mut table = self.lock();
+        for known in table.values_mut() {
+            known.retain(|v| v.0.holders() > 1);
+            known.shrink_to_fit();
+        }
+        table.retain(|_, known| !known.is_empty());
     }
 }
 
@@ -641,7 +683,7 @@ enum Out {
     Set(Box<VirtualMachineScaleSet>),
     Sets(Vec<VirtualMachineScaleSet>),
     Nics(Vec<Nic>),
-    Views(HashMap<Arc<str>, InstanceView>),
+    Views(HashMap<VmId, InstanceView>),
     Vms(Vec<Vm>),
 }
 
@@ -736,7 +778,7 @@ impl Op {
                 let req = ListRequest::scale_set_vms(sub, rg, name, true)?;
                 let views = arm
                     .list_map(&req, |v: models::ScaleSetVmView| {
-                        let id = ids.get(v.id?);
+                        let id = ids.get(&v.id?);
                         let prov = v
                             .properties
                             .provisioning_state
@@ -757,7 +799,7 @@ impl Op {
                 Out::Vms(
                     arm.list_map(
                         &ListRequest::vms(sub, Some(rg), Some(set_id), *expand)?,
-                        |v| Vm::from_model(v, &mut groups),
+                        |v| Vm::from_model(v, &mut groups, false),
                     )
                     .await?,
                 )
@@ -1327,7 +1369,7 @@ pub async fn discover(
                 let expanded = views_read.contains(&p.cache_key());
                 if let Ok(Out::Vms(vms)) = get(&done, &p.flex(expanded)) {
                     for vm in vms {
-                        if let Some(rg) = &vm.nic_rg {
+                        if let Some(rg) = vm.nic_rg() {
                             if !rg.eq_ignore_ascii_case(p.rg()) {
                                 ops.push(Op::Nics {
                                     sub: p.sub().to_string(),
@@ -1423,7 +1465,7 @@ pub async fn discover(
                     .iter()
                     .filter_map(|v| Some((v.id.clone(), v.view?)))
                     .collect();
-                state.store(&status_key(sub), now, &views);
+                state.store(&status_key(sub), now, views);
             }
         }
     }
@@ -1622,7 +1664,7 @@ impl<'a> NicIndex<'a> {
 
     /// The address of a VM whose NICs are in resource group `rg`: an error when that
     /// group's list failed (or was not made), None when the VM has no NIC with an address.
-    fn address(&self, sub: &str, rg: &str, vm: &str) -> Result<Option<Ipv4Addr>, DiscoveryError> {
+    fn address(&self, sub: &str, rg: &str, vm: &VmId) -> Result<Option<Ipv4Addr>, DiscoveryError> {
         match self.groups.get(&group_key(sub, rg)) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(e.clone()),
@@ -1632,8 +1674,8 @@ impl<'a> NicIndex<'a> {
                 )))
             }
         }
-        let start = self.by_vm.partition_point(|n| &*n.vm < vm);
-        let end = start + self.by_vm[start..].partition_point(|n| &*n.vm == vm);
+        let start = self.by_vm.partition_point(|n| n.vm < *vm);
+        let end = start + self.by_vm[start..].partition_point(|n| n.vm == *vm);
         Ok(pick_address(&self.by_vm[start..end]))
     }
 }
@@ -1661,7 +1703,7 @@ fn snapshot(
     let ck = p.cache_key();
     let mut instances = Vec::new();
     // Views read this cycle, stored only when every member has one.
-    let mut fresh_views: Option<HashMap<Arc<str>, InstanceView>> = None;
+    let mut fresh_views: Option<HashMap<VmId, InstanceView>> = None;
     match p.mode {
         Orchestration::Uniform => {
             let Out::Nics(list) = get(done, &p.nics())? else {
@@ -1673,16 +1715,10 @@ fn snapshot(
                 }
             }
             // One shared copy per VM id ([`Ids`]): equal ids are the same pointer.
-            let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
             let mut sorted: Vec<&Nic> = list.iter().collect();
-            sorted.sort_by(|a, b| {
-                if Arc::ptr_eq(&a.vm, &b.vm) {
-                    std::cmp::Ordering::Equal
-                } else {
-                    a.vm.cmp(&b.vm)
-                }
-            });
-            for vm_nics in sorted.chunk_by(|a, b| same(&a.vm, &b.vm)) {
+            sorted.sort_by(|a, b| a.vm.cmp(&b.vm));
+            instances.reserve_exact(sorted.len());
+            for vm_nics in sorted.chunk_by(|a, b| a.vm == b.vm) {
                 let vm = &vm_nics[0].vm;
                 if let Some(ip) = pick_address(vm_nics) {
                     let view = match (&fresh_views, p.views) {
@@ -1691,7 +1727,7 @@ fn snapshot(
                         (None, true) => state.cached(&ck, vm),
                     };
                     instances.push(Instance {
-                        vm_id: Arc::clone(vm),
+                        vm_id: vm.clone(),
                         ip,
                         view,
                         tags: BTreeMap::new(),
@@ -1711,6 +1747,7 @@ fn snapshot(
                         .collect(),
                 );
             }
+            instances.reserve_exact(vms.len());
             for vm in vms {
                 let rg = vm.nic_group();
                 let Some(ip) = nics.address(p.sub(), rg, &vm.id)? else {
@@ -1730,7 +1767,7 @@ fn snapshot(
                     vm_id: vm.id.clone(),
                     ip,
                     view,
-                    tags: vm.tags.clone(),
+                    tags: vm.tags().clone(),
                     location: None,
                 });
             }
@@ -1738,6 +1775,8 @@ fn snapshot(
     }
     instances.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
     instances.dedup_by(|a, b| a.vm_id == b.vm_id);
+    // Kept until the set's next read is used: without the room left by growing.
+    instances.shrink_to_fit();
     // The read is judged on its own: against the set's capacity and its members at the
     // last read used, and every member must have a view when views are needed.
     let without_view = if p.views {
@@ -1746,7 +1785,7 @@ fn snapshot(
         0
     };
     if let (Some(views), 0) = (fresh_views, without_view) {
-        state.store(&ck, now, &views);
+        state.store(&ck, now, views);
     }
     let key = &p.matched.key;
     let verdict = crate::plan::judge_read(&crate::plan::SetRead {
@@ -1920,12 +1959,50 @@ fn standalone(
                 vm_id: vm.id.clone(),
                 ip,
                 view,
-                tags: vm.tags.clone(),
-                location: vm.location.clone(),
+                tags: vm.tags().clone(),
+                location: vm.location().cloned(),
             }));
         }
     }
     out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
     out.dedup_by(|a, b| a.vm_id == b.vm_id);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachinescalesets/web/virtualmachines/";
+
+    #[test]
+    fn ids_give_one_shared_vm_id_per_id_and_one_parent_per_path() {
+        let ids = Ids::default();
+        let a = ids.get(&format!("{SET}1"));
+        let again = ids.get(&format!("{SET}1"));
+        let b = ids.get(&format!("{SET}2"));
+        assert!(VmId::ptr_eq(&a, &again));
+        assert!(!VmId::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(a.parent(), b.parent()));
+        assert_eq!(a.to_string(), format!("{SET}1"));
+        assert!(b.is(&format!("{SET}2")));
+    }
+
+    #[test]
+    fn ids_prune_forgets_only_the_ids_nothing_else_holds() {
+        let ids = Ids::default();
+        let kept = ids.get(&format!("{SET}1"));
+        let gone = ids.get(&format!("{SET}2"));
+        drop(gone);
+        let other = ids.get("/subscriptions/s/resourcegroups/other/providers/microsoft.compute/virtualmachines/vm_1");
+        drop(other);
+        ids.prune();
+        let table = ids.lock();
+        assert_eq!(table.len(), 1, "the parent path nothing holds is forgotten");
+        let known: Vec<String> = table
+            .values()
+            .flat_map(|s| s.iter().map(|v| v.0.to_string()))
+            .collect();
+        assert_eq!(known, vec![kept.to_string()]);
+    }
 }

@@ -12,15 +12,20 @@ pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Reconciler {
     /// Applies every prepared plan that has writes; returns the reports by job index.
+    /// The plans are moved out of `prepared` for their writes and put back afterwards
+    /// (a cold start's plans add every server: they are not held twice).
     pub(super) async fn apply_all(
         &self,
-        prepared: &[(usize, Prepared)],
+        prepared: &mut [(usize, Prepared)],
         limit: &Arc<tokio::sync::Semaphore>,
     ) -> Vec<(usize, ApplyReport)> {
         // Group the writing jobs by target (the same `Arc`), keeping their order.
         let mut groups: Vec<(Arc<dyn Target>, Vec<Write>)> = Vec::new();
-        for (index, p) in prepared {
-            let Some(plan) = p.outcome.plan.clone().filter(|_| p.write) else {
+        for (index, p) in prepared.iter_mut() {
+            if !p.write {
+                continue;
+            }
+            let Some(plan) = p.outcome.plan.take() else {
                 continue;
             };
             let target = Arc::clone(&p.spec.target);
@@ -39,15 +44,20 @@ impl Reconciler {
                     let _permit = limit.acquire_owned().await;
                     let (indexes, batch): (Vec<usize>, Vec<(UpstreamRef, Plan)>) =
                         items.into_iter().map(|(i, u, p)| (i, (u, p))).unzip();
-                    if !gate_open(gate.as_ref()) {
-                        let stopped = indexes.into_iter().map(|i| (i, failed_report(NOT_LEADER)));
-                        return stopped.collect();
-                    }
-                    let mut reports = target.apply_batch(&batch).await;
+                    let mut reports = if gate_open(gate.as_ref()) {
+                        target.apply_batch(&batch).await
+                    } else {
+                        indexes.iter().map(|_| failed_report(NOT_LEADER)).collect()
+                    };
                     reports.resize_with(indexes.len(), || {
                         failed_report("the target gave no report for this upstream")
                     });
-                    indexes.into_iter().zip(reports).collect::<Vec<_>>()
+                    indexes
+                        .into_iter()
+                        .zip(reports)
+                        .zip(batch.into_iter().map(|(_, p)| p))
+                        .map(|((i, r), p)| (i, r, p))
+                        .collect::<Vec<_>>()
                 });
             } else {
                 for (index, upstream, plan) in items {
@@ -56,19 +66,33 @@ impl Reconciler {
                     let gate = self.gate.clone();
                     tasks.spawn(async move {
                         let _permit = limit.acquire_owned().await;
-                        if !gate_open(gate.as_ref()) {
-                            return vec![(index, failed_report(NOT_LEADER))];
-                        }
-                        vec![(index, target.apply(&upstream, &plan).await)]
+                        let report = if gate_open(gate.as_ref()) {
+                            target.apply(&upstream, &plan).await
+                        } else {
+                            failed_report(NOT_LEADER)
+                        };
+                        vec![(index, report, plan)]
                     });
                 }
             }
         }
+        let mut plans: std::collections::BTreeMap<usize, Plan> = Default::default();
         let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(reports) => out.extend(reports),
+                Ok(reports) => {
+                    for (index, report, plan) in reports {
+                        plans.insert(index, plan);
+                        out.push((index, report));
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "A target's writes ended abnormally."),
+            }
+        }
+        // The plans go back into their outcomes (what the report and the logs say).
+        for (index, p) in prepared.iter_mut() {
+            if let Some(plan) = plans.remove(index) {
+                p.outcome.plan = Some(plan);
             }
         }
         out

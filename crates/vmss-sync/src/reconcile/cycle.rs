@@ -317,7 +317,7 @@ impl Reconciler {
         }
         let writes = match mode {
             Mode::DryRun => Vec::new(),
-            Mode::Apply => self.apply_all(&prepared, &limit).await,
+            Mode::Apply => self.apply_all(&mut prepared, &limit).await,
         };
         let mut outcomes: Vec<(Order, UpstreamOutcome)> = Vec::new();
         let mut reports: BTreeMap<usize, ApplyReport> = writes.into_iter().collect();

@@ -150,6 +150,8 @@ async fn a_batching_target_gets_one_call_per_cycle_and_another_one_call_per_upst
     for o in &report.outcomes {
         assert_eq!(o.report.as_ref().map(|r| r.added.len()), Some(3), "{o:?}");
         assert_eq!(o.target, "recorder");
+        // The writes took the plans, not copies: each is back in its outcome.
+        assert!(o.plan.as_ref().is_some_and(|p| p.add.len() == 3), "{o:?}");
     }
 
     // A dry run plans the same and writes nothing.
