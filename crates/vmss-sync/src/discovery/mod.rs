@@ -1546,7 +1546,7 @@ fn unchanged(
     };
     let expanded = views_read.contains(&ck);
     // (id, view read this cycle) of each member with an address, sorted by id.
-    let mut members: Vec<(&str, Option<InstanceView>)> = Vec::new();
+    let mut members: Vec<(&VmId, Option<InstanceView>)> = Vec::new();
     match p.mode {
         Orchestration::Uniform => {
             let Ok(Out::Nics(list)) = get(done, &p.nics()) else {
@@ -1558,7 +1558,7 @@ fn unchanged(
                 (false, _) => None,
             };
             for n in list.iter().filter(|n| n.ip.is_some()) {
-                members.push((n.vm.as_ref(), views.and_then(|v| v.get(&n.vm).copied())));
+                members.push((&n.vm, views.and_then(|v| v.get(&n.vm).copied())));
             }
         }
         Orchestration::Flexible => {
@@ -1567,7 +1567,7 @@ fn unchanged(
             };
             for vm in vms {
                 if let Ok(Some(_)) = nics.address(p.sub(), vm.nic_group(), &vm.id) {
-                    members.push((vm.id.as_ref(), vm.view));
+                    members.push((&vm.id, vm.view));
                 }
             }
         }
@@ -1580,7 +1580,7 @@ fn unchanged(
     let same_ids = members
         .iter()
         .zip(&used.instances)
-        .all(|(m, i)| m.0 == &*i.vm_id);
+        .all(|(m, i)| *m.0 == i.vm_id);
     let same_views = !expanded
         || !p.views
         || members
