@@ -1266,9 +1266,30 @@ where
     // A body checked as UTF-8 once, as a whole, is decoded from `str`: serde_json then does
     // not check each string it reads again (a tenth of a cycle's CPU at 10,000 instances).
     // A body that is not UTF-8 is decoded from its bytes, for serde_json's own error.
-    match std::str::from_utf8(body) {
-        Ok(text) => decode_page_from(serde_json::Deserializer::from_str(text), f, out),
-        Err(_) => decode_page_from(serde_json::Deserializer::from_slice(body), f, out),
+    let Ok(text) = std::str::from_utf8(body) else {
+        // A body that is not UTF-8 is decoded from its bytes, for serde_json's own error.
+        return decode_page_from(serde_json::Deserializer::from_slice(body), f, out);
+    };
+    // The fast reader first (`json`: values the models do not read are skipped by a byte
+    // scanner). It refuses whatever serde_json refuses; when it refuses a page, serde_json
+    // decodes it again and its answer stands (its error, with line and column). `f` may
+    // then have seen some of the page's elements twice; what it gave for them the first
+    // time is dropped.
+    let kept = out.len();
+    let fast = super::json::decode(
+        text,
+        PageSeed {
+            f: &mut *f,
+            out: &mut *out,
+            _t: std::marker::PhantomData::<fn() -> T>,
+        },
+    );
+    match fast {
+        Ok(next) => Ok(next),
+        Err(_) => {
+            out.truncate(kept);
+            decode_page_from(serde_json::Deserializer::from_str(text), f, out)
+        }
     }
 }
 
