@@ -377,6 +377,154 @@ impl<'de> Fast<'de> {
     }
 }
 
+/// A shape the purpose-made row readers (`models.rs`) do not read, or malformed text: the
+/// element is then read again the general way (through serde, from where it started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Odd;
+
+/// A position to go back to ([`Fast::mark`], [`Fast::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    i: usize,
+    depth: u32,
+}
+
+/// A pull reader for the purpose-made row readers: each method reads one value where the
+/// reader stands, or answers [`Odd`] for anything but the plain shape it reads (the reader
+/// is then to be rewound).
+impl<'de> Fast<'de> {
+    pub fn mark(&mut self) -> Mark {
+        self.ws();
+        Mark {
+            i: self.i,
+            depth: self.depth,
+        }
+    }
+
+    pub fn rewind(&mut self, to: Mark) {
+        self.i = to.i;
+        self.depth = to.depth;
+    }
+
+    /// The next byte after whitespace, not consumed.
+    pub fn peek(&mut self) -> Option<u8> {
+        self.ws()
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.ws().is_none()
+    }
+
+    /// Consumes a `null` if one is next.
+    pub fn null(&mut self) -> bool {
+        if self.ws() == Some(b'n') {
+            if let Ok(end) = literal(self.b, self.i, b"null") {
+                self.i = end;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// An object: `field` is called with each key (without escapes) and must read or skip
+    /// its value.
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'de str) -> std::result::Result<(), Odd>,
+    ) -> std::result::Result<(), Odd> {
+        if self.ws() != Some(b'{') {
+            return Err(Odd);
+        }
+        self.enter().map_err(|_| Odd)?;
+        if self.ws() == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            if self.ws() != Some(b'"') {
+                return Err(Odd);
+            }
+            let key = self.plain_str().map_err(|_| Odd)?.ok_or(Odd)?;
+            if self.ws() != Some(b':') {
+                return Err(Odd);
+            }
+            self.i += 1;
+            field(self, key)?;
+            match self.ws() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(Odd),
+            }
+        }
+    }
+
+    /// An array: `item` is called for each element and must read or skip it.
+    pub fn array(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> std::result::Result<(), Odd>,
+    ) -> std::result::Result<(), Odd> {
+        if self.ws() != Some(b'[') {
+            return Err(Odd);
+        }
+        self.enter().map_err(|_| Odd)?;
+        if self.ws() == Some(b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            if self.ws().is_none() {
+                return Err(Odd);
+            }
+            item(self)?;
+            match self.ws() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(Odd),
+            }
+        }
+    }
+
+    /// Any value, skipped.
+    pub fn skip_any(&mut self) -> std::result::Result<(), Odd> {
+        self.skip().map_err(|_| Odd)
+    }
+
+    /// A string without escapes (`Some`) or `null` (`None`).
+    pub fn str_or_null(&mut self) -> std::result::Result<Option<&'de str>, Odd> {
+        match self.ws() {
+            Some(b'"') => self.plain_str().map_err(|_| Odd)?.map(Some).ok_or(Odd),
+            Some(b'n') if self.null() => Ok(None),
+            _ => Err(Odd),
+        }
+    }
+
+    /// `true` or `false` (`Some`), or `null` (`None`).
+    pub fn bool_or_null(&mut self) -> std::result::Result<Option<bool>, Odd> {
+        self.ws();
+        for (word, v) in [(&b"true"[..], true), (b"false", false)] {
+            if let Ok(end) = literal(self.b, self.i, word) {
+                self.i = end;
+                return Ok(Some(v));
+            }
+        }
+        if self.null() {
+            return Ok(None);
+        }
+        Err(Odd)
+    }
+}
+
 /// Methods handed to serde_json as they are (numbers and the types the models never ask
 /// for).
 macro_rules! delegated {
@@ -634,8 +782,7 @@ impl fmt::Debug for Fast<'_> {
 mod tests {
     use super::*;
     use crate::azure::models::{
-        NetworkInterface, NicSummary, ScaleSetVmView, VirtualMachine, VirtualMachineScaleSet,
-        VmRow,
+        NetworkInterface, NicSummary, ScaleSetVmView, VirtualMachine, VirtualMachineScaleSet, VmRow,
     };
     use proptest::prelude::*;
     use serde_json::Value;
@@ -678,10 +825,34 @@ mod tests {
     /// Text edits that break or bend JSON.
     fn mutate(text: &str, at: prop::sample::Index, edit: u8, len: usize) -> String {
         const SNIPPETS: [&str; 24] = [
-            ",", "\"", "\\", "{", "}", "[", "]", ":", "null", "\u{1}", "\t", "01", "-", "1e",
-            "\"id\":\"x\",", "\\u12", "\\x", "\\u00e9", "0.", "-0", "1E+2", "tru", "\u{7f}", " ",
+            ",",
+            "\"",
+            "\\",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            "null",
+            "\u{1}",
+            "\t",
+            "01",
+            "-",
+            "1e",
+            "\"id\":\"x\",",
+            "\\u12",
+            "\\x",
+            "\\u00e9",
+            "0.",
+            "-0",
+            "1E+2",
+            "tru",
+            "\u{7f}",
+            " ",
         ];
-        let cuts: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        let cuts: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
         let i = cuts[at.index(cuts.len())];
         let (head, tail) = text.split_at(i);
         match edit % 3 {
@@ -787,6 +958,24 @@ mod tests {
         }
     }
 
+    /// A page of `items` through `decode_page_with` (the row readers for the lean rows)
+    /// against `Page<T>` through serde_json: the same rows and `nextLink`, or the same error.
+    fn page_agrees<T>(text: &str) -> std::result::Result<(), TestCaseError>
+    where
+        T: serde::de::DeserializeOwned + fmt::Debug + 'static,
+    {
+        let mut out: Vec<T> = Vec::new();
+        let fast =
+            crate::azure::models::decode_page_with::<T, T, _>(text.as_bytes(), &mut Some, &mut out)
+                .map(|next| format!("{out:?} {next:?}"))
+                .map_err(|e| e.to_string());
+        let slow = serde_json::from_str::<crate::azure::models::Page<T>>(text)
+            .map(|p| format!("{:?} {:?}", p.value, p.next_link))
+            .map_err(|e| e.to_string());
+        prop_assert_eq!(fast, slow, "{}", text);
+        Ok(())
+    }
+
     /// The fast reader gives what serde_json gives, or refuses what serde_json refuses.
     fn agrees<T>(text: &str) -> std::result::Result<(), TestCaseError>
     where
@@ -800,9 +989,70 @@ mod tests {
             (Ok(_), Err(e)) => {
                 prop_assert!(false, "fast accepted what serde_json refuses ({e}): {text}")
             }
-            (Err(e), Ok(_)) => prop_assert!(false, "fast refused ({e}) what serde_json reads: {text}"),
+            (Err(e), Ok(_)) => {
+                prop_assert!(false, "fast refused ({e}) what serde_json reads: {text}")
+            }
         }
         Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn the_row_readers_read_pages_as_serde_json_reads_them(
+            picks in prop::collection::vec((any::<prop::sample::Index>(), arb_value()), 0..4),
+            at in any::<prop::sample::Index>(),
+            edit in any::<u8>(),
+            len in any::<usize>(),
+            mutated in any::<bool>(),
+            odd in any::<bool>(),
+        ) {
+            for template in [nic_template(), vm_template()] {
+                let mut items = vec![template.clone(), template];
+                for (path, value) in &picks {
+                    replace_at(&mut items[0], path, value.clone());
+                }
+                if odd {
+                    items.push(Value::from(7));
+                }
+                let page = serde_json::json!({"value": items, "nextLink": "https://n/2"});
+                let mut text = serde_json::to_string(&page).unwrap_or_default();
+                if mutated {
+                    text = mutate(&text, at, edit, len);
+                }
+                page_agrees::<NicSummary>(&text)?;
+                page_agrees::<ScaleSetVmView>(&text)?;
+                page_agrees::<VmRow>(&text)?;
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_readers_follow_the_rules_of_the_serde_models() {
+        for text in [
+            r#"{"value": [{"id": " /A/B ", "properties": {"instanceView": {"statuses": [1, null, {"code": null}, {"code": "PowerState/running"}, {"code": "powerstate/stopped"}, {"code": "ProvisioningState/failed"}], "vmHealth": {"status": {"code": "HealthState/healthy"}}}}}]}"#,
+            r#"{"value": [{"id": "x", "properties": null}, {"properties": {"instanceView": null}}, {}], "nextLink": null}"#,
+            r#"{"value": [{"id": "x", "id": "y"}]}"#,
+            r#"{"value": [{"tags": {"a": "1", "a": null, "b": "2", "b": "3"}, "location": "EastUS"}]}"#,
+            r#"{"value": [{"tags": {"n": 1}}]}"#,
+            r#"{"value": [{"properties": {"networkProfile": {"networkInterfaces": [null, {"id": "/n/1", "properties": {"primary": "TRUE"}}, {"id": "/n/2", "properties": {"primary": true}}]}}}]}"#,
+            r#"{"value": [{"properties": {"virtualMachineScaleSet": {"id": " /S "}, "provisioningState": 3}}]}"#,
+            r#"{"value": [{"id": "/x/NIC-1/", "properties": {"primary": true, "virtualMachine": {"id": "/VM"}, "ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.4/24", "privateIPAddressVersion": "IPv4", "primary": null}}, 5]}}]}"#,
+            r#"{"value": [{"id": null}, {"properties": {"ipConfigurations": null, "virtualMachine": null}}]}"#,
+            r#"{"value": [{"properties": []}]}"#,
+            r#"{"value": [{"id": "\u0041"}, {"id": "\/x"}]}"#,
+            r#"{"nextLink": 5, "value": []}"#,
+            r#"{"value": [{"properties": {"instanceView": {"statuses": {}}}}]}"#,
+            r#"{"value": [{"properties": {"instanceView": {"vmHealth": {"status": {"code": "unknown"}}}}}]}"#,
+            r#"{"value": [], "x": [}"#,
+        ] {
+            for check in [
+                page_agrees::<NicSummary>(text),
+                page_agrees::<ScaleSetVmView>(text),
+                page_agrees::<VmRow>(text),
+            ] {
+                assert!(check.is_ok(), "{check:?}");
+            }
+        }
     }
 
     /// Every path (object member or array element) of `v`, in order.
@@ -912,10 +1162,36 @@ mod tests {
     #[test]
     fn malformed_text_is_refused_without_panicking() {
         for text in [
-            "", " ", "{", "}", "[", "{\"id\"", "{\"id\":", "{\"id\":\"x", "{\"id\":\"x\"",
-            "{\"id\":\"x\",}", "[1,]", "[1 2]", "{\"a\" 1}", "{1:2}", "tru", "nul", "-", "01",
-            "1.", "1e", "1e+", "\"\\x\"", "\"\\u12\"", "\"\u{1}\"", "{\"a\":1}x", "[}", "{]",
-            "\"\\", "\"\\u", "{\"a\":[1,{\"b\":}]}",
+            "",
+            " ",
+            "{",
+            "}",
+            "[",
+            "{\"id\"",
+            "{\"id\":",
+            "{\"id\":\"x",
+            "{\"id\":\"x\"",
+            "{\"id\":\"x\",}",
+            "[1,]",
+            "[1 2]",
+            "{\"a\" 1}",
+            "{1:2}",
+            "tru",
+            "nul",
+            "-",
+            "01",
+            "1.",
+            "1e",
+            "1e+",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"\u{1}\"",
+            "{\"a\":1}x",
+            "[}",
+            "{]",
+            "\"\\",
+            "\"\\u",
+            "{\"a\":[1,{\"b\":}]}",
         ] {
             assert!(!scans_whole(text), "{text:?}");
             assert!(decode(text, PhantomData::<Value>).is_err(), "{text:?}");
