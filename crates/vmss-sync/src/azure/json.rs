@@ -298,6 +298,7 @@ impl<'de> Fast<'de> {
     }
 
     /// The value at `i` (after whitespace), skipped.
+    #[inline]
     fn skip(&mut self) -> Result<()> {
         self.i = skip_value(self.b, self.i, MAX_DEPTH.saturating_sub(self.depth))?;
         Ok(())
@@ -407,6 +408,7 @@ impl<'de> Fast<'de> {
     }
 
     /// The next byte after whitespace, not consumed.
+    #[inline]
     pub fn peek(&mut self) -> Option<u8> {
         self.ws()
     }
@@ -417,6 +419,7 @@ impl<'de> Fast<'de> {
     }
 
     /// Consumes a `null` if one is next.
+    #[inline]
     pub fn null(&mut self) -> bool {
         if self.ws() == Some(b'n') {
             if let Ok(end) = literal(self.b, self.i, b"null") {
@@ -496,11 +499,13 @@ impl<'de> Fast<'de> {
     }
 
     /// Any value, skipped.
+    #[inline]
     pub fn skip_any(&mut self) -> std::result::Result<(), Odd> {
         self.skip().map_err(|_| Odd)
     }
 
     /// A string without escapes (`Some`) or `null` (`None`).
+    #[inline]
     pub fn str_or_null(&mut self) -> std::result::Result<Option<&'de str>, Odd> {
         match self.ws() {
             Some(b'"') => self.plain_str().map_err(|_| Odd)?.map(Some).ok_or(Odd),
