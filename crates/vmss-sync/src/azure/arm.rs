@@ -612,14 +612,17 @@ impl ArmClient {
     }
 
     /// Every item of a list operation, all pages.
-    pub async fn list<T: DeserializeOwned>(&self, req: &ListRequest) -> Result<Vec<T>, ArmError> {
+    pub async fn list<T: DeserializeOwned + 'static>(
+        &self,
+        req: &ListRequest,
+    ) -> Result<Vec<T>, ArmError> {
         self.list_map(req, Some).await
     }
 
     /// Every item of a list operation, all pages, each turned into `U` by `f` as its page
     /// arrives (items for which `f` gives None are dropped), so that only one page of
     /// full models is held at a time.
-    pub async fn list_map<T: DeserializeOwned, U>(
+    pub async fn list_map<T: DeserializeOwned + 'static, U>(
         &self,
         req: &ListRequest,
         f: impl FnMut(T) -> Option<U>,
@@ -689,7 +692,7 @@ impl ArmClient {
 
     /// GET a pageable list and follow `nextLink` to the end. Any failed page
     /// fails the whole call (never a partial list).
-    pub async fn list_all<T: DeserializeOwned>(
+    pub async fn list_all<T: DeserializeOwned + 'static>(
         &self,
         operation: &'static str,
         path: &str,
@@ -700,7 +703,7 @@ impl ArmClient {
             .await
     }
 
-    async fn list_pages<T: DeserializeOwned, U>(
+    async fn list_pages<T: DeserializeOwned + 'static, U>(
         &self,
         operation: &'static str,
         path: &str,

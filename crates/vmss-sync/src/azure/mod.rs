@@ -3,6 +3,7 @@
 
 pub mod arm;
 pub mod auth;
+pub mod json;
 pub mod models;
 pub mod network;
 mod retry;

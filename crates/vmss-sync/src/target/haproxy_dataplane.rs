@@ -630,7 +630,7 @@ impl HaproxyDataplane {
             )
         })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| {
+        let text = crate::net::body_text(resp).await.map_err(|e| {
             self.error(
                 format!("{what}: reading the answer failed: {e}"),
                 Permanence::Transient,
@@ -756,7 +756,7 @@ impl HaproxyDataplane {
             .get("configuration-version")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let text = resp.text().await.map_err(|e| {
+        let text = crate::net::body_text(resp).await.map_err(|e| {
             self.error(
                 format!("{what}: reading the answer failed: {e}"),
                 Permanence::Transient,

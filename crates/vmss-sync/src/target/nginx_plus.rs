@@ -248,7 +248,7 @@ impl NginxPlus {
     ) -> Result<String, TargetError> {
         let resp = self.send(method.clone(), url.clone(), body).await?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| TargetError {
+        let text = crate::net::body_text(resp).await.map_err(|e| TargetError {
             message: format!(
                 "NGINX Plus API {method} {}: reading the answer failed: {e}",
                 url.path()
