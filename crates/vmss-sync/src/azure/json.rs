@@ -351,14 +351,8 @@ impl<'de> Fast<'de> {
             de: self,
             first: true,
         })?;
-        self.depth -= 1;
-        match self.ws() {
-            Some(b'}') => {
-                self.i += 1;
-                Ok(v)
-            }
-            _ => Err(fail("expected the end of an object", self.i)),
-        }
+        self.leave(b'}', "expected the end of an object")?;
+        Ok(v)
     }
 
     fn seq<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
@@ -367,13 +361,19 @@ impl<'de> Fast<'de> {
             de: self,
             first: true,
         })?;
+        self.leave(b']', "expected the end of an array")?;
+        Ok(v)
+    }
+
+    /// Closes the container entered last: `close` must follow (after whitespace).
+    fn leave(&mut self, close: u8, what: &str) -> Result<()> {
         self.depth -= 1;
         match self.ws() {
-            Some(b']') => {
+            Some(c) if c == close => {
                 self.i += 1;
-                Ok(v)
+                Ok(())
             }
-            _ => Err(fail("expected the end of an array", self.i)),
+            _ => Err(fail(what, self.i)),
         }
     }
 }
