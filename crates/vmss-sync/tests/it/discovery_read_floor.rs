@@ -10,7 +10,6 @@ use crate::support::common;
 use common::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use vmss_sync::azure::auth::Env as Vars;
 use vmss_sync::reconcile::Mode;
 use vmss_testbed::{Orchestration, Service, TestbedOptions, UpstreamKind};
 
@@ -60,16 +59,7 @@ fn reads(env: &Env) -> (usize, BTreeMap<String, usize>) {
 /// returns the reads of each.
 async fn start_and_steady(env: &Env, upstreams: &str) -> (usize, usize, String) {
     let path = env.config("health_interval: 1ms\n", upstreams);
-    let text = std::fs::read_to_string(&path).expect("config written");
-    let pairs = env.sp_env();
-    let vars: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let vars = Vars::from_pairs(&vars);
-    let cfg = vmss_sync::config::parse(&text, &path, &|k| vars.get(k).map(str::to_string))
-        .expect("valid configuration");
-    let rec = vmss_sync::daemon::build(&cfg, &vars).expect("reconciler");
+    let rec = env.reconciler_from(&path);
     env.tb.clear_requests();
     let problems = rec.startup_check().await;
     assert!(problems.is_empty(), "{problems:?}");
@@ -206,16 +196,7 @@ async fn tags_with_a_standalone_vm_add_its_nic_group_list_and_one_vm_status_list
 /// A reconciler for `upstreams` with instance views due at every cycle.
 fn reconciler(env: &Env, upstreams: &str) -> vmss_sync::reconcile::Reconciler {
     let path = env.config("health_interval: 1ms\n", upstreams);
-    let text = std::fs::read_to_string(&path).expect("config written");
-    let pairs = env.sp_env();
-    let vars: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let vars = Vars::from_pairs(&vars);
-    let cfg = vmss_sync::config::parse(&text, &path, &|k| vars.get(k).map(str::to_string))
-        .expect("valid configuration");
-    vmss_sync::daemon::build(&cfg, &vars).expect("reconciler")
+    env.reconciler_from(&path)
 }
 
 /// NIC list reads of the last cycle.
@@ -282,16 +263,7 @@ async fn without_instance_views_due_a_cycle_reads_the_nic_list_for_the_members()
         "health_interval: 1h\n",
         &upstream("web", "    virtual_machine_scale_set: web\n"),
     );
-    let text = std::fs::read_to_string(&path).expect("config written");
-    let pairs = env.sp_env();
-    let vars: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let vars = Vars::from_pairs(&vars);
-    let cfg = vmss_sync::config::parse(&text, &path, &|k| vars.get(k).map(str::to_string))
-        .expect("valid configuration");
-    let rec = vmss_sync::daemon::build(&cfg, &vars).expect("reconciler");
+    let rec = env.reconciler_from(&path);
     assert!(rec.startup_check().await.is_empty());
     assert_eq!(cycle(&env, &rec).await, 1);
     assert_eq!(

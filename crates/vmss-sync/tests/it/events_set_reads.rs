@@ -21,7 +21,6 @@ use events_common::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmss_sync::azure::auth::Env as Vars;
 use vmss_sync::reconcile::{Mode, Reconciler};
 use vmss_testbed::{Orchestration, Service, TestbedOptions, UpstreamKind};
 
@@ -36,16 +35,7 @@ async fn fleet() -> Env {
 /// A reconciler for `upstreams` with instance views due at every cycle.
 fn reconciler(env: &Env, upstreams: &str) -> Reconciler {
     let path = env.config("health_interval: 1ms\n", upstreams);
-    let text = std::fs::read_to_string(&path).expect("config written");
-    let pairs = env.sp_env();
-    let vars: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let vars = Vars::from_pairs(&vars);
-    let cfg = vmss_sync::config::parse(&text, &path, &|k| vars.get(k).map(str::to_string))
-        .expect("valid configuration");
-    vmss_sync::daemon::build(&cfg, &vars).expect("reconciler")
+    env.reconciler_from(&path)
 }
 
 /// What an ARM request read.

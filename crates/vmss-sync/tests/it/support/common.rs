@@ -108,6 +108,21 @@ impl Env {
             .count()
     }
 
+    /// A reconciler built as the daemon builds it, from the configuration file at `path`
+    /// with this testbed's service principal in the environment.
+    pub fn reconciler_from(&self, path: &Path) -> vmss_sync::reconcile::Reconciler {
+        let text = std::fs::read_to_string(path).expect("config written");
+        let pairs = self.sp_env();
+        let vars: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let vars = vmss_sync::azure::auth::Env::from_pairs(&vars);
+        let cfg = vmss_sync::config::parse(&text, path, &|k| vars.get(k).map(str::to_string))
+            .expect("valid configuration");
+        vmss_sync::daemon::build(&cfg, &vars).expect("reconciler")
+    }
+
     /// Writes a configuration file with the testbed's endpoints; `upstreams` is the YAML
     /// list body (already indented by two spaces).
     pub fn config(&self, extra_top: &str, upstreams: &str) -> PathBuf {
