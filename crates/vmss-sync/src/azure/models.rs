@@ -1435,7 +1435,7 @@ where
 /// Each reads only the plain shape ARM sends (objects where the model has structs, strings
 /// without escapes, `true`/`false`, `null`) with the same rules as the serde models (null
 /// is the default, unknown fields skipped, a field twice refused, a list's non-objects
-/// dropped); on anything else ([`Odd`]) the element is read again through serde from
+/// dropped); on anything else ([`Odd`](super::json::Odd)) the element is read again through serde from
 /// where it started (`row`), and when that fails too, the whole page through serde_json
 /// (`decode_page_with`). The tests hold every reader to the serde models.
 mod rows {
