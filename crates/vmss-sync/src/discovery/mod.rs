@@ -182,11 +182,50 @@ pub struct DiscoveryState {
     /// set's instance views and finds the same members, all `Succeeded` then and now,
     /// takes their addresses from it instead of listing the NICs again (at most
     /// [`NIC_LIST_MAX_AGE`] old).
-    nic_lists: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
+    nic_lists: Kept,
     /// Step 1's successful scale set reads (GETs and lists), by read, with when they were
     /// made: reused while [`Options::sets_watched_since`] allows.
-    set_reads: Mutex<HashMap<String, (Instant, Arc<Out>)>>,
+    set_reads: Kept,
     ids: Ids,
+}
+
+/// Reads kept from earlier cycles to stand for this one's, by key, with when each was
+/// made.
+#[derive(Default)]
+struct Kept(Mutex<HashMap<String, (Instant, Arc<Out>)>>);
+
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Out>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The read kept under `key` when it was made at or after `since` and is younger
+    /// than `max_age` at `now`.
+    fn fresh(
+        &self,
+        key: &str,
+        since: Option<Instant>,
+        now: Instant,
+        max_age: Duration,
+    ) -> Option<Arc<Out>> {
+        let cache = self.lock();
+        let (at, out) = cache.get(key)?;
+        let fresh = since.is_none_or(|s| *at >= s) && now.saturating_duration_since(*at) < max_age;
+        fresh.then(|| Arc::clone(out))
+    }
+
+    /// The read kept under `key`, however old.
+    fn get(&self, key: &str) -> Option<Arc<Out>> {
+        self.lock().get(key).map(|(_, out)| Arc::clone(out))
+    }
+
+    fn keep(&self, key: &str, at: Instant, out: Arc<Out>) {
+        self.lock().insert(key.to_string(), (at, out));
+    }
+
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 /// A Uniform set's NIC list is read again at least this often by default, whatever its
@@ -282,19 +321,9 @@ impl DiscoveryState {
         self.views().get(key)?.get(id).copied()
     }
 
-    fn nic_lists(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Out>)>> {
-        self.nic_lists.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// True when the set's last NIC list is recent enough to be reused.
     fn nic_list_fresh(&self, key: &str, now: Instant, max_age: Duration) -> bool {
-        self.nic_lists()
-            .get(key)
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < max_age)
-    }
-
-    fn set_reads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Out>)>> {
-        self.set_reads.lock().unwrap_or_else(|e| e.into_inner())
+        self.nic_lists.fresh(key, None, now, max_age).is_some()
     }
 
     /// Moves into `done` the earlier reads of the scale set `ops` that may stand for this
@@ -307,18 +336,15 @@ impl DiscoveryState {
         max_age: Duration,
         done: &mut Results,
     ) -> BTreeSet<String> {
-        let cache = self.set_reads();
         let mut reused = BTreeSet::new();
         for op in ops.iter().filter(|op| op.is_set_read()) {
             let key = op.key();
             if done.contains_key(&key) {
                 continue;
             }
-            if let Some((at, out)) = cache.get(&key) {
-                if *at >= since && now.saturating_duration_since(*at) < max_age {
-                    done.insert(key.clone(), Ok(Arc::clone(out)));
-                    reused.insert(key);
-                }
+            if let Some(out) = self.set_reads.fresh(&key, Some(since), now, max_age) {
+                done.insert(key.clone(), Ok(out));
+                reused.insert(key);
             }
         }
         reused
@@ -327,18 +353,13 @@ impl DiscoveryState {
     /// Keeps the scale set reads of `done` made this cycle (not in `skip`) for later
     /// cycles, read at `at`; a failed one forgets the earlier read.
     fn keep_set_reads(&self, done: &Results, skip: &HashSet<String>, at: Instant) {
-        let mut cache = self.set_reads();
         for (key, r) in done {
             if skip.contains(key) || !is_set_read_key(key) {
                 continue;
             }
             match r {
-                Ok(out) => {
-                    cache.insert(key.clone(), (at, Arc::clone(out)));
-                }
-                Err(_) => {
-                    cache.remove(key);
-                }
+                Ok(out) => self.set_reads.keep(key, at, Arc::clone(out)),
+                Err(_) => self.set_reads.forget(key),
             }
         }
     }
@@ -347,7 +368,7 @@ impl DiscoveryState {
     /// `Succeeded` now and at the previous read of views (no create, update or delete
     /// under way or finished unseen that could have changed an address).
     fn same_members(&self, key: &str, views: &HashMap<VmId, InstanceView>) -> Option<Arc<Out>> {
-        let nics = self.nic_lists().get(key).map(|(_, n)| Arc::clone(n))?;
+        let nics = self.nic_lists.get(key)?;
         let Out::Nics(list) = nics.as_ref() else {
             return None;
         };
@@ -363,7 +384,7 @@ impl DiscoveryState {
     }
 
     fn keep_nic_list(&self, key: &str, at: Instant, nics: Arc<Out>) {
-        self.nic_lists().insert(key.to_string(), (at, nics));
+        self.nic_lists.keep(key, at, nics);
     }
 
     /// Keeps the successful reads of `done` for the next cycle.
